@@ -1,0 +1,323 @@
+//! The shape of `nimbus.toml`, section by section. Every table refuses unknown keys; defaults live
+//! here so that a folder without a manifest runs with the same values a manifest would get.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::{Duration, EnvString};
+
+/// The whole manifest as written. Cross-field rules are checked by [`crate::validate`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub app: AppSection,
+    #[serde(default)]
+    pub server: ServerSection,
+    pub site: Option<SiteSection>,
+    pub identity: Option<IdentitySection>,
+    /// The code: each worker is a process kind (Python, Node.js or any command).
+    #[serde(default)]
+    pub workers: BTreeMap<String, WorkerSection>,
+    /// Hosting settings per function, by the name the function has in code.
+    #[serde(default)]
+    pub functions: BTreeMap<String, FunctionSection>,
+    /// Gateway policies by path pattern.
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    #[serde(default)]
+    pub docs: DocsSection,
+    #[serde(default)]
+    pub queues: BTreeMap<String, QueueSection>,
+    pub ai: Option<AiSection>,
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSection {
+    /// Defaults to the app folder's name.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Address to listen on; `127.0.0.1` unless the app is meant to be reached from elsewhere.
+    pub host: String,
+    /// Defaults to 7071; `--port` and `NIMBUS_PORT` override it.
+    pub port: Option<u16>,
+    /// How long in-flight requests may run on after SIGINT/SIGTERM before the server stops anyway.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: None,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteSection {
+    /// Folder (relative to the app) published to the `$web` container at start.
+    pub dir: Option<PathBuf>,
+    /// Unknown non-file paths answer `index.html` with 200.
+    #[serde(default)]
+    pub spa: bool,
+    #[serde(default = "default_index_document")]
+    pub index_document: String,
+    pub error_document: Option<String>,
+    /// `Cache-Control` values by glob, e.g. `"assets/**" = "public, max-age=31536000, immutable"`.
+    #[serde(default)]
+    pub cache_control: BTreeMap<String, String>,
+}
+
+fn default_index_document() -> String {
+    "index.html".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    /// The `aud` of access tokens for this app's API.
+    pub audience: Option<String>,
+    /// Public issuer URL when the node sits behind a proxy; defaults to the node's own URL.
+    pub issuer: Option<String>,
+    #[serde(default = "yes")]
+    pub signup: bool,
+    /// Shown on the hosted pages; defaults to the app name.
+    pub display_name: Option<String>,
+    /// A CSS file (relative to the app) that themes the hosted pages.
+    pub css: Option<PathBuf>,
+    pub access_token_ttl: Option<Duration>,
+    pub id_token_ttl: Option<Duration>,
+    pub refresh_token_ttl: Option<Duration>,
+    #[serde(default)]
+    pub clients: Vec<ClientSection>,
+    #[serde(default)]
+    pub providers: Vec<ProviderSection>,
+    pub smtp: Option<SmtpSection>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSection {
+    pub id: String,
+    /// Public clients (single-page apps) use PKCE and have no secret.
+    #[serde(default)]
+    pub public: bool,
+    pub secret: Option<EnvString>,
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub grant_types: Vec<GrantType>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantType {
+    AuthorizationCode,
+    RefreshToken,
+    ClientCredentials,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSection {
+    pub name: String,
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<EnvString>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSection {
+    pub host: String,
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    pub username: Option<EnvString>,
+    pub password: Option<EnvString>,
+    pub from: String,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Runtime {
+    Python,
+    Node,
+    Command,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    pub runtime: Runtime,
+    /// The file the SDK worker loads (python and node runtimes).
+    pub entry: Option<PathBuf>,
+    /// The author's own interpreter, e.g. `.venv/bin/python`.
+    pub python: Option<PathBuf>,
+    pub node: Option<PathBuf>,
+    /// For `runtime = "command"`: argv of an HTTP server; `{socket}` is replaced by its socket path.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// For `runtime = "command"`: the routes the server answers.
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// Environment given to the worker (it gets nothing else but `NIMBUS_*` and `PATH`).
+    #[serde(default)]
+    pub env: BTreeMap<String, EnvString>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSection {
+    /// Instances kept warm; 0 lets the function scale to zero.
+    #[serde(default)]
+    pub min_instances: u32,
+    pub max_instances: Option<u32>,
+    /// Requests one instance serves at once; the default depends on the runtime.
+    pub concurrency: Option<u32>,
+    pub timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub queue_limit: Option<u32>,
+    pub queue_timeout: Option<Duration>,
+    /// What the function may reach through the platform API, e.g. `docs:conversations:rw`.
+    #[serde(default)]
+    pub grants: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    Jwt,
+    ApiKey,
+    Anonymous,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// Path pattern: `/api/items/{id}`, with an optional trailing `*`.
+    pub path: String,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    pub auth: Option<AuthMode>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    pub rate_limit: Option<RateLimit>,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// What a limit is counted per: `ip`, `sub`, `api_key`, `header:<name>` or `claim:<name>`.
+    pub key: String,
+    pub requests: u32,
+    pub per: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    #[serde(default)]
+    pub issuers: Vec<IssuerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSection {
+    pub issuer: String,
+    pub audience: Option<String>,
+    /// Allowed signing algorithms; defaults to what the issuer's keys declare (never `none`).
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocsSection {
+    #[serde(default)]
+    pub containers: BTreeMap<String, ContainerSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSection {
+    /// JSON path of the partition key, e.g. `/userId`.
+    pub partition_key: String,
+    pub default_ttl: Option<Duration>,
+    /// Each entry is a set of paths whose values are unique together within a partition.
+    #[serde(default)]
+    pub unique_keys: Vec<Vec<String>>,
+    /// Paths indexed for query narrowing, e.g. `/status`.
+    #[serde(default)]
+    pub indexes: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSection {
+    pub visibility_timeout: Option<Duration>,
+    pub max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiSection {
+    pub token_limit: Option<TokenLimit>,
+    #[serde(default)]
+    pub backends: Vec<AiBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLimit {
+    pub key: String,
+    pub tokens: u64,
+    pub per: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiBackend {
+    pub name: String,
+    pub url: String,
+    pub api_key: Option<EnvString>,
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `sqlite` (default: a file in the data dir), `sqlite:///path/to/file.db` or `postgres://…`.
+    pub url: Option<EnvString>,
+    /// `file` (default: the data dir), `s3://…` or `az://…`.
+    pub blobs: Option<EnvString>,
+}

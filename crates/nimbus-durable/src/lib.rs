@@ -1,0 +1,5 @@
+//! Event-sourced orchestrations (chaining, fan-out/fan-in, timers, external events) and their management API.
+//!
+//! Not built yet: this crate reserves the component's place in the workspace (see ARCHITECTURE.md).
+//! It will depend on `nimbus-config` and `nimbus-store` only, and expose an axum `Router` plus a
+//! small typed API that the `nimbus` binary wires into the one-port server.

@@ -1,0 +1,5 @@
+//! Worker pools for Python, Node.js and command workers; triggers; scaling by in-flight requests; the host side of the worker protocol (PROTOCOL.md).
+//!
+//! Not built yet: this crate reserves the component's place in the workspace (see ARCHITECTURE.md).
+//! It will depend on `nimbus-config` and `nimbus-store` only, and expose an axum `Router` plus a
+//! small typed API that the `nimbus` binary wires into the one-port server.
