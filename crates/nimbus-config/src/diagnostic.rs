@@ -21,35 +21,20 @@ impl Diagnostic {
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = before[line_start..].chars().count() + 1;
-        Self {
-            file: file.to_path_buf(),
-            line,
-            column,
-            message,
-        }
+        Self { file: file.to_path_buf(), line, column, message }
     }
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("app folder {} does not exist or is not a directory", .0.display())]
     NotADirectory(PathBuf),
     #[error("{}", render(.0))]
@@ -58,10 +43,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        Self::Io { path: path.to_path_buf(), source }
     }
 
     /// The located problems (empty for I/O errors).
@@ -74,11 +56,7 @@ impl ConfigError {
 }
 
 fn render(diagnostics: &[Diagnostic]) -> String {
-    diagnostics
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n")
+    diagnostics.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
 }
 
 /// Rewrites serde's "unknown field `x`, expected one of `a`, `b`" into a message that suggests the
@@ -105,10 +83,7 @@ pub(crate) fn explain(message: &str) -> String {
     // serde names Rust types; say what a manifest author can act on.
     message
         .replace("expected u16", "expected a whole number from 0 to 65535")
-        .replace(
-            "expected u32",
-            "expected a whole number from 0 to 4294967295",
-        )
+        .replace("expected u32", "expected a whole number from 0 to 4294967295")
         .replace("expected u64", "expected a whole number, 0 or more")
         .replace("expected a boolean", "expected true or false")
 }
@@ -155,18 +130,13 @@ mod tests {
 
     #[test]
     fn suggests_the_closest_key() {
-        let m = explain(
-            "unknown field `min_instance`, expected one of `min_instances`, `max_instances`, `timeout`",
-        );
+        let m = explain("unknown field `min_instance`, expected one of `min_instances`, `max_instances`, `timeout`");
         assert_eq!(
             m,
             "unknown key `min_instance`; did you mean `min_instances`? (valid: min_instances, max_instances, timeout)"
         );
         let m = explain("unknown variant `pyton`, expected one of `python`, `node`, `command`");
-        assert!(
-            m.starts_with("unknown value `pyton`; did you mean `python`?"),
-            "{m}"
-        );
+        assert!(m.starts_with("unknown value `pyton`; did you mean `python`?"), "{m}");
         let m = explain("unknown field `zzz`, expected `path`");
         assert_eq!(m, "unknown key `zzz` (valid: path)");
     }

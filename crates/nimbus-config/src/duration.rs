@@ -44,8 +44,7 @@ impl std::str::FromStr for Duration {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let hint =
-            "write a number with a unit, such as \"250ms\", \"30s\", \"5m\", \"1h\" or \"90d\"";
+        let hint = "write a number with a unit, such as \"250ms\", \"30s\", \"5m\", \"1h\" or \"90d\"";
         let trimmed = s.trim();
         if trimmed.is_empty() {
             return Err(format!("empty duration: {hint}"));
@@ -53,9 +52,7 @@ impl std::str::FromStr for Duration {
         if trimmed.chars().all(|c| c.is_ascii_digit()) {
             return Err(format!("duration \"{s}\" has no unit: {hint}"));
         }
-        humantime::parse_duration(trimmed)
-            .map(Duration)
-            .map_err(|_| format!("invalid duration \"{s}\": {hint}"))
+        humantime::parse_duration(trimmed).map(Duration).map_err(|_| format!("invalid duration \"{s}\": {hint}"))
     }
 }
 
@@ -71,9 +68,7 @@ impl<'de> Deserialize<'de> for Duration {
                 v.parse().map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-                Err(E::custom(format!(
-                    "duration {v} has no unit: write it as a string, such as \"{v}s\" or \"{v}ms\""
-                )))
+                Err(E::custom(format!("duration {v} has no unit: write it as a string, such as \"{v}s\" or \"{v}ms\"")))
             }
         }
         deserializer.deserialize_any(Visitor)
@@ -86,28 +81,17 @@ mod tests {
 
     #[test]
     fn parses_units() {
-        assert_eq!(
-            "250ms".parse::<Duration>().unwrap(),
-            Duration::from_millis(250)
-        );
+        assert_eq!("250ms".parse::<Duration>().unwrap(), Duration::from_millis(250));
         assert_eq!("30s".parse::<Duration>().unwrap(), Duration::from_secs(30));
         assert_eq!("5m".parse::<Duration>().unwrap(), Duration::from_secs(300));
         assert_eq!("1h".parse::<Duration>().unwrap(), Duration::from_secs(3600));
-        assert_eq!(
-            "90d".parse::<Duration>().unwrap(),
-            Duration::from_secs(90 * 86400)
-        );
+        assert_eq!("90d".parse::<Duration>().unwrap(), Duration::from_secs(90 * 86400));
     }
 
     #[test]
     fn refuses_bare_numbers_and_garbage() {
         assert!("30".parse::<Duration>().unwrap_err().contains("no unit"));
-        assert!(
-            "soon"
-                .parse::<Duration>()
-                .unwrap_err()
-                .contains("invalid duration")
-        );
+        assert!("soon".parse::<Duration>().unwrap_err().contains("invalid duration"));
         assert!("".parse::<Duration>().unwrap_err().contains("empty"));
         assert!("5 parsecs".parse::<Duration>().is_err());
     }

@@ -27,10 +27,7 @@ impl EnvString {
         Self::resolve_with(written, |name| std::env::var(name).ok())
     }
 
-    pub fn resolve_with(
-        written: &str,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, String> {
+    pub fn resolve_with(written: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let mut value = String::with_capacity(written.len());
         let mut rest = written;
         while let Some(pos) = rest.find('$') {
@@ -40,9 +37,9 @@ impl EnvString {
                 value.push_str("${");
                 rest = tail;
             } else if let Some(tail) = after.strip_prefix("${") {
-                let end = tail
-                    .find('}')
-                    .ok_or_else(|| format!("unclosed `${{` in \"{written}\": write `${{NAME}}`, or `$${{` for a literal `${{`"))?;
+                let end = tail.find('}').ok_or_else(|| {
+                    format!("unclosed `${{` in \"{written}\": write `${{NAME}}`, or `$${{` for a literal `${{`")
+                })?;
                 let name = &tail[..end];
                 let valid = !name.is_empty()
                     && !name.starts_with(|c: char| c.is_ascii_digit())
@@ -63,10 +60,7 @@ impl EnvString {
             }
         }
         value.push_str(rest);
-        Ok(Self {
-            written: written.to_owned(),
-            value,
-        })
+        Ok(Self { written: written.to_owned(), value })
     }
 }
 
@@ -100,34 +94,16 @@ mod tests {
         let s = EnvString::resolve_with("postgres://u:${KEY}@${HOST}/x", env).unwrap();
         assert_eq!(s.value(), "postgres://u:s3cret@db.local/x");
         assert_eq!(format!("{s:?}"), "\"postgres://u:${KEY}@${HOST}/x\"");
-        assert_eq!(
-            EnvString::resolve_with("a$${KEY}b", env).unwrap().value(),
-            "a${KEY}b"
-        );
-        assert_eq!(
-            EnvString::resolve_with("cost: $5", env).unwrap().value(),
-            "cost: $5"
-        );
+        assert_eq!(EnvString::resolve_with("a$${KEY}b", env).unwrap().value(), "a${KEY}b");
+        assert_eq!(EnvString::resolve_with("cost: $5", env).unwrap().value(), "cost: $5");
     }
 
     #[test]
     fn unset_and_malformed_references_are_errors() {
         let e = EnvString::resolve_with("${MISSING}", env).unwrap_err();
         assert!(e.contains("`MISSING` is not set"), "{e}");
-        assert!(
-            EnvString::resolve_with("${KEY", env)
-                .unwrap_err()
-                .contains("unclosed")
-        );
-        assert!(
-            EnvString::resolve_with("${1X}", env)
-                .unwrap_err()
-                .contains("not a valid")
-        );
-        assert!(
-            EnvString::resolve_with("${}", env)
-                .unwrap_err()
-                .contains("not a valid")
-        );
+        assert!(EnvString::resolve_with("${KEY", env).unwrap_err().contains("unclosed"));
+        assert!(EnvString::resolve_with("${1X}", env).unwrap_err().contains("not a valid"));
+        assert!(EnvString::resolve_with("${}", env).unwrap_err().contains("not a valid"));
     }
 }

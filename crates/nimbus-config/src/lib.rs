@@ -33,10 +33,7 @@ impl AppConfig {
     /// The app's name: `[app] name`, or the folder's name.
     pub fn name(&self) -> String {
         self.manifest.app.name.clone().unwrap_or_else(|| {
-            self.dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "app".into())
+            self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "app".into())
         })
     }
 }
@@ -52,32 +49,19 @@ pub fn load(dir: &Path) -> Result<AppConfig, ConfigError> {
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(AppConfig {
-                dir,
-                manifest_path: None,
-                manifest: Manifest::default(),
-            });
+            return Ok(AppConfig { dir, manifest_path: None, manifest: Manifest::default() });
         }
         Err(e) => return Err(ConfigError::io(&path, e)),
     };
     let manifest = parse(&path, &text)?;
-    Ok(AppConfig {
-        dir,
-        manifest_path: Some(path),
-        manifest,
-    })
+    Ok(AppConfig { dir, manifest_path: Some(path), manifest })
 }
 
 /// Parses and validates manifest text; `path` is only used to name the file in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Manifest, ConfigError> {
     let manifest: Manifest = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        ConfigError::Invalid(vec![Diagnostic::at(
-            path,
-            text,
-            span.start,
-            diagnostic::explain(e.message()),
-        )])
+        ConfigError::Invalid(vec![Diagnostic::at(path, text, span.start, diagnostic::explain(e.message()))])
     })?;
     let problems = validate::check(&manifest);
     if problems.is_empty() {
@@ -87,16 +71,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ConfigError> {
     let mut diagnostics: Vec<Diagnostic> = problems
         .into_iter()
         .map(|p| {
-            let offset = doc
-                .as_ref()
-                .and_then(|d| diagnostic::offset_of(d, &p.path))
-                .unwrap_or(0);
-            Diagnostic::at(
-                path,
-                text,
-                offset,
-                format!("`{}`: {}", p.path_string(), p.message),
-            )
+            let offset = doc.as_ref().and_then(|d| diagnostic::offset_of(d, &p.path)).unwrap_or(0);
+            Diagnostic::at(path, text, offset, format!("`{}`: {}", p.path_string(), p.message))
         })
         .collect();
     diagnostics.sort_by_key(|d| (d.line, d.column));

@@ -58,11 +58,7 @@ pub struct ServerSection {
 
 impl Default for ServerSection {
     fn default() -> Self {
-        Self {
-            host: "127.0.0.1".into(),
-            port: None,
-            shutdown_grace: Duration::from_secs(30),
-        }
+        Self { host: "127.0.0.1".into(), port: None, shutdown_grace: Duration::from_secs(30) }
     }
 }
 

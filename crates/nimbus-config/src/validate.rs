@@ -62,10 +62,7 @@ impl From<usize> for Seg {
 
 impl Checker {
     fn fail(&mut self, path: Vec<Seg>, message: impl Into<String>) {
-        self.problems.push(Problem {
-            path,
-            message: message.into(),
-        });
+        self.problems.push(Problem { path, message: message.into() });
     }
 }
 
@@ -73,16 +70,16 @@ pub(crate) fn check(m: &Manifest) -> Vec<Problem> {
     let mut c = Checker::default();
     if let Some(name) = &m.app.name {
         if !is_name(name) {
-            c.fail(p!["app", "name"], "must be 1-63 characters of lowercase letters, digits, `-` and `_`, starting with a letter or digit");
+            c.fail(
+                p!["app", "name"],
+                "must be 1-63 characters of lowercase letters, digits, `-` and `_`, starting with a letter or digit",
+            );
         }
     }
     if m.server.host.parse::<std::net::IpAddr>().is_err() && m.server.host != "localhost" {
         c.fail(
             p!["server", "host"],
-            format!(
-                "\"{}\" is not an IP address (e.g. \"127.0.0.1\" or \"0.0.0.0\")",
-                m.server.host
-            ),
+            format!("\"{}\" is not an IP address (e.g. \"127.0.0.1\" or \"0.0.0.0\")", m.server.host),
         );
     }
     check_workers(&mut c, m);
@@ -94,10 +91,7 @@ pub(crate) fn check(m: &Manifest) -> Vec<Problem> {
     if let Some(ai) = &m.ai {
         for (i, b) in ai.backends.iter().enumerate() {
             if !is_http_url(&b.url) {
-                c.fail(
-                    p!["ai", "backends", i, "url"],
-                    format!("\"{}\" is not an http(s) URL", b.url),
-                );
+                c.fail(p!["ai", "backends", i, "url"], format!("\"{}\" is not an http(s) URL", b.url));
             }
         }
         if let Some(limit) = &ai.token_limit {
@@ -108,20 +102,10 @@ pub(crate) fn check(m: &Manifest) -> Vec<Problem> {
     }
     for (i, issuer) in m.gateway.issuers.iter().enumerate() {
         if !is_http_url(&issuer.issuer) {
-            c.fail(
-                p!["gateway", "issuers", i, "issuer"],
-                format!("\"{}\" is not an http(s) URL", issuer.issuer),
-            );
+            c.fail(p!["gateway", "issuers", i, "issuer"], format!("\"{}\" is not an http(s) URL", issuer.issuer));
         }
-        if issuer
-            .algorithms
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case("none"))
-        {
-            c.fail(
-                p!["gateway", "issuers", i, "algorithms"],
-                "`none` is never an allowed algorithm",
-            );
+        if issuer.algorithms.iter().any(|a| a.eq_ignore_ascii_case("none")) {
+            c.fail(p!["gateway", "issuers", i, "algorithms"], "`none` is never an allowed algorithm");
         }
     }
     c.problems
@@ -130,17 +114,20 @@ pub(crate) fn check(m: &Manifest) -> Vec<Problem> {
 fn check_workers(c: &mut Checker, m: &Manifest) {
     for (name, w) in &m.workers {
         if !is_name(name) {
-            c.fail(
-                p!["workers", name],
-                "worker names are lowercase letters, digits, `-` and `_`",
-            );
+            c.fail(p!["workers", name], "worker names are lowercase letters, digits, `-` and `_`");
         }
         match w.runtime {
             Runtime::Command => {
                 if w.command.is_empty() {
-                    c.fail(p!["workers", name, "runtime"], "a command worker needs `command`, e.g. [\"uvicorn\", \"main:app\", \"--uds\", \"{socket}\"]");
+                    c.fail(
+                        p!["workers", name, "runtime"],
+                        "a command worker needs `command`, e.g. [\"uvicorn\", \"main:app\", \"--uds\", \"{socket}\"]",
+                    );
                 } else if !w.command.iter().any(|a| a.contains("{socket}")) {
-                    c.fail(p!["workers", name, "command"], "no argument contains `{socket}`: the server must listen on the socket nimbus gives it");
+                    c.fail(
+                        p!["workers", name, "command"],
+                        "no argument contains `{socket}`: the server must listen on the socket nimbus gives it",
+                    );
                 }
                 if w.routes.is_empty() {
                     c.fail(
@@ -157,37 +144,31 @@ fn check_workers(c: &mut Checker, m: &Manifest) {
             }
             Runtime::Python | Runtime::Node => {
                 if w.entry.is_none() {
-                    c.fail(p!["workers", name, "runtime"], "missing `entry`: the file that declares the functions, e.g. \"functions/app.py\"");
-                }
-                if !w.command.is_empty() {
                     c.fail(
-                        p!["workers", name, "command"],
-                        "`command` is only for `runtime = \"command\"`",
+                        p!["workers", name, "runtime"],
+                        "missing `entry`: the file that declares the functions, e.g. \"functions/app.py\"",
                     );
                 }
+                if !w.command.is_empty() {
+                    c.fail(p!["workers", name, "command"], "`command` is only for `runtime = \"command\"`");
+                }
                 if !w.routes.is_empty() {
-                    c.fail(p!["workers", name, "routes"], "SDK workers declare their routes in code; `routes` is only for `runtime = \"command\"`");
+                    c.fail(
+                        p!["workers", name, "routes"],
+                        "SDK workers declare their routes in code; `routes` is only for `runtime = \"command\"`",
+                    );
                 }
             }
         }
         if w.python.is_some() && w.runtime != Runtime::Python {
-            c.fail(
-                p!["workers", name, "python"],
-                "`python` only applies to `runtime = \"python\"`",
-            );
+            c.fail(p!["workers", name, "python"], "`python` only applies to `runtime = \"python\"`");
         }
         if w.node.is_some() && w.runtime != Runtime::Node {
-            c.fail(
-                p!["workers", name, "node"],
-                "`node` only applies to `runtime = \"node\"`",
-            );
+            c.fail(p!["workers", name, "node"], "`node` only applies to `runtime = \"node\"`");
         }
         for key in w.env.keys() {
             if key.starts_with("NIMBUS_") {
-                c.fail(
-                    p!["workers", name, "env", key],
-                    "`NIMBUS_*` variables are set by nimbus itself",
-                );
+                c.fail(p!["workers", name, "env", key], "`NIMBUS_*` variables are set by nimbus itself");
             }
         }
         for (i, route) in w.routes.iter().enumerate() {
@@ -206,10 +187,7 @@ fn check_functions(c: &mut Checker, m: &Manifest) {
             } else if f.min_instances > max {
                 c.fail(
                     p!["functions", name, "min_instances"],
-                    format!(
-                        "min_instances ({}) is greater than max_instances ({max})",
-                        f.min_instances
-                    ),
+                    format!("min_instances ({}) is greater than max_instances ({max})", f.min_instances),
                 );
             }
         }
@@ -253,42 +231,30 @@ fn check_routes(c: &mut Checker, m: &Manifest) {
             c.fail(p!["routes", i, "path"], e);
         }
         if !seen.insert(&r.path) {
-            c.fail(
-                p!["routes", i, "path"],
-                format!("\"{}\" is declared twice", r.path),
-            );
+            c.fail(p!["routes", i, "path"], format!("\"{}\" is declared twice", r.path));
         }
         for method in &r.methods {
             if !METHODS.contains(&method.as_str()) {
-                c.fail(
-                    p!["routes", i, "methods"],
-                    format!("\"{method}\" is not one of {}", METHODS.join(", ")),
-                );
+                c.fail(p!["routes", i, "methods"], format!("\"{method}\" is not one of {}", METHODS.join(", ")));
             }
         }
         if r.auth == Some(AuthMode::Anonymous) && !(r.scopes.is_empty() && r.roles.is_empty()) {
-            c.fail(
-                p!["routes", i, "auth"],
-                "an anonymous route cannot require scopes or roles",
-            );
+            c.fail(p!["routes", i, "auth"], "an anonymous route cannot require scopes or roles");
         }
         if let Some(limit) = &r.rate_limit {
             if limit.requests == 0 {
-                c.fail(
-                    p!["routes", i, "rate_limit", "requests"],
-                    "must be at least 1",
-                );
+                c.fail(p!["routes", i, "rate_limit", "requests"], "must be at least 1");
             }
             if limit.per.get().is_zero() {
-                c.fail(
-                    p!["routes", i, "rate_limit", "per"],
-                    "must be longer than 0s",
-                );
+                c.fail(p!["routes", i, "rate_limit", "per"], "must be longer than 0s");
             }
             if !is_limit_key(&limit.key) {
                 c.fail(
                     p!["routes", i, "rate_limit", "key"],
-                    format!("\"{}\" is not a limit key: use ip, sub, api_key, header:<name> or claim:<name>", limit.key),
+                    format!(
+                        "\"{}\" is not a limit key: use ip, sub, api_key, header:<name> or claim:<name>",
+                        limit.key
+                    ),
                 );
             }
         }
@@ -312,18 +278,14 @@ fn check_path_pattern(path: &str) -> Result<(), String> {
     }
     for seg in body.split('/').skip(1) {
         if let Some(inner) = seg.strip_prefix('{') {
-            let ok = inner.strip_suffix('}').is_some_and(|n| {
-                !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-            });
+            let ok = inner
+                .strip_suffix('}')
+                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
             if !ok {
-                return Err(format!(
-                    "\"{path}\": parameter segment \"{seg}\" must look like {{name}}"
-                ));
+                return Err(format!("\"{path}\": parameter segment \"{seg}\" must look like {{name}}"));
             }
         } else if seg.contains(['{', '}']) {
-            return Err(format!(
-                "\"{path}\": a parameter must be a whole segment, like /items/{{id}}"
-            ));
+            return Err(format!("\"{path}\": a parameter must be a whole segment, like /items/{{id}}"));
         }
     }
     Ok(())
@@ -337,16 +299,12 @@ fn check_identity(c: &mut Checker, m: &Manifest) {
             c.fail(p!["identity", "clients", i, "id"], "must not be empty");
         }
         if !ids.insert(&client.id) {
-            c.fail(
-                p!["identity", "clients", i, "id"],
-                format!("client id \"{}\" is declared twice", client.id),
-            );
+            c.fail(p!["identity", "clients", i, "id"], format!("client id \"{}\" is declared twice", client.id));
         }
         match (client.public, &client.secret) {
-            (true, Some(_)) => c.fail(
-                p!["identity", "clients", i, "secret"],
-                "a public client has no secret (it uses PKCE)",
-            ),
+            (true, Some(_)) => {
+                c.fail(p!["identity", "clients", i, "secret"], "a public client has no secret (it uses PKCE)")
+            }
             (false, None) => c.fail(
                 p!["identity", "clients", i],
                 "a confidential client needs `secret` (or set `public = true` for a browser app)",
@@ -354,10 +312,7 @@ fn check_identity(c: &mut Checker, m: &Manifest) {
             _ => {}
         }
         if client.public && client.grant_types.contains(&GrantType::ClientCredentials) {
-            c.fail(
-                p!["identity", "clients", i, "grant_types"],
-                "client_credentials needs a confidential client",
-            );
+            c.fail(p!["identity", "clients", i, "grant_types"], "client_credentials needs a confidential client");
         }
         for (j, uri) in client.redirect_uris.iter().enumerate() {
             match url::Url::parse(uri) {
@@ -375,10 +330,7 @@ fn check_identity(c: &mut Checker, m: &Manifest) {
     }
     for (i, provider) in id.providers.iter().enumerate() {
         if !is_http_url(&provider.issuer) {
-            c.fail(
-                p!["identity", "providers", i, "issuer"],
-                format!("\"{}\" is not an http(s) URL", provider.issuer),
-            );
+            c.fail(p!["identity", "providers", i, "issuer"], format!("\"{}\" is not an http(s) URL", provider.issuer));
         }
     }
 }
@@ -386,18 +338,12 @@ fn check_identity(c: &mut Checker, m: &Manifest) {
 fn check_docs(c: &mut Checker, m: &Manifest) {
     for (name, container) in &m.docs.containers {
         if !is_name(name) {
-            c.fail(
-                p!["docs", "containers", name],
-                "container names are 1-63 lowercase letters, digits, `-` and `_`",
-            );
+            c.fail(p!["docs", "containers", name], "container names are 1-63 lowercase letters, digits, `-` and `_`");
         }
         if !is_json_path(&container.partition_key) {
             c.fail(
                 p!["docs", "containers", name, "partition_key"],
-                format!(
-                    "\"{}\" is not a JSON path like \"/userId\"",
-                    container.partition_key
-                ),
+                format!("\"{}\" is not a JSON path like \"/userId\"", container.partition_key),
             );
         }
         for (i, path) in container.indexes.iter().enumerate() {
@@ -427,15 +373,18 @@ fn check_store(c: &mut Checker, m: &Manifest) {
             || v.starts_with("postgres://")
             || v.starts_with("postgresql://");
         if !ok {
-            c.fail(p!["store", "url"], format!("\"{}\" is not a store URL: use \"sqlite\", \"sqlite:///path/file.db\" or \"postgres://…\"", url.written()));
+            c.fail(
+                p!["store", "url"],
+                format!(
+                    "\"{}\" is not a store URL: use \"sqlite\", \"sqlite:///path/file.db\" or \"postgres://…\"",
+                    url.written()
+                ),
+            );
         }
     }
     if let Some(blobs) = &m.store.blobs {
         let v = blobs.value();
-        let ok = v == "file"
-            || v.starts_with("file://")
-            || v.starts_with("s3://")
-            || v.starts_with("az://");
+        let ok = v == "file" || v.starts_with("file://") || v.starts_with("s3://") || v.starts_with("az://");
         if !ok {
             c.fail(p!["store", "blobs"], format!("\"{}\" is not a blob store URL: use \"file\", \"file:///path\", \"s3://bucket\" or \"az://container\"", blobs.written()));
         }
@@ -445,8 +394,7 @@ fn check_store(c: &mut Checker, m: &Manifest) {
 fn is_name(s: &str) -> bool {
     (1..=63).contains(&s.len())
         && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 fn is_json_path(s: &str) -> bool {

@@ -10,15 +10,9 @@ fn manifests_give_the_expected_diagnostics() {
     let bless = std::env::var_os("NIMBUS_BLESS").is_some();
     let mut checked = 0;
     let mut failures = Vec::new();
-    let mut entries: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
     entries.sort();
-    for path in entries
-        .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-    {
+    for path in entries.iter().filter(|p| p.extension().is_some_and(|e| e == "toml")) {
         let text = std::fs::read_to_string(path).unwrap();
         let name = Path::new(path.file_name().unwrap());
         let (actual, ext) = match nimbus_config::parse(name, &text) {
@@ -31,22 +25,11 @@ fn manifests_give_the_expected_diagnostics() {
         }
         match std::fs::read_to_string(&expected_path) {
             Ok(expected) if expected == actual => {}
-            Ok(expected) => failures.push(format!(
-                "{}:\n--- expected\n{expected}--- actual\n{actual}",
-                path.display()
-            )),
-            Err(_) => failures.push(format!(
-                "{}: no {} file; actual output:\n{actual}",
-                path.display(),
-                ext
-            )),
+            Ok(expected) => failures.push(format!("{}:\n--- expected\n{expected}--- actual\n{actual}", path.display())),
+            Err(_) => failures.push(format!("{}: no {} file; actual output:\n{actual}", path.display(), ext)),
         }
         checked += 1;
     }
-    assert!(
-        checked >= 10,
-        "only {checked} cases found in {}",
-        dir.display()
-    );
+    assert!(checked >= 10, "only {checked} cases found in {}", dir.display());
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -1,1 +1,290 @@
-//! x
+//! Storage for every Nimbus component, on two backends chosen by URL: embedded SQLite (a file in
+//! the data dir, WAL) and PostgreSQL (`postgres://…`), so a node can grow from one machine to
+//! several sharing one database.
+//!
+//! What it gives:
+//! - [`open`]: connect, apply versioned [`Migration`]s (each component owns its own), refuse a
+//!   schema newer than the binary;
+//! - records: namespaced keys with byte values and versions, written all-or-nothing with
+//!   per-write conditions ([`Store::commit`]);
+//! - leases: named, expiring claims with fencing tokens ([`Store::claim`]), safe under
+//!   concurrency on both backends, for work that one node at a time must do.
+//!
+//! Both backends pass one conformance suite (`tests/conformance.rs`); the `testing` feature
+//! exposes the harness so components with their own tables can do the same.
+
+mod error;
+mod migrate;
+mod postgres;
+mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+
+pub use error::StoreError;
+pub use migrate::{CORE_MIGRATIONS, Migration};
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Namespaces and keys are at most this long (bytes).
+pub const MAX_NAMESPACE_LEN: usize = 128;
+pub const MAX_KEY_LEN: usize = 1024;
+/// A record value is at most this large (bytes).
+pub const MAX_VALUE_LEN: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Sqlite,
+    Postgres,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// A stored record. `version` grows with every write anywhere in the store and is never reused,
+/// so a version seen once identifies one write (no ABA when a key is deleted and re-created).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub ns: String,
+    pub key: String,
+    pub value: Vec<u8>,
+    pub version: u64,
+}
+
+/// What a write requires of the record's current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// No condition.
+    Any,
+    /// The record must not exist.
+    Absent,
+    /// The record must exist with exactly this version.
+    Version(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Put(Vec<u8>),
+    Delete,
+    /// Only checks the condition; lets a commit depend on records it does not change.
+    Check,
+}
+
+/// One write of a [`Store::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Write {
+    pub ns: String,
+    pub key: String,
+    pub op: Op,
+    pub expect: Expect,
+}
+
+impl Write {
+    pub fn put(ns: &str, key: &str, value: impl Into<Vec<u8>>) -> Self {
+        Self { ns: ns.into(), key: key.into(), op: Op::Put(value.into()), expect: Expect::Any }
+    }
+
+    pub fn delete(ns: &str, key: &str) -> Self {
+        Self { ns: ns.into(), key: key.into(), op: Op::Delete, expect: Expect::Any }
+    }
+
+    pub fn check(ns: &str, key: &str, expect: Expect) -> Self {
+        Self { ns: ns.into(), key: key.into(), op: Op::Check, expect }
+    }
+
+    pub fn expect(mut self, expect: Expect) -> Self {
+        self.expect = expect;
+        self
+    }
+}
+
+/// A named claim held by one holder until `expires_at`. `token` increases with every successful
+/// claim of the name, so work done under a lease can be fenced against a holder that lost it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub name: String,
+    pub holder: String,
+    pub token: u64,
+    pub expires_at: SystemTime,
+}
+
+/// The storage primitives every backend provides.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn kind(&self) -> BackendKind;
+
+    /// Where the data lives, safe to log (no password).
+    fn location(&self) -> &str;
+
+    /// Cheap round trip to the backend, for readiness checks.
+    async fn ping(&self) -> Result<()>;
+
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<Record>>;
+
+    /// Records of `ns` whose key starts with `prefix` and sorts after `after` (byte order), at most
+    /// `limit` of them, in key order. Pass the last key seen as `after` to read the next page.
+    async fn list(&self, ns: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>>;
+
+    /// Applies every write or none. A failed condition answers [`StoreError::Conflict`] naming the
+    /// first write that failed. Returns the new version of each put (`None` for deletes and checks).
+    async fn commit(&self, writes: Vec<Write>) -> Result<Vec<Option<u64>>>;
+
+    /// Claims `name` for `holder` for `ttl` if it is free or expired (or already held by `holder`).
+    /// `None` when someone else holds it.
+    async fn claim(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<Lease>>;
+
+    /// Extends a lease still held; `None` when it expired or was taken over.
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Option<Lease>>;
+
+    /// Gives a lease up; `false` when it was no longer held.
+    async fn release(&self, lease: &Lease) -> Result<bool>;
+
+    /// Writes one record without condition; returns its new version.
+    async fn put(&self, ns: &str, key: &str, value: &[u8]) -> Result<u64> {
+        let versions = self.commit(vec![Write::put(ns, key, value)]).await?;
+        Ok(versions.first().copied().flatten().unwrap_or_default())
+    }
+
+    /// Deletes one record; `false` when it did not exist.
+    async fn delete(&self, ns: &str, key: &str) -> Result<bool> {
+        match self.get(ns, key).await? {
+            None => Ok(false),
+            Some(r) => match self.commit(vec![Write::delete(ns, key).expect(Expect::Version(r.version))]).await {
+                Ok(_) => Ok(true),
+                Err(StoreError::Conflict { .. }) => Ok(false),
+                Err(e) => Err(e),
+            },
+        }
+    }
+}
+
+/// Where the store lives, from a URL: `sqlite` (the file `nimbus.db` in the data dir),
+/// `sqlite:///abs/path.db` or `sqlite://relative/path.db`, `postgres://…` / `postgresql://…`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(std::path::PathBuf),
+    Postgres(String),
+}
+
+impl StoreUrl {
+    pub fn parse(url: &str, data_dir: &Path) -> Result<Self> {
+        if url == "sqlite" || url.is_empty() {
+            return Ok(Self::Sqlite(data_dir.join("nimbus.db")));
+        }
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(StoreError::Invalid(format!("store URL \"{url}\" names no file")));
+            }
+            let path = Path::new(path);
+            return Ok(Self::Sqlite(if path.is_absolute() { path.to_path_buf() } else { data_dir.join(path) }));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(Self::Postgres(url.to_owned()));
+        }
+        Err(StoreError::Invalid(format!(
+            "store URL \"{}\" has an unknown scheme: use \"sqlite\", \"sqlite:///path/file.db\" or \"postgres://…\"",
+            redact(url)
+        )))
+    }
+}
+
+/// Opens the store at `url` and brings its schema up to date with `migrations` (which must include
+/// [`CORE_MIGRATIONS`]; components add their own).
+pub async fn open(url: &str, data_dir: &Path, migrations: &[Migration]) -> Result<Arc<dyn Store>> {
+    match StoreUrl::parse(url, data_dir)? {
+        StoreUrl::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(&path, migrations).await?)),
+        StoreUrl::Postgres(url) => Ok(Arc::new(postgres::PgStore::open(&url, migrations).await?)),
+    }
+}
+
+/// The URL with its password replaced by `***`, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => url.split('@').next_back().map(|host| format!("…@{host}")).unwrap_or_default(),
+    }
+}
+
+pub(crate) fn validate_key(ns: &str, key: &str) -> Result<()> {
+    if ns.is_empty() || ns.len() > MAX_NAMESPACE_LEN {
+        return Err(StoreError::Invalid(format!("namespace must be 1 to {MAX_NAMESPACE_LEN} bytes")));
+    }
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(StoreError::Invalid(format!("key must be 1 to {MAX_KEY_LEN} bytes")));
+    }
+    if ns.contains('\0') || key.contains('\0') {
+        return Err(StoreError::Invalid("namespaces and keys cannot contain NUL characters".into()));
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_writes(writes: &[Write]) -> Result<()> {
+    for w in writes {
+        validate_key(&w.ns, &w.key)?;
+        match (&w.op, w.expect) {
+            (Op::Put(v), _) if v.len() > MAX_VALUE_LEN => {
+                return Err(StoreError::Invalid(format!(
+                    "value of {} bytes is over the {MAX_VALUE_LEN}-byte limit",
+                    v.len()
+                )));
+            }
+            (Op::Delete, Expect::Absent) => {
+                return Err(StoreError::Invalid("deleting a record that must be absent makes no sense".into()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn validate_lease(name: &str, holder: &str, ttl: Duration) -> Result<()> {
+    validate_key("lease", name)?;
+    if holder.is_empty() || holder.len() > MAX_KEY_LEN {
+        return Err(StoreError::Invalid(format!("lease holder must be 1 to {MAX_KEY_LEN} bytes")));
+    }
+    if ttl.is_zero() || ttl > Duration::from_secs(365 * 86400) {
+        return Err(StoreError::Invalid("lease ttl must be between 1ms and one year".into()));
+    }
+    Ok(())
+}
+
+pub(crate) fn millis_to_time(ms: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_choose_backends() {
+        let dir = Path::new("/data");
+        assert_eq!(StoreUrl::parse("sqlite", dir).unwrap(), StoreUrl::Sqlite("/data/nimbus.db".into()));
+        assert_eq!(StoreUrl::parse("sqlite:///x/y.db", dir).unwrap(), StoreUrl::Sqlite("/x/y.db".into()));
+        assert_eq!(StoreUrl::parse("sqlite://y.db", dir).unwrap(), StoreUrl::Sqlite("/data/y.db".into()));
+        assert!(matches!(StoreUrl::parse("postgres://h/db", dir).unwrap(), StoreUrl::Postgres(_)));
+        let e = StoreUrl::parse("mysql://u:pw@h/db", dir).unwrap_err().to_string();
+        assert!(e.contains("unknown scheme") && !e.contains("pw"), "{e}");
+    }
+
+    #[test]
+    fn redaction_hides_passwords() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -1,0 +1,48 @@
+//! The store's error kinds. Callers act on `Conflict` (retry or report 409/412) and `Invalid`
+//! (report 400); the rest are operational failures reported as 5xx with the detail logged.
+
+use crate::Expect;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot reach PostgreSQL at {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error(
+        "the database schema of `{component}` is at version {found}, newer than this nimbus binary supports ({supported}); \
+         upgrade nimbus or point it at another store"
+    )]
+    SchemaTooNew { component: String, found: i64, supported: i64 },
+    #[error("condition failed on {ns}/{key} (write {index}): expected {expected:?}, found {}", match .actual { Some(v) => format!("version {v}"), None => "no record".into() })]
+    Conflict { index: usize, ns: String, key: String, expected: Expect, actual: Option<u64> },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot open {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Backend(e.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        // The driver's Display hides the server's message behind "db error"; show it.
+        match e.as_db_error() {
+            Some(db) => Self::Backend(format!("{}: {}", db.code().code(), db.message())),
+            None => Self::Backend(e.to_string()),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            other => Self::Backend(other.to_string()),
+        }
+    }
+}

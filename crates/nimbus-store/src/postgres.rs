@@ -1,0 +1,268 @@
+//! The PostgreSQL backend (and PostgreSQL-compatible databases), for several nodes sharing one
+//! database. Conditional writes are single statements whose `WHERE` carries the condition, so
+//! they stay correct under concurrency at READ COMMITTED; lease times come from the database's
+//! clock so that nodes with skewed clocks still agree on who holds what.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use crate::migrate::{Migration, pending};
+use crate::{
+    BackendKind, Expect, Lease, Op, Record, Result, Store, StoreError, Write, millis_to_time, redact, validate_key,
+    validate_lease, validate_writes,
+};
+
+const POOL_SIZE: usize = 16;
+/// Serialises migrations of nodes starting at once (an arbitrary, fixed advisory-lock key).
+const MIGRATION_LOCK: i64 = 0x6e_696d_6275_73;
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+pub(crate) struct PgStore {
+    pool: Pool,
+    location: String,
+}
+
+impl PgStore {
+    pub(crate) async fn open(url: &str, migrations: &[Migration]) -> Result<Self> {
+        let location = redact(url);
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| StoreError::Invalid(format!("invalid PostgreSQL URL {location}: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        config.application_name("nimbus");
+        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("cannot build a connection pool for {location}: {e}")))?;
+        let mut client = pool.get().await.map_err(|e| StoreError::Unreachable {
+            url: location.clone(),
+            reason: match e {
+                deadpool_postgres::PoolError::Backend(e) => match e.as_db_error() {
+                    Some(db) => db.message().to_owned(),
+                    None => e.to_string(),
+                },
+                other => other.to_string(),
+            },
+        })?;
+        migrate(&mut client, migrations).await?;
+        drop(client);
+        Ok(Self { pool, location })
+    }
+}
+
+async fn migrate(client: &mut tokio_postgres::Client, migrations: &[Migration]) -> Result<()> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS nimbus_schema (
+            component TEXT PRIMARY KEY,
+            version BIGINT NOT NULL,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        )",
+    )
+    .await?;
+    let applied: BTreeMap<String, i64> = tx
+        .query("SELECT component, version FROM nimbus_schema", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for m in pending(&applied, migrations)? {
+        tracing::info!(component = m.component, version = m.version, "applying postgres migration");
+        tx.batch_execute(m.postgres).await.map_err(|e| {
+            StoreError::Backend(format!("migration {} v{} failed: {}", m.component, m.version, StoreError::from(e)))
+        })?;
+        tx.execute(
+            "INSERT INTO nimbus_schema (component, version) VALUES ($1, $2)
+             ON CONFLICT (component) DO UPDATE SET version = EXCLUDED.version, applied_at = now()",
+            &[&m.component, &m.version],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn ttl_ms(ttl: Duration) -> i64 {
+    ttl.as_millis().min(i64::MAX as u128) as i64
+}
+
+fn to_record(r: &tokio_postgres::Row) -> Record {
+    Record { ns: r.get(0), key: r.get(1), value: r.get(2), version: r.get::<_, i64>(3) as u64 }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Postgres
+    }
+
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.pool.get().await?.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    async fn get(&self, ns: &str, key: &str) -> Result<Option<Record>> {
+        validate_key(ns, key)?;
+        let client = self.pool.get().await?;
+        let stmt =
+            client.prepare_cached("SELECT ns, key, value, version FROM nimbus_kv WHERE ns = $1 AND key = $2").await?;
+        Ok(client.query_opt(&stmt, &[&ns, &key]).await?.as_ref().map(to_record))
+    }
+
+    async fn list(&self, ns: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
+        validate_key(ns, "x")?;
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT ns, key, value, version FROM nimbus_kv
+                 WHERE ns = $1 AND key >= $2 AND key > $3 ORDER BY key LIMIT $4",
+            )
+            .await?;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let rows = client.query(&stmt, &[&ns, &prefix, &after.unwrap_or(""), &limit]).await?;
+        Ok(rows.iter().map(to_record).take_while(|r| r.key.starts_with(prefix)).collect())
+    }
+
+    async fn commit(&self, writes: Vec<Write>) -> Result<Vec<Option<u64>>> {
+        validate_writes(&writes)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let mut out = Vec::with_capacity(writes.len());
+        for (index, w) in writes.into_iter().enumerate() {
+            let (ns, key) = (w.ns.as_str(), w.key.as_str());
+            // Each statement applies only when its condition holds; `None` means it did not.
+            let done: Option<Option<u64>> = match (&w.op, w.expect) {
+                (Op::Put(value), Expect::Any) => Some(Some(
+                    tx.query_one(
+                        "INSERT INTO nimbus_kv (ns, key, value, version) VALUES ($1, $2, $3, nextval('nimbus_kv_version'))
+                         ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version
+                         RETURNING version",
+                        &[&ns, &key, value],
+                    )
+                    .await?
+                    .get::<_, i64>(0) as u64,
+                )),
+                (Op::Put(value), Expect::Absent) => tx
+                    .query_opt(
+                        "INSERT INTO nimbus_kv (ns, key, value, version) VALUES ($1, $2, $3, nextval('nimbus_kv_version'))
+                         ON CONFLICT (ns, key) DO NOTHING RETURNING version",
+                        &[&ns, &key, value],
+                    )
+                    .await?
+                    .map(|r| Some(r.get::<_, i64>(0) as u64)),
+                (Op::Put(value), Expect::Version(v)) => tx
+                    .query_opt(
+                        "UPDATE nimbus_kv SET value = $3, version = nextval('nimbus_kv_version')
+                         WHERE ns = $1 AND key = $2 AND version = $4 RETURNING version",
+                        &[&ns, &key, value, &(v as i64)],
+                    )
+                    .await?
+                    .map(|r| Some(r.get::<_, i64>(0) as u64)),
+                (Op::Delete, Expect::Any) => {
+                    tx.execute("DELETE FROM nimbus_kv WHERE ns = $1 AND key = $2", &[&ns, &key]).await?;
+                    Some(None)
+                }
+                (Op::Delete, Expect::Version(v)) => tx
+                    .query_opt(
+                        "DELETE FROM nimbus_kv WHERE ns = $1 AND key = $2 AND version = $3 RETURNING 1",
+                        &[&ns, &key, &(v as i64)],
+                    )
+                    .await?
+                    .map(|_| None),
+                (Op::Delete, Expect::Absent) => {
+                    return Err(StoreError::Invalid("deleting a record that must be absent makes no sense".into()));
+                }
+                (Op::Check, Expect::Any) => Some(None),
+                (Op::Check, expect) => {
+                    // FOR SHARE holds the row's version until commit. An absent row cannot be
+                    // locked: a concurrent insert may land after this check (see ARCHITECTURE.md).
+                    let actual = tx
+                        .query_opt("SELECT version FROM nimbus_kv WHERE ns = $1 AND key = $2 FOR SHARE", &[&ns, &key])
+                        .await?
+                        .map(|r| r.get::<_, i64>(0) as u64);
+                    let ok = match expect {
+                        Expect::Absent => actual.is_none(),
+                        Expect::Version(v) => actual == Some(v),
+                        Expect::Any => true,
+                    };
+                    ok.then_some(None)
+                }
+            };
+            match done {
+                Some(version) => out.push(version),
+                None => {
+                    let actual = tx
+                        .query_opt("SELECT version FROM nimbus_kv WHERE ns = $1 AND key = $2", &[&ns, &key])
+                        .await?
+                        .map(|r| r.get::<_, i64>(0) as u64);
+                    return Err(StoreError::Conflict { index, ns: w.ns, key: w.key, expected: w.expect, actual });
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn claim(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<Lease>> {
+        validate_lease(name, holder, ttl)?;
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "INSERT INTO nimbus_leases (name, holder, token, expires_at) VALUES ($1, $2, 1, {NOW_MS} + $3)
+                     ON CONFLICT (name) DO UPDATE
+                        SET holder = EXCLUDED.holder, token = nimbus_leases.token + 1, expires_at = EXCLUDED.expires_at
+                        WHERE nimbus_leases.expires_at <= {NOW_MS} OR nimbus_leases.holder = EXCLUDED.holder
+                     RETURNING token, expires_at"
+                ),
+                &[&name, &holder, &ttl_ms(ttl)],
+            )
+            .await?;
+        Ok(row.map(|r| Lease {
+            name: name.to_owned(),
+            holder: holder.to_owned(),
+            token: r.get::<_, i64>(0) as u64,
+            expires_at: millis_to_time(r.get(1)),
+        }))
+    }
+
+    async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Option<Lease>> {
+        validate_lease(&lease.name, &lease.holder, ttl)?;
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE nimbus_leases SET expires_at = {NOW_MS} + $4
+                     WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > {NOW_MS} RETURNING expires_at"
+                ),
+                &[&lease.name, &lease.holder, &(lease.token as i64), &ttl_ms(ttl)],
+            )
+            .await?;
+        Ok(row.map(|r| Lease { expires_at: millis_to_time(r.get(0)), ..lease.clone() }))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                &format!(
+                    "UPDATE nimbus_leases SET expires_at = 0
+                     WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > {NOW_MS}"
+                ),
+                &[&lease.name, &lease.holder, &(lease.token as i64)],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+}
