@@ -1,1 +1,70 @@
-//! x
+//! The one-port HTTP edge. It owns what every request goes through before a component sees it
+//! (request id, W3C trace context, a `tracing` span, Prometheus metrics, panic containment, the
+//! JSON 404/405 shape), the platform's own routes (`/_nimbus/health`, `/_nimbus/metrics`,
+//! `/_nimbus/admin/*` behind the admin token) and graceful serving.
+//!
+//! Components hand it axum `Router`s; the binary merges them and calls [`edge`] then [`serve`].
+//! Route policies (authentication, rate limits, CORS, proxying) join here with the gateway issue.
+
+mod admin;
+mod health;
+mod metrics;
+mod observe;
+mod serve;
+mod trace_context;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::http::{Method, Uri};
+use nimbus_api::ApiError;
+use nimbus_store::Store;
+
+pub use admin::{AdminToken, AdminTokenError};
+pub use metrics::{MetricsHandle, install_metrics};
+pub use observe::RequestId;
+pub use serve::{ShutdownOutcome, serve};
+pub use trace_context::TraceContext;
+
+/// What the platform routes report and check.
+#[derive(Clone)]
+pub struct Platform {
+    pub store: Arc<dyn Store>,
+    pub admin_token: AdminToken,
+    pub metrics: MetricsHandle,
+    pub node: Arc<NodeInfo>,
+}
+
+/// Facts about the running node, for `/_nimbus/admin/info`.
+#[derive(Debug)]
+pub struct NodeInfo {
+    pub app: String,
+    pub version: &'static str,
+    pub data_dir: PathBuf,
+    pub started: Instant,
+}
+
+/// The platform's own routes under `/_nimbus/`.
+pub fn platform_routes(platform: Platform) -> Router {
+    Router::new().merge(health::routes(platform.clone())).merge(admin::routes(platform))
+}
+
+/// Wraps the merged routes of all components with what every request goes through, and answers
+/// unmatched paths and methods in the JSON error shape.
+pub fn edge(routes: Router) -> Router {
+    routes
+        .fallback(|method: Method, uri: Uri| async move {
+            ApiError::not_found(format!("no route matches {method} {}", uri.path()))
+        })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on {}", uri.path()),
+            )
+        })
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(observe::panic_response))
+        .layer(axum::middleware::from_fn(observe::observe))
+}

@@ -1,0 +1,89 @@
+//! Command-line arguments. Every flag that configures a running node also reads an environment
+//! variable, so containers and tests can set it without editing the manifest.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "nimbus", version, about = "The serverless stack for generative-AI apps, as one binary.")]
+#[command(propagate_version = true, arg_required_else_help = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the app in DIR: gateway, functions, identity, docs, blobs and AI on one port.
+    Up(UpArgs),
+    /// Create a runnable app folder with a nimbus.toml and one function.
+    Init(InitArgs),
+    /// Check DIR's nimbus.toml and report every problem with file:line:column.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// The app folder (holding nimbus.toml; without one the app runs with defaults).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Port to listen on; 0 picks a free one and prints it. [default: [server] port, else 7071]
+    #[arg(long, env = "NIMBUS_PORT")]
+    pub port: Option<u16>,
+    /// Address to listen on. [default: [server] host, else 127.0.0.1]
+    #[arg(long, env = "NIMBUS_HOST")]
+    pub host: Option<String>,
+    /// Where the node keeps its data (store file, admin token, lock). [default: DIR/.nimbus]
+    #[arg(long, env = "NIMBUS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Store URL: "sqlite", "sqlite:///path/file.db" or "postgres://user:pass@host/db".
+    /// [default: [store] url, else sqlite]
+    #[arg(long = "store", env = "NIMBUS_STORE")]
+    pub store: Option<String>,
+    /// Log line format on stderr. Levels come from NIMBUS_LOG (e.g. "info,nimbus_store=debug").
+    #[arg(long, value_enum, env = "NIMBUS_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The folder to create (or fill, if it exists and has no app yet).
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// The language of the first function.
+    #[arg(long, value_enum)]
+    pub template: Template,
+    /// Overwrite files that already exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Template {
+    Python,
+    Node,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The app folder.
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,155 @@
+//! `nimbus up`: load the manifest, take the data dir, open the store, wire the components into
+//! one router, serve on one port until SIGINT/SIGTERM, then drain.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use nimbus_gateway::{AdminToken, NodeInfo, Platform, ShutdownOutcome};
+use nimbus_store::Migration;
+use tokio::net::TcpListener;
+
+use crate::Failure;
+use crate::cli::UpArgs;
+use crate::data_dir::DataDir;
+
+const DEFAULT_PORT: u16 = 7071;
+
+/// Every component's migrations, in the order they apply.
+fn migrations() -> Vec<Migration> {
+    nimbus_store::CORE_MIGRATIONS.to_vec()
+}
+
+pub fn run(args: UpArgs) -> Result<(), Failure> {
+    let started = Instant::now();
+    crate::logging::init(args.log_format);
+    let config = nimbus_config::load(&args.dir).map_err(Failure::Config)?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(serve(args, config, started))?;
+    Ok(())
+}
+
+async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant) -> anyhow::Result<()> {
+    let manifest = &config.manifest;
+    let data_dir = DataDir::open(&args.data_dir.clone().unwrap_or_else(|| config.dir.join(".nimbus")))?;
+
+    let host = args.host.clone().unwrap_or_else(|| manifest.server.host.clone());
+    let port = args.port.or(manifest.server.port).unwrap_or(DEFAULT_PORT);
+    let listener = bind(&host, port).await?;
+    let addr = listener.local_addr()?;
+
+    let store_url = args.store.clone().or_else(|| manifest.store.url.as_ref().map(|u| u.value().to_owned()));
+    let store_url = store_url.unwrap_or_else(|| "sqlite".into());
+    let store = nimbus_store::open(&store_url, &data_dir.path, &migrations()).await?;
+    let (admin_token, token_path, token_created) = AdminToken::load_or_create(&data_dir.path)?;
+    let metrics = nimbus_gateway::install_metrics().map_err(anyhow::Error::msg)?;
+
+    if !manifest.workers.is_empty() {
+        tracing::warn!(
+            workers = manifest.workers.len(),
+            "[workers] are declared but this build does not run functions yet; their routes answer 404"
+        );
+    }
+
+    let platform = Platform {
+        store: store.clone(),
+        admin_token,
+        metrics,
+        node: Arc::new(NodeInfo {
+            app: config.name(),
+            version: env!("CARGO_PKG_VERSION"),
+            data_dir: data_dir.path.clone(),
+            started,
+        }),
+    };
+    let app = nimbus_gateway::edge(nimbus_gateway::platform_routes(platform));
+
+    print_banner(&config, addr, &token_path, token_created, store.kind().as_str(), store.location(), &data_dir);
+    tracing::info!(%addr, startup_ms = started.elapsed().as_secs_f64() * 1000.0, "ready");
+
+    let outcome = nimbus_gateway::serve(listener, app, shutdown_signal(), manifest.server.shutdown_grace.get()).await?;
+    match outcome {
+        ShutdownOutcome::Drained => tracing::info!("stopped"),
+        ShutdownOutcome::GraceExpired => tracing::warn!("stopped after the grace period with requests unfinished"),
+    }
+    drop(data_dir);
+    Ok(())
+}
+
+async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    let ip: std::net::IpAddr = match host {
+        "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
+        other => other.parse().with_context(|| format!("--host \"{other}\" is not an IP address"))?,
+    };
+    let addr = SocketAddr::new(ip, port);
+    TcpListener::bind(addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "port {port} on {ip} is already in use; stop the other server or choose another with --port (0 picks a free one)"
+        ),
+        std::io::ErrorKind::PermissionDenied => {
+            anyhow::anyhow!("not allowed to listen on {addr} (ports below 1024 need privileges); choose another with --port")
+        }
+        _ => anyhow::Error::new(e).context(format!("cannot listen on {addr}")),
+    })
+}
+
+fn print_banner(
+    config: &nimbus_config::AppConfig,
+    addr: SocketAddr,
+    token_path: &std::path::Path,
+    token_created: bool,
+    backend: &str,
+    location: &str,
+    data_dir: &DataDir,
+) {
+    let url = format!("http://{addr}");
+    let manifest = match &config.manifest_path {
+        Some(p) => p.display().to_string(),
+        None => "none (defaults)".into(),
+    };
+    let token_note = if token_created { " (new)" } else { "" };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "Nimbus {version} · app \"{app}\"\n\
+         \x20 listening on   {url}\n\
+         \x20 platform API   {url}/_nimbus/\n\
+         \x20 health         {url}/_nimbus/health\n\
+         \x20 admin token    {token}{token_note}\n\
+         \x20 store          {backend} {location}\n\
+         \x20 data dir       {data}\n\
+         \x20 manifest       {manifest}",
+        version = env!("CARGO_PKG_VERSION"),
+        app = config.name(),
+        token = token_path.display(),
+        data = data_dir.path.display(),
+    );
+    let _ = out.flush();
+}
+
+/// Resolves on the first SIGINT or SIGTERM. A second signal during the drain stops at once.
+async fn shutdown_signal() {
+    wait_for_signal().await;
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("second signal: stopping now");
+        std::process::exit(130);
+    });
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the node");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
