@@ -68,13 +68,13 @@ impl Checker {
 
 pub(crate) fn check(m: &Manifest) -> Vec<Problem> {
     let mut c = Checker::default();
-    if let Some(name) = &m.app.name {
-        if !is_name(name) {
-            c.fail(
-                p!["app", "name"],
-                "must be 1-63 characters of lowercase letters, digits, `-` and `_`, starting with a letter or digit",
-            );
-        }
+    if let Some(name) = &m.app.name
+        && !is_name(name)
+    {
+        c.fail(
+            p!["app", "name"],
+            "must be 1-63 characters of lowercase letters, digits, `-` and `_`, starting with a letter or digit",
+        );
     }
     if m.server.host.parse::<std::net::IpAddr>().is_err() && m.server.host != "localhost" {
         c.fail(
@@ -94,10 +94,10 @@ pub(crate) fn check(m: &Manifest) -> Vec<Problem> {
                 c.fail(p!["ai", "backends", i, "url"], format!("\"{}\" is not an http(s) URL", b.url));
             }
         }
-        if let Some(limit) = &ai.token_limit {
-            if limit.tokens == 0 {
-                c.fail(p!["ai", "token_limit", "tokens"], "must be at least 1");
-            }
+        if let Some(limit) = &ai.token_limit
+            && limit.tokens == 0
+        {
+            c.fail(p!["ai", "token_limit", "tokens"], "must be at least 1");
         }
     }
     for (i, issuer) in m.gateway.issuers.iter().enumerate() {

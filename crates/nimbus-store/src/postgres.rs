@@ -18,7 +18,7 @@ use crate::{
 
 const POOL_SIZE: usize = 16;
 /// Serialises migrations of nodes starting at once (an arbitrary, fixed advisory-lock key).
-const MIGRATION_LOCK: i64 = 0x6e_696d_6275_73;
+const MIGRATION_LOCK: i64 = 0x6e69_6d62_7573; // "nimbus"
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 pub(crate) struct PgStore {

@@ -28,8 +28,11 @@ pub fn run(args: UpArgs) -> Result<(), Failure> {
     let config = nimbus_config::load(&args.dir).map_err(Failure::Config)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
-    runtime.block_on(serve(args, config, started))?;
-    Ok(())
+    let result = runtime.block_on(serve(args, config, started));
+    // Tasks still running past the drain (requests dropped at the end of the grace period, store
+    // calls on the blocking pool) get a moment to finish, no more.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result.map_err(Failure::Other)
 }
 
 async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant) -> anyhow::Result<()> {

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The test command: every test of the workspace, the PostgreSQL conformance suites included.
+#
+# The PostgreSQL tests use NIMBUS_TEST_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test).
+# When nothing answers there, this script starts a throwaway PostgreSQL (initdb + pg_ctl in a temporary
+# directory on a free port, installing Debian's `postgresql` package if its binaries are missing) and
+# stops it afterwards. The PostgreSQL suite never skips: without a server, it fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export NIMBUS_TEST_POSTGRES_URL="${NIMBUS_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}"
+
+# host and port of a postgres:// URL (defaults: localhost, 5432)
+pg_host_port() {
+  local rest="${1#*://}"
+  rest="${rest##*@}"
+  rest="${rest%%/*}"
+  rest="${rest%%\?*}"
+  local host="${rest%%:*}" port=5432
+  [[ "$rest" == *:* ]] && port="${rest##*:}"
+  echo "${host:-localhost} $port"
+}
+
+answers() { timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null; }
+
+start_throwaway_postgres() {
+  local bindir
+  bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+  if [[ -z "$bindir" || ! -x "$bindir/initdb" ]]; then
+    echo "test.sh: installing Debian's postgresql package for a throwaway server" >&2
+    local sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql >/dev/null
+    bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  fi
+  PG_TMP=$(mktemp -d /tmp/nimbus-pg.XXXXXX)
+  # initdb refuses to run as root: run the server as the postgres user the package creates.
+  local as=()
+  if [[ $(id -u) -eq 0 ]]; then
+    id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+    chown postgres "$PG_TMP"
+    as=(runuser -u postgres --)
+  fi
+  local port
+  for port in $(seq 55432 55532); do answers 127.0.0.1 "$port" || break; done
+  "${as[@]}" "$bindir/initdb" -D "$PG_TMP/data" -U postgres --auth=trust -E UTF8 --no-locale >"$PG_TMP/initdb.log" 2>&1 \
+    || { cat "$PG_TMP/initdb.log" >&2; exit 1; }
+  PG_STOP=("${as[@]}" "$bindir/pg_ctl" -D "$PG_TMP/data" -m immediate stop)
+  "${as[@]}" "$bindir/pg_ctl" -D "$PG_TMP/data" -l "$PG_TMP/server.log" -w \
+    -o "-p $port -k $PG_TMP -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null \
+    || { cat "$PG_TMP/server.log" >&2; exit 1; }
+  "$bindir/createdb" -h 127.0.0.1 -p "$port" -U postgres test
+  export NIMBUS_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$port/test"
+  echo "test.sh: started a throwaway PostgreSQL at $NIMBUS_TEST_POSTGRES_URL" >&2
+}
+
+stop_throwaway_postgres() {
+  if [[ -n "${PG_TMP:-}" ]]; then
+    "${PG_STOP[@]}" >/dev/null 2>&1 || true
+    rm -rf "$PG_TMP"
+  fi
+}
+trap stop_throwaway_postgres EXIT
+
+read -r host port < <(pg_host_port "$NIMBUS_TEST_POSTGRES_URL")
+if ! answers "$host" "$port"; then
+  echo "test.sh: no PostgreSQL answers at $host:$port" >&2
+  start_throwaway_postgres
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+  # nextest runs no doctests; run them first so the closing summary is the full suite's.
+  cargo test --workspace --doc --quiet >/dev/null
+  cargo nextest run --workspace --no-fail-fast "$@"
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
