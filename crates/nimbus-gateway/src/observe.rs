@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use nimbus_api::ApiError;
@@ -49,11 +49,16 @@ pub(crate) async fn observe(mut req: Request, next: Next) -> Response {
 
     let status = response.status();
     let elapsed = started.elapsed();
-    let labels = [("route", route), ("method", method.as_str().to_owned())];
-    metrics::histogram!("nimbus_http_request_duration_seconds", &labels).record(elapsed.as_secs_f64());
-    let mut labels = labels.to_vec();
-    labels.push(("status", status.as_str().to_owned()));
-    metrics::counter!("nimbus_http_requests_total", &labels).increment(1);
+    let method_label = method_label(&method);
+    metrics::histogram!("nimbus_http_request_duration_seconds", "route" => route.clone(), "method" => method_label)
+        .record(elapsed.as_secs_f64());
+    metrics::counter!(
+        "nimbus_http_requests_total",
+        "route" => route,
+        "method" => method_label,
+        "status" => status.as_str().to_owned()
+    )
+    .increment(1);
     span.in_scope(|| {
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         if status.is_server_error() {
@@ -74,18 +79,19 @@ pub(crate) async fn observe(mut req: Request, next: Next) -> Response {
 }
 
 /// Keeps the in-flight gauge right even when a client goes away and the request is dropped.
-struct InFlight;
+struct InFlight(metrics::Gauge);
 
 impl InFlight {
     fn enter() -> Self {
-        metrics::gauge!("nimbus_http_requests_in_flight").increment(1.0);
-        InFlight
+        let gauge = metrics::gauge!("nimbus_http_requests_in_flight");
+        gauge.increment(1.0);
+        InFlight(gauge)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!("nimbus_http_requests_in_flight").decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 
@@ -94,8 +100,21 @@ fn is_sane_request_id(id: &str) -> bool {
 }
 
 fn new_request_id() -> String {
-    let bytes: [u8; 16] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::trace_context::hex(&rand::rng().random::<[u8; 16]>())
+}
+
+/// The method as a metric label; anything unusual is `other`, so clients cannot grow the label set.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// A handler that panicked answers 500 in the JSON error shape; the panic goes to the log.

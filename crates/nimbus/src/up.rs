@@ -24,7 +24,7 @@ fn migrations() -> Vec<Migration> {
 
 pub fn run(args: UpArgs) -> Result<(), Failure> {
     let started = Instant::now();
-    crate::logging::init(args.log_format);
+    let _log_guard = crate::logging::init(args.log_format);
     let config = nimbus_config::load(&args.dir).map_err(Failure::Config)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
