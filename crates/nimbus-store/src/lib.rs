@@ -158,13 +158,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes one record; `false` when it did not exist.
     async fn delete(&self, ns: &str, key: &str) -> Result<bool> {
-        match self.get(ns, key).await? {
-            None => Ok(false),
-            Some(r) => match self.commit(vec![Write::delete(ns, key).expect(Expect::Version(r.version))]).await {
-                Ok(_) => Ok(true),
-                Err(StoreError::Conflict { .. }) => Ok(false),
-                Err(e) => Err(e),
-            },
+        // Delete the version just read, so the answer says whether *this* call removed it; a write
+        // racing in between is retried.
+        loop {
+            let Some(record) = self.get(ns, key).await? else { return Ok(false) };
+            match self.commit(vec![Write::delete(ns, key).expect(Expect::Version(record.version))]).await {
+                Ok(_) => return Ok(true),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
         }
     }
 }
@@ -220,15 +222,20 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-pub(crate) fn validate_key(ns: &str, key: &str) -> Result<()> {
-    if ns.is_empty() || ns.len() > MAX_NAMESPACE_LEN {
-        return Err(StoreError::Invalid(format!("namespace must be 1 to {MAX_NAMESPACE_LEN} bytes")));
+pub(crate) fn validate_namespace(ns: &str) -> Result<()> {
+    if ns.is_empty() || ns.len() > MAX_NAMESPACE_LEN || ns.contains('\0') {
+        return Err(StoreError::Invalid(format!("namespace must be 1 to {MAX_NAMESPACE_LEN} bytes, without NUL")));
     }
+    Ok(())
+}
+
+pub(crate) fn validate_key(ns: &str, key: &str) -> Result<()> {
+    validate_namespace(ns)?;
     if key.is_empty() || key.len() > MAX_KEY_LEN {
         return Err(StoreError::Invalid(format!("key must be 1 to {MAX_KEY_LEN} bytes")));
     }
-    if ns.contains('\0') || key.contains('\0') {
-        return Err(StoreError::Invalid("namespaces and keys cannot contain NUL characters".into()));
+    if key.contains('\0') {
+        return Err(StoreError::Invalid("keys cannot contain NUL characters".into()));
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use tokio_postgres::NoTls;
 use crate::migrate::{Migration, pending};
 use crate::{
     BackendKind, Expect, Lease, Op, Record, Result, Store, StoreError, Write, millis_to_time, redact, validate_key,
-    validate_lease, validate_writes,
+    validate_lease, validate_namespace, validate_writes,
 };
 
 const POOL_SIZE: usize = 16;
@@ -121,7 +121,7 @@ impl Store for PgStore {
     }
 
     async fn list(&self, ns: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
-        validate_key(ns, "x")?;
+        validate_namespace(ns)?;
         let client = self.pool.get().await?;
         let stmt = client
             .prepare_cached(

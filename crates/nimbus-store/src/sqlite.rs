@@ -14,7 +14,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use crate::migrate::{Migration, pending};
 use crate::{
     BackendKind, Expect, Lease, Op, Record, Result, Store, StoreError, Write, millis_to_time, validate_key,
-    validate_lease, validate_writes,
+    validate_lease, validate_namespace, validate_writes,
 };
 
 const READERS: usize = 4;
@@ -165,7 +165,7 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, ns: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
-        validate_key(ns, "x")?;
+        validate_namespace(ns)?;
         let (ns, prefix, after) = (ns.to_owned(), prefix.to_owned(), after.unwrap_or("").to_owned());
         let limit = limit.min(i64::MAX as usize) as i64;
         self.read(move |c| {
