@@ -100,26 +100,20 @@ async fn admin_client(url: &str) -> tokio_postgres::Client {
 /// `sqlite::name` and `postgres::name`.
 #[macro_export]
 macro_rules! conformance_suite {
+    (@on $module:ident, $backend:ident, $($test:ident),*) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let db = $crate::testing::TestDb::new($crate::testing::Backend::$backend).await;
+                    super::$test(&db).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+    };
     ($($test:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let db = $crate::testing::TestDb::new($crate::testing::Backend::Sqlite).await;
-                    super::$test(&db).await;
-                    db.cleanup().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let db = $crate::testing::TestDb::new($crate::testing::Backend::Postgres).await;
-                    super::$test(&db).await;
-                    db.cleanup().await;
-                }
-            )*
-        }
+        $crate::conformance_suite!(@on sqlite, Sqlite, $($test),*);
+        $crate::conformance_suite!(@on postgres, Postgres, $($test),*);
     };
 }
