@@ -22,6 +22,20 @@ pub enum StoreError {
     Backend(String),
 }
 
+impl StoreError {
+    /// A stable, low-cardinality name of the error's kind (metric labels, logs).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unreachable { .. } => "unreachable",
+            Self::SchemaTooNew { .. } => "schema_too_new",
+            Self::Conflict { .. } => "conflict",
+            Self::Invalid(_) => "invalid",
+            Self::Open { .. } => "open",
+            Self::Backend(_) => "backend",
+        }
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         Self::Backend(e.to_string())

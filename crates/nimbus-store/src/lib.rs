@@ -14,6 +14,7 @@
 //! exposes the harness so components with their own tables can do the same.
 
 mod error;
+mod instrument;
 mod migrate;
 mod postgres;
 mod sqlite;
@@ -127,7 +128,7 @@ pub trait Store: Send + Sync + 'static {
     /// Where the data lives, safe to log (no password).
     fn location(&self) -> &str;
 
-    /// Cheap round trip to the backend, for readiness checks.
+    /// Cheap round trip to the backend that also sees the schema, for readiness checks.
     async fn ping(&self) -> Result<()>;
 
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Record>>;
@@ -205,8 +206,12 @@ impl StoreUrl {
 /// [`CORE_MIGRATIONS`]; components add their own).
 pub async fn open(url: &str, data_dir: &Path, migrations: &[Migration]) -> Result<Arc<dyn Store>> {
     match StoreUrl::parse(url, data_dir)? {
-        StoreUrl::Sqlite(path) => Ok(Arc::new(sqlite::SqliteStore::open(&path, migrations).await?)),
-        StoreUrl::Postgres(url) => Ok(Arc::new(postgres::PgStore::open(&url, migrations).await?)),
+        StoreUrl::Sqlite(path) => {
+            Ok(Arc::new(instrument::Instrumented::new(sqlite::SqliteStore::open(&path, migrations).await?)))
+        }
+        StoreUrl::Postgres(url) => {
+            Ok(Arc::new(instrument::Instrumented::new(postgres::PgStore::open(&url, migrations).await?)))
+        }
     }
 }
 

@@ -108,7 +108,7 @@ impl Store for PgStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.pool.get().await?.simple_query("SELECT 1").await?;
+        self.pool.get().await?.simple_query("SELECT count(*) FROM nimbus_schema").await?;
         Ok(())
     }
 

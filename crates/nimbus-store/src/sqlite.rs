@@ -150,7 +150,7 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.read(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?)).await
+        self.read(|c| Ok(c.query_row("SELECT count(*) FROM nimbus_schema", [], |_| Ok(()))?)).await
     }
 
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Record>> {

@@ -97,6 +97,10 @@ async fn health_metrics_admin_and_errors() {
     assert!(metrics.contains(r#"route="unmatched",method="GET",status="404""#), "{metrics}");
     assert!(metrics.contains("nimbus_http_request_duration_seconds_bucket{"), "{metrics}");
     assert!(metrics.contains("# TYPE nimbus_http_request_duration_seconds histogram"), "{metrics}");
+    assert!(
+        metrics.contains(r#"nimbus_store_operation_duration_seconds_count{backend="sqlite",op="ping"}"#),
+        "the readiness check's store call is measured: {metrics}"
+    );
 }
 
 #[tokio::test]
@@ -210,8 +214,30 @@ async fn the_store_url_selects_postgres() {
     let ready: Value = client().get(node.url("/_nimbus/health/ready")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["checks"]["store"]["backend"], "postgres");
     assert!(node.stdout.contains("store          postgres postgres://"), "{}", node.stdout);
-    drop(node);
+
+    // Readiness follows the store: with the schema gone, the node is alive but not ready.
     db.cleanup().await;
+    let ready = client().get(node.url("/_nimbus/health/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["status"], "unavailable");
+    assert_eq!(ready["checks"]["store"]["status"], "error");
+    assert_eq!(client().get(node.url("/_nimbus/health")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_schema_newer_than_the_binary_is_refused() {
+    const FUTURE: nimbus_store::Migration =
+        nimbus_store::Migration { component: "store", version: 2, sqlite: "SELECT 1;", postgres: "SELECT 1;" };
+    let db = TestDb::new(Backend::Sqlite).await;
+    let newer: Vec<_> = nimbus_store::CORE_MIGRATIONS.iter().copied().chain([FUTURE]).collect();
+    drop(db.open_with(&newer).await.unwrap());
+    let app = App::new(None);
+    let data_dir = db.data_dir().to_str().unwrap();
+    let out = nimbus(&["up", app.path().to_str().unwrap(), "--port", "0", "--data-dir", data_dir]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("schema of `store` is at version 2, newer than this nimbus binary supports (1)"), "{err}");
 }
 
 #[tokio::test]
