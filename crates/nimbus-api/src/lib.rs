@@ -1,12 +1,29 @@
-//! The wire conventions every component's HTTP surface shares. Today that is the error body:
-//! HTTP status plus `{"error": {"code": "snake_case_code", "message": "human sentence"}}`.
+//! The wire conventions every component's HTTP surface shares: the error body (HTTP status plus
+//! `{"error": {"code": "snake_case_code", "message": "human sentence"}}`), the W3C trace context
+//! and request id that travel with a request, and the route label components give their responses.
 //!
 //! Each component keeps its own typed error enum and converts it into an [`ApiError`] at its edge,
 //! so the status map of a component lives in one function.
 
+mod trace_context;
+
+use std::sync::Arc;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+
+pub use trace_context::{TraceContext, hex};
+
+/// The request's id (the client's `x-request-id` if sane, else a new one), in the request's
+/// extensions for components that log or forward it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub Arc<str>);
+
+/// Put in a response's extensions by a component that routes by itself (e.g. functions), so the
+/// edge's metrics label the request by what served it rather than as unmatched.
+#[derive(Debug, Clone)]
+pub struct RouteLabel(pub Arc<str>);
 
 /// An error as a client sees it.
 #[derive(Debug, Clone)]

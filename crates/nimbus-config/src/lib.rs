@@ -6,6 +6,7 @@ mod diagnostic;
 mod duration;
 mod env;
 mod schema;
+mod size;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ pub use diagnostic::{ConfigError, Diagnostic};
 pub use duration::Duration;
 pub use env::EnvString;
 pub use schema::*;
+pub use size::ByteSize;
 
 /// The manifest's file name inside an app folder.
 pub const MANIFEST_FILE: &str = "nimbus.toml";

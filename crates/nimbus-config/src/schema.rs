@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::{Duration, EnvString};
+use crate::{ByteSize, Duration, EnvString};
 
 /// The whole manifest as written. Cross-field rules are checked by [`crate::validate`].
 #[derive(Debug, Default, Deserialize)]
@@ -54,11 +54,21 @@ pub struct ServerSection {
     pub port: Option<u16>,
     /// How long in-flight requests may run on after SIGINT/SIGTERM before the server stops anyway.
     pub shutdown_grace: Duration,
+    /// Largest request body accepted (413 beyond it).
+    pub max_request_body: ByteSize,
+    /// How long a request may run at the gateway unless its `[[routes]]` entry says otherwise.
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
-        Self { host: "127.0.0.1".into(), port: None, shutdown_grace: Duration::from_secs(30) }
+        Self {
+            host: "127.0.0.1".into(),
+            port: None,
+            shutdown_grace: Duration::from_secs(30),
+            max_request_body: ByteSize::mb(100),
+            request_timeout: Duration::from_secs(5 * 60),
+        }
     }
 }
 

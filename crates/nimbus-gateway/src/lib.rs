@@ -11,7 +11,6 @@ mod health;
 mod metrics;
 mod observe;
 mod serve;
-mod trace_context;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,9 +23,8 @@ use nimbus_store::Store;
 
 pub use admin::{AdminToken, AdminTokenError};
 pub use metrics::{MetricsHandle, install_metrics};
-pub use observe::RequestId;
+pub use nimbus_api::{RequestId, TraceContext};
 pub use serve::{ShutdownOutcome, serve};
-pub use trace_context::TraceContext;
 
 /// What the platform routes report and check.
 #[derive(Clone)]
@@ -46,18 +44,21 @@ pub struct NodeInfo {
     pub started: Instant,
 }
 
+/// A JSON 404 for paths nothing serves.
+pub async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route matches {method} {}", uri.path()))
+}
+
 /// The platform's own routes under `/_nimbus/`.
 pub fn platform_routes(platform: Platform) -> Router {
     Router::new().merge(health::routes(platform.clone())).merge(admin::routes(platform))
 }
 
 /// Wraps the merged routes of all components with what every request goes through, and answers
-/// unmatched paths and methods in the JSON error shape.
+/// wrong methods in the JSON error shape. Paths no route claims go to the `routes`' fallback (the
+/// binary sets it: the functions component, which answers a JSON 404 for what it does not serve).
 pub fn edge(routes: Router) -> Router {
     routes
-        .fallback(|method: Method, uri: Uri| async move {
-            ApiError::not_found(format!("no route matches {method} {}", uri.path()))
-        })
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             ApiError::new(
                 axum::http::StatusCode::METHOD_NOT_ALLOWED,

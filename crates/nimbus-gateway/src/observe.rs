@@ -9,20 +9,14 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use nimbus_api::ApiError;
+use nimbus_api::{ApiError, RequestId, RouteLabel, TraceContext};
 use rand::Rng;
 use tracing::Instrument;
-
-use crate::TraceContext;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// W3C Trace Context level 2: tells the client which trace its request joined.
 static TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
-
-/// The request's id, in the request's extensions for components that log or forward it.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub Arc<str>);
 
 pub(crate) async fn observe(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -49,6 +43,10 @@ pub(crate) async fn observe(mut req: Request, next: Next) -> Response {
 
     let status = response.status();
     let elapsed = started.elapsed();
+    let route = match response.extensions().get::<RouteLabel>() {
+        Some(label) => label.0.to_string(),
+        None => route,
+    };
     let method_label = method_label(&method);
     metrics::histogram!("nimbus_http_request_duration_seconds", "route" => route.clone(), "method" => method_label)
         .record(elapsed.as_secs_f64());
@@ -100,7 +98,7 @@ fn is_sane_request_id(id: &str) -> bool {
 }
 
 fn new_request_id() -> String {
-    crate::trace_context::hex(&rand::rng().random::<[u8; 16]>())
+    nimbus_api::hex(&rand::rng().random::<[u8; 16]>())
 }
 
 /// The method as a metric label; anything unusual is `other`, so clients cannot grow the label set.

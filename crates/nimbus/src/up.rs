@@ -50,12 +50,7 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     let (admin_token, token_path, token_created) = AdminToken::load_or_create(&data_dir.path)?;
     let metrics = nimbus_gateway::install_metrics().map_err(anyhow::Error::msg)?;
 
-    if !manifest.workers.is_empty() {
-        tracing::warn!(
-            workers = manifest.workers.len(),
-            "[workers] are declared but this build does not run functions yet; their routes answer 404"
-        );
-    }
+    let functions = nimbus_functions::Functions::start(&config, &data_dir.path).await?;
 
     let platform = Platform {
         store: store.clone(),
@@ -68,12 +63,13 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
             started,
         }),
     };
-    let app = nimbus_gateway::edge(nimbus_gateway::platform_routes(platform));
+    let app = nimbus_gateway::edge(nimbus_gateway::platform_routes(platform).fallback_service(functions.router()));
 
-    print_banner(&config, addr, &token_path, token_created, store.kind().as_str(), store.location(), &data_dir);
+    print_banner(&config, addr, &token_path, token_created, store.as_ref(), &data_dir, functions.list());
     tracing::info!(%addr, startup_ms = started.elapsed().as_secs_f64() * 1000.0, "ready");
 
     let outcome = nimbus_gateway::serve(listener, app, shutdown_signal(), manifest.server.shutdown_grace.get()).await?;
+    functions.shutdown().await;
     match outcome {
         ShutdownOutcome::Drained => tracing::info!("stopped"),
         ShutdownOutcome::GraceExpired => tracing::warn!("stopped after the grace period with requests unfinished"),
@@ -104,32 +100,40 @@ fn print_banner(
     addr: SocketAddr,
     token_path: &std::path::Path,
     token_created: bool,
-    backend: &str,
-    location: &str,
+    store: &dyn nimbus_store::Store,
     data_dir: &DataDir,
+    functions: &[nimbus_functions::FunctionInfo],
 ) {
     let url = format!("http://{addr}");
-    let manifest = match &config.manifest_path {
-        Some(p) => p.display().to_string(),
-        None => "none (defaults)".into(),
-    };
-    let token_note = if token_created { " (new)" } else { "" };
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
+    let mut banner = format!(
         "Nimbus {version} · app \"{app}\"\n\
          \x20 listening on   {url}\n\
          \x20 platform API   {url}/_nimbus/\n\
          \x20 health         {url}/_nimbus/health\n\
-         \x20 admin token    {token}{token_note}\n\
+         \x20 admin token    {token}{new}\n\
          \x20 store          {backend} {location}\n\
-         \x20 data dir       {data}\n\
-         \x20 manifest       {manifest}",
+         \x20 data dir       {data}\n",
         version = env!("CARGO_PKG_VERSION"),
         app = config.name(),
         token = token_path.display(),
+        new = if token_created { " (new)" } else { "" },
+        backend = store.kind().as_str(),
+        location = store.location(),
         data = data_dir.path.display(),
     );
+    for f in functions {
+        let methods = if f.methods.is_empty() { "*".to_owned() } else { f.methods.join(",") };
+        banner.push_str(&format!(
+            "  function       {} {methods} {url}{} ({}, worker {})\n",
+            f.name, f.route, f.runtime, f.worker
+        ));
+    }
+    match &config.manifest_path {
+        Some(p) => banner.push_str(&format!("  manifest       {}\n", p.display())),
+        None => banner.push_str("  manifest       none (defaults)\n"),
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(banner.as_bytes());
     let _ = out.flush();
 }
 

@@ -1,0 +1,270 @@
+//! One worker process: started with a scrubbed environment in the app folder, tied to the host's
+//! life (parent-death signal), logged line by line, reached over HTTP/1.1 on its Unix socket.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::process::Command;
+use tokio::sync::watch;
+
+/// Lines of stderr kept to explain a worker that fails to start.
+const STDERR_TAIL: usize = 20;
+/// How long a worker gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How to start instances of one worker.
+#[derive(Debug, Clone)]
+pub(crate) struct LaunchSpec {
+    pub worker: String,
+    pub program: PathBuf,
+    /// Arguments; `{socket}` is replaced by the instance's socket path.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub socket_dir: PathBuf,
+    pub start_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    #[error("cannot run {program}: {source}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("it exited ({status}) during start-up{tail}")]
+    Exited { status: String, tail: String },
+    #[error("its socket did not accept connections within {timeout:?}{tail}")]
+    Timeout { timeout: Duration, tail: String },
+}
+
+pub(crate) struct Instance {
+    pub id: String,
+    pub started_at: Instant,
+    pid: u32,
+    socket: PathBuf,
+    idle: Mutex<Vec<SendRequest<Body>>>,
+    exited: watch::Receiver<bool>,
+    stopping: AtomicBool,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance").field("id", &self.id).field("pid", &self.pid).finish()
+    }
+}
+
+impl Instance {
+    /// Starts a process and waits until its socket accepts a connection. `function` is set once
+    /// the host knows which function the instance serves (not while indexing).
+    pub async fn start(spec: &LaunchSpec, id: &str, function: Option<&str>) -> Result<Arc<Self>, StartError> {
+        let started_at = Instant::now();
+        let socket = spec.socket_dir.join(format!("{id}.sock"));
+        let _ = std::fs::remove_file(&socket);
+        let socket_str = socket.display().to_string();
+        let mut cmd = Command::new(&spec.program);
+        cmd.args(spec.args.iter().map(|a| a.replace("{socket}", &socket_str)))
+            .current_dir(&spec.cwd)
+            .env_clear()
+            .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("NIMBUS_PROTOCOL", "1")
+            .env("NIMBUS_WORKER_SOCKET", &socket)
+            .env("NIMBUS_WORKER_NAME", &spec.worker)
+            .env("NIMBUS_INSTANCE_ID", id)
+            .env("NIMBUS_APP_DIR", &spec.cwd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(function) = function {
+            cmd.env("NIMBUS_FUNCTION", function);
+        }
+        let host = std::process::id();
+        // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid, _exit) run between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Its own process group, so stopping it reaches the helpers it forks.
+                nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+                // Killed by the kernel when the host dies, even by SIGKILL.
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                if nix::unistd::getppid().as_raw() as u32 != host {
+                    nix::libc::_exit(1); // the host died before prctl took effect
+                }
+                Ok(())
+            });
+        }
+        let mut child =
+            cmd.spawn().map_err(|source| StartError::Spawn { program: spec.program.display().to_string(), source })?;
+        let pid = child.id().unwrap_or_default();
+        let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(pump(out, spec.worker.clone(), id.to_owned(), function.map(str::to_owned), "stdout", None));
+        }
+        if let Some(err) = child.stderr.take() {
+            let tail = Some(tail.clone());
+            tokio::spawn(pump(err, spec.worker.clone(), id.to_owned(), function.map(str::to_owned), "stderr", tail));
+        }
+        let (exit_tx, exited) = watch::channel(false);
+        let (status_tx, mut status_rx) = watch::channel(None::<String>);
+        let worker_name = spec.worker.clone();
+        let instance_id = id.to_owned();
+        tokio::spawn(async move {
+            let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            tracing::debug!(worker = %worker_name, instance = %instance_id, %status, "worker exited");
+            let _ = status_tx.send(Some(status));
+            let _ = exit_tx.send(true);
+        });
+
+        let deadline = started_at + spec.start_timeout;
+        let mut delay = Duration::from_millis(2);
+        loop {
+            let exit_status = status_rx.borrow_and_update().clone();
+            if let Some(status) = exit_status {
+                return Err(StartError::Exited { status, tail: render_tail(&tail).await });
+            }
+            if let Ok(conn) = connect(&socket).await {
+                let instance = Arc::new(Self {
+                    id: id.to_owned(),
+                    started_at,
+                    pid,
+                    socket,
+                    idle: Mutex::new(vec![conn]),
+                    exited,
+                    stopping: AtomicBool::new(false),
+                });
+                return Ok(instance);
+            }
+            if Instant::now() >= deadline {
+                kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+                return Err(StartError::Timeout { timeout: spec.start_timeout, tail: render_tail(&tail).await });
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = status_rx.changed() => {}
+            }
+            delay = (delay * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    pub fn has_exited(&self) -> bool {
+        *self.exited.borrow()
+    }
+
+    /// Resolves when the process has exited.
+    pub async fn wait_exit(&self) {
+        let mut rx = self.exited.clone();
+        let _ = rx.wait_for(|exited| *exited).await;
+    }
+
+    /// A connection ready for one request: an idle one, or a new one.
+    pub async fn connection(&self) -> std::io::Result<SendRequest<Body>> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match idle {
+                Some(mut conn) if !conn.is_closed() => {
+                    if conn.ready().await.is_ok() {
+                        return Ok(conn);
+                    }
+                }
+                Some(_) => continue,
+                None => return connect(&self.socket).await,
+            }
+        }
+    }
+
+    /// Returns a connection whose last response was read to the end, for the next request.
+    pub fn give_back(&self, conn: SendRequest<Body>) {
+        if !conn.is_closed() && !self.stopping.load(Ordering::Relaxed) {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        }
+    }
+
+    /// SIGTERM to the worker's process group, SIGKILL if it has not exited after the grace.
+    pub async fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if self.has_exited() {
+            return;
+        }
+        kill_group(self.pid, nix::sys::signal::Signal::SIGTERM);
+        if tokio::time::timeout(STOP_GRACE, self.wait_exit()).await.is_err() {
+            kill_group(self.pid, nix::sys::signal::Signal::SIGKILL);
+            self.wait_exit().await;
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// Index request of SDK workers (PROTOCOL.md §2).
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, String> {
+        let mut conn = self.connection().await.map_err(|e| e.to_string())?;
+        let req = http::Request::get(path).header("host", "worker").body(Body::empty()).map_err(|e| e.to_string())?;
+        let resp = conn.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.map_err(|e| e.to_string())?.to_bytes();
+        self.give_back(conn);
+        if !status.is_success() {
+            return Err(format!("{path} answered {status}"));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| format!("{path} answered invalid JSON: {e}"))
+    }
+}
+
+use axum::http;
+
+async fn connect(socket: &std::path::Path) -> std::io::Result<SendRequest<Body>> {
+    let stream = UnixStream::connect(socket).await?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+fn kill_group(pid: u32, signal: nix::sys::signal::Signal) {
+    if pid > 0 {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
+    }
+}
+
+async fn render_tail(tail: &Arc<Mutex<VecDeque<String>>>) -> String {
+    // Give the pump a moment to read what the process wrote just before exiting.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let lines = tail.lock().unwrap_or_else(|p| p.into_inner());
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; last lines of its stderr:\n{}",
+            lines.iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+        )
+    }
+}
+
+/// Copies a worker's output into the node's log, one event per line, tagged with who wrote it.
+async fn pump(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    worker: String,
+    instance: String,
+    function: Option<String>,
+    which: &'static str,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+) {
+    let mut lines = BufReader::new(stream).lines();
+    let function = function.unwrap_or_else(|| "-".into());
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(target: "worker", worker = %worker, function = %function, instance = %instance, stream = which, "{line}");
+        if let Some(tail) = &tail {
+            let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
+            if tail.len() == STDERR_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    }
+}

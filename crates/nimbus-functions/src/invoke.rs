@@ -1,0 +1,246 @@
+//! The HTTP path: match the route, take a slot in the function's pool, forward the request to the
+//! instance with the `x-nimbus-*` headers of PROTOCOL.md §3, and stream the response back. Neither
+//! body is buffered; the slot and the worker connection are held until the response body ends.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use nimbus_api::{ApiError, RouteLabel, TraceContext};
+use rand::Rng;
+
+use crate::Inner;
+use crate::error::InvokeError;
+use crate::pool::Slot;
+use crate::routes::Match;
+
+/// Seconds a client is told to wait when a function is at capacity.
+const RETRY_AFTER_SECS: &str = "1";
+
+pub(crate) async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+    let method = req.method().clone();
+    let (function, params) = match inner.routes.find(&method, req.uri().path()) {
+        Match::Found { function, params } => (function.to_owned(), params),
+        Match::MethodNotAllowed => {
+            return ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed on {}", req.uri().path()),
+            )
+            .into_response();
+        }
+        Match::NotFound => {
+            return ApiError::not_found(format!("no route matches {method} {}", req.uri().path())).into_response();
+        }
+    };
+    let Some(target) = inner.functions.get(&function) else {
+        return ApiError::internal().into_response();
+    };
+    let started = Instant::now();
+    let result = invoke(target, &function, params, req, inner.max_request_body).await;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            metrics::counter!("nimbus_function_errors_total", "function" => function.clone(), "kind" => e.kind())
+                .increment(1);
+            match e {
+                InvokeError::WorkerCrashed | InvokeError::Unavailable => {
+                    tracing::warn!(function = %function, error = e.kind(), "invocation failed")
+                }
+                _ => tracing::info!(function = %function, error = e.kind(), "invocation refused"),
+            }
+            let mut response = e.to_api(&function).into_response();
+            if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            }
+            response
+        }
+    };
+    metrics::counter!("nimbus_function_invocations_total", "function" => function.clone(), "status" => response.status().as_str().to_owned())
+        .increment(1);
+    metrics::histogram!("nimbus_function_duration_seconds", "function" => function.clone())
+        .record(started.elapsed().as_secs_f64());
+    response.extensions_mut().insert(RouteLabel(format!("function:{function}").into()));
+    response
+}
+
+async fn invoke(
+    target: &crate::Target,
+    function: &str,
+    params: serde_json::Map<String, serde_json::Value>,
+    req: Request,
+    max_body: u64,
+) -> Result<Response, InvokeError> {
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(InvokeError::BodyTooLarge(max_body));
+    }
+    let deadline = tokio::time::Instant::now() + target.timeout;
+    let slot = tokio::time::timeout_at(deadline, target.pool.acquire()).await.map_err(|_| InvokeError::Timeout)??;
+
+    let trace =
+        req.extensions().get::<TraceContext>().copied().unwrap_or_else(|| TraceContext::continue_or_start(None));
+    let invocation_id = nimbus_api::hex(&rand::rng().random::<[u8; 16]>());
+    let (parts, body) = req.into_parts();
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
+    let mut builder = axum::http::Request::builder().method(parts.method).uri(path_and_query);
+    let headers = builder.headers_mut().expect("a fresh builder has headers");
+    copy_end_to_end(&parts.headers, headers);
+    if !headers.contains_key(header::HOST) {
+        headers.insert(header::HOST, HeaderValue::from_static("localhost"));
+    }
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set("x-nimbus-function", function.to_owned());
+    set("x-nimbus-invocation-id", invocation_id.clone());
+    set("x-nimbus-params", serde_json::Value::Object(params).to_string());
+    set("x-nimbus-timeout-ms", target.timeout.as_millis().to_string());
+    set("traceparent", trace.traceparent());
+    let limited = http_body_util::Limited::new(body, max_body as usize);
+    let request = builder.body(Body::new(limited)).map_err(|_| InvokeError::WorkerCrashed)?;
+
+    let mut conn = slot.instance.connection().await.map_err(|_| InvokeError::WorkerCrashed)?;
+    let sent = tokio::time::timeout_at(deadline, conn.send_request(request)).await;
+    let response = match sent {
+        Err(_) => {
+            tracing::info!(function, invocation = %invocation_id, "timed out; cancelling the invocation");
+            return Err(InvokeError::Timeout);
+        }
+        Ok(Err(e)) if body_too_large(&e) => return Err(InvokeError::BodyTooLarge(max_body)),
+        Ok(Err(e)) => {
+            tracing::warn!(function, invocation = %invocation_id, instance = %slot.instance.id, error = %e, "worker connection failed");
+            return Err(InvokeError::WorkerCrashed);
+        }
+        Ok(Ok(response)) => response,
+    };
+    let (mut parts, incoming) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = StreamBack::new(incoming, slot, conn, deadline);
+    Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+fn body_too_large(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The client's end-to-end headers; hop-by-hop ones and any `x-nimbus-*` a client tried to forge stay behind.
+fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || n.starts_with("x-nimbus-") || n == "traceparent" || n == "tracestate" {
+            continue;
+        }
+        to.append(name.clone(), value.clone());
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The worker's response body on its way to the client, chunk by chunk. Holds the pool slot and
+    /// the connection: at the end they go back for reuse; if the client goes away first (the body is
+    /// dropped) or the deadline passes, the connection is dropped, which the worker sees as
+    /// cancellation.
+    struct StreamBack {
+        #[pin]
+        inner: Incoming,
+        slot: Option<Slot>,
+        conn: Option<SendRequest<Body>>,
+        #[pin]
+        deadline: tokio::time::Sleep,
+    }
+}
+
+impl StreamBack {
+    fn new(inner: Incoming, slot: Slot, conn: SendRequest<Body>, deadline: tokio::time::Instant) -> Self {
+        let mut body = Self { inner, slot: Some(slot), conn: Some(conn), deadline: tokio::time::sleep_until(deadline) };
+        if body.inner.is_end_stream() {
+            finish(&mut body.slot, &mut body.conn);
+        }
+        body
+    }
+}
+
+/// The response was read to its end: the connection can carry the next invocation.
+fn finish(slot: &mut Option<Slot>, conn: &mut Option<SendRequest<Body>>) {
+    if let (Some(slot), Some(conn)) = (slot.take(), conn.take()) {
+        slot.instance.give_back(conn);
+    }
+}
+
+impl HttpBody for StreamBack {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let mut this = self.project();
+        if this.slot.is_none() {
+            return Poll::Ready(None);
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.conn.take();
+            this.slot.take();
+            return Poll::Ready(Some(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "function timed out"))));
+        }
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(None) => {
+                finish(this.slot, this.conn);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.inner.is_end_stream() {
+                    finish(this.slot, this.conn);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.conn.take();
+                this.slot.take();
+                Poll::Ready(Some(Err(std::io::Error::other(e))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.slot.is_none() || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

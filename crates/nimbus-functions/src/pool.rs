@@ -1,0 +1,318 @@
+//! The instance pool of one function: scale out when every slot is busy, scale in after the idle
+//! timeout (down to `min_instances`, possibly zero), a bounded wait queue in front, crashed
+//! instances replaced with back-off.
+//!
+//! All bookkeeping happens under one mutex that is never held across an await; instance starts
+//! and stops run in their own tasks and report back by taking the lock again.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::error::InvokeError;
+use crate::instance::{Instance, LaunchSpec};
+
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub min: u32,
+    pub max: u32,
+    pub concurrency: u32,
+    pub idle_timeout: Duration,
+    pub queue_limit: u32,
+    pub queue_timeout: Duration,
+}
+
+pub(crate) struct Pool {
+    pub function: String,
+    spec: LaunchSpec,
+    limits: Limits,
+    ids: Arc<AtomicU64>,
+    state: Mutex<State>,
+}
+
+struct Member {
+    instance: Arc<Instance>,
+    in_flight: u32,
+    idle_since: Instant,
+}
+
+struct Waiter {
+    tx: oneshot::Sender<Result<Arc<Instance>, InvokeError>>,
+}
+
+#[derive(Default)]
+struct State {
+    members: Vec<Member>,
+    starting: u32,
+    waiters: VecDeque<Waiter>,
+    /// Consecutive failed starts (or crashes soon after start), for back-off.
+    failures: u32,
+    closed: bool,
+}
+
+/// The right to send one invocation to one instance; gives the slot back when dropped.
+pub(crate) struct Slot {
+    pool: Arc<Pool>,
+    pub instance: Arc<Instance>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.pool.release(&self.instance);
+    }
+}
+
+/// An instance that lived at least this long before crashing does not count toward back-off.
+const HEALTHY_AFTER: Duration = Duration::from_secs(10);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Pool {
+    pub fn new(function: String, spec: LaunchSpec, limits: Limits, ids: Arc<AtomicU64>) -> Arc<Self> {
+        Arc::new(Self { function, spec, limits, ids, state: Mutex::new(State::default()) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits for a free slot: a ready instance with room, or a new one within `max_instances`.
+    pub async fn acquire(self: &Arc<Self>) -> Result<Slot, InvokeError> {
+        let enqueued = Instant::now();
+        let rx = {
+            let mut st = self.lock();
+            if st.closed {
+                return Err(InvokeError::ShuttingDown);
+            }
+            if let Some(i) = pick(&st.members, self.limits.concurrency) {
+                st.members[i].in_flight += 1;
+                let instance = st.members[i].instance.clone();
+                self.publish(&st);
+                return Ok(Slot { pool: self.clone(), instance });
+            }
+            st.waiters.retain(|w| !w.tx.is_closed());
+            if st.waiters.len() >= self.limits.queue_limit as usize {
+                return Err(InvokeError::QueueFull);
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiters.push_back(Waiter { tx });
+            self.scale_out(&mut st);
+            self.publish(&st);
+            rx
+        };
+        match tokio::time::timeout(self.limits.queue_timeout, rx).await {
+            Ok(Ok(Ok(instance))) => {
+                if instance.started_at >= enqueued {
+                    metrics::counter!("nimbus_function_cold_starts_total", "function" => self.function.clone())
+                        .increment(1);
+                    metrics::histogram!("nimbus_function_cold_start_seconds", "function" => self.function.clone())
+                        .record(enqueued.elapsed().as_secs_f64());
+                }
+                Ok(Slot { pool: self.clone(), instance })
+            }
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(InvokeError::ShuttingDown),
+            Err(_) => {
+                let mut st = self.lock();
+                st.waiters.retain(|w| !w.tx.is_closed());
+                self.publish(&st);
+                Err(InvokeError::QueueTimeout)
+            }
+        }
+    }
+
+    fn release(self: &Arc<Self>, instance: &Arc<Instance>) {
+        let mut st = self.lock();
+        if let Some(m) = st.members.iter_mut().find(|m| Arc::ptr_eq(&m.instance, instance)) {
+            m.in_flight = m.in_flight.saturating_sub(1);
+            if m.in_flight == 0 {
+                m.idle_since = Instant::now();
+            }
+        }
+        self.dispatch(&mut st);
+        self.publish(&st);
+    }
+
+    /// Hands free slots to waiting invocations, oldest first.
+    fn dispatch(&self, st: &mut State) {
+        while !st.waiters.is_empty() {
+            let Some(i) = pick(&st.members, self.limits.concurrency) else { break };
+            let Some(waiter) = st.waiters.pop_front() else { break };
+            if waiter.tx.send(Ok(st.members[i].instance.clone())).is_ok() {
+                st.members[i].in_flight += 1;
+            }
+        }
+    }
+
+    /// Starts instances for the waiters that the running and starting ones cannot take.
+    fn scale_out(self: &Arc<Self>, st: &mut State) {
+        let per = self.limits.concurrency.max(1) as usize;
+        while st.starting as usize * per < st.waiters.len() && (st.members.len() as u32 + st.starting) < self.limits.max
+        {
+            st.starting += 1;
+            tokio::spawn(self.clone().start_one(st.failures));
+        }
+    }
+
+    /// Keeps `min_instances` running.
+    fn ensure_min(self: &Arc<Self>, st: &mut State) {
+        while !st.closed && (st.members.len() as u32 + st.starting) < self.limits.min {
+            st.starting += 1;
+            tokio::spawn(self.clone().start_one(st.failures));
+        }
+    }
+
+    /// Starts `min_instances` and waits until they are ready (or failed).
+    pub async fn warm(self: &Arc<Self>) {
+        let mut handles = Vec::new();
+        {
+            let mut st = self.lock();
+            for _ in 0..self.limits.min {
+                st.starting += 1;
+                handles.push(tokio::spawn(self.clone().start_one(0)));
+            }
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+    }
+
+    async fn start_one(self: Arc<Self>, failures: u32) {
+        if failures > 0 {
+            let backoff = Duration::from_millis(100u64.saturating_mul(1 << failures.min(10))).min(MAX_BACKOFF);
+            tokio::time::sleep(backoff).await;
+        }
+        let id = format!("{}-{}", self.function, self.ids.fetch_add(1, Ordering::Relaxed));
+        let started = Instant::now();
+        match Instance::start(&self.spec, &id, Some(&self.function)).await {
+            Ok(instance) => {
+                metrics::histogram!("nimbus_function_instance_start_seconds", "function" => self.function.clone())
+                    .record(started.elapsed().as_secs_f64());
+                tracing::info!(function = %self.function, instance = %id, start_ms = started.elapsed().as_secs_f64() * 1000.0, "instance ready");
+                let closed = {
+                    let mut st = self.lock();
+                    st.starting -= 1;
+                    if !st.closed {
+                        st.members.push(Member {
+                            instance: instance.clone(),
+                            in_flight: 0,
+                            idle_since: Instant::now(),
+                        });
+                        self.dispatch(&mut st);
+                        self.publish(&st);
+                    }
+                    st.closed
+                };
+                if closed {
+                    instance.stop().await;
+                    return;
+                }
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    instance.wait_exit().await;
+                    pool.on_exit(&instance);
+                });
+            }
+            Err(e) => {
+                tracing::error!(function = %self.function, instance = %id, worker = %self.spec.worker, "instance failed to start: {e}");
+                metrics::counter!("nimbus_function_start_failures_total", "function" => self.function.clone())
+                    .increment(1);
+                let mut st = self.lock();
+                st.starting -= 1;
+                st.failures += 1;
+                if st.members.is_empty() && st.starting == 0 {
+                    // Nothing can serve the waiters soon: answer them now rather than at their timeout.
+                    for waiter in st.waiters.drain(..) {
+                        let _ = waiter.tx.send(Err(InvokeError::Unavailable));
+                    }
+                }
+                self.ensure_min(&mut st);
+                self.publish(&st);
+            }
+        }
+    }
+
+    /// An instance's process exited: forget it, and replace it if needed.
+    fn on_exit(self: &Arc<Self>, instance: &Arc<Instance>) {
+        let mut st = self.lock();
+        let Some(pos) = st.members.iter().position(|m| Arc::ptr_eq(&m.instance, instance)) else { return };
+        st.members.remove(pos);
+        if st.closed {
+            return;
+        }
+        tracing::warn!(function = %self.function, instance = %instance.id, "instance exited unexpectedly");
+        metrics::counter!("nimbus_function_crashes_total", "function" => self.function.clone()).increment(1);
+        if instance.started_at.elapsed() < HEALTHY_AFTER {
+            st.failures += 1;
+        } else {
+            st.failures = 0;
+        }
+        self.ensure_min(&mut st);
+        self.scale_out(&mut st);
+        self.publish(&st);
+    }
+
+    /// Stops instances idle for longer than `idle_timeout`, keeping `min_instances`.
+    pub fn scale_in(self: &Arc<Self>) {
+        let victims = {
+            let mut st = self.lock();
+            let mut victims = Vec::new();
+            let mut i = 0;
+            while i < st.members.len() {
+                let m = &st.members[i];
+                let idle = m.in_flight == 0 && m.idle_since.elapsed() >= self.limits.idle_timeout;
+                if idle && st.members.len() as u32 > self.limits.min {
+                    victims.push(st.members.remove(i).instance);
+                } else {
+                    i += 1;
+                }
+            }
+            if !victims.is_empty() {
+                st.failures = 0;
+                self.publish(&st);
+            }
+            victims
+        };
+        for instance in victims {
+            tracing::info!(function = %self.function, instance = %instance.id, "scaling in: stopping an idle instance");
+            tokio::spawn(async move { instance.stop().await });
+        }
+    }
+
+    /// Refuses new invocations and stops every instance.
+    pub async fn close(&self) {
+        let members = {
+            let mut st = self.lock();
+            st.closed = true;
+            for waiter in st.waiters.drain(..) {
+                let _ = waiter.tx.send(Err(InvokeError::ShuttingDown));
+            }
+            std::mem::take(&mut st.members)
+        };
+        let stops = members.into_iter().map(|m| async move { m.instance.stop().await });
+        for stop in stops {
+            stop.await;
+        }
+    }
+
+    fn publish(&self, st: &State) {
+        let f = self.function.clone();
+        metrics::gauge!("nimbus_function_instances", "function" => f.clone()).set(st.members.len() as f64);
+        metrics::gauge!("nimbus_function_instances_starting", "function" => f.clone()).set(st.starting as f64);
+        let in_flight: u32 = st.members.iter().map(|m| m.in_flight).sum();
+        metrics::gauge!("nimbus_function_in_flight", "function" => f.clone()).set(in_flight as f64);
+        metrics::gauge!("nimbus_function_queue_depth", "function" => f).set(st.waiters.len() as f64);
+    }
+}
+
+/// The least busy live instance with a free slot.
+fn pick(members: &[Member], concurrency: u32) -> Option<usize> {
+    members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.in_flight < concurrency && !m.instance.has_exited())
+        .min_by_key(|(_, m)| m.in_flight)
+        .map(|(i, _)| i)
+}
