@@ -63,11 +63,27 @@ stop_throwaway_postgres() {
 }
 trap stop_throwaway_postgres EXIT
 
+# The SDK tests and the functions tests run real Python and Node.js workers.
+install_missing() { # COMMAND PACKAGE
+  command -v "$1" >/dev/null 2>&1 && return 0
+  echo "test.sh: installing Debian's $2 package for the worker tests" >&2
+  local sudo=""
+  [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$2" >/dev/null
+}
+install_missing python3 python3
+install_missing node nodejs
+
 read -r host port < <(pg_host_port "$NIMBUS_TEST_POSTGRES_URL")
 if ! answers "$host" "$port"; then
   echo "test.sh: no PostgreSQL answers at $host:$port" >&2
   start_throwaway_postgres
 fi
+
+echo "test.sh: SDK tests" >&2
+python3 -m unittest discover -s sdk/python/tests -t sdk/python
+node --test sdk/node/test/
 
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest runs no doctests; run them first so the closing summary is the full suite's.

@@ -195,6 +195,8 @@ pub struct WorkerSection {
     /// Environment given to the worker (it gets nothing else but `NIMBUS_*` and `PATH`).
     #[serde(default)]
     pub env: BTreeMap<String, EnvString>,
+    /// How long an instance may take to accept connections on its socket (default 30s).
+    pub start_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -317,7 +317,7 @@ async fn launch_spec(
         env,
         cwd: app.dir.clone(),
         socket_dir: socket_dir.to_path_buf(),
-        start_timeout: START_TIMEOUT,
+        start_timeout: worker.start_timeout.map_or(START_TIMEOUT, |d| d.get()),
     })
 }
 

@@ -53,9 +53,18 @@ impl Node {
         Self::try_start(app_dir, extra).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Starts a node from a prepared command (extra environment, say).
+    pub fn start_with(cmd: Command, app_dir: &Path, extra: &[&str]) -> Self {
+        Self::try_start_with(cmd, app_dir, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Starts a node; on failure returns its output instead of panicking.
     pub fn try_start(app_dir: &Path, extra: &[&str]) -> Result<Self, String> {
-        let mut child = command()
+        Self::try_start_with(command(), app_dir, extra)
+    }
+
+    fn try_start_with(mut cmd: Command, app_dir: &Path, extra: &[&str]) -> Result<Self, String> {
+        let mut child = cmd
             .arg("up")
             .arg(app_dir)
             .args(["--port", "0"])

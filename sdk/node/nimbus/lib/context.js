@@ -1,0 +1,36 @@
+"use strict";
+// The invocation context: names, ids, trace context, the cancellation signal and a logger that
+// writes to stderr (which the host reads line by line into its log).
+
+const util = require("util");
+
+/** A console-like logger; each line is prefixed with the invocation id so concurrent invocations
+ *  of one instance can be told apart. */
+function makeLogger(invocationId, write = (s) => process.stderr.write(s)) {
+  const emit = (level) => (...args) => {
+    const prefix = level ? `[${invocationId}] ${level}: ` : `[${invocationId}] `;
+    const text = util.format(...args);
+    write(
+      text
+        .split("\n")
+        .map((line) => prefix + line)
+        .join("\n") + "\n",
+    );
+  };
+  const log = emit("");
+  return { log, info: log, debug: emit("debug"), warn: emit("warning"), error: emit("error"), trace: emit("trace") };
+}
+
+class Context {
+  constructor({ functionName, invocationId, traceparent, timeoutMs, signal, trigger }) {
+    this.functionName = functionName;
+    this.invocationId = invocationId;
+    this.traceparent = traceparent;
+    this.timeoutMs = timeoutMs;
+    this.signal = signal;
+    this.trigger = trigger;
+    this.log = makeLogger(invocationId);
+  }
+}
+
+module.exports = { Context, makeLogger };

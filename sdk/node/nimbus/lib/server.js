@@ -1,0 +1,412 @@
+"use strict";
+// The worker's HTTP side (PROTOCOL.md §2–§4): the index and invoke endpoints, dispatch of HTTP
+// invocations, turning handler results into responses, streaming with backpressure, and cancellation
+// when the host closes a connection whose invocation is unfinished.
+
+const http = require("http");
+const { randomUUID } = require("crypto");
+const { kindOf } = require("./kind");
+const { matchRoute } = require("./routes");
+const { Request } = require("./request");
+const { Context } = require("./context");
+const { encodeBytes, toBuffer, normalizeHeaders } = require("./response");
+const { version } = require("../package.json");
+
+const SDK = `node/${version}`;
+const CANCELLED = Symbol("cancelled");
+// Response headers of a fetch() Response that describe its old framing, not the body we send.
+const FETCH_DROP = new Set(["content-encoding", "content-length", "transfer-encoding", "connection", "keep-alive"]);
+
+function log(line) {
+  process.stderr.write(`nimbus: ${line}\n`);
+}
+
+function stackOf(err) {
+  return (err && err.stack) || String(err);
+}
+
+function sendJson(res, status, value, headers = {}) {
+  if (res.headersSent || res.destroyed) return;
+  const body = Buffer.from(JSON.stringify(value), "utf8");
+  res.writeHead(status, { ...headers, "content-type": "application/json", "content-length": body.length });
+  res.end(body);
+}
+
+function sendError(res, status, code, message, headers) {
+  sendJson(res, status, { error: { code, message } }, headers);
+}
+
+function splitUrl(url) {
+  const q = url.indexOf("?");
+  return q < 0 ? [url, ""] : [url.slice(0, q), url.slice(q + 1)];
+}
+
+/** A JSON-object header (x-nimbus-params, x-nimbus-claims), or undefined when absent or invalid. */
+function jsonHeader(req, name) {
+  const raw = req.headers[name];
+  if (raw === undefined) return undefined;
+  try {
+    const value = JSON.parse(raw);
+    if (value !== null && typeof value === "object" && !Array.isArray(value)) return value;
+  } catch {
+    // reported below
+  }
+  log(`ignoring header ${name}: not a JSON object`);
+  return undefined;
+}
+
+function timeoutOf(req) {
+  const ms = Number(req.headers["x-nimbus-timeout-ms"]);
+  return req.headers["x-nimbus-timeout-ms"] !== undefined && Number.isFinite(ms) ? ms : null;
+}
+
+/** One running invocation: cancelled (signal aborted, streams closed) when the connection closes
+ *  before its response was completely written. */
+class Invocation {
+  constructor(res, id) {
+    this.id = id;
+    this.cancelled = false;
+    this.controller = new AbortController();
+    this._cancelled = new Promise((resolve) => {
+      this._resolve = resolve;
+    });
+    res.once("close", () => {
+      if (!res.writableEnded) this.cancel();
+    });
+  }
+
+  cancel() {
+    if (this.cancelled) return;
+    this.cancelled = true;
+    log(`invocation ${this.id} cancelled`);
+    this._resolve(CANCELLED);
+    this.controller.abort();
+  }
+
+  /** Settles like `promise`, or with CANCELLED as soon as the invocation is cancelled. */
+  race(promise) {
+    return Promise.race([promise, this._cancelled]);
+  }
+}
+
+// ---- Results → responses --------------------------------------------------------------------------
+
+function isGenerator(value) {
+  return Object.prototype.toString.call(value) === "[object Generator]";
+}
+
+function isAsyncIterable(value) {
+  return value !== null && typeof value === "object" && typeof value[Symbol.asyncIterator] === "function";
+}
+
+function isFetchResponse(value) {
+  const FetchResponse = globalThis.Response;
+  return typeof FetchResponse === "function" && value instanceof FetchResponse;
+}
+
+/** An async iterator over an async iterable or a sync one (whose values may be promises). */
+function iteratorOf(iterable) {
+  if (typeof iterable[Symbol.asyncIterator] === "function") return iterable[Symbol.asyncIterator]();
+  const it = iterable[Symbol.iterator]();
+  return {
+    async next() {
+      const step = it.next();
+      return step.done ? step : { done: false, value: await step.value };
+    },
+    async return(value) {
+      return typeof it.return === "function" ? it.return(value) : { done: true, value };
+    },
+  };
+}
+
+/** Asks an iterator to finish (runs a generator's `finally`, destroys a Readable) without waiting:
+ *  an async generator busy in an `await` only finishes once that await settles. */
+function closeIterator(it) {
+  if (typeof it.return !== "function") return;
+  try {
+    Promise.resolve(it.return()).catch((err) => log(`closing a stream failed: ${stackOf(err)}`));
+  } catch (err) {
+    log(`closing a stream failed: ${stackOf(err)}`);
+  }
+}
+
+/** Closes whatever streamable value a handler returned after its invocation was cancelled. */
+function discard(result) {
+  let body = kindOf(result) === "response" ? result.body : result;
+  if (kindOf(body) === "stream") body = body.iterable;
+  if (isFetchResponse(body)) body = body.body;
+  if (isAsyncIterable(body) || isGenerator(body)) closeIterator(iteratorOf(body));
+}
+
+/** Writes a handler's result: `{status, headers, ...}` for everything but streams, which `pump`. */
+async function respond(result, req, res, inv) {
+  let status = 200;
+  let headers = {};
+  let contentType;
+  let body = result;
+  const explicit = kindOf(result) === "response";
+  if (explicit) {
+    ({ status, contentType, body } = result);
+    headers = { ...result.headers };
+  } else if (isFetchResponse(result)) {
+    status = result.status;
+    for (const [name, value] of result.headers) if (!FETCH_DROP.has(name)) headers[name] = value;
+    body = result.body; // a web ReadableStream (async iterable) or null
+  }
+
+  // Streams: chunked, headers at once, each chunk as it comes.
+  let stream = null;
+  if (kindOf(body) === "stream") stream = body;
+  else if (isAsyncIterable(body) || isGenerator(body)) {
+    stream = { iterable: body, contentType: "application/octet-stream", headers: {}, encode: encodeBytes };
+  }
+  if (stream) {
+    const final = { "content-type": stream.contentType, ...stream.headers, ...headers };
+    if (contentType) final["content-type"] = contentType;
+    delete final["content-length"];
+    res.writeHead(status, final);
+    res.flushHeaders();
+    return pump(stream.iterable, stream.encode, res, inv);
+  }
+
+  let bytes;
+  let defaultType;
+  if (body === undefined || body === null) {
+    if (!explicit && !isFetchResponse(result)) status = 204;
+    bytes = null;
+  } else if (typeof body === "string") {
+    bytes = Buffer.from(body, "utf8");
+    defaultType = "text/plain; charset=utf-8";
+  } else if ((bytes = toBuffer(body)) !== null) {
+    defaultType = "application/octet-stream";
+  } else {
+    const json = JSON.stringify(body);
+    if (json === undefined) throw new TypeError(`nimbus: a handler returned a ${typeof body}, which has no JSON form`);
+    bytes = Buffer.from(json, "utf8");
+    defaultType = "application/json";
+  }
+  const final = { ...(defaultType ? { "content-type": defaultType } : {}), ...headers };
+  if (contentType) final["content-type"] = contentType;
+  if (status === 204 || status === 304) {
+    delete final["content-length"];
+    res.writeHead(status, final);
+    res.end();
+    return;
+  }
+  final["content-length"] = bytes ? bytes.length : 0;
+  res.writeHead(status, final);
+  res.end(bytes && req.method !== "HEAD" ? bytes : undefined);
+}
+
+function drained(res) {
+  return new Promise((resolve) => res.once("drain", resolve));
+}
+
+/** Writes each item of `iterable` as one chunk as soon as it is produced, waiting for 'drain' when
+ *  the socket is full. Stops and closes the iterator when the invocation is cancelled. */
+async function pump(iterable, encode, res, inv) {
+  const it = iteratorOf(iterable);
+  let finished = false;
+  try {
+    for (;;) {
+      const step = await inv.race(it.next());
+      if (step === CANCELLED) return;
+      if (step.done) {
+        finished = true;
+        break;
+      }
+      const chunk = encode(step.value);
+      if (chunk.length === 0) continue;
+      if (!res.write(chunk) && (await inv.race(drained(res))) === CANCELLED) return;
+    }
+  } finally {
+    if (!finished) closeIterator(it);
+  }
+  res.end();
+}
+
+// ---- Dispatch ---------------------------------------------------------------------------------------
+
+function fail(err, fn, inv, res, dev) {
+  // The connection may be gone before its 'close' event ran: that is a cancellation too.
+  if (!inv.cancelled && !res.writableEnded && (res.destroyed || (res.socket && res.socket.destroyed))) inv.cancel();
+  if (inv.cancelled) {
+    // What a cancelled handler raises is mostly the cancellation itself (an aborted signal, an
+    // aborted request body); anything else gets one line.
+    const quiet = err && (err.name === "AbortError" || err.code === "ECONNRESET" || err.code === "ABORT_ERR");
+    if (!quiet) log(`function "${fn.name}" raised after invocation ${inv.id} was cancelled: ${err && err.message || err}`);
+    return;
+  }
+  if (kindOf(err) === "http-error") {
+    if (res.headersSent) res.destroy();
+    else sendError(res, err.status, err.code, err.message, err.headers);
+    return;
+  }
+  log(`function "${fn.name}" failed (invocation ${inv.id}):\n${stackOf(err)}`);
+  if (res.headersSent) {
+    // The head (maybe some chunks) went out: cut the connection so the host sees an incomplete response.
+    res.destroy();
+    return;
+  }
+  const detail = err && typeof err.message === "string" ? err.message : String(err);
+  const message = dev ? `the function raised an error: ${detail}` : "the function raised an error";
+  sendError(res, 500, "handler_error", message);
+}
+
+async function invokeHttp(fn, params, path, rawQuery, req, res, dev) {
+  const inv = new Invocation(res, req.headers["x-nimbus-invocation-id"] || randomUUID());
+  const claims = jsonHeader(req, "x-nimbus-claims") ?? null;
+  const request = new Request(req, {
+    path,
+    query: new URLSearchParams(rawQuery),
+    params,
+    claims,
+    invocationId: inv.id,
+  });
+  const ctx = new Context({
+    functionName: fn.name,
+    invocationId: inv.id,
+    traceparent: req.headers.traceparent ?? null,
+    timeoutMs: timeoutOf(req),
+    signal: inv.controller.signal,
+    trigger: fn.trigger,
+  });
+  let result;
+  try {
+    result = await fn.handler(request, ctx);
+  } catch (err) {
+    return fail(err, fn, inv, res, dev);
+  }
+  if (inv.cancelled) return discard(result);
+  try {
+    await respond(result, req, res, inv);
+  } catch (err) {
+    fail(err, fn, inv, res, dev);
+  }
+}
+
+async function readAll(req) {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  return Buffer.concat(chunks);
+}
+
+/** POST /_nimbus/worker/invoke/{function}: a JSON envelope in, the JSON result out (§4). */
+async function invokeEnvelope(fn, req, res, dev) {
+  let envelope;
+  try {
+    envelope = JSON.parse((await readAll(req)).toString("utf8"));
+  } catch (err) {
+    return sendError(res, 400, "invalid_json", `the invocation envelope is not valid JSON: ${err.message}`);
+  }
+  if (envelope === null || typeof envelope !== "object" || Array.isArray(envelope)) {
+    return sendError(res, 400, "invalid_json", "the invocation envelope must be a JSON object");
+  }
+  const id = req.headers["x-nimbus-invocation-id"] || (typeof envelope.id === "string" && envelope.id) || randomUUID();
+  const inv = new Invocation(res, id);
+  const ctx = new Context({
+    functionName: fn.name,
+    invocationId: id,
+    traceparent: req.headers.traceparent ?? null,
+    timeoutMs: timeoutOf(req),
+    signal: inv.controller.signal,
+    trigger: envelope.trigger ?? fn.trigger,
+  });
+  try {
+    const result = await fn.handler(envelope.data, ctx);
+    if (inv.cancelled) return;
+    sendJson(res, 200, result === undefined ? null : result);
+  } catch (err) {
+    fail(err, fn, inv, res, dev);
+  }
+}
+
+async function protocol(app, req, res, path, dev) {
+  if (path === "/_nimbus/worker/index") {
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      return sendError(res, 405, "method_not_allowed", `${req.method} is not allowed on ${path}`, { allow: "GET" });
+    }
+    return sendJson(res, 200, { protocol: 1, sdk: SDK, functions: app.functions });
+  }
+  const prefix = "/_nimbus/worker/invoke/";
+  if (path.startsWith(prefix)) {
+    if (req.method !== "POST") {
+      return sendError(res, 405, "method_not_allowed", `${req.method} is not allowed on ${path}`, { allow: "POST" });
+    }
+    let name = path.slice(prefix.length);
+    try {
+      name = decodeURIComponent(name);
+    } catch {
+      // keep it as sent
+    }
+    const fn = app._find(name);
+    if (!fn || fn.trigger.type === "http") {
+      const why = fn ? ` (it has an http trigger: it is invoked over HTTP at ${fn.trigger.route})` : "";
+      return sendError(res, 404, "not_found", `no function "${name}" to invoke with an envelope${why}`);
+    }
+    return invokeEnvelope(fn, req, res, dev);
+  }
+  return sendError(res, 404, "not_found", `no worker endpoint ${path}`);
+}
+
+async function dispatch(app, req, res, dev) {
+  const [path, rawQuery] = splitUrl(req.url);
+  if (path === "/_nimbus" || path.startsWith("/_nimbus/")) return protocol(app, req, res, path, dev);
+  const name = req.headers["x-nimbus-function"];
+  let fn;
+  let params;
+  if (name !== undefined) {
+    fn = app._find(name);
+    if (!fn || fn.trigger.type !== "http") {
+      return sendError(res, 404, "not_found", `no HTTP function named "${name}" in this worker`);
+    }
+  } else {
+    const hit = app._route(req.method, path);
+    if (hit.status === 404) return sendError(res, 404, "not_found", `no function serves ${path}`);
+    if (hit.status === 405) {
+      const allow = hit.allow.length ? { allow: hit.allow.join(", ") } : {};
+      return sendError(res, 405, "method_not_allowed", `${req.method} is not allowed on ${path}`, allow);
+    }
+    ({ fn, params } = hit);
+  }
+  params = jsonHeader(req, "x-nimbus-params") ?? params ?? matchRoute(fn.compiled, path) ?? {};
+  return invokeHttp(fn, params, path, rawQuery, req, res, dev);
+}
+
+/** The request listener for `app`. `dev`: error messages of handlers go into 500 answers. */
+function createListener(app, { dev = false } = {}) {
+  return (req, res) => {
+    res.on("error", () => {}); // a write racing a closed connection; cancellation handles it
+    dispatch(app, req, res, dev).catch((err) => {
+      log(`internal error while serving ${req.method} ${req.url}:\n${stackOf(err)}`);
+      if (res.headersSent) res.destroy();
+      else sendError(res, 500, "internal", "the worker failed to answer");
+    });
+  };
+}
+
+/** An http.Server for `app`, tuned for the host: long keep-alive, no request timeout (long
+ *  invocations are normal; the host times them out by closing the connection). `inflight()` counts
+ *  requests not yet finished; 'idle' is emitted when it drops to zero. */
+function createWorkerServer(app, { dev = false } = {}) {
+  const server = http.createServer(
+    { requireHostHeader: false, maxHeaderSize: 64 * 1024, noDelay: true },
+    createListener(app, { dev }),
+  );
+  server.keepAliveTimeout = 5 * 60 * 1000;
+  server.headersTimeout = 60 * 1000;
+  server.requestTimeout = 0;
+  server.timeout = 0;
+  let inflight = 0;
+  server.on("request", (req, res) => {
+    inflight++;
+    res.once("close", () => {
+      inflight--;
+      if (inflight === 0) server.emit("idle");
+    });
+  });
+  server.inflight = () => inflight;
+  return server;
+}
+
+module.exports = { createWorkerServer, createListener, SDK };
