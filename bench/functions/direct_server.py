@@ -16,7 +16,14 @@ async def handle(reader, writer):
                     length = int(line[15:])
             if length:
                 await reader.readexactly(length)
-            writer.write(RESPONSE)
+            if head.startswith(b"GET /drip"):
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+                             b"6\r\nfirst\n\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.2)
+                writer.write(b"7\r\nsecond\n\r\n0\r\n\r\n")
+            else:
+                writer.write(RESPONSE)
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass

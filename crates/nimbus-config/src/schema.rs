@@ -58,6 +58,8 @@ pub struct ServerSection {
     pub max_request_body: ByteSize,
     /// How long a request may run at the gateway unless its `[[routes]]` entry says otherwise.
     pub request_timeout: Duration,
+    /// How long the results of asynchronous invocations stay readable.
+    pub async_retention: Duration,
 }
 
 impl Default for ServerSection {
@@ -68,6 +70,7 @@ impl Default for ServerSection {
             shutdown_grace: Duration::from_secs(30),
             max_request_body: ByteSize::mb(100),
             request_timeout: Duration::from_secs(5 * 60),
+            async_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -239,6 +242,10 @@ pub struct RouteSection {
     pub roles: Vec<String>,
     pub rate_limit: Option<RateLimit>,
     pub timeout: Option<Duration>,
+    /// Answer `202 Accepted` with a status URL at once and run the function in the background, as
+    /// `Prefer: respond-async` does for one request.
+    #[serde(default, rename = "async")]
+    pub respond_async: bool,
 }
 
 #[derive(Debug, Deserialize)]

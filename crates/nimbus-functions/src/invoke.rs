@@ -45,12 +45,31 @@ pub(crate) async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Res
     let Some(target) = inner.functions.get(&function) else {
         return ApiError::internal().into_response();
     };
+    let policy = inner.policy(target, &method, req.uri().path());
+    if policy.respond_async || crate::asynchronous::requested(req.headers()) {
+        return crate::asynchronous::accept(inner.clone(), function, params, req, policy.timeout).await;
+    }
+    run(&inner, &function, params, req, policy.timeout).await
+}
+
+/// Runs one invocation and answers with the worker's streamed response, or the JSON error that
+/// says why there is none.
+pub(crate) async fn run(
+    inner: &Inner,
+    function: &str,
+    params: serde_json::Map<String, serde_json::Value>,
+    req: Request,
+    timeout: std::time::Duration,
+) -> Response {
+    let Some(target) = inner.functions.get(function) else {
+        return ApiError::internal().into_response();
+    };
     let started = Instant::now();
-    let result = invoke(target, &function, params, req, inner.max_request_body).await;
+    let result = invoke(target, function, params, req, inner.max_request_body, timeout).await;
     let mut response = match result {
         Ok(response) => response,
         Err(e) => {
-            metrics::counter!("nimbus_function_errors_total", "function" => function.clone(), "kind" => e.kind())
+            metrics::counter!("nimbus_function_errors_total", "function" => function.to_owned(), "kind" => e.kind())
                 .increment(1);
             match e {
                 InvokeError::WorkerCrashed | InvokeError::Unavailable => {
@@ -58,16 +77,16 @@ pub(crate) async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Res
                 }
                 _ => tracing::info!(function = %function, error = e.kind(), "invocation refused"),
             }
-            let mut response = e.to_api(&function).into_response();
+            let mut response = e.to_api(function).into_response();
             if response.status() == StatusCode::SERVICE_UNAVAILABLE {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
             }
             response
         }
     };
-    metrics::counter!("nimbus_function_invocations_total", "function" => function.clone(), "status" => response.status().as_str().to_owned())
+    metrics::counter!("nimbus_function_invocations_total", "function" => function.to_owned(), "status" => response.status().as_str().to_owned())
         .increment(1);
-    metrics::histogram!("nimbus_function_duration_seconds", "function" => function.clone())
+    metrics::histogram!("nimbus_function_duration_seconds", "function" => function.to_owned())
         .record(started.elapsed().as_secs_f64());
     response.extensions_mut().insert(RouteLabel(format!("function:{function}").into()));
     response
@@ -79,12 +98,13 @@ async fn invoke(
     params: serde_json::Map<String, serde_json::Value>,
     req: Request,
     max_body: u64,
+    timeout: std::time::Duration,
 ) -> Result<Response, InvokeError> {
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body) {
         return Err(InvokeError::BodyTooLarge(max_body));
     }
-    let deadline = tokio::time::Instant::now() + target.timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let slot = tokio::time::timeout_at(deadline, target.pool.acquire()).await.map_err(|_| InvokeError::Timeout)??;
 
     let trace =
@@ -106,7 +126,7 @@ async fn invoke(
     set("x-nimbus-function", function.to_owned());
     set("x-nimbus-invocation-id", invocation_id.clone());
     set("x-nimbus-params", serde_json::Value::Object(params).to_string());
-    set("x-nimbus-timeout-ms", target.timeout.as_millis().to_string());
+    set("x-nimbus-timeout-ms", timeout.as_millis().to_string());
     set("traceparent", trace.traceparent());
     let limited = http_body_util::Limited::new(body, max_body as usize);
     let request = builder.body(Body::new(limited)).map_err(|_| InvokeError::WorkerCrashed)?;

@@ -5,6 +5,7 @@
 //! (PROTOCOL.md §2), builds the route table, and warms `min_instances`. Its [`Functions::router`]
 //! is the node's fallback: it serves function routes and answers a JSON 404 for the rest.
 
+mod asynchronous;
 mod error;
 mod instance;
 mod invoke;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use axum::Router;
 use nimbus_config::{AppConfig, FunctionSection, Runtime, WorkerSection};
+use nimbus_store::Store;
 
 pub use error::FunctionsError;
 
@@ -47,6 +49,7 @@ pub struct FunctionInfo {
 
 pub(crate) struct Target {
     pool: Arc<Pool>,
+    /// The function's own timeout; [`Inner::timeout`] caps it by the route's.
     timeout: Duration,
 }
 
@@ -54,6 +57,59 @@ pub(crate) struct Inner {
     routes: RouteTable,
     functions: HashMap<String, Target>,
     max_request_body: u64,
+    /// `[[routes]]` entries by path pattern (the "function" of each entry is its index), for their timeouts.
+    policies: RouteTable,
+    policy_settings: Vec<(Option<Duration>, bool)>,
+    /// The gateway's timeout for routes whose `[[routes]]` entry sets none.
+    request_timeout: Duration,
+    store: Arc<dyn Store>,
+    async_retention: Duration,
+}
+
+/// What the `[[routes]]` entry of a request asks of its invocation.
+pub(crate) struct Policy {
+    pub timeout: Duration,
+    pub respond_async: bool,
+}
+
+impl Inner {
+    fn new(
+        routes: RouteTable,
+        functions: HashMap<String, Target>,
+        manifest: &nimbus_config::Manifest,
+        store: Arc<dyn Store>,
+    ) -> Result<Self, FunctionsError> {
+        let mut policies = RouteTable::default();
+        let mut policy_settings = Vec::new();
+        for (i, route) in manifest.routes.iter().enumerate() {
+            policies
+                .add(&route.path, &route.methods, &i.to_string())
+                .map_err(|e| FunctionsError::Config(format!("routes[{i}]: {e}")))?;
+            policy_settings.push((route.timeout.map(|t| t.get()), route.respond_async));
+        }
+        Ok(Self {
+            routes,
+            functions,
+            max_request_body: manifest.server.max_request_body.0,
+            policies,
+            policy_settings,
+            request_timeout: manifest.server.request_timeout.get(),
+            store,
+            async_retention: manifest.server.async_retention.get(),
+        })
+    }
+
+    /// The route's settings: the function's own timeout capped by the route's (per-route, else the
+    /// gateway default), and whether the route answers asynchronously.
+    fn policy(&self, target: &Target, method: &axum::http::Method, path: &str) -> Policy {
+        let (route_timeout, respond_async) = match self.policies.find(method, path) {
+            routes::Match::Found { function: index, .. } => {
+                index.parse::<usize>().ok().and_then(|i| self.policy_settings.get(i).copied()).unwrap_or((None, false))
+            }
+            _ => (None, false),
+        };
+        Policy { timeout: target.timeout.min(route_timeout.unwrap_or(self.request_timeout)), respond_async }
+    }
 }
 
 pub struct Functions {
@@ -64,14 +120,14 @@ pub struct Functions {
 
 impl Functions {
     /// Indexes the app's workers, builds the route table and warms `min_instances`.
-    pub async fn start(app: &AppConfig, data_dir: &Path) -> Result<Self, FunctionsError> {
+    pub async fn start(app: &AppConfig, data_dir: &Path, store: Arc<dyn Store>) -> Result<Self, FunctionsError> {
         let manifest = &app.manifest;
         let mut routes = RouteTable::default();
         let mut functions = HashMap::new();
         let mut list = Vec::new();
         if manifest.workers.is_empty() {
             check_function_names(&manifest.functions, &list)?;
-            let inner = Inner { routes, functions, max_request_body: manifest.server.max_request_body.0 };
+            let inner = Inner::new(routes, functions, manifest, store)?;
             return Ok(Self { inner: Arc::new(inner), list, reaper: None });
         }
 
@@ -137,10 +193,7 @@ impl Functions {
             }
             let settings = manifest.functions.get(&info.name);
             let limits = limits(settings, worker.runtime);
-            let timeout = settings
-                .and_then(|s| s.timeout)
-                .map_or(DEFAULT_TIMEOUT, |t| t.get())
-                .min(manifest.server.request_timeout.get());
+            let timeout = settings.and_then(|s| s.timeout).map_or(DEFAULT_TIMEOUT, |t| t.get());
             let pool = Pool::new(info.name.clone(), spec.clone(), limits, ids.clone());
             functions.insert(info.name.clone(), Target { pool, timeout });
         }
@@ -154,17 +207,23 @@ impl Functions {
             let _ = handle.await;
         }
         let pools: Vec<Arc<Pool>> = warming;
+        let inner = Arc::new(Inner::new(routes, functions, manifest, store)?);
+        let sweeping = inner.clone();
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let mut ticks: u64 = 0;
             loop {
                 tick.tick().await;
                 for pool in &pools {
                     pool.scale_in();
                 }
+                ticks += 1;
+                if ticks % 240 == 1 {
+                    asynchronous::sweep(&sweeping).await;
+                }
             }
         });
-        let inner = Inner { routes, functions, max_request_body: manifest.server.max_request_body.0 };
-        Ok(Self { inner: Arc::new(inner), list, reaper: Some(reaper) })
+        Ok(Self { inner, list, reaper: Some(reaper) })
     }
 
     /// The functions the node serves, for the banner and the admin API.
@@ -174,7 +233,10 @@ impl Functions {
 
     /// Serves function routes; answers a JSON 404/405 for paths and methods no function takes.
     pub fn router(&self) -> Router {
-        Router::new().fallback(invoke::handle).with_state(self.inner.clone())
+        Router::new()
+            .route("/_nimbus/invocations/{id}", axum::routing::get(asynchronous::status))
+            .fallback(invoke::handle)
+            .with_state(self.inner.clone())
     }
 
     /// Stops every instance (after the server has drained its requests).

@@ -50,7 +50,7 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     let (admin_token, token_path, token_created) = AdminToken::load_or_create(&data_dir.path)?;
     let metrics = nimbus_gateway::install_metrics().map_err(anyhow::Error::msg)?;
 
-    let functions = nimbus_functions::Functions::start(&config, &data_dir.path).await?;
+    let functions = nimbus_functions::Functions::start(&config, &data_dir.path, store.clone()).await?;
 
     let platform = Platform {
         store: store.clone(),

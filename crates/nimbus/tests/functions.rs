@@ -396,3 +396,92 @@ async fn the_init_templates_run() {
         assert_eq!((status, body), (200, serde_json::json!({"hello": "init"})), "{template}");
     }
 }
+
+const LEGACY_JS: &str = r#"
+const http = require("http");
+http.createServer((req, res) => {
+  if (req.url === "/legacy/slow") return; // never answers
+  res.setHeader("content-type", "application/json");
+  res.end(JSON.stringify({ url: req.url, fn: req.headers["x-nimbus-function"], params: JSON.parse(req.headers["x-nimbus-params"]) }));
+}).listen(process.argv[2]);
+"#;
+
+#[tokio::test]
+async fn command_workers_serve_their_manifest_routes_with_route_timeouts() {
+    let app = App::new(Some(
+        r#"
+[workers.legacy]
+runtime = "command"
+command = ["node", "legacy.js", "{socket}"]
+routes = ["/legacy/*"]
+
+[[routes]]
+path = "/legacy/slow"
+timeout = "300ms"
+"#,
+    ));
+    std::fs::write(app.path().join("legacy.js"), LEGACY_JS).unwrap();
+    let node = app.start(&[]);
+    assert!(node.stdout.contains("function       legacy * "), "{}", node.stdout);
+    let (status, body) = get_json(&node.url("/legacy/a/b?x=1")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, serde_json::json!({"url": "/legacy/a/b?x=1", "fn": "legacy", "params": {"*": "a/b"}}));
+    let started = Instant::now();
+    let (status, body) = get_json(&node.url("/legacy/slow")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (504, Some("timeout")));
+    assert!(started.elapsed() < Duration::from_secs(3), "the route's 300ms timeout applies");
+    assert_eq!(get_json(&node.url("/elsewhere")).await.0, 404);
+}
+
+async fn poll_done(url: &str) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let resp = client().get(url).send().await.unwrap();
+        if resp.status() != 202 {
+            return resp;
+        }
+        assert_eq!(resp.headers()["retry-after"], "1");
+        assert!(Instant::now() < deadline, "still running at the deadline");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn respond_async_answers_202_and_keeps_the_result_across_restarts() {
+    let app = python_app("[[routes]]\npath = \"/env\"\nasync = true\n");
+    let mut node = app.start(&[]);
+
+    let resp = client().get(node.url("/slow?s=1")).header("prefer", "wait=5, respond-async").send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    assert_eq!(resp.headers()["preference-applied"], "respond-async");
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/_nimbus/invocations/"), "{location}");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["statusQueryGetUri"], location.as_str());
+    let status_url = node.url(&location);
+    assert_eq!(client().get(&status_url).send().await.unwrap().status(), 202, "running");
+    let done = poll_done(&status_url).await;
+    assert_eq!(done.status(), 200);
+    assert_eq!(done.headers()["content-type"], "application/json");
+    let result: Value = done.json().await.unwrap();
+    assert!(result["pid"].is_i64(), "{result}");
+
+    // A route declared `async = true` answers 202 without the header.
+    let resp = client().get(node.url("/env")).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let env_location = resp.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(poll_done(&node.url(&env_location)).await.status(), 200);
+
+    // Results live in the store: a restarted node still answers them.
+    node.signal_and_wait("TERM", Duration::from_secs(20));
+    let node = app.start(&[]);
+    let again = client().get(node.url(&location)).send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap(), result);
+
+    for bad in ["/_nimbus/invocations/00000000000000000000000000000000", "/_nimbus/invocations/not-an-id"] {
+        let resp = client().get(node.url(bad)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{bad}");
+        assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "not_found");
+    }
+}
