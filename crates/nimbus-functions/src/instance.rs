@@ -121,7 +121,7 @@ impl Instance {
         });
 
         let deadline = started_at + spec.start_timeout;
-        let mut delay = Duration::from_millis(2);
+        let mut delay = Duration::from_millis(1);
         loop {
             let exit_status = status_rx.borrow_and_update().clone();
             if let Some(status) = exit_status {
@@ -147,7 +147,8 @@ impl Instance {
                 _ = tokio::time::sleep(delay) => {}
                 _ = status_rx.changed() => {}
             }
-            delay = (delay * 2).min(Duration::from_millis(50));
+            // Poll often: every millisecond spent here is cold-start latency.
+            delay = (delay * 2).min(Duration::from_millis(5));
         }
     }
 
