@@ -149,7 +149,8 @@ async fn save(inner: &Inner, record: &Record, body: Option<Vec<u8>>) -> Result<(
 }
 
 /// `GET /_nimbus/invocations/{id}`: 202 while running, then the stored response.
-pub(crate) async fn status(State(inner): State<Arc<Inner>>, Path(id): Path<String>) -> Response {
+pub(crate) async fn status(State(shared): State<Arc<crate::Shared>>, Path(id): Path<String>) -> Response {
+    let inner = shared.current();
     let not_found =
         || ApiError::not_found("no such invocation (it never existed, or its result expired)").into_response();
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -26,7 +26,8 @@ use crate::routes::Match;
 /// Seconds a client is told to wait when a function is at capacity.
 const RETRY_AFTER_SECS: &str = "1";
 
-pub(crate) async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+pub(crate) async fn handle(State(shared): State<Arc<crate::Shared>>, req: Request) -> Response {
+    let inner = shared.current();
     let method = req.method().clone();
     let (function, params) = match inner.routes.find(&method, req.uri().path()) {
         Match::Found { function, params } => (function.to_owned(), params),

@@ -15,8 +15,8 @@ mod sdk;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -54,6 +54,7 @@ pub(crate) struct Target {
 }
 
 pub(crate) struct Inner {
+    list: Vec<FunctionInfo>,
     routes: RouteTable,
     functions: HashMap<String, Target>,
     max_request_body: u64,
@@ -76,6 +77,7 @@ impl Inner {
     fn new(
         routes: RouteTable,
         functions: HashMap<String, Target>,
+        list: Vec<FunctionInfo>,
         manifest: &nimbus_config::Manifest,
         store: Arc<dyn Store>,
     ) -> Result<Self, FunctionsError> {
@@ -88,6 +90,7 @@ impl Inner {
             policy_settings.push((route.timeout.map(|t| t.get()), route.respond_async));
         }
         Ok(Self {
+            list,
             routes,
             functions,
             max_request_body: manifest.server.max_request_body.0,
@@ -113,122 +116,60 @@ impl Inner {
 }
 
 pub struct Functions {
-    inner: Arc<Inner>,
-    list: Vec<FunctionInfo>,
-    reaper: Option<tokio::task::JoinHandle<()>>,
+    shared: Arc<Shared>,
+    data_dir: PathBuf,
+    store: Arc<dyn Store>,
+    ids: Arc<AtomicU64>,
+    reaper: tokio::task::JoinHandle<()>,
+    reloading: tokio::sync::Mutex<()>,
+}
+
+/// What the router reads per request: the current generation of functions. A reload swaps it.
+pub(crate) struct Shared {
+    current: RwLock<Arc<Inner>>,
+}
+
+impl Shared {
+    pub(crate) fn current(&self) -> Arc<Inner> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 impl Functions {
     /// Indexes the app's workers, builds the route table and warms `min_instances`.
     pub async fn start(app: &AppConfig, data_dir: &Path, store: Arc<dyn Store>) -> Result<Self, FunctionsError> {
-        let manifest = &app.manifest;
-        let mut routes = RouteTable::default();
-        let mut functions = HashMap::new();
-        let mut list = Vec::new();
-        if manifest.workers.is_empty() {
-            check_function_names(&manifest.functions, &list)?;
-            let inner = Inner::new(routes, functions, manifest, store)?;
-            return Ok(Self { inner: Arc::new(inner), list, reaper: None });
-        }
-
-        let socket_dir = socket_dir(data_dir)?;
-        let sdk = sdk::install(data_dir).map_err(|source| FunctionsError::Io {
-            context: format!("cannot write the SDKs into {}", data_dir.display()),
-            source,
-        })?;
         let ids = Arc::new(AtomicU64::new(1));
-        let mut specs = BTreeMap::new();
-        for (name, worker) in &manifest.workers {
-            let spec = launch_spec(app, name, worker, &sdk, &socket_dir).await?;
-            specs.insert(name.clone(), (spec, worker));
-        }
-
-        // Index every SDK worker at once; command workers declare their routes in the manifest.
-        let mut indexing = Vec::new();
-        for (name, (spec, worker)) in &specs {
-            if worker.runtime != Runtime::Command {
-                let (name, spec) = (name.clone(), spec.clone());
-                indexing.push(tokio::spawn(async move { (name.clone(), index(&spec, &name).await) }));
-            }
-        }
-        let mut indexed = BTreeMap::new();
-        for handle in indexing {
-            let (name, result) = handle.await.map_err(|e| FunctionsError::Config(format!("indexing failed: {e}")))?;
-            indexed.insert(name, result?);
-        }
-        for (name, (_, worker)) in &specs {
-            match worker.runtime {
-                Runtime::Command => list.push(FunctionInfo {
-                    name: name.clone(),
-                    worker: name.clone(),
-                    runtime: "command",
-                    route: worker.routes.join(", "),
-                    methods: Vec::new(),
-                }),
-                runtime => {
-                    for f in indexed.remove(name).unwrap_or_default() {
-                        list.push(FunctionInfo {
-                            runtime: if runtime == Runtime::Python { "python" } else { "node" },
-                            worker: name.clone(),
-                            ..f
-                        });
-                    }
-                }
-            }
-        }
-        check_function_names(&manifest.functions, &list)?;
-
-        for info in &list {
-            let (spec, worker) = &specs[&info.worker];
-            let route_patterns: Vec<&str> = if worker.runtime == Runtime::Command {
-                worker.routes.iter().map(String::as_str).collect()
-            } else {
-                vec![info.route.as_str()]
-            };
-            for pattern in route_patterns {
-                routes.add(pattern, &info.methods, &info.name).map_err(FunctionsError::Config)?;
-            }
-            if functions.contains_key(&info.name) {
-                return Err(FunctionsError::Config(format!("function `{}` is declared twice", info.name)));
-            }
-            let settings = manifest.functions.get(&info.name);
-            let limits = limits(settings, worker.runtime);
-            let timeout = settings.and_then(|s| s.timeout).map_or(DEFAULT_TIMEOUT, |t| t.get());
-            let pool = Pool::new(info.name.clone(), spec.clone(), limits, ids.clone());
-            functions.insert(info.name.clone(), Target { pool, timeout });
-        }
-
-        let warming = functions.values().map(|t| t.pool.clone()).collect::<Vec<_>>();
-        let warm = warming.iter().map(|p| {
-            let p = p.clone();
-            tokio::spawn(async move { p.warm().await })
-        });
-        for handle in warm.collect::<Vec<_>>() {
-            let _ = handle.await;
-        }
-        let pools: Vec<Arc<Pool>> = warming;
-        let inner = Arc::new(Inner::new(routes, functions, manifest, store)?);
-        let sweeping = inner.clone();
+        let inner = Arc::new(build(app, data_dir, store.clone(), ids.clone(), true).await?);
+        let shared = Arc::new(Shared { current: RwLock::new(inner) });
+        let ticking = shared.clone();
         let reaper = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             let mut ticks: u64 = 0;
             loop {
                 tick.tick().await;
-                for pool in &pools {
-                    pool.scale_in();
+                let inner = ticking.current();
+                for target in inner.functions.values() {
+                    target.pool.scale_in();
                 }
                 ticks += 1;
                 if ticks % 240 == 1 {
-                    asynchronous::sweep(&sweeping).await;
+                    asynchronous::sweep(&inner).await;
                 }
             }
         });
-        Ok(Self { inner, list, reaper: Some(reaper) })
+        Ok(Self {
+            shared,
+            data_dir: data_dir.to_path_buf(),
+            store,
+            ids,
+            reaper,
+            reloading: tokio::sync::Mutex::new(()),
+        })
     }
 
     /// The functions the node serves, for the banner and the admin API.
-    pub fn list(&self) -> &[FunctionInfo] {
-        &self.list
+    pub fn list(&self) -> Vec<FunctionInfo> {
+        self.shared.current().list.clone()
     }
 
     /// Serves function routes; answers a JSON 404/405 for paths and methods no function takes.
@@ -236,20 +177,130 @@ impl Functions {
         Router::new()
             .route("/_nimbus/invocations/{id}", axum::routing::get(asynchronous::status))
             .fallback(invoke::handle)
-            .with_state(self.inner.clone())
+            .with_state(self.shared.clone())
+    }
+
+    /// Re-reads the app's workers (after its files changed): new instances start and take new
+    /// requests; the old ones finish what they have in flight or queued, then stop. If the new code
+    /// does not index, the old generation keeps serving and the error is returned.
+    pub async fn reload(&self, app: &AppConfig) -> Result<Vec<FunctionInfo>, FunctionsError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let fresh = Arc::new(build(app, &self.data_dir, self.store.clone(), self.ids.clone(), false).await?);
+        let list = fresh.list.clone();
+        let old = std::mem::replace(&mut *self.shared.current.write().unwrap_or_else(|p| p.into_inner()), fresh);
+        tokio::spawn(async move {
+            for target in old.functions.values() {
+                target.pool.drain(target.timeout).await;
+            }
+        });
+        Ok(list)
     }
 
     /// Stops every instance (after the server has drained its requests).
     pub async fn shutdown(&self) {
-        if let Some(reaper) = &self.reaper {
-            reaper.abort();
-        }
-        let closing = self.inner.functions.values().map(|t| t.pool.clone()).collect::<Vec<_>>();
+        self.reaper.abort();
+        let inner = self.shared.current();
+        let closing = inner.functions.values().map(|t| t.pool.clone()).collect::<Vec<_>>();
         let handles: Vec<_> = closing.into_iter().map(|p| tokio::spawn(async move { p.close().await })).collect();
         for handle in handles {
             let _ = handle.await;
         }
     }
+}
+
+/// One generation of functions: index the workers, build routes and pools, warm `min_instances`.
+async fn build(
+    app: &AppConfig,
+    data_dir: &Path,
+    store: Arc<dyn Store>,
+    ids: Arc<AtomicU64>,
+    first: bool,
+) -> Result<Inner, FunctionsError> {
+    let manifest = &app.manifest;
+    let mut routes = RouteTable::default();
+    let mut functions = HashMap::new();
+    let mut list = Vec::new();
+    if manifest.workers.is_empty() {
+        check_function_names(&manifest.functions, &list)?;
+        return Inner::new(routes, functions, list, manifest, store);
+    }
+
+    let socket_dir = socket_dir(data_dir, first)?;
+    let sdk = sdk::install(data_dir).map_err(|source| FunctionsError::Io {
+        context: format!("cannot write the SDKs into {}", data_dir.display()),
+        source,
+    })?;
+    let mut specs = BTreeMap::new();
+    for (name, worker) in &manifest.workers {
+        let spec = launch_spec(app, name, worker, &sdk, &socket_dir).await?;
+        specs.insert(name.clone(), (spec, worker));
+    }
+
+    // Index every SDK worker at once; command workers declare their routes in the manifest.
+    let mut indexing = Vec::new();
+    for (name, (spec, worker)) in &specs {
+        if worker.runtime != Runtime::Command {
+            let (name, spec) = (name.clone(), spec.clone());
+            let id = format!("{name}-index-{}", ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            indexing.push(tokio::spawn(async move { (name.clone(), index(&spec, &name, &id).await) }));
+        }
+    }
+    let mut indexed = BTreeMap::new();
+    for handle in indexing {
+        let (name, result) = handle.await.map_err(|e| FunctionsError::Config(format!("indexing failed: {e}")))?;
+        indexed.insert(name, result?);
+    }
+    for (name, (_, worker)) in &specs {
+        match worker.runtime {
+            Runtime::Command => list.push(FunctionInfo {
+                name: name.clone(),
+                worker: name.clone(),
+                runtime: "command",
+                route: worker.routes.join(", "),
+                methods: Vec::new(),
+            }),
+            runtime => {
+                for f in indexed.remove(name).unwrap_or_default() {
+                    list.push(FunctionInfo {
+                        runtime: if runtime == Runtime::Python { "python" } else { "node" },
+                        worker: name.clone(),
+                        ..f
+                    });
+                }
+            }
+        }
+    }
+    check_function_names(&manifest.functions, &list)?;
+
+    for info in &list {
+        let (spec, worker) = &specs[&info.worker];
+        let route_patterns: Vec<&str> = if worker.runtime == Runtime::Command {
+            worker.routes.iter().map(String::as_str).collect()
+        } else {
+            vec![info.route.as_str()]
+        };
+        for pattern in route_patterns {
+            routes.add(pattern, &info.methods, &info.name).map_err(FunctionsError::Config)?;
+        }
+        if functions.contains_key(&info.name) {
+            return Err(FunctionsError::Config(format!("function `{}` is declared twice", info.name)));
+        }
+        let settings = manifest.functions.get(&info.name);
+        let limits = limits(settings, worker.runtime);
+        let timeout = settings.and_then(|s| s.timeout).map_or(DEFAULT_TIMEOUT, |t| t.get());
+        let pool = Pool::new(info.name.clone(), spec.clone(), limits, ids.clone());
+        functions.insert(info.name.clone(), Target { pool, timeout });
+    }
+
+    let warming = functions.values().map(|t| t.pool.clone()).collect::<Vec<_>>();
+    let warm = warming.iter().map(|p| {
+        let p = p.clone();
+        tokio::spawn(async move { p.warm().await })
+    });
+    for handle in warm.collect::<Vec<_>>() {
+        let _ = handle.await;
+    }
+    Inner::new(routes, functions, list, manifest, store)
 }
 
 fn check_function_names(
@@ -284,9 +335,9 @@ fn limits(settings: Option<&FunctionSection>, runtime: Runtime) -> Limits {
 }
 
 /// Sockets live in the data dir unless its path is too long for a Unix socket address (108
-/// bytes); then in a private folder under /tmp named after it. Stale sockets of a previous run
-/// (which held the same data dir lock) are removed.
-fn socket_dir(data_dir: &Path) -> Result<PathBuf, FunctionsError> {
+/// bytes); then in a private folder under /tmp named after it. On the first start, stale sockets of a
+/// previous run (which held the same data dir lock) are removed.
+fn socket_dir(data_dir: &Path, clean: bool) -> Result<PathBuf, FunctionsError> {
     let preferred = data_dir.join("run");
     let dir = if preferred.as_os_str().len() + 24 < 108 {
         preferred
@@ -304,7 +355,7 @@ fn socket_dir(data_dir: &Path) -> Result<PathBuf, FunctionsError> {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
     }
     for entry in std::fs::read_dir(&dir).map_err(io)?.flatten() {
-        if entry.path().extension().is_some_and(|e| e == "sock") {
+        if clean && entry.path().extension().is_some_and(|e| e == "sock") {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -419,8 +470,8 @@ async fn interpreter(
 }
 
 /// Starts a short-lived instance and asks it which functions it declares (PROTOCOL.md §2).
-async fn index(spec: &LaunchSpec, worker: &str) -> Result<Vec<FunctionInfo>, FunctionsError> {
-    let instance = Instance::start(spec, &format!("{worker}-index"), None)
+async fn index(spec: &LaunchSpec, worker: &str, id: &str) -> Result<Vec<FunctionInfo>, FunctionsError> {
+    let instance = Instance::start(spec, id, None)
         .await
         .map_err(|e| FunctionsError::Start { worker: worker.to_owned(), reason: e.to_string() })?;
     let answer = instance.get_json("/_nimbus/worker/index").await;

@@ -281,6 +281,25 @@ impl Pool {
         }
     }
 
+    /// For a replaced generation: lets the invocations in flight and in the queue finish (at most
+    /// `max`), then stops every instance. No new invocations arrive: the router sends them to the
+    /// new generation.
+    pub async fn drain(&self, max: Duration) {
+        let deadline = Instant::now() + max;
+        loop {
+            let busy = {
+                let mut st = self.lock();
+                st.waiters.retain(|w| !w.tx.is_closed());
+                !st.waiters.is_empty() || st.members.iter().any(|m| m.in_flight > 0) || st.starting > 0
+            };
+            if !busy || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.close().await;
+    }
+
     /// Refuses new invocations and stops every instance.
     pub async fn close(&self) {
         let members = {

@@ -44,6 +44,10 @@ pub struct UpArgs {
     /// Log line format on stderr. Levels come from NIMBUS_LOG (e.g. "info,nimbus_store=debug").
     #[arg(long, value_enum, env = "NIMBUS_LOG_FORMAT", default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Reload functions when the app's files change: new instances start, old ones finish what
+    /// they have in flight.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

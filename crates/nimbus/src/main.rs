@@ -6,6 +6,7 @@ mod data_dir;
 mod init;
 mod logging;
 mod up;
+mod watch;
 
 use std::process::ExitCode;
 

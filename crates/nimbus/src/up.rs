@@ -50,7 +50,11 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     let (admin_token, token_path, token_created) = AdminToken::load_or_create(&data_dir.path)?;
     let metrics = nimbus_gateway::install_metrics().map_err(anyhow::Error::msg)?;
 
-    let functions = nimbus_functions::Functions::start(&config, &data_dir.path, store.clone()).await?;
+    let functions = Arc::new(nimbus_functions::Functions::start(&config, &data_dir.path, store.clone()).await?);
+    let _watcher = match args.watch {
+        true => Some(crate::watch::start(config.dir.clone(), data_dir.path.clone(), functions.clone())?),
+        false => None,
+    };
 
     let platform = Platform {
         store: store.clone(),
@@ -65,7 +69,7 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     };
     let app = nimbus_gateway::edge(nimbus_gateway::platform_routes(platform).fallback_service(functions.router()));
 
-    print_banner(&config, addr, &token_path, token_created, store.as_ref(), &data_dir, functions.list());
+    print_banner(&config, addr, &token_path, token_created, store.as_ref(), &data_dir, &functions.list());
     tracing::info!(%addr, startup_ms = started.elapsed().as_secs_f64() * 1000.0, "ready");
 
     let outcome = nimbus_gateway::serve(listener, app, shutdown_signal(), manifest.server.shutdown_grace.get()).await?;

@@ -485,3 +485,27 @@ async fn respond_async_answers_202_and_keeps_the_result_across_restarts() {
         assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "not_found");
     }
 }
+
+#[tokio::test]
+async fn watch_reloads_changed_code_without_dropping_requests() {
+    let app = python_app("");
+    let node = app.start(&["--watch"]);
+    assert_eq!(get_json(&node.url("/hello")).await.1["hello"], "world");
+    let slow = tokio::spawn(get_json_owned(node.url("/slow?s=1.5")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let path = app.path().join("functions/app.py");
+    let code = std::fs::read_to_string(&path).unwrap().replace(r#"req.query.get("name", "world")"#, r#""v2""#);
+    std::fs::write(&path, code).unwrap();
+    wait_until("the new code serves", Duration::from_secs(20), async || {
+        get_json(&node.url("/hello")).await.1["hello"] == "v2"
+    })
+    .await;
+    let (status, _) = slow.await.unwrap();
+    assert_eq!(status, 200, "the request in flight during the reload completed");
+
+    // Broken code does not replace working code.
+    std::fs::write(&path, "def broken(:\n").unwrap();
+    node.wait_for_log(|log| log.contains("the previous code keeps serving"), Duration::from_secs(20));
+    assert_eq!(get_json(&node.url("/hello")).await.1["hello"], "v2");
+}
