@@ -31,6 +31,37 @@ pub(crate) struct Pool {
     limits: Limits,
     ids: Arc<AtomicU64>,
     state: Mutex<State>,
+    metrics: PoolMetrics,
+}
+
+/// Metric handles looked up once: the request path updates them on every acquire and release.
+struct PoolMetrics {
+    instances: metrics::Gauge,
+    starting: metrics::Gauge,
+    in_flight: metrics::Gauge,
+    queue_depth: metrics::Gauge,
+    cold_starts: metrics::Counter,
+    cold_start_seconds: metrics::Histogram,
+    instance_start_seconds: metrics::Histogram,
+    start_failures: metrics::Counter,
+    crashes: metrics::Counter,
+}
+
+impl PoolMetrics {
+    fn new(function: &str) -> Self {
+        let f = || function.to_owned();
+        Self {
+            instances: metrics::gauge!("nimbus_function_instances", "function" => f()),
+            starting: metrics::gauge!("nimbus_function_instances_starting", "function" => f()),
+            in_flight: metrics::gauge!("nimbus_function_in_flight", "function" => f()),
+            queue_depth: metrics::gauge!("nimbus_function_queue_depth", "function" => f()),
+            cold_starts: metrics::counter!("nimbus_function_cold_starts_total", "function" => f()),
+            cold_start_seconds: metrics::histogram!("nimbus_function_cold_start_seconds", "function" => f()),
+            instance_start_seconds: metrics::histogram!("nimbus_function_instance_start_seconds", "function" => f()),
+            start_failures: metrics::counter!("nimbus_function_start_failures_total", "function" => f()),
+            crashes: metrics::counter!("nimbus_function_crashes_total", "function" => f()),
+        }
+    }
 }
 
 struct Member {
@@ -71,7 +102,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Pool {
     pub fn new(function: String, spec: LaunchSpec, limits: Limits, ids: Arc<AtomicU64>) -> Arc<Self> {
-        Arc::new(Self { function, spec, limits, ids, state: Mutex::new(State::default()) })
+        let metrics = PoolMetrics::new(&function);
+        Arc::new(Self { function, spec, limits, ids, state: Mutex::new(State::default()), metrics })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -105,10 +137,8 @@ impl Pool {
         match tokio::time::timeout(self.limits.queue_timeout, rx).await {
             Ok(Ok(Ok(instance))) => {
                 if instance.started_at >= enqueued {
-                    metrics::counter!("nimbus_function_cold_starts_total", "function" => self.function.clone())
-                        .increment(1);
-                    metrics::histogram!("nimbus_function_cold_start_seconds", "function" => self.function.clone())
-                        .record(enqueued.elapsed().as_secs_f64());
+                    self.metrics.cold_starts.increment(1);
+                    self.metrics.cold_start_seconds.record(enqueued.elapsed().as_secs_f64());
                 }
                 Ok(Slot { pool: self.clone(), instance })
             }
@@ -188,8 +218,7 @@ impl Pool {
         let started = Instant::now();
         match Instance::start(&self.spec, &id, Some(&self.function)).await {
             Ok(instance) => {
-                metrics::histogram!("nimbus_function_instance_start_seconds", "function" => self.function.clone())
-                    .record(started.elapsed().as_secs_f64());
+                self.metrics.instance_start_seconds.record(started.elapsed().as_secs_f64());
                 tracing::info!(function = %self.function, instance = %id, start_ms = started.elapsed().as_secs_f64() * 1000.0, "instance ready");
                 let closed = {
                     let mut st = self.lock();
@@ -217,8 +246,7 @@ impl Pool {
             }
             Err(e) => {
                 tracing::error!(function = %self.function, instance = %id, worker = %self.spec.worker, "instance failed to start: {e}");
-                metrics::counter!("nimbus_function_start_failures_total", "function" => self.function.clone())
-                    .increment(1);
+                self.metrics.start_failures.increment(1);
                 let mut st = self.lock();
                 st.starting -= 1;
                 st.failures += 1;
@@ -243,7 +271,7 @@ impl Pool {
             return;
         }
         tracing::warn!(function = %self.function, instance = %instance.id, "instance exited unexpectedly");
-        metrics::counter!("nimbus_function_crashes_total", "function" => self.function.clone()).increment(1);
+        self.metrics.crashes.increment(1);
         if instance.started_at.elapsed() < HEALTHY_AFTER {
             st.failures += 1;
         } else {
@@ -317,12 +345,11 @@ impl Pool {
     }
 
     fn publish(&self, st: &State) {
-        let f = self.function.clone();
-        metrics::gauge!("nimbus_function_instances", "function" => f.clone()).set(st.members.len() as f64);
-        metrics::gauge!("nimbus_function_instances_starting", "function" => f.clone()).set(st.starting as f64);
-        let in_flight: u32 = st.members.iter().map(|m| m.in_flight).sum();
-        metrics::gauge!("nimbus_function_in_flight", "function" => f.clone()).set(in_flight as f64);
-        metrics::gauge!("nimbus_function_queue_depth", "function" => f).set(st.waiters.len() as f64);
+        let m = &self.metrics;
+        m.instances.set(st.members.len() as f64);
+        m.starting.set(st.starting as f64);
+        m.in_flight.set(st.members.iter().map(|m| m.in_flight).sum::<u32>() as f64);
+        m.queue_depth.set(st.waiters.len() as f64);
     }
 }
 
