@@ -509,3 +509,27 @@ async fn watch_reloads_changed_code_without_dropping_requests() {
     node.wait_for_log(|log| log.contains("the previous code keeps serving"), Duration::from_secs(20));
     assert_eq!(get_json(&node.url("/hello")).await.1["hello"], "v2");
 }
+
+#[tokio::test]
+async fn an_instance_that_dies_on_start_is_reported_and_retried_with_back_off() {
+    let app = python_app("");
+    // Indexing works; every instance started to serve a function exits at once.
+    let code =
+        format!("import os, sys\nif os.environ.get('NIMBUS_FUNCTION'):\n    sys.exit('refusing to serve')\n{APP_PY}");
+    std::fs::write(app.path().join("functions/app.py"), code).unwrap();
+    let node = app.start(&[]);
+    for _ in 0..2 {
+        let started = Instant::now();
+        let resp = client().get(node.url("/hello")).send().await.unwrap();
+        assert_eq!(resp.status(), 503);
+        assert!(resp.headers().contains_key("retry-after"));
+        assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "worker_unavailable");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+    node.wait_for_log(
+        |log| log.contains("instance failed to start") && log.contains("refusing to serve"),
+        Duration::from_secs(5),
+    );
+    let m = metrics(&node, &app).await;
+    assert!(metric_value(&m, r#"nimbus_function_start_failures_total{function="hello"}"#).unwrap_or(0.0) >= 2.0, "{m}");
+}
