@@ -22,6 +22,14 @@ use serde::{Deserialize, Serialize};
 use crate::Inner;
 
 const NS: &str = "invocations";
+/// Keys: `m/<id>` holds the record, `b/<id>` the response body (listed apart, so sweeping never
+/// loads bodies).
+fn meta_key(id: &str) -> String {
+    format!("m/{id}")
+}
+fn body_key(id: &str) -> String {
+    format!("b/{id}")
+}
 /// The largest response body kept for an asynchronous invocation.
 const MAX_RESULT: usize = 16 * 1024 * 1024;
 /// How long past its deadline a running invocation is reported lost (its node went away).
@@ -69,7 +77,13 @@ pub(crate) async fn accept(
     let max = inner.max_request_body;
     let body = match http_body_util::Limited::new(body, max as usize).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return crate::error::InvokeError::BodyTooLarge(max).to_api(&function).into_response(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return crate::error::InvokeError::BodyTooLarge(max).to_api(&function).into_response();
+        }
+        Err(_) => {
+            return ApiError::new(StatusCode::BAD_REQUEST, "incomplete_body", "the request body was cut off")
+                .into_response();
+        }
     };
     let id = nimbus_api::hex(&rand::rng().random::<[u8; 16]>());
     let now = now_ms();
@@ -138,12 +152,12 @@ async fn finish(inner: &Inner, mut record: Record, head: StoredHead, body: Vec<u
 
 async fn save(inner: &Inner, record: &Record, body: Option<Vec<u8>>) -> Result<(), nimbus_store::StoreError> {
     let meta = serde_json::to_vec(record).map_err(|e| nimbus_store::StoreError::Invalid(e.to_string()))?;
-    let mut writes = vec![Write::put(NS, &record.id, meta)];
+    let mut writes = vec![Write::put(NS, &meta_key(&record.id), meta)];
     if record.response.is_none() {
         writes[0] = writes[0].clone().expect(Expect::Absent);
     }
     if let Some(body) = body {
-        writes.push(Write::put(NS, &format!("{}.body", record.id), body));
+        writes.push(Write::put(NS, &body_key(&record.id), body));
     }
     inner.store.commit(writes).await.map(|_| ())
 }
@@ -156,7 +170,7 @@ pub(crate) async fn status(State(shared): State<Arc<crate::Shared>>, Path(id): P
     if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return not_found();
     }
-    let record = match inner.store.get(NS, &id).await {
+    let record = match inner.store.get(NS, &meta_key(&id)).await {
         Ok(Some(r)) => r,
         Ok(None) => return not_found(),
         Err(e) => {
@@ -185,7 +199,7 @@ pub(crate) async fn status(State(shared): State<Arc<crate::Shared>>, Path(id): P
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
     };
-    let body = match inner.store.get(NS, &format!("{id}.body")).await {
+    let body = match inner.store.get(NS, &body_key(&id)).await {
         Ok(Some(r)) => r.value,
         Ok(None) => Vec::new(),
         Err(_) => return ApiError::internal().into_response(),
@@ -204,7 +218,7 @@ pub(crate) async fn status(State(shared): State<Arc<crate::Shared>>, Path(id): P
 pub(crate) async fn sweep(inner: &Inner) {
     let mut after: Option<String> = None;
     loop {
-        let page = match inner.store.list(NS, "", after.as_deref(), 500).await {
+        let page = match inner.store.list(NS, "m/", after.as_deref(), 500).await {
             Ok(page) => page,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot sweep asynchronous results");
@@ -215,12 +229,10 @@ pub(crate) async fn sweep(inner: &Inner) {
         after = Some(last.key.clone());
         let now = now_ms();
         for record in &page {
-            if record.key.ends_with(".body") {
-                continue;
-            }
             let expired = serde_json::from_slice::<Record>(&record.value).map_or(true, |r| now >= r.expires_ms);
+            let id = record.key.trim_start_matches("m/");
             if expired {
-                let writes = vec![Write::delete(NS, &record.key), Write::delete(NS, &format!("{}.body", record.key))];
+                let writes = vec![Write::delete(NS, &record.key), Write::delete(NS, &body_key(id))];
                 let _ = inner.store.commit(writes).await;
             }
         }

@@ -10,13 +10,15 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::process::Command;
 use tokio::sync::watch;
 
 /// Lines of stderr kept to explain a worker that fails to start.
 const STDERR_TAIL: usize = 20;
+/// Longer output lines are split.
+const MAX_LINE: u64 = 16 * 1024;
 /// How long a worker gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -113,9 +115,13 @@ impl Instance {
         let (status_tx, mut status_rx) = watch::channel(None::<String>);
         let worker_name = spec.worker.clone();
         let instance_id = id.to_owned();
+        let socket_path = socket.clone();
         tokio::spawn(async move {
             let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
             tracing::debug!(worker = %worker_name, instance = %instance_id, %status, "worker exited");
+            // Whatever it forked goes with it, and so does its socket.
+            kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = std::fs::remove_file(&socket_path);
             let _ = status_tx.send(Some(status));
             let _ = exit_tx.send(true);
         });
@@ -256,9 +262,17 @@ async fn pump(
     which: &'static str,
     tail: Option<Arc<Mutex<VecDeque<String>>>>,
 ) {
-    let mut lines = BufReader::new(stream).lines();
+    let mut reader = BufReader::new(stream);
     let function = function.unwrap_or_else(|| "-".into());
-    while let Ok(Some(line)) = lines.next_line().await {
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        // Bytes, not UTF-8 lines: a worker printing binary must not lose its pipe (and then die of SIGPIPE).
+        match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
         tracing::info!(target: "worker", worker = %worker, function = %function, instance = %instance, stream = which, "{line}");
         if let Some(tail) = &tail {
             let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());

@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -48,7 +49,7 @@ pub(crate) async fn handle(State(shared): State<Arc<crate::Shared>>, req: Reques
     };
     let policy = inner.policy(target, &method, req.uri().path());
     if policy.respond_async || crate::asynchronous::requested(req.headers()) {
-        return crate::asynchronous::accept(inner.clone(), function, params, req, policy.timeout).await;
+        return crate::asynchronous::accept(inner.clone(), function, params, req, policy.async_timeout).await;
     }
     run(&inner, &function, params, req, policy.timeout).await
 }
@@ -130,9 +131,14 @@ async fn invoke(
     set("x-nimbus-timeout-ms", timeout.as_millis().to_string());
     set("traceparent", trace.traceparent());
     let limited = http_body_util::Limited::new(body, max_body as usize);
-    let request = builder.body(Body::new(limited)).map_err(|_| InvokeError::WorkerCrashed)?;
+    let uploaded = Arc::new(AtomicBool::new(limited.is_end_stream()));
+    let tracked = Tracked { inner: limited, done: uploaded.clone() };
+    let request = builder.body(Body::new(tracked)).map_err(|_| InvokeError::WorkerCrashed)?;
 
-    let mut conn = slot.instance.connection().await.map_err(|_| InvokeError::WorkerCrashed)?;
+    let mut conn = match tokio::time::timeout_at(deadline, slot.instance.connection()).await {
+        Err(_) => return Err(InvokeError::Timeout),
+        Ok(conn) => conn.map_err(|_| InvokeError::WorkerCrashed)?,
+    };
     let sent = tokio::time::timeout_at(deadline, conn.send_request(request)).await;
     let response = match sent {
         Err(_) => {
@@ -148,7 +154,7 @@ async fn invoke(
     };
     let (mut parts, incoming) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let body = StreamBack::new(incoming, slot, conn, deadline);
+    let body = StreamBack::new(incoming, slot, conn, deadline, uploaded);
     Ok(Response::from_parts(parts, Body::new(body)))
 }
 
@@ -203,22 +209,66 @@ pin_project_lite::pin_project! {
         conn: Option<SendRequest<Body>>,
         #[pin]
         deadline: tokio::time::Sleep,
+        // Whether the request body was sent whole: a worker may answer before reading it all, and
+        // a connection with an upload still going cannot carry the next invocation.
+        uploaded: Arc<AtomicBool>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The request body on its way to the worker; notes when it has been sent to the end.
+    struct Tracked<B> {
+        #[pin]
+        inner: B,
+        done: Arc<AtomicBool>,
+    }
+}
+
+impl<B: HttpBody> HttpBody for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            this.done.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
 impl StreamBack {
-    fn new(inner: Incoming, slot: Slot, conn: SendRequest<Body>, deadline: tokio::time::Instant) -> Self {
-        let mut body = Self { inner, slot: Some(slot), conn: Some(conn), deadline: tokio::time::sleep_until(deadline) };
+    fn new(
+        inner: Incoming,
+        slot: Slot,
+        conn: SendRequest<Body>,
+        deadline: tokio::time::Instant,
+        uploaded: Arc<AtomicBool>,
+    ) -> Self {
+        let mut body =
+            Self { inner, slot: Some(slot), conn: Some(conn), deadline: tokio::time::sleep_until(deadline), uploaded };
         if body.inner.is_end_stream() {
-            finish(&mut body.slot, &mut body.conn);
+            finish(&mut body.slot, &mut body.conn, &body.uploaded);
         }
         body
     }
 }
 
-/// The response was read to its end: the connection can carry the next invocation.
-fn finish(slot: &mut Option<Slot>, conn: &mut Option<SendRequest<Body>>) {
-    if let (Some(slot), Some(conn)) = (slot.take(), conn.take()) {
+/// The response was read to its end: the slot is free, and the connection can carry the next
+/// invocation if the request body went out whole too (else it is closed).
+fn finish(slot: &mut Option<Slot>, conn: &mut Option<SendRequest<Body>>, uploaded: &AtomicBool) {
+    if let (Some(slot), Some(conn)) = (slot.take(), conn.take())
+        && uploaded.load(Ordering::Acquire)
+    {
         slot.instance.give_back(conn);
     }
 }
@@ -239,12 +289,12 @@ impl HttpBody for StreamBack {
         }
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(None) => {
-                finish(this.slot, this.conn);
+                finish(this.slot, this.conn, this.uploaded);
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if this.inner.is_end_stream() {
-                    finish(this.slot, this.conn);
+                    finish(this.slot, this.conn, this.uploaded);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

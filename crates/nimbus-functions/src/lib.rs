@@ -70,6 +70,8 @@ pub(crate) struct Inner {
 /// What the `[[routes]]` entry of a request asks of its invocation.
 pub(crate) struct Policy {
     pub timeout: Duration,
+    /// For asynchronous invocations the gateway's HTTP timeout does not apply; the function's does.
+    pub async_timeout: Duration,
     pub respond_async: bool,
 }
 
@@ -111,7 +113,11 @@ impl Inner {
             }
             _ => (None, false),
         };
-        Policy { timeout: target.timeout.min(route_timeout.unwrap_or(self.request_timeout)), respond_async }
+        Policy {
+            timeout: target.timeout.min(route_timeout.unwrap_or(self.request_timeout)),
+            async_timeout: target.timeout.min(route_timeout.unwrap_or(target.timeout)),
+            respond_async,
+        }
     }
 }
 
@@ -122,6 +128,8 @@ pub struct Functions {
     ids: Arc<AtomicU64>,
     reaper: tokio::task::JoinHandle<()>,
     reloading: tokio::sync::Mutex<()>,
+    /// Replaced generations, possibly still draining; closed at shutdown.
+    retired: std::sync::Mutex<Vec<Arc<Inner>>>,
 }
 
 /// What the router reads per request: the current generation of functions. A reload swaps it.
@@ -153,7 +161,7 @@ impl Functions {
                 }
                 ticks += 1;
                 if ticks % 240 == 1 {
-                    asynchronous::sweep(&inner).await;
+                    tokio::spawn(async move { asynchronous::sweep(&inner).await });
                 }
             }
         });
@@ -164,6 +172,7 @@ impl Functions {
             ids,
             reaper,
             reloading: tokio::sync::Mutex::new(()),
+            retired: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -188,19 +197,25 @@ impl Functions {
         let fresh = Arc::new(build(app, &self.data_dir, self.store.clone(), self.ids.clone(), false).await?);
         let list = fresh.list.clone();
         let old = std::mem::replace(&mut *self.shared.current.write().unwrap_or_else(|p| p.into_inner()), fresh);
-        tokio::spawn(async move {
-            for target in old.functions.values() {
-                target.pool.drain(target.timeout).await;
-            }
+        for target in old.functions.values() {
+            let (pool, timeout) = (target.pool.clone(), target.timeout);
+            tokio::spawn(async move { pool.drain(timeout).await });
+        }
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|generation| {
+            Arc::strong_count(generation) > 1 || generation.functions.values().any(|t| !t.pool.is_closed())
         });
+        retired.push(old);
         Ok(list)
     }
 
     /// Stops every instance (after the server has drained its requests).
     pub async fn shutdown(&self) {
         self.reaper.abort();
-        let inner = self.shared.current();
-        let closing = inner.functions.values().map(|t| t.pool.clone()).collect::<Vec<_>>();
+        let mut generations = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        generations.push(self.shared.current());
+        let closing: Vec<Arc<Pool>> =
+            generations.iter().flat_map(|g| g.functions.values().map(|t| t.pool.clone())).collect();
         let handles: Vec<_> = closing.into_iter().map(|p| tokio::spawn(async move { p.close().await })).collect();
         for handle in handles {
             let _ = handle.await;

@@ -71,7 +71,7 @@ struct Member {
 }
 
 struct Waiter {
-    tx: oneshot::Sender<Result<Arc<Instance>, InvokeError>>,
+    tx: oneshot::Sender<Result<Slot, InvokeError>>,
 }
 
 #[derive(Default)]
@@ -84,15 +84,20 @@ struct State {
     closed: bool,
 }
 
-/// The right to send one invocation to one instance; gives the slot back when dropped.
+/// The right to send one invocation to one instance; gives the slot back when dropped, wherever
+/// that happens (also inside a hand-over channel whose receiver went away).
 pub(crate) struct Slot {
     pool: Arc<Pool>,
     pub instance: Arc<Instance>,
+    /// False for a slot that was never counted (a hand-over that failed under the lock).
+    armed: bool,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.pool.release(&self.instance);
+        if self.armed {
+            self.pool.release(&self.instance);
+        }
     }
 }
 
@@ -122,10 +127,13 @@ impl Pool {
                 st.members[i].in_flight += 1;
                 let instance = st.members[i].instance.clone();
                 self.publish(&st);
-                return Ok(Slot { pool: self.clone(), instance });
+                return Ok(Slot { pool: self.clone(), instance, armed: true });
             }
             st.waiters.retain(|w| !w.tx.is_closed());
-            if st.waiters.len() >= self.limits.queue_limit as usize {
+            // The queue bounds the waiters beyond the capacity that is starting or may still start.
+            let startable = self.limits.max.saturating_sub(st.members.len() as u32);
+            let coming = startable as usize * self.limits.concurrency as usize;
+            if st.waiters.len() >= self.limits.queue_limit as usize + coming {
                 return Err(InvokeError::QueueFull);
             }
             let (tx, rx) = oneshot::channel();
@@ -135,12 +143,12 @@ impl Pool {
             rx
         };
         match tokio::time::timeout(self.limits.queue_timeout, rx).await {
-            Ok(Ok(Ok(instance))) => {
-                if instance.started_at >= enqueued {
+            Ok(Ok(Ok(slot))) => {
+                if slot.instance.started_at >= enqueued {
                     self.metrics.cold_starts.increment(1);
                     self.metrics.cold_start_seconds.record(enqueued.elapsed().as_secs_f64());
                 }
-                Ok(Slot { pool: self.clone(), instance })
+                Ok(slot)
             }
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(InvokeError::ShuttingDown),
@@ -154,6 +162,7 @@ impl Pool {
     }
 
     fn release(self: &Arc<Self>, instance: &Arc<Instance>) {
+        // Stays correct for instances already removed (crashed, scaled in): they are not found.
         let mut st = self.lock();
         if let Some(m) = st.members.iter_mut().find(|m| Arc::ptr_eq(&m.instance, instance)) {
             m.in_flight = m.in_flight.saturating_sub(1);
@@ -166,12 +175,17 @@ impl Pool {
     }
 
     /// Hands free slots to waiting invocations, oldest first.
-    fn dispatch(&self, st: &mut State) {
+    fn dispatch(self: &Arc<Self>, st: &mut State) {
         while !st.waiters.is_empty() {
             let Some(i) = pick(&st.members, self.limits.concurrency) else { break };
             let Some(waiter) = st.waiters.pop_front() else { break };
-            if waiter.tx.send(Ok(st.members[i].instance.clone())).is_ok() {
-                st.members[i].in_flight += 1;
+            // Counted before the hand-over: if the receiver drops the slot later, its release
+            // (which takes this lock, after we let go of it) gives the count back.
+            st.members[i].in_flight += 1;
+            let slot = Slot { pool: self.clone(), instance: st.members[i].instance.clone(), armed: true };
+            if let Err(Ok(mut unsent)) = waiter.tx.send(Ok(slot)) {
+                unsent.armed = false; // releasing here would take the lock we hold
+                st.members[i].in_flight -= 1;
             }
         }
     }
@@ -257,6 +271,7 @@ impl Pool {
                     }
                 }
                 self.ensure_min(&mut st);
+                self.scale_out(&mut st);
                 self.publish(&st);
             }
         }
@@ -338,10 +353,14 @@ impl Pool {
             }
             std::mem::take(&mut st.members)
         };
-        let stops = members.into_iter().map(|m| async move { m.instance.stop().await });
+        let stops: Vec<_> = members.into_iter().map(|m| tokio::spawn(async move { m.instance.stop().await })).collect();
         for stop in stops {
-            stop.await;
+            let _ = stop.await;
         }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
     }
 
     fn publish(&self, st: &State) {

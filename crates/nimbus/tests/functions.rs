@@ -533,3 +533,23 @@ async fn an_instance_that_dies_on_start_is_reported_and_retried_with_back_off() 
     let m = metrics(&node, &app).await;
     assert!(metric_value(&m, r#"nimbus_function_start_failures_total{function="hello"}"#).unwrap_or(0.0) >= 2.0, "{m}");
 }
+
+#[tokio::test]
+async fn the_queue_limit_counts_only_waiters_beyond_startable_capacity() {
+    // No queue at all, but room for two instances: two parallel requests both start one.
+    let app = python_app("[functions.slow]\nconcurrency = 1\nmax_instances = 2\nqueue_limit = 0\n");
+    let node = app.start(&[]);
+    let url = node.url("/slow?s=0.5");
+    let calls: Vec<_> = (0..2).map(|_| tokio::spawn(get_json_owned(url.clone()))).collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap().0, 200);
+    }
+    // With both instances busy and no queue, the next request is refused at once.
+    let busy: Vec<_> = (0..2).map(|_| tokio::spawn(get_json_owned(node.url("/slow?s=1")))).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = get_json(&node.url("/slow?s=0.1")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("queue_full")));
+    for call in busy {
+        assert_eq!(call.await.unwrap().0, 200);
+    }
+}
