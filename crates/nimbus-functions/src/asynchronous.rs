@@ -101,7 +101,9 @@ pub(crate) async fn accept(
     }
     let location = format!("/_nimbus/invocations/{id}");
     let task_inner = inner.clone();
+    let running = Running::enter(&inner);
     tokio::spawn(async move {
+        let _running = running;
         let req = Request::from_parts(parts, Body::from(body));
         let response = crate::invoke::run(&task_inner, &function, params, req, timeout).await;
         let (head, body) = response.into_parts();
@@ -141,6 +143,22 @@ pub(crate) async fn accept(
     headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     headers.insert(HeaderName::from_static("preference-applied"), HeaderValue::from_static("respond-async"));
     response
+}
+
+/// Counts a background invocation for as long as it runs, however its task ends.
+struct Running(Arc<Inner>);
+
+impl Running {
+    fn enter(inner: &Arc<Inner>) -> Self {
+        inner.background.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(inner.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.background.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 async fn finish(inner: &Inner, mut record: Record, head: StoredHead, body: Vec<u8>) {

@@ -65,6 +65,8 @@ pub(crate) struct Inner {
     request_timeout: Duration,
     store: Arc<dyn Store>,
     async_retention: Duration,
+    /// Asynchronous invocations running in the background (shutdown waits for them).
+    pub(crate) background: std::sync::atomic::AtomicUsize,
 }
 
 /// What the `[[routes]]` entry of a request asks of its invocation.
@@ -101,6 +103,7 @@ impl Inner {
             request_timeout: manifest.server.request_timeout.get(),
             store,
             async_retention: manifest.server.async_retention.get(),
+            background: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -197,23 +200,47 @@ impl Functions {
         let fresh = Arc::new(build(app, &self.data_dir, self.store.clone(), self.ids.clone(), false).await?);
         let list = fresh.list.clone();
         let old = std::mem::replace(&mut *self.shared.current.write().unwrap_or_else(|p| p.into_inner()), fresh);
-        for target in old.functions.values() {
-            let (pool, timeout) = (target.pool.clone(), target.timeout);
-            tokio::spawn(async move { pool.drain(timeout).await });
+        {
+            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            retired.retain(|generation| generation.functions.values().any(|t| !t.pool.is_closed()));
+            retired.push(old.clone());
         }
-        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-        retired.retain(|generation| {
-            Arc::strong_count(generation) > 1 || generation.functions.values().any(|t| !t.pool.is_closed())
+        tokio::spawn(async move {
+            // Requests that read the old generation just before the swap (and asynchronous
+            // invocations) hold it: wait until only the retired list and this task do.
+            let longest = old.functions.values().map(|t| t.timeout).max().unwrap_or_default();
+            let deadline = tokio::time::Instant::now() + longest;
+            while Arc::strong_count(&old) > 2 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let drains: Vec<_> = old
+                .functions
+                .values()
+                .map(|t| {
+                    let pool = t.pool.clone();
+                    tokio::spawn(async move { pool.drain(remaining).await })
+                })
+                .collect();
+            for drain in drains {
+                let _ = drain.await;
+            }
         });
-        retired.push(old);
         Ok(list)
     }
 
-    /// Stops every instance (after the server has drained its requests).
-    pub async fn shutdown(&self) {
+    /// Stops every instance, once the server has drained its requests and the asynchronous
+    /// invocations still running have finished (at most `grace`).
+    pub async fn shutdown(&self, grace: Duration) {
         self.reaper.abort();
         let mut generations = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
         generations.push(self.shared.current());
+        let deadline = tokio::time::Instant::now() + grace;
+        while generations.iter().any(|g| g.background.load(std::sync::atomic::Ordering::Acquire) > 0)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let closing: Vec<Arc<Pool>> =
             generations.iter().flat_map(|g| g.functions.values().map(|t| t.pool.clone())).collect();
         let handles: Vec<_> = closing.into_iter().map(|p| tokio::spawn(async move { p.close().await })).collect();

@@ -73,7 +73,7 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     tracing::info!(%addr, startup_ms = started.elapsed().as_secs_f64() * 1000.0, "ready");
 
     let outcome = nimbus_gateway::serve(listener, app, shutdown_signal(), manifest.server.shutdown_grace.get()).await?;
-    functions.shutdown().await;
+    functions.shutdown(manifest.server.shutdown_grace.get()).await;
     match outcome {
         ShutdownOutcome::Drained => tracing::info!("stopped"),
         ShutdownOutcome::GraceExpired => tracing::warn!("stopped after the grace period with requests unfinished"),

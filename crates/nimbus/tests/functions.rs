@@ -553,3 +553,19 @@ async fn the_queue_limit_counts_only_waiters_beyond_startable_capacity() {
         assert_eq!(call.await.unwrap().0, 200);
     }
 }
+
+#[tokio::test]
+async fn a_stopping_node_finishes_its_asynchronous_invocations() {
+    let app = python_app("[server]\nshutdown_grace = \"10s\"\n");
+    let mut node = app.start(&[]);
+    let resp = client().get(node.url("/slow?s=1")).header("prefer", "respond-async").send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let (status, took) = node.signal_and_wait("TERM", Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    assert!(took >= Duration::from_millis(500), "the node waited for the invocation ({took:?})");
+    let node = app.start(&[]);
+    let done = client().get(node.url(&location)).send().await.unwrap();
+    assert_eq!(done.status(), 200, "the result was stored before the node stopped");
+    assert!(done.json::<Value>().await.unwrap()["pid"].is_i64());
+}
