@@ -88,9 +88,8 @@ pub(crate) async fn run(
     };
     metrics::counter!("nimbus_function_invocations_total", "function" => function.to_owned(), "status" => response.status().as_str().to_owned())
         .increment(1);
-    metrics::histogram!("nimbus_function_duration_seconds", "function" => function.to_owned())
-        .record(started.elapsed().as_secs_f64());
-    response.extensions_mut().insert(RouteLabel(format!("function:{function}").into()));
+    target.duration.record(started.elapsed().as_secs_f64());
+    response.extensions_mut().insert(RouteLabel(target.label.clone()));
     response
 }
 
@@ -127,7 +126,10 @@ async fn invoke(
     };
     set("x-nimbus-function", function.to_owned());
     set("x-nimbus-invocation-id", invocation_id.clone());
-    set("x-nimbus-params", serde_json::Value::Object(params).to_string());
+    set(
+        "x-nimbus-params",
+        if params.is_empty() { "{}".to_owned() } else { serde_json::Value::Object(params).to_string() },
+    );
     set("x-nimbus-timeout-ms", timeout.as_millis().to_string());
     set("traceparent", trace.traceparent());
     let limited = http_body_util::Limited::new(body, max_body as usize);

@@ -49,8 +49,11 @@ pub struct FunctionInfo {
 
 pub(crate) struct Target {
     pool: Arc<Pool>,
-    /// The function's own timeout; [`Inner::timeout`] caps it by the route's.
+    /// The function's own timeout; [`Inner::policy`] caps it by the route's.
     timeout: Duration,
+    /// How the edge's metrics label requests this function served.
+    label: Arc<str>,
+    duration: metrics::Histogram,
 }
 
 pub(crate) struct Inner {
@@ -331,7 +334,9 @@ async fn build(
         let limits = limits(settings, worker.runtime);
         let timeout = settings.and_then(|s| s.timeout).map_or(DEFAULT_TIMEOUT, |t| t.get());
         let pool = Pool::new(info.name.clone(), spec.clone(), limits, ids.clone());
-        functions.insert(info.name.clone(), Target { pool, timeout });
+        let label = format!("function:{}", info.name).into();
+        let duration = metrics::histogram!("nimbus_function_duration_seconds", "function" => info.name.clone());
+        functions.insert(info.name.clone(), Target { pool, timeout, label, duration });
     }
 
     let warming = functions.values().map(|t| t.pool.clone()).collect::<Vec<_>>();
