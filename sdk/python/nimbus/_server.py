@@ -55,11 +55,34 @@ _REASONS = {
     504: "Gateway Timeout",
 }
 _NO_BODY_STATUSES = frozenset((204, 304))
+# "HTTP/1.1 200 OK\r\n" and so on, built once
+_STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, reason.encode()) for status, reason in _REASONS.items()}
+_JSON_LINES = (b"content-type: application/json",)
 _FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "connection"))
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_dumps = _encoder.encode
+
+
+def _fast_dumps(
+    obj,
+    _make=getattr(json.encoder, "c_make_encoder", None),
+    _default=_encoder.default,
+    _string=json.encoder.encode_basestring,
+    _join="".join,
+):
+    """_dumps without JSONEncoder's Python-level set-up on every call: the C encoder directly (with a
+    fresh circular-reference memo each time, as JSONEncoder does)."""
+    return _join(_make({}, _default, _string, None, ":", ",", False, False, False)(obj, 0))
+
+
+try:
+    if _fast_dumps({"a": [1, 2.5, "\u00e9", None, True]}) == _dumps({"a": [1, 2.5, "\u00e9", None, True]}):
+        _dumps = _fast_dumps
+except Exception:  # no C accelerator, or another signature: keep JSONEncoder.encode
+    pass
 
 # the invocation id of the running handler, for log lines (tasks the handler spawns inherit it)
 _current_invocation = ContextVar("nimbus_invocation", default=None)
@@ -76,13 +99,14 @@ class Headers(Mapping):
 
     __slots__ = ("raw", "_first")
 
-    def __init__(self, raw):
+    def __init__(self, raw, _first=None):
         self.raw = raw
-        first = {}
-        for name, value in raw:
-            if name not in first:
-                first[name] = value
-        self._first = first
+        if _first is None:
+            _first = {}
+            for name, value in raw:
+                if name not in _first:
+                    _first[name] = value
+        self._first = _first
 
     def __getitem__(self, name):
         return self._first[name.lower()]
@@ -410,6 +434,9 @@ class _Body:
         return True
 
 
+_NO_BODY = _Body(None, None, 0, False, False)  # a request without a body; never changes
+
+
 class _Reader(asyncio.StreamReader):
     """A StreamReader that reports end-of-file (or a lost connection) to `on_eof` as soon as it happens,
     even when nobody is reading."""
@@ -433,34 +460,68 @@ class _Reader(asyncio.StreamReader):
             callback()
 
 
+_NAME_CACHE = {}  # header name as received -> lower-case name, for names already validated
+_NAME_CACHE_SIZE = 512
+# Whole header lines seen before -> (lower-case name, value): the host sends mostly the same lines again
+# and again. Bounded (emptied when full); lines whose value changes with every request stay out.
+_LINE_CACHE = {}
+_LINE_CACHE_SIZE = 1024
+_LINE_CACHE_MAX_LENGTH = 200
+_UNCACHED_HEADERS = frozenset(("x-nimbus-invocation-id", "traceparent", "tracestate", "x-request-id"))
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
+
+
 def _parse_head(head):
-    """(method, target, version, header pairs) of a request head, or _BadRequest."""
-    lines = head.decode("latin-1").split("\r\n")
+    """(method, target, version, header pairs, first values) of a request head, or _BadRequest."""
+    text = head.decode("latin-1")
+    lines = text.split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3:
         raise _BadRequest("malformed request line")
     method, target, version = parts
     if version != "HTTP/1.1" and version != "HTTP/1.0":
         raise _BadRequest("unsupported HTTP version %r" % version[:20])
-    if not method or not _TOKEN_CHARS.issuperset(method):
+    if method not in _METHODS and (not method or not _TOKEN_CHARS.issuperset(method)):
         raise _BadRequest("malformed method")
-    if not target.startswith("/"):
+    if target[:1] != "/":
         if target.startswith(("http://", "https://")):  # absolute-form
             slash = target.find("/", target.find("//") + 2)
             target = target[slash:] if slash >= 0 else "/"
         else:
             raise _BadRequest("malformed request target")
     raw = []
-    for line in lines[1:]:
-        if not line:
-            continue
-        if "\r" in line or "\n" in line or line[0] in " \t":
-            raise _BadRequest("malformed header line")
-        name, sep, value = line.partition(":")
-        if not sep or not name or not _TOKEN_CHARS.issuperset(name):
-            raise _BadRequest("malformed header line")
-        raw.append((name.lower(), value.strip(" \t")))
-    return method, target, version, raw
+    append = raw.append
+    cache = _LINE_CACHE
+    names = _NAME_CACHE
+    del lines[0]
+    for line in lines:
+        pair = cache.get(line)
+        if pair is None:
+            if not line:
+                continue
+            if "\r" in line or "\n" in line:
+                raise _BadRequest("malformed header line")
+            name, sep, value = line.partition(":")
+            lower = names.get(name)
+            if lower is None or not sep:
+                if not sep or not name or not _TOKEN_CHARS.issuperset(name):
+                    raise _BadRequest("malformed header line")  # also a folded line (leading space or tab)
+                lower = name.lower()
+                if len(names) < _NAME_CACHE_SIZE:
+                    names[name] = lower
+            pair = (lower, value.strip(" \t"))
+            if len(line) <= _LINE_CACHE_MAX_LENGTH and lower not in _UNCACHED_HEADERS:
+                if len(cache) >= _LINE_CACHE_SIZE:
+                    cache.clear()
+                cache[line] = pair
+        append(pair)
+    first = dict(raw)  # keys in order of first appearance, but the last value of a repeated name
+    if len(first) != len(raw):
+        first = {}
+        for name, value in raw:
+            if name not in first:
+                first[name] = value
+    return method, target, version, raw, first
 
 
 # --- responses ------------------------------------------------------------------------------------------
@@ -628,18 +689,35 @@ class _Lost(Exception):
 class _Connection:
     """One connection from the host: requests one after another, and the state of the current one."""
 
-    __slots__ = ("worker", "reader", "writer", "lost", "body", "keep_alive", "head_only")
+    __slots__ = (
+        "worker",
+        "reader",
+        "writer",
+        "transport",
+        "task",
+        "lost",
+        "body",
+        "keep_alive",
+        "head_only",
+        "invocation_id",
+        "on_eof",
+    )
 
     def __init__(self, worker, reader, writer):
         self.worker = worker
         self.reader = reader
         self.writer = writer
+        self.transport = writer.transport
+        self.task = None  # the task serving this connection (and running its invocations)
         self.lost = False  # the current invocation lost its connection
         self.body = None  # the current request's _Body
         self.keep_alive = False  # whether the current response lets the connection serve another request
         self.head_only = False  # the current request is HEAD
+        self.invocation_id = None  # the current invocation's id
+        self.on_eof = self._connection_lost  # bound once, handed to the reader for each invocation
 
     async def run(self):
+        self.task = asyncio.current_task()
         reader = self.reader
         while True:
             try:
@@ -667,9 +745,7 @@ class _Connection:
         self.head_only = False
         self.keep_alive = False
         try:
-            method, target, version, raw = _parse_head(head)
-            headers = Headers(raw)
-            first = headers._first
+            method, target, version, raw, first = _parse_head(head)
             chunked = False
             length = 0
             te = first.get("transfer-encoding")
@@ -678,23 +754,38 @@ class _Connection:
                     raise _BadRequest("unsupported transfer-encoding %r" % te)
                 chunked = True
             else:
-                lengths = headers.getall("content-length")
-                if lengths:
-                    if len(set(lengths)) != 1 or not lengths[0].isdigit() or not lengths[0].isascii():
+                value = first.get("content-length")
+                if value is not None:
+                    if len(first) != len(raw):  # a repeated header: every content-length must agree
+                        if len(set(v for k, v in raw if k == "content-length")) != 1:
+                            raise _BadRequest("malformed content-length")
+                    if not value.isdigit() or not value.isascii():
                         raise _BadRequest("malformed content-length")
-                    length = int(lengths[0])
+                    length = int(value)
         except _BadRequest as exc:
             await self._send_error(400, "bad_request", str(exc))
             return False
-        connection = first.get("connection", "").lower()
-        if version == "HTTP/1.1":
-            self.keep_alive = "close" not in connection and not (te is not None and "content-length" in first)
+        headers = Headers(raw, first)
+        http11 = version == "HTTP/1.1"
+        connection = first.get("connection")
+        if http11:
+            self.keep_alive = (connection is None or "close" not in connection.lower()) and not (
+                te is not None and "content-length" in first
+            )
         else:
-            self.keep_alive = "keep-alive" in connection
+            self.keep_alive = connection is not None and "keep-alive" in connection.lower()
         self.head_only = method == "HEAD"
-        path, _, query_string = target.partition("?")
-        expect = version == "HTTP/1.1" and first.get("expect", "").lower() == "100-continue"
-        body = self.body = _Body(self.reader, self.writer, length, chunked, expect)
+        if "?" in target:
+            path, _, query_string = target.partition("?")
+        else:
+            path = target
+            query_string = ""
+        if chunked or length:
+            expect = http11 and first.get("expect", "").lower() == "100-continue"
+            body = _Body(self.reader, self.writer, length, chunked, expect)
+        else:
+            body = _NO_BODY  # nothing to read, nothing to change: shared
+        self.body = body
         request = Request(method, path, query_string, headers, version, body)
 
         if path.startswith("/_nimbus/"):
@@ -748,6 +839,15 @@ class _Connection:
         else:
             await self._send_error(404, "not_found", "no worker endpoint %s" % path)
 
+    def _connection_lost(self, cancel=True):
+        """End-of-file (or a lost connection) during an invocation: cancel it, once."""
+        if not self.lost:
+            self.lost = True
+            self.keep_alive = False
+            _log.info("invocation %s cancelled: the host closed the connection", self.invocation_id)
+            if cancel:
+                self.task.cancel()
+
     async def _invoke(self, function, request):
         """Run one HTTP invocation; end-of-file on the connection meanwhile cancels it."""
         first = request.headers._first
@@ -755,81 +855,82 @@ class _Connection:
         request.invocation_id = invocation_id
         timeout = first.get("x-nimbus-timeout-ms")
         timeout_ms = int(timeout) if timeout is not None and timeout.isdigit() else None
-        log = self.worker.loggers[function.name]
-        ctx = Context(function.name, invocation_id, first.get("traceparent"), timeout_ms, log)
-        task = asyncio.current_task()
+        name = function.name
+        ctx = Context(name, invocation_id, first.get("traceparent"), timeout_ms, self.worker.loggers[name])
         reader = self.reader
-
-        def connection_lost(cancel=True):
-            if not self.lost:
-                self.lost = True
-                self.keep_alive = False
-                _log.info("invocation %s cancelled: the host closed the connection", invocation_id)
-                if cancel:
-                    task.cancel()
-
+        self.invocation_id = invocation_id
         self.lost = False
-        reader.on_eof = connection_lost
+        reader.on_eof = self.on_eof
         if reader.eof_seen:
-            connection_lost()
+            self._connection_lost()
         token = _current_invocation.set(invocation_id)
         try:
-            await self._run(function, request, ctx)
+            # the handler's result; the common cases are answered here without a detour
+            try:
+                result = function.handler(request, ctx)
+                if hasattr(result, "__await__"):
+                    result = await result
+                if type(result) is dict or type(result) is list:
+                    payload = _dumps(result).encode("utf-8")
+                    prepared = None
+                else:
+                    prepared = _Prepared(result)
+            except HTTPError as exc:
+                await self._send_error(exc.status, exc.code, exc.message, exc.headers)
+                return
+            except Exception as exc:
+                ctx.log.error("invocation %s failed: the function raised an error", invocation_id, exc_info=True)
+                message = "the function raised an error"
+                if self.worker.dev:
+                    message += ": %r" % (exc,)
+                await self._send_error(500, "handler_error", message)
+                return
+            if self.lost:
+                return  # the handler swallowed its cancellation: nobody is listening
+            if prepared is None:
+                if self._write(200, _JSON_LINES, payload):
+                    await self._drain()
+            elif prepared.iterator is None:
+                if self._write(prepared.status, prepared.headers, prepared.payload):
+                    await self._drain()
+            else:
+                await self._stream(prepared, request, ctx)
         except asyncio.CancelledError:
             if not self.lost:
                 _log.info("invocation %s cancelled: the worker is stopping", invocation_id)
                 raise
         except _Lost:
-            connection_lost(cancel=False)  # noticed while writing, in this task: nothing left to cancel
+            self._connection_lost(cancel=False)  # noticed while writing, in this task: nothing to cancel
         finally:
             reader.on_eof = None
             _current_invocation.reset(token)
 
-    async def _run(self, function, request, ctx):
-        try:
-            result = function.handler(request, ctx)
-            if hasattr(result, "__await__"):
-                result = await result
-            prepared = _Prepared(result)
-        except HTTPError as exc:
-            await self._send_error(exc.status, exc.code, exc.message, exc.headers)
-            return
-        except Exception as exc:
-            ctx.log.error("invocation %s failed: the function raised an error", ctx.invocation_id, exc_info=True)
-            message = "the function raised an error"
-            if self.worker.dev:
-                message += ": %r" % (exc,)
-            await self._send_error(500, "handler_error", message)
-            return
-        if self.lost:
-            return  # the handler swallowed its cancellation: nobody is listening
-        if prepared.iterator is None:
-            await self._send(prepared.status, prepared.headers, prepared.payload)
-        else:
-            await self._stream(prepared, request, ctx)
-
-    def _head(self, status, headers):
-        """A final response head, deciding whether the connection outlives this response."""
+    def _head(self, status, headers, extra=b""):
+        """A final response head (`extra`: one more line, with its CRLF), deciding whether the connection
+        outlives this response."""
         body = self.body
         if body is not None:
             self.keep_alive = self.keep_alive and body.reusable()
             body.response_started()
-        out = [b"HTTP/1.1 %d %s" % (status, _REASONS.get(status, "Status").encode())]
-        out.extend(headers)
+        head = _STATUS_LINES.get(status)
+        if head is None:
+            head = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Status").encode())
+        if headers:
+            head += b"\r\n".join(headers) + b"\r\n"
+        head += extra
         if not self.keep_alive:
-            out.append(b"connection: close")
-        out.append(b"\r\n")
-        return b"\r\n".join(out)
+            head += b"connection: close\r\n"
+        return head + b"\r\n"
 
     async def _stream(self, prepared, request, ctx):
         writer = self.writer
         chunked = request.http_version == "HTTP/1.1"
-        lines = prepared.headers
         if chunked:
-            lines = lines + [b"transfer-encoding: chunked"]
+            extra = b"transfer-encoding: chunked\r\n"
         else:
+            extra = b""
             self.keep_alive = False  # HTTP/1.0: the body ends when the connection does
-        writer.write(self._head(prepared.status, lines))
+        writer.write(self._head(prepared.status, prepared.headers, extra))
         iterator = prepared.iterator
         if self.head_only or prepared.status in _NO_BODY_STATUSES:
             await _close_iterator(iterator)
@@ -878,20 +979,26 @@ class _Connection:
         except ConnectionError:
             raise _Lost() from None
 
-    async def _send(self, status, headers, payload):
-        writer = self.writer
+    def _write(self, status, headers, payload):
+        """Write a whole response; True if it is worth a drain (the transport could not send it all at
+        once, or the connection is going away)."""
+        transport = self.transport
         if status in _NO_BODY_STATUSES or status < 200:
-            writer.write(self._head(status, headers))
+            transport.write(self._head(status, headers))
         else:
-            head = self._head(status, headers + [b"content-length: %d" % len(payload)])
+            head = self._head(status, headers, b"content-length: %d\r\n" % len(payload))
             if self.head_only or not payload:
-                writer.write(head)
+                transport.write(head)
             elif len(payload) <= 65536:
-                writer.write(head + payload)  # one write, one segment
+                transport.write(head + payload)  # one write, one segment
             else:
-                writer.write(head)
-                writer.write(payload)
-        await self._drain()
+                transport.write(head)
+                transport.write(payload)
+        return transport.get_write_buffer_size() or transport.is_closing()
+
+    async def _send(self, status, headers, payload):
+        if self._write(status, headers, payload):
+            await self._drain()
 
     async def _send_error(self, status, code, message, headers=None):
         lines = [b"content-type: application/json"]
