@@ -91,7 +91,8 @@ impl RouteTable {
 impl Route {
     fn capture(&self, parts: &[&str]) -> Option<Map<String, Value>> {
         let n = self.segments.len();
-        let fits = if self.wildcard { parts.len() > n } else { parts.len() == n };
+        // `/files/*` matches `/files`, `/files/` and `/files/a/b` (the SDKs match the same way).
+        let fits = if self.wildcard { parts.len() >= n } else { parts.len() == n };
         if !fits {
             return None;
         }
@@ -180,6 +181,8 @@ mod tests {
         assert_eq!(found(&t, Method::POST, "/items/new").0, "new-item");
         assert_eq!(found(&t, Method::GET, "/files/a/b.txt"), ("files".into(), serde_json::json!({"*": "a/b.txt"})));
         assert_eq!(found(&t, Method::GET, "/files/").1, serde_json::json!({"*": ""}));
+        assert_eq!(found(&t, Method::GET, "/files"), ("files".into(), serde_json::json!({"*": ""})));
+        assert_eq!(found(&t, Method::GET, "/filesx").0, "catch-all");
         assert_eq!(found(&t, Method::GET, "/elsewhere/x").0, "catch-all");
     }
 
