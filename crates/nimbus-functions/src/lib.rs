@@ -195,6 +195,36 @@ impl Functions {
             .with_state(self.shared.clone())
     }
 
+    /// `GET /_nimbus/admin/functions`: each function with its route and its pool's state. The
+    /// binary puts it behind the admin token.
+    pub fn admin_router(&self) -> Router {
+        Router::new()
+            .route(
+                "/_nimbus/admin/functions",
+                axum::routing::get(|axum::extract::State(shared): axum::extract::State<Arc<Shared>>| async move {
+                    let inner = shared.current();
+                    let functions: Vec<serde_json::Value> = inner
+                        .list
+                        .iter()
+                        .map(|f| {
+                            let target = inner.functions.get(&f.name);
+                            serde_json::json!({
+                                "name": f.name,
+                                "worker": f.worker,
+                                "runtime": f.runtime,
+                                "route": f.route,
+                                "methods": f.methods,
+                                "timeoutSeconds": target.map(|t| t.timeout.as_secs_f64()),
+                                "pool": target.map(|t| t.pool.stats()),
+                            })
+                        })
+                        .collect();
+                    axum::Json(serde_json::json!({ "functions": functions }))
+                }),
+            )
+            .with_state(self.shared.clone())
+    }
+
     /// Re-reads the app's workers (after its files changed): new instances start and take new
     /// requests; the old ones finish what they have in flight or queued, then stop. If the new code
     /// does not index, the old generation keeps serving and the error is returned.

@@ -359,6 +359,24 @@ impl Pool {
         }
     }
 
+    /// The pool's state and limits, for the admin API.
+    pub fn stats(&self) -> serde_json::Value {
+        let st = self.lock();
+        let l = &self.limits;
+        serde_json::json!({
+            "instances": st.members.len(),
+            "starting": st.starting,
+            "inFlight": st.members.iter().map(|m| m.in_flight).sum::<u32>(),
+            "queued": st.waiters.len(),
+            "minInstances": l.min,
+            "maxInstances": l.max,
+            "concurrency": l.concurrency,
+            "idleTimeoutSeconds": l.idle_timeout.as_secs_f64(),
+            "queueLimit": l.queue_limit,
+            "queueTimeoutSeconds": l.queue_timeout.as_secs_f64(),
+        })
+    }
+
     pub fn is_closed(&self) -> bool {
         self.lock().closed
     }

@@ -95,6 +95,11 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Puts a component's admin routes (under `/_nimbus/admin/`) behind the admin token.
+pub fn admin_only(routes: Router, token: AdminToken) -> Router {
+    routes.route_layer(axum::middleware::from_fn_with_state(token, require_admin))
+}
+
 pub(crate) fn routes(platform: Platform) -> Router {
     Router::new()
         .route("/_nimbus/metrics", get(metrics))

@@ -21,7 +21,7 @@ use axum::http::{Method, Uri};
 use nimbus_api::ApiError;
 use nimbus_store::Store;
 
-pub use admin::{AdminToken, AdminTokenError};
+pub use admin::{AdminToken, AdminTokenError, admin_only};
 pub use metrics::{MetricsHandle, install_metrics};
 pub use nimbus_api::{RequestId, TraceContext};
 pub use serve::{ShutdownOutcome, serve};

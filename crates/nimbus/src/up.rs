@@ -67,7 +67,11 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
             started,
         }),
     };
-    let app = nimbus_gateway::edge(nimbus_gateway::platform_routes(platform).fallback_service(functions.router()));
+    let admin_token = platform.admin_token.clone();
+    let routes = nimbus_gateway::platform_routes(platform)
+        .merge(nimbus_gateway::admin_only(functions.admin_router(), admin_token))
+        .fallback_service(functions.router());
+    let app = nimbus_gateway::edge(routes);
 
     print_banner(&config, addr, &token_path, token_created, store.as_ref(), &data_dir, &functions.list());
     tracing::info!(%addr, startup_ms = started.elapsed().as_secs_f64() * 1000.0, "ready");

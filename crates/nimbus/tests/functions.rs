@@ -146,6 +146,23 @@ async fn python_functions_answer_stream_and_fail_cleanly() {
     assert!(m.contains(r#"nimbus_function_invocations_total{function="hello",status="200"}"#), "{m}");
     assert!(m.contains(r#"nimbus_function_errors_total{function="crash",kind="worker_crashed"} 1"#), "{m}");
     assert!(m.contains(r#"nimbus_http_requests_total{route="function:hello",method="GET",status="200"}"#), "{m}");
+
+    // The admin API lists the functions and their pools.
+    assert_eq!(client().get(node.url("/_nimbus/admin/functions")).send().await.unwrap().status(), 401);
+    let admin: Value = client()
+        .get(node.url("/_nimbus/admin/functions"))
+        .bearer_auth(admin_token(&app))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let hello = admin["functions"].as_array().unwrap().iter().find(|f| f["name"] == "hello").unwrap().clone();
+    assert_eq!(hello["route"], "/hello");
+    assert_eq!(hello["runtime"], "python");
+    assert_eq!(hello["pool"]["instances"], 1);
+    assert_eq!(hello["pool"]["concurrency"], 1);
 }
 
 #[tokio::test]
