@@ -133,7 +133,13 @@ async fn python_functions_answer_stream_and_fail_cleanly() {
     assert_eq!(status, 500);
     assert_eq!(body["error"]["code"], "handler_error");
     assert!(!body.to_string().contains("secret detail"), "{body}");
-    node.wait_for_log(|log| log.contains("secret detail"), Duration::from_secs(5));
+    // Worker output reaches the node's log tagged with the worker, function and instance.
+    node.wait_for_log(
+        |log| {
+            log.lines().any(|l| l.contains("secret detail") && l.contains("worker=main function=boom instance=boom-"))
+        },
+        Duration::from_secs(5),
+    );
 
     // A worker that dies mid-request: 502 worker_crashed; the function keeps serving.
     let (status, body) = get_json(&node.url("/crash")).await;
