@@ -56,6 +56,10 @@ async def drip(req, ctx):
 async def env(req, ctx):
     return {"env": dict(os.environ), "cwd": os.getcwd(), "pid": os.getpid()}
 
+@app.http("/trace", methods=["GET"])
+async def trace(req, ctx):
+    return {"traceparent": ctx.traceparent, "invocation": ctx.invocation_id}
+
 @app.http("/boom", methods=["GET"])
 async def boom(req, ctx):
     raise RuntimeError("secret detail")
@@ -114,6 +118,18 @@ async fn python_functions_answer_stream_and_fail_cleanly() {
     let resp =
         client().get(node.url("/items/a%20b")).header("x-nimbus-claims", "{\"sub\":\"admin\"}").send().await.unwrap();
     assert_eq!(resp.json::<Value>().await.unwrap(), serde_json::json!({"id": "a b", "forged": null}));
+
+    // The caller's trace continues into the worker, with the host's own span id.
+    let resp = client()
+        .get(node.url("/trace"))
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .send()
+        .await
+        .unwrap();
+    let trace: Value = resp.json().await.unwrap();
+    let seen = trace["traceparent"].as_str().unwrap();
+    assert!(seen.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && !seen.contains("00f067aa0ba902b7"), "{seen}");
+    assert_eq!(trace["invocation"].as_str().unwrap().len(), 32);
 
     // The request body streams to the worker and back.
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
