@@ -608,3 +608,57 @@ async fn a_stopping_node_finishes_its_asynchronous_invocations() {
     assert_eq!(done.status(), 200, "the result was stored before the node stopped");
     assert!(done.json::<Value>().await.unwrap()["pid"].is_i64());
 }
+
+#[tokio::test]
+async fn misdeclared_workers_are_refused_with_a_clear_message() {
+    let cases: [(&str, &[(&str, &str)], &str); 4] = [
+        (
+            "[workers.main]\nruntime = \"python\"\nentry = \"functions/missing.py\"\n",
+            &[],
+            "workers.main.entry: functions/missing.py does not exist",
+        ),
+        (
+            "[workers.main]\nruntime = \"python\"\nentry = \"app.py\"\npython = \".venv/bin/python\"\n",
+            &[("app.py", "import nimbus\napp = nimbus.App()\n")],
+            "cannot run",
+        ),
+        (
+            "[workers.a]\nruntime = \"python\"\nentry = \"a.py\"\n\n[workers.b]\nruntime = \"python\"\nentry = \"b.py\"\n",
+            &[
+                (
+                    "a.py",
+                    "import nimbus\napp = nimbus.App()\n@app.http('/x/{id}')\nasync def one(req, ctx):\n    return 1\n",
+                ),
+                (
+                    "b.py",
+                    "import nimbus\napp = nimbus.App()\n@app.http('/x/{key}')\nasync def two(req, ctx):\n    return 2\n",
+                ),
+            ],
+            "overlaps",
+        ),
+        (
+            "[workers.a]\nruntime = \"python\"\nentry = \"a.py\"\n\n[workers.b]\nruntime = \"python\"\nentry = \"b.py\"\n",
+            &[
+                (
+                    "a.py",
+                    "import nimbus\napp = nimbus.App()\n@app.http('/a')\nasync def same(req, ctx):\n    return 1\n",
+                ),
+                (
+                    "b.py",
+                    "import nimbus\napp = nimbus.App()\n@app.http('/b')\nasync def same(req, ctx):\n    return 2\n",
+                ),
+            ],
+            "function `same` is declared twice",
+        ),
+    ];
+    for (manifest, files, expected) in cases {
+        let app = App::new(Some(manifest));
+        for (name, code) in files {
+            std::fs::write(app.path().join(name), code).unwrap();
+        }
+        let out = nimbus(&["up", app.path().to_str().unwrap(), "--port", "0"]);
+        assert_eq!(out.status.code(), Some(1), "{manifest}");
+        let err = text(&out.stderr);
+        assert!(err.contains(expected), "expected {expected:?} in:\n{err}");
+    }
+}
