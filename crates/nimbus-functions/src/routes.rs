@@ -80,7 +80,9 @@ impl RouteTable {
         for route in &self.routes {
             let Some(params) = route.capture(&parts) else { continue };
             path_matched = true;
-            if route.methods.is_empty() || route.methods.contains(method) {
+            // HEAD is served wherever GET is, as HTTP expects (the worker omits the body).
+            let head_as_get = method == Method::HEAD && route.methods.contains(&Method::GET);
+            if route.methods.is_empty() || route.methods.contains(method) || head_as_get {
                 return Match::Found { function: &route.function, params };
             }
         }
@@ -190,6 +192,7 @@ mod tests {
     fn reports_wrong_methods_and_misses() {
         let t = table();
         assert_eq!(t.find(&Method::POST, "/hello"), Match::MethodNotAllowed);
+        assert_eq!(found(&t, Method::HEAD, "/hello").0, "hello");
         assert_eq!(t.find(&Method::DELETE, "/items/42"), Match::MethodNotAllowed);
         let mut strict = RouteTable::default();
         strict.add("/hello", &[], "hello").unwrap();

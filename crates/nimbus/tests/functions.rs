@@ -140,6 +140,8 @@ async fn python_functions_answer_stream_and_fail_cleanly() {
     // Unknown routes and wrong methods answer in the JSON error shape.
     let (status, body) = get_json(&node.url("/nope")).await;
     assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    let resp = client().head(node.url("/hello")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "HEAD is served where GET is");
     let resp = client().post(node.url("/hello")).send().await.unwrap();
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "method_not_allowed");
