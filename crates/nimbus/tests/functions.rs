@@ -613,7 +613,9 @@ async fn a_stopping_node_finishes_its_asynchronous_invocations() {
 
 #[tokio::test]
 async fn misdeclared_workers_are_refused_with_a_clear_message() {
-    let cases: [(&str, &[(&str, &str)], &str); 4] = [
+    // (manifest, files to write, expected message)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 4] = [
         (
             "[workers.main]\nruntime = \"python\"\nentry = \"functions/missing.py\"\n",
             &[],
