@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{App, admin_token, nimbus, text};
+use support::{App, nimbus, text};
 
 const APP_PY: &str = r#"
 import asyncio, os
@@ -90,7 +90,7 @@ async fn get_json(url: &str) -> (u16, Value) {
 }
 
 async fn metrics(node: &support::Node, app: &App) -> String {
-    client().get(node.url("/_nimbus/metrics")).bearer_auth(admin_token(app)).send().await.unwrap().text().await.unwrap()
+    support::admin_get(node, app, "/_nimbus/metrics").await.text().await.unwrap()
 }
 
 fn metric_value(metrics: &str, prefix: &str) -> Option<f64> {
@@ -173,15 +173,7 @@ async fn python_functions_answer_stream_and_fail_cleanly() {
 
     // The admin API lists the functions and their pools.
     assert_eq!(client().get(node.url("/_nimbus/admin/functions")).send().await.unwrap().status(), 401);
-    let admin: Value = client()
-        .get(node.url("/_nimbus/admin/functions"))
-        .bearer_auth(admin_token(&app))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin: Value = support::admin_get(&node, &app, "/_nimbus/admin/functions").await.json().await.unwrap();
     let hello = admin["functions"].as_array().unwrap().iter().find(|f| f["name"] == "hello").unwrap().clone();
     assert_eq!(hello["route"], "/hello");
     assert_eq!(hello["runtime"], "python");

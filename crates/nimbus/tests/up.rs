@@ -108,15 +108,7 @@ async fn a_folder_without_manifest_runs_with_defaults() {
     let app = App::new(None);
     let node = app.start(&[]);
     assert!(node.stdout.contains("manifest       none (defaults)"), "{}", node.stdout);
-    let info: Value = client()
-        .get(node.url("/_nimbus/admin/info"))
-        .bearer_auth(admin_token(&app))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = support::admin_get(&node, &app, "/_nimbus/admin/info").await.json().await.unwrap();
     let folder = app.path().file_name().unwrap().to_string_lossy().into_owned();
     assert_eq!(info["app"], folder.as_str());
 }

@@ -203,3 +203,8 @@ pub fn text(bytes: &[u8]) -> String {
 pub fn admin_token(app: &App) -> String {
     std::fs::read_to_string(app.data_dir().join("admin-token")).unwrap().trim().to_owned()
 }
+
+/// GETs an admin endpoint with the node's admin token.
+pub async fn admin_get(node: &Node, app: &App, path: &str) -> reqwest::Response {
+    reqwest::Client::new().get(node.url(path)).bearer_auth(admin_token(app)).send().await.expect("admin request")
+}
