@@ -128,7 +128,7 @@ async fn invoke(
     set("x-nimbus-invocation-id", invocation_id.clone());
     set(
         "x-nimbus-params",
-        if params.is_empty() { "{}".to_owned() } else { serde_json::Value::Object(params).to_string() },
+        if params.is_empty() { "{}".to_owned() } else { header_json(&serde_json::Value::Object(params)) },
     );
     set("x-nimbus-timeout-ms", timeout.as_millis().to_string());
     set("traceparent", trace.traceparent());
@@ -158,6 +158,26 @@ async fn invoke(
     strip_hop_by_hop(&mut parts.headers);
     let body = StreamBack::new(incoming, slot, conn, deadline, uploaded);
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// JSON for a header value: header values are ASCII, so every other character is written as a
+/// `\uXXXX` escape (non-ASCII can only occur inside JSON strings, where escapes are valid).
+fn header_json(value: &serde_json::Value) -> String {
+    let json = value.to_string();
+    if json.is_ascii() {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
 }
 
 fn body_too_large(e: &hyper::Error) -> bool {
@@ -315,5 +335,19 @@ impl HttpBody for StreamBack {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_json_is_ascii_and_round_trips() {
+        let value = serde_json::json!({"id": "café 😀", "n": "plain"});
+        let header = header_json(&value);
+        assert!(header.is_ascii() && HeaderValue::from_str(&header).is_ok(), "{header}");
+        assert!(header.contains("caf\\u00e9 \\ud83d\\ude00"), "{header}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&header).unwrap(), value);
     }
 }

@@ -459,6 +459,9 @@ timeout = "300ms"
     let (status, body) = get_json(&node.url("/legacy/a/b?x=1")).await;
     assert_eq!(status, 200);
     assert_eq!(body, serde_json::json!({"url": "/legacy/a/b?x=1", "fn": "legacy", "params": {"*": "a/b"}}));
+    // Parameters outside ASCII still reach the worker (escaped in the JSON header).
+    let (_, body) = get_json(&node.url("/legacy/caf%C3%A9")).await;
+    assert_eq!(body["params"], serde_json::json!({"*": "café"}));
     let started = Instant::now();
     let (status, body) = get_json(&node.url("/legacy/slow")).await;
     assert_eq!((status, body["error"]["code"].as_str()), (504, Some("timeout")));
