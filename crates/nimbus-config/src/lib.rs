@@ -5,6 +5,7 @@
 mod diagnostic;
 mod duration;
 mod env;
+mod pattern;
 mod schema;
 mod size;
 mod validate;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use duration::Duration;
 pub use env::EnvString;
+pub use pattern::{PathPattern, Segment};
 pub use schema::*;
 pub use size::ByteSize;
 

@@ -172,7 +172,7 @@ fn check_workers(c: &mut Checker, m: &Manifest) {
             }
         }
         for (i, route) in w.routes.iter().enumerate() {
-            if let Err(e) = check_path_pattern(route) {
+            if let Err(e) = crate::PathPattern::parse(route) {
                 c.fail(p!["workers", name, "routes", i], e);
             }
         }
@@ -227,7 +227,7 @@ fn check_routes(c: &mut Checker, m: &Manifest) {
     const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
     let mut seen = BTreeSet::new();
     for (i, r) in m.routes.iter().enumerate() {
-        if let Err(e) = check_path_pattern(&r.path) {
+        if let Err(e) = crate::PathPattern::parse(&r.path) {
             c.fail(p!["routes", i, "path"], e);
         }
         if !seen.insert(&r.path) {
@@ -265,30 +265,6 @@ fn is_limit_key(key: &str) -> bool {
     matches!(key, "ip" | "sub" | "api_key")
         || key.strip_prefix("header:").is_some_and(|h| !h.is_empty())
         || key.strip_prefix("claim:").is_some_and(|h| !h.is_empty())
-}
-
-/// `/a/{id}/b` with an optional trailing `*`; no empty segments, no `*` elsewhere.
-fn check_path_pattern(path: &str) -> Result<(), String> {
-    if !path.starts_with('/') {
-        return Err(format!("\"{path}\" must start with `/`"));
-    }
-    let body = path.strip_suffix('*').unwrap_or(path);
-    if body.contains('*') {
-        return Err(format!("\"{path}\": `*` is only allowed at the end"));
-    }
-    for seg in body.split('/').skip(1) {
-        if let Some(inner) = seg.strip_prefix('{') {
-            let ok = inner
-                .strip_suffix('}')
-                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
-            if !ok {
-                return Err(format!("\"{path}\": parameter segment \"{seg}\" must look like {{name}}"));
-            }
-        } else if seg.contains(['{', '}']) {
-            return Err(format!("\"{path}\": a parameter must be a whole segment, like /items/{{id}}"));
-        }
-    }
-    Ok(())
 }
 
 fn check_identity(c: &mut Checker, m: &Manifest) {

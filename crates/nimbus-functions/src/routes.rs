@@ -2,13 +2,8 @@
 //! trailing `*`, matched most specific first (literals before parameters before wildcards).
 
 use axum::http::Method;
+use nimbus_config::{PathPattern, Segment};
 use serde_json::{Map, Value};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    Param(String),
-}
 
 #[derive(Debug, Clone)]
 struct Route {
@@ -121,36 +116,11 @@ fn decode(s: &str) -> String {
 }
 
 fn parse(pattern: &str) -> Result<(Vec<Segment>, bool), String> {
-    let Some(body) = pattern.strip_prefix('/') else {
-        return Err(format!("route \"{pattern}\" must start with `/`"));
-    };
     if pattern.starts_with("/_nimbus/") || pattern == "/_nimbus" {
         return Err(format!("route \"{pattern}\": paths under /_nimbus/ belong to the platform"));
     }
-    let (body, wildcard) = match body.strip_suffix('*') {
-        Some(rest) if rest.is_empty() || rest.ends_with('/') => (rest.strip_suffix('/').unwrap_or(rest), true),
-        Some(_) => return Err(format!("route \"{pattern}\": `*` must be a whole last segment, like /files/*")),
-        None => (body, false),
-    };
-    if body.contains('*') {
-        return Err(format!("route \"{pattern}\": `*` is only allowed at the end"));
-    }
-    let mut segments = Vec::new();
-    if !(body.is_empty() && wildcard) {
-        for part in body.split('/') {
-            if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(format!("route \"{pattern}\": bad parameter \"{part}\""));
-                }
-                segments.push(Segment::Param(name.to_owned()));
-            } else if part.contains(['{', '}']) {
-                return Err(format!("route \"{pattern}\": a parameter must be a whole segment"));
-            } else {
-                segments.push(Segment::Literal(part.to_owned()));
-            }
-        }
-    }
-    Ok((segments, wildcard))
+    let parsed = PathPattern::parse(pattern).map_err(|e| format!("route {e}"))?;
+    Ok((parsed.segments, parsed.wildcard))
 }
 
 #[cfg(test)]
