@@ -76,8 +76,11 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     print_banner(&config, addr, &token_path, token_created, store.as_ref(), &data_dir, &functions.list());
     tracing::info!(%addr, startup_ms = started.elapsed().as_secs_f64() * 1000.0, "ready");
 
-    let outcome = nimbus_gateway::serve(listener, app, shutdown_signal(), manifest.server.shutdown_grace.get()).await?;
-    functions.shutdown(manifest.server.shutdown_grace.get()).await;
+    let grace = manifest.server.shutdown_grace.get();
+    let outcome = nimbus_gateway::serve(listener, app, shutdown_signal(), grace).await?;
+    // One grace period in all: what the HTTP drain left of it goes to asynchronous invocations.
+    let left = SIGNALLED.get().map_or(grace, |at| grace.saturating_sub(at.elapsed()));
+    functions.shutdown(left).await;
     match outcome {
         ShutdownOutcome::Drained => tracing::info!("stopped"),
         ShutdownOutcome::GraceExpired => tracing::warn!("stopped after the grace period with requests unfinished"),
@@ -145,9 +148,13 @@ fn print_banner(
     let _ = out.flush();
 }
 
+/// When the first stop signal arrived.
+static SIGNALLED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 /// Resolves on the first SIGINT or SIGTERM. A second signal during the drain stops at once.
 async fn shutdown_signal() {
     wait_for_signal().await;
+    let _ = SIGNALLED.set(Instant::now());
     tokio::spawn(async {
         wait_for_signal().await;
         eprintln!("second signal: stopping now");
