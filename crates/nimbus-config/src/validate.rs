@@ -82,6 +82,11 @@ pub(crate) fn check(m: &Manifest) -> Vec<Problem> {
             format!("\"{}\" is not an IP address (e.g. \"127.0.0.1\" or \"0.0.0.0\")", m.server.host),
         );
     }
+    for (key, d) in [("request_timeout", m.server.request_timeout), ("async_retention", m.server.async_retention)] {
+        if d.get().is_zero() {
+            c.fail(p!["server", key], "must be longer than 0s");
+        }
+    }
     check_workers(&mut c, m);
     check_functions(&mut c, m);
     check_routes(&mut c, m);
@@ -160,6 +165,9 @@ fn check_workers(c: &mut Checker, m: &Manifest) {
                 }
             }
         }
+        if w.start_timeout.is_some_and(|t| t.get().is_zero()) {
+            c.fail(p!["workers", name, "start_timeout"], "must be longer than 0s");
+        }
         if w.python.is_some() && w.runtime != Runtime::Python {
             c.fail(p!["workers", name, "python"], "`python` only applies to `runtime = \"python\"`");
         }
@@ -194,8 +202,10 @@ fn check_functions(c: &mut Checker, m: &Manifest) {
         if f.concurrency == Some(0) {
             c.fail(p!["functions", name, "concurrency"], "must be at least 1");
         }
-        if f.timeout.is_some_and(|t| t.get().is_zero()) {
-            c.fail(p!["functions", name, "timeout"], "must be longer than 0s");
+        for (key, d) in [("timeout", f.timeout), ("queue_timeout", f.queue_timeout), ("idle_timeout", f.idle_timeout)] {
+            if d.is_some_and(|t| t.get().is_zero()) {
+                c.fail(p!["functions", name, key], "must be longer than 0s");
+            }
         }
         for (i, grant) in f.grants.iter().enumerate() {
             if let Err(e) = check_grant(grant) {
