@@ -87,7 +87,7 @@ node --test sdk/node/test/
 
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest runs no doctests; run them first so the closing summary is the full suite's.
-  cargo test --workspace --doc --quiet >/dev/null
+  cargo test --workspace --doc --quiet
   cargo nextest run --workspace --no-fail-fast "$@"
 else
   cargo test --workspace --no-fail-fast "$@"
