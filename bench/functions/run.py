@@ -66,6 +66,7 @@ class Nimbus:
         shutil.copy(f"{HERE}/{entry}", f"{self.dir}/functions/{entry}")
         with open(f"{self.dir}/nimbus.toml", "w") as f:
             f.write(f'[workers.main]\nruntime = "{runtime}"\nentry = "functions/{entry}"\n\n')
+            f.write('[[routes]]\npath = "/*"\nauth = "anonymous"\n\n')
             for name, settings in function_settings.items():
                 f.write(f"[functions.{name}]\n{settings}\n\n")
         self.port = free_port()

@@ -25,6 +25,23 @@ pub struct RequestId(pub Arc<str>);
 #[derive(Debug, Clone)]
 pub struct RouteLabel(pub Arc<str>);
 
+/// The verified caller of a request, put in its extensions by the gateway after authentication:
+/// a token's claims, or `{"api_key": {"id", "name"}}` for an API key. Functions forward it to the
+/// worker as `x-nimbus-claims`.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Arc<serde_json::Value>);
+
+/// What the gateway's matching `[[routes]]` entry asks of the component that serves a request.
+#[derive(Debug, Clone, Default)]
+pub struct RoutePolicy {
+    /// The route's own timeout, when it sets one.
+    pub timeout: Option<std::time::Duration>,
+    /// Answer `202 Accepted` at once and run in the background.
+    pub respond_async: bool,
+    /// The route's own request body limit, when it sets one.
+    pub max_body: Option<u64>,
+}
+
 /// An error as a client sees it.
 #[derive(Debug, Clone)]
 pub struct ApiError {

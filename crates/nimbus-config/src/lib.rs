@@ -18,6 +18,7 @@ pub use env::EnvString;
 pub use pattern::{PathPattern, Segment};
 pub use schema::*;
 pub use size::ByteSize;
+pub use validate::TOKEN_ALGORITHMS;
 
 /// The manifest's file name inside an app folder.
 pub const MANIFEST_FILE: &str = "nimbus.toml";

@@ -49,6 +49,51 @@ impl PathPattern {
     }
 }
 
+impl PathPattern {
+    /// Whether `path` matches, and its parameters as `(name, raw segment)` pairs, the rest matched
+    /// by a trailing `*` under the name `*`. `/files/*` matches `/files`, `/files/` and `/files/a/b`.
+    pub fn capture<'p>(&self, path: &'p str) -> Option<Vec<(&str, &'p str)>> {
+        let rest = path.strip_prefix('/')?;
+        let mut parts = rest.split('/');
+        let mut params = Vec::new();
+        let mut consumed = 0;
+        for segment in &self.segments {
+            let part = parts.next()?;
+            consumed += part.len() + 1;
+            match segment {
+                Segment::Literal(lit) if lit == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(_) if part.is_empty() => return None,
+                Segment::Param(name) => params.push((name.as_str(), part)),
+            }
+        }
+        if self.wildcard {
+            params.push(("*", rest.get(consumed..).unwrap_or("")));
+        } else if parts.next().is_some() {
+            return None;
+        }
+        Some(params)
+    }
+
+    /// Sort key that puts the most specific patterns first: no wildcard, then more literal
+    /// segments, then more segments.
+    pub fn specificity(&self) -> (bool, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>) {
+        let literals = self.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count();
+        (self.wildcard, std::cmp::Reverse(literals), std::cmp::Reverse(self.segments.len()))
+    }
+
+    /// The length of the part of `path` that the segments before a trailing `*` matched (for
+    /// prefix rewriting); `None` when the pattern does not match.
+    pub fn prefix_len(&self, path: &str) -> Option<usize> {
+        self.capture(path)?;
+        let mut len = 0;
+        for part in path[1..].split('/').take(self.segments.len()) {
+            len += part.len() + 1;
+        }
+        Some(len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,5 +107,25 @@ mod tests {
         for bad in ["hello", "/a*", "/a/*/b", "/a/{b c}", "/a/x{b}", "/a/{}"] {
             assert!(PathPattern::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn captures() {
+        let p = PathPattern::parse("/items/{id}/*").unwrap();
+        assert_eq!(p.capture("/items/42/a/b"), Some(vec![("id", "42"), ("*", "a/b")]));
+        assert_eq!(p.capture("/items/42"), Some(vec![("id", "42"), ("*", "")]));
+        assert_eq!(p.capture("/items//x"), None);
+        assert_eq!(p.capture("/other/42"), None);
+        assert_eq!(p.prefix_len("/items/42/a/b"), Some(9));
+        let exact = PathPattern::parse("/hello").unwrap();
+        assert_eq!(exact.capture("/hello"), Some(vec![]));
+        assert_eq!(exact.capture("/hello/"), None);
+        assert_eq!(exact.capture("/hello/x"), None);
+        assert_eq!(exact.capture("hello"), None);
+        let all = PathPattern::parse("/*").unwrap();
+        assert_eq!(all.capture("/"), Some(vec![("*", "")]));
+        assert_eq!(all.capture("/a/b"), Some(vec![("*", "a/b")]));
+        assert_eq!(all.prefix_len("/a/b"), Some(0));
+        assert!(exact.specificity() < all.specificity());
     }
 }

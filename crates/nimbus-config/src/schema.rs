@@ -240,12 +240,80 @@ pub struct RouteSection {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// Claim values the token must carry, e.g. `{ tenant = "acme" }`; a claim that is an array must
+    /// contain the value.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
     pub rate_limit: Option<RateLimit>,
+    pub quota: Option<Quota>,
+    /// CORS for this route; `[gateway.cors]` applies where a route has none.
+    pub cors: Option<CorsSection>,
+    /// Largest request body on this route (413 beyond it); `[server] max_request_body` otherwise.
+    pub max_body: Option<ByteSize>,
     pub timeout: Option<Duration>,
     /// Answer `202 Accepted` with a status URL at once and run the function in the background, as
     /// `Prefer: respond-async` does for one request.
     #[serde(default, rename = "async")]
     pub respond_async: bool,
+    /// Where the request goes after the policies: `function` (the default), `site`, or an upstream
+    /// `http(s)://` base URL (reverse proxy).
+    pub backend: Option<String>,
+    /// Replaces the part of the path that `path` matches before its trailing `*`: with
+    /// `path = "/legacy/*"` and `rewrite_prefix = "/v1"`, `/legacy/a` reaches the backend as `/v1/a`.
+    pub rewrite_prefix: Option<String>,
+    #[serde(default)]
+    pub request_headers: HeaderTransform,
+    #[serde(default)]
+    pub response_headers: HeaderTransform,
+}
+
+/// Headers set (replacing any present) and removed on the way through.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderTransform {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// A number of requests per calendar period (UTC), counted in the store so that it survives
+/// restarts and is shared by every node.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quota {
+    /// What the quota is counted per, as for `rate_limit`.
+    pub key: String,
+    pub requests: u64,
+    pub per: QuotaPeriod,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuotaPeriod {
+    Day,
+    Month,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSection {
+    /// Allowed origins (`https://app.example.com`), or `["*"]` for any (not with `credentials`).
+    #[serde(default)]
+    pub origins: Vec<String>,
+    /// Allowed methods; defaults to the route's methods, else the common ones.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Request headers a browser may send; defaults to `authorization` and `content-type`.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    /// Response headers a script may read.
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub credentials: bool,
+    /// How long a browser may cache a preflight answer.
+    pub max_age: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -257,18 +325,36 @@ pub struct RateLimit {
     pub per: Duration,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewaySection {
     #[serde(default)]
     pub issuers: Vec<IssuerSection>,
+    /// CORS for every route without its own `cors`.
+    pub cors: Option<CorsSection>,
+    /// Clock skew tolerated when checking a token's `exp` and `nbf`.
+    #[serde(default = "default_leeway")]
+    pub leeway: Duration,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self { issuers: Vec::new(), cors: None, leeway: default_leeway() }
+    }
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IssuerSection {
     pub issuer: String,
+    /// The `aud` tokens must carry; defaults to `[identity] audience`.
     pub audience: Option<String>,
+    /// Where the signing keys are; found through the issuer's discovery document when absent.
+    pub jwks_uri: Option<String>,
     /// Allowed signing algorithms; defaults to what the issuer's keys declare (never `none`).
     #[serde(default)]
     pub algorithms: Vec<String>,

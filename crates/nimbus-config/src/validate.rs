@@ -105,15 +105,127 @@ pub(crate) fn check(m: &Manifest) -> Vec<Problem> {
             c.fail(p!["ai", "token_limit", "tokens"], "must be at least 1");
         }
     }
+    check_gateway(&mut c, m);
+    c.problems
+}
+
+/// Signature algorithms an issuer may be pinned to: asymmetric only, so that a public key can
+/// never be used as an HMAC secret.
+pub const TOKEN_ALGORITHMS: [&str; 9] =
+    ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+
+fn check_gateway(c: &mut Checker, m: &Manifest) {
+    let mut seen = BTreeSet::new();
     for (i, issuer) in m.gateway.issuers.iter().enumerate() {
-        if !is_http_url(&issuer.issuer) {
-            c.fail(p!["gateway", "issuers", i, "issuer"], format!("\"{}\" is not an http(s) URL", issuer.issuer));
+        if let Err(e) = check_secure_url(&issuer.issuer) {
+            c.fail(p!["gateway", "issuers", i, "issuer"], e);
         }
-        if issuer.algorithms.iter().any(|a| a.eq_ignore_ascii_case("none")) {
-            c.fail(p!["gateway", "issuers", i, "algorithms"], "`none` is never an allowed algorithm");
+        if !seen.insert(issuer.issuer.trim_end_matches('/')) {
+            c.fail(p!["gateway", "issuers", i, "issuer"], format!("\"{}\" is declared twice", issuer.issuer));
+        }
+        if let Some(uri) = &issuer.jwks_uri
+            && let Err(e) = check_secure_url(uri)
+        {
+            c.fail(p!["gateway", "issuers", i, "jwks_uri"], e);
+        }
+        let identity_audience = m.identity.as_ref().and_then(|id| id.audience.as_ref());
+        if issuer.audience.is_none() && identity_audience.is_none() {
+            c.fail(
+                p!["gateway", "issuers", i],
+                "needs `audience` (the `aud` its tokens carry for this API), or `[identity] audience` to share",
+            );
+        }
+        for alg in &issuer.algorithms {
+            if alg.eq_ignore_ascii_case("none") {
+                c.fail(p!["gateway", "issuers", i, "algorithms"], "`none` is never an allowed algorithm");
+            } else if alg.to_ascii_uppercase().starts_with("HS") {
+                c.fail(
+                    p!["gateway", "issuers", i, "algorithms"],
+                    format!("\"{alg}\": shared-secret algorithms are never accepted from an issuer"),
+                );
+            } else if !TOKEN_ALGORITHMS.contains(&alg.as_str()) {
+                c.fail(
+                    p!["gateway", "issuers", i, "algorithms"],
+                    format!("\"{alg}\" is not one of {}", TOKEN_ALGORITHMS.join(", ")),
+                );
+            }
         }
     }
-    c.problems
+    if let Some(cors) = &m.gateway.cors {
+        check_cors(c, p!["gateway", "cors"], cors);
+    }
+}
+
+/// Token issuers and their keys must be fetched over HTTPS, except on this machine (tests, a
+/// second local node).
+fn check_secure_url(s: &str) -> Result<(), String> {
+    let url = url::Url::parse(s).map_err(|_| format!("\"{s}\" is not a URL"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => return Err(format!("\"{s}\" has no host")),
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!("\"{s}\" must use https (plain http is only accepted for localhost)")),
+        other => Err(format!("\"{s}\": `{other}` is not http(s)")),
+    }
+}
+
+fn check_cors(c: &mut Checker, path: Vec<Seg>, cors: &CorsSection) {
+    let at = |key: &str| {
+        let mut p = path.clone();
+        p.push(Seg::from(key));
+        p
+    };
+    if cors.origins.is_empty() {
+        c.fail(at("origins"), "list the allowed origins, e.g. [\"https://app.example.com\"], or [\"*\"] for any");
+    }
+    for origin in &cors.origins {
+        if origin == "*" {
+            if cors.origins.len() > 1 {
+                c.fail(at("origins"), "\"*\" already allows every origin; list it alone");
+            }
+            if cors.credentials {
+                c.fail(at("credentials"), "browsers refuse credentials with origin \"*\"; list the origins");
+            }
+        } else if !is_origin(origin) {
+            c.fail(at("origins"), format!("\"{origin}\" is not an origin like \"https://app.example.com\""));
+        }
+    }
+    for method in &cors.methods {
+        if !METHODS.contains(&method.as_str()) {
+            c.fail(at("methods"), format!("\"{method}\" is not one of {}", METHODS.join(", ")));
+        }
+    }
+    for (key, names) in [("headers", &cors.headers), ("expose_headers", &cors.expose_headers)] {
+        for name in names {
+            if !is_header_name(name) {
+                c.fail(at(key), format!("\"{name}\" is not a header name"));
+            }
+        }
+    }
+}
+
+fn is_origin(s: &str) -> bool {
+    url::Url::parse(s).is_ok_and(|u| {
+        matches!(u.scheme(), "http" | "https")
+            && u.host().is_some()
+            && u.path() == "/"
+            && !s.ends_with('/')
+            && u.query().is_none()
+            && u.fragment().is_none()
+    })
+}
+
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn is_header_value(s: &str) -> bool {
+    s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
 }
 
 fn check_workers(c: &mut Checker, m: &Manifest) {
@@ -233,8 +345,9 @@ fn check_grant(grant: &str) -> Result<(), String> {
     }
 }
 
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
 fn check_routes(c: &mut Checker, m: &Manifest) {
-    const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
     let mut seen = BTreeSet::new();
     for (i, r) in m.routes.iter().enumerate() {
         if let Err(e) = crate::PathPattern::parse(&r.path) {
@@ -248,8 +361,82 @@ fn check_routes(c: &mut Checker, m: &Manifest) {
                 c.fail(p!["routes", i, "methods"], format!("\"{method}\" is not one of {}", METHODS.join(", ")));
             }
         }
-        if r.auth == Some(AuthMode::Anonymous) && !(r.scopes.is_empty() && r.roles.is_empty()) {
-            c.fail(p!["routes", i, "auth"], "an anonymous route cannot require scopes or roles");
+        if r.auth == Some(AuthMode::Anonymous) && !(r.scopes.is_empty() && r.roles.is_empty() && r.claims.is_empty()) {
+            c.fail(p!["routes", i, "auth"], "an anonymous route cannot require scopes, roles or claims");
+        }
+        if r.auth == Some(AuthMode::ApiKey) && !(r.scopes.is_empty() && r.roles.is_empty() && r.claims.is_empty()) {
+            c.fail(p!["routes", i, "auth"], "scopes, roles and claims come from tokens: use `auth = \"jwt\"`");
+        }
+        if let Some(quota) = &r.quota {
+            if quota.requests == 0 {
+                c.fail(p!["routes", i, "quota", "requests"], "must be at least 1");
+            }
+            if !is_limit_key(&quota.key) {
+                c.fail(
+                    p!["routes", i, "quota", "key"],
+                    format!(
+                        "\"{}\" is not a limit key: use ip, sub, api_key, header:<name> or claim:<name>",
+                        quota.key
+                    ),
+                );
+            }
+        }
+        if let Some(cors) = &r.cors {
+            check_cors(c, p!["routes", i, "cors"], cors);
+        }
+        if r.max_body.is_some_and(|b| b.0 == 0) {
+            c.fail(p!["routes", i, "max_body"], "must be at least 1B");
+        }
+        if r.timeout.is_some_and(|t| t.get().is_zero()) {
+            c.fail(p!["routes", i, "timeout"], "must be longer than 0s");
+        }
+        match r.backend.as_deref() {
+            None | Some("function" | "site") => {}
+            Some("ai") => c.fail(p!["routes", i, "backend"], "the AI gateway is not part of this build yet"),
+            Some(url) if is_http_url(url) => {
+                let parsed = url::Url::parse(url).ok();
+                if parsed.is_some_and(|u| u.query().is_some() || u.fragment().is_some()) {
+                    c.fail(
+                        p!["routes", i, "backend"],
+                        format!("\"{url}\": an upstream URL takes no query or fragment"),
+                    );
+                }
+                if r.respond_async {
+                    c.fail(p!["routes", i, "async"], "only function routes run asynchronously");
+                }
+            }
+            Some(other) => c.fail(
+                p!["routes", i, "backend"],
+                format!("\"{other}\" is not a backend: use \"function\", \"site\" or an http(s):// upstream URL"),
+            ),
+        }
+        if let Some(prefix) = &r.rewrite_prefix {
+            if !prefix.starts_with('/') {
+                c.fail(p!["routes", i, "rewrite_prefix"], format!("\"{prefix}\" must start with `/`"));
+            }
+            if !r.path.ends_with('*') {
+                c.fail(p!["routes", i, "rewrite_prefix"], "needs a `path` that ends in `*` (the part kept)");
+            }
+        }
+        for (key, t) in [("request_headers", &r.request_headers), ("response_headers", &r.response_headers)] {
+            for (name, value) in &t.set {
+                if !is_header_name(name) {
+                    c.fail(p!["routes", i, key, "set"], format!("\"{name}\" is not a header name"));
+                } else if key == "request_headers" && name.to_ascii_lowercase().starts_with("x-nimbus-") {
+                    c.fail(
+                        p!["routes", i, key, "set"],
+                        format!("\"{name}\": x-nimbus-* headers belong to the platform"),
+                    );
+                }
+                if !is_header_value(value) {
+                    c.fail(p!["routes", i, key, "set", name.as_str()], "a header value must be printable ASCII");
+                }
+            }
+            for name in &t.remove {
+                if !is_header_name(name) {
+                    c.fail(p!["routes", i, key, "remove"], format!("\"{name}\" is not a header name"));
+                }
+            }
         }
         if let Some(limit) = &r.rate_limit {
             if limit.requests == 0 {

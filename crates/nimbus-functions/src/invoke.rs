@@ -47,7 +47,7 @@ pub(crate) async fn handle(State(shared): State<Arc<crate::Shared>>, req: Reques
     let Some(target) = inner.functions.get(&function) else {
         return ApiError::internal().into_response();
     };
-    let policy = inner.policy(target, &method, req.uri().path());
+    let policy = inner.policy(target, req.extensions().get::<nimbus_api::RoutePolicy>());
     if policy.respond_async || crate::asynchronous::requested(req.headers()) {
         return crate::asynchronous::accept(inner.clone(), function, params, req, policy.async_timeout).await;
     }
@@ -67,7 +67,9 @@ pub(crate) async fn run(
         return ApiError::internal().into_response();
     };
     let started = Instant::now();
-    let result = invoke(target, function, params, req, inner.max_request_body, timeout).await;
+    let route_limit = req.extensions().get::<nimbus_api::RoutePolicy>().and_then(|p| p.max_body);
+    let max_body = route_limit.map_or(inner.max_request_body, |l| l.min(inner.max_request_body));
+    let result = invoke(target, function, params, req, max_body, timeout).await;
     let mut response = match result {
         Ok(response) => response,
         Err(e) => {
@@ -131,6 +133,9 @@ async fn invoke(
         if params.is_empty() { "{}".to_owned() } else { header_json(&serde_json::Value::Object(params)) },
     );
     set("x-nimbus-timeout-ms", timeout.as_millis().to_string());
+    if let Some(caller) = parts.extensions.get::<nimbus_api::Caller>() {
+        set("x-nimbus-claims", header_json(&caller.0));
+    }
     set("traceparent", trace.traceparent());
     let limited = http_body_util::Limited::new(body, max_body as usize);
     let uploaded = Arc::new(AtomicBool::new(limited.is_end_stream()));

@@ -53,9 +53,6 @@ pub(crate) struct Inner {
     routes: RouteTable,
     functions: HashMap<String, Target>,
     max_request_body: u64,
-    /// `[[routes]]` entries by path pattern (the "function" of each entry is its index), for their timeouts.
-    policies: RouteTable,
-    policy_settings: Vec<(Option<Duration>, bool)>,
     /// The gateway's timeout for routes whose `[[routes]]` entry sets none.
     request_timeout: Duration,
     store: Arc<dyn Store>,
@@ -80,21 +77,11 @@ impl Inner {
         manifest: &nimbus_config::Manifest,
         store: Arc<dyn Store>,
     ) -> Result<Self, FunctionsError> {
-        let mut policies = RouteTable::default();
-        let mut policy_settings = Vec::new();
-        for (i, route) in manifest.routes.iter().enumerate() {
-            policies
-                .add(&route.path, &route.methods, &i.to_string())
-                .map_err(|e| FunctionsError::Config(format!("routes[{i}]: {e}")))?;
-            policy_settings.push((route.timeout.map(|t| t.get()), route.respond_async));
-        }
         Ok(Self {
             list,
             routes,
             functions,
             max_request_body: manifest.server.max_request_body.0,
-            policies,
-            policy_settings,
             request_timeout: manifest.server.request_timeout.get(),
             store,
             async_retention: manifest.server.async_retention.get(),
@@ -102,19 +89,14 @@ impl Inner {
         })
     }
 
-    /// The route's settings: the function's own timeout capped by the route's (per-route, else the
-    /// gateway default), and whether the route answers asynchronously.
-    fn policy(&self, target: &Target, method: &axum::http::Method, path: &str) -> Policy {
-        let (route_timeout, respond_async) = match self.policies.find(method, path) {
-            routes::Match::Found { function: index, .. } => {
-                index.parse::<usize>().ok().and_then(|i| self.policy_settings.get(i).copied()).unwrap_or((None, false))
-            }
-            _ => (None, false),
-        };
+    /// The route's settings: the function's own timeout capped by the route's (the gateway's
+    /// `[[routes]]` decision, else the gateway default), and whether the route answers asynchronously.
+    fn policy(&self, target: &Target, route: Option<&nimbus_api::RoutePolicy>) -> Policy {
+        let route_timeout = route.and_then(|r| r.timeout);
         Policy {
             timeout: target.timeout.min(route_timeout.unwrap_or(self.request_timeout)),
             async_timeout: target.timeout.min(route_timeout.unwrap_or(target.timeout)),
-            respond_async,
+            respond_async: route.is_some_and(|r| r.respond_async),
         }
     }
 }
@@ -181,10 +163,22 @@ impl Functions {
 
     /// Serves function routes; answers a JSON 404/405 for paths and methods no function takes.
     pub fn router(&self) -> Router {
+        Router::new().fallback(invoke::handle).with_state(self.shared.clone())
+    }
+
+    /// `GET /_nimbus/invocations/{id}`: the status, then the stored response, of an asynchronous
+    /// invocation. Its id is unguessable (128 random bits), so the URL itself is the capability.
+    pub fn invocations_router(&self) -> Router {
         Router::new()
             .route("/_nimbus/invocations/{id}", axum::routing::get(asynchronous::status))
-            .fallback(invoke::handle)
             .with_state(self.shared.clone())
+    }
+
+    /// Whether some function's route matches `path` (any method), for the gateway's default
+    /// policy: a function route no `[[routes]]` entry covers requires a token. Follows reloads.
+    pub fn route_probe(&self) -> impl Fn(&str) -> bool + Send + Sync + 'static {
+        let shared = self.shared.clone();
+        move |path| shared.current().routes.serves(path)
     }
 
     /// `GET /_nimbus/admin/functions`: each function with its route and its pool's state. The

@@ -8,8 +8,7 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone)]
 struct Route {
     pattern: String,
-    segments: Vec<Segment>,
-    wildcard: bool,
+    parsed: PathPattern,
     /// Empty means every method.
     methods: Vec<Method>,
     function: String,
@@ -30,7 +29,7 @@ pub(crate) enum Match<'a> {
 impl RouteTable {
     /// Adds a route; refuses malformed patterns and a second function on the same pattern and method.
     pub fn add(&mut self, pattern: &str, methods: &[String], function: &str) -> Result<(), String> {
-        let (segments, wildcard) = parse(pattern)?;
+        let parsed = parse(pattern)?;
         let methods = methods
             .iter()
             .map(|m| {
@@ -38,9 +37,9 @@ impl RouteTable {
             })
             .collect::<Result<Vec<_>, _>>()?;
         for other in &self.routes {
-            let same_shape = other.wildcard == wildcard
-                && other.segments.len() == segments.len()
-                && other.segments.iter().zip(&segments).all(|(a, b)| match (a, b) {
+            let same_shape = other.parsed.wildcard == parsed.wildcard
+                && other.parsed.segments.len() == parsed.segments.len()
+                && other.parsed.segments.iter().zip(&parsed.segments).all(|(a, b)| match (a, b) {
                     (Segment::Literal(x), Segment::Literal(y)) => x == y,
                     (Segment::Param(_), Segment::Param(_)) => true,
                     _ => false,
@@ -54,26 +53,21 @@ impl RouteTable {
                 ));
             }
         }
-        self.routes.push(Route {
-            pattern: pattern.to_owned(),
-            segments,
-            wildcard,
-            methods,
-            function: function.to_owned(),
-        });
+        self.routes.push(Route { pattern: pattern.to_owned(), parsed, methods, function: function.to_owned() });
         // Most specific first: no wildcard, then more literal segments, then longer patterns.
-        self.routes.sort_by_key(|r| {
-            let literals = r.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count();
-            (r.wildcard, std::cmp::Reverse(literals), std::cmp::Reverse(r.segments.len()))
-        });
+        self.routes.sort_by_key(|r| r.parsed.specificity());
         Ok(())
     }
 
+    /// Whether any route's pattern matches `path`, whatever the method.
+    pub fn serves(&self, path: &str) -> bool {
+        self.routes.iter().any(|r| r.parsed.capture(path).is_some())
+    }
+
     pub fn find(&self, method: &Method, path: &str) -> Match<'_> {
-        let parts: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
         let mut path_matched = false;
         for route in &self.routes {
-            let Some(params) = route.capture(&parts) else { continue };
+            let Some(params) = route.capture(path) else { continue };
             path_matched = true;
             // HEAD is served wherever GET is, as HTTP expects (the worker omits the body).
             let head_as_get = method == Method::HEAD && route.methods.contains(&Method::GET);
@@ -86,28 +80,9 @@ impl RouteTable {
 }
 
 impl Route {
-    fn capture(&self, parts: &[&str]) -> Option<Map<String, Value>> {
-        let n = self.segments.len();
-        // `/files/*` matches `/files`, `/files/` and `/files/a/b` (the SDKs match the same way).
-        let fits = if self.wildcard { parts.len() >= n } else { parts.len() == n };
-        if !fits {
-            return None;
-        }
-        let mut params = Map::new();
-        for (segment, part) in self.segments.iter().zip(parts) {
-            match segment {
-                Segment::Literal(lit) if lit == part => {}
-                Segment::Literal(_) => return None,
-                Segment::Param(_) if part.is_empty() => return None,
-                Segment::Param(name) => {
-                    params.insert(name.clone(), Value::String(decode(part)));
-                }
-            }
-        }
-        if self.wildcard {
-            params.insert("*".into(), Value::String(decode(&parts[n..].join("/"))));
-        }
-        Some(params)
+    fn capture(&self, path: &str) -> Option<Map<String, Value>> {
+        let captured = self.parsed.capture(path)?;
+        Some(captured.into_iter().map(|(name, raw)| (name.to_owned(), Value::String(decode(raw)))).collect())
     }
 }
 
@@ -115,12 +90,11 @@ fn decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
-fn parse(pattern: &str) -> Result<(Vec<Segment>, bool), String> {
+fn parse(pattern: &str) -> Result<PathPattern, String> {
     if pattern.starts_with("/_nimbus/") || pattern == "/_nimbus" {
         return Err(format!("route \"{pattern}\": paths under /_nimbus/ belong to the platform"));
     }
-    let parsed = PathPattern::parse(pattern).map_err(|e| format!("route {e}"))?;
-    Ok((parsed.segments, parsed.wildcard))
+    PathPattern::parse(pattern).map_err(|e| format!("route {e}"))
 }
 
 #[cfg(test)]

@@ -4,12 +4,22 @@
 //! `/_nimbus/admin/*` behind the admin token) and graceful serving.
 //!
 //! Components hand it axum `Router`s; the binary merges them and calls [`edge`] then [`serve`].
-//! Route policies (authentication, rate limits, CORS, proxying) join here with the gateway issue.
+//! Behind the platform's routes, the [`Gateway`] runs each `[[routes]]` entry's policies (CORS,
+//! size limit, JWT or API key, scopes/roles/claims, rate limit, quota, header and path transforms)
+//! and hands the request to its backend: a function, an upstream URL, or the static site.
 
 mod admin;
+mod client;
+mod gateway;
 mod health;
+mod jwt;
+mod keys;
+mod limit;
 mod metrics;
 mod observe;
+mod openapi;
+mod proxy;
+mod route;
 mod serve;
 
 use std::path::PathBuf;
@@ -22,6 +32,8 @@ use nimbus_api::ApiError;
 use nimbus_store::Store;
 
 pub use admin::{AdminToken, AdminTokenError, admin_only};
+pub use gateway::{Backends, Gateway, GatewayError, Operation};
+pub use keys::{ApiKeyInfo, ApiKeys, KeyError, admin_router as keys_admin_router};
 pub use metrics::{MetricsHandle, install_metrics};
 pub use nimbus_api::{RequestId, TraceContext};
 pub use serve::{ShutdownOutcome, serve};

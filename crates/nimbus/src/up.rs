@@ -68,9 +68,20 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         }),
     };
     let admin_token = platform.admin_token.clone();
+    let gateway = nimbus_gateway::Gateway::start(manifest, &config.name(), store.clone())?;
+    let listed = functions.clone();
+    let backends = nimbus_gateway::Backends {
+        functions: functions.router(),
+        serves_function: Arc::new(functions.route_probe()),
+        site: axum::Router::new().fallback(nimbus_gateway::not_found),
+        operations: Arc::new(move || operations(&listed.list())),
+    };
+    let admin = functions.admin_router().merge(nimbus_gateway::keys_admin_router(gateway.keys().clone()));
     let routes = nimbus_gateway::platform_routes(platform)
-        .merge(nimbus_gateway::admin_only(functions.admin_router(), admin_token))
-        .fallback_service(functions.router());
+        .merge(nimbus_gateway::admin_only(admin, admin_token))
+        .merge(functions.invocations_router())
+        .merge(gateway.openapi_router(&backends))
+        .fallback_service(gateway.router(backends));
     let app = nimbus_gateway::edge(routes);
 
     print_banner(&config, addr, &token_path, token_created, store.as_ref(), &data_dir, &functions.list());
@@ -87,6 +98,20 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     }
     drop(data_dir);
     Ok(())
+}
+
+/// Function routes as the OpenAPI document lists them (a command worker serves several).
+fn operations(functions: &[nimbus_functions::FunctionInfo]) -> Vec<nimbus_gateway::Operation> {
+    functions
+        .iter()
+        .flat_map(|f| {
+            f.route.split(", ").map(|route| nimbus_gateway::Operation {
+                path: route.to_owned(),
+                methods: f.methods.clone(),
+                function: f.name.clone(),
+            })
+        })
+        .collect()
 }
 
 async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {

@@ -69,9 +69,12 @@ async def crash(req, ctx):
     os._exit(3)
 "#;
 
+/// These tests are about functions, not tokens: every path is open.
+const ANONYMOUS: &str = "[[routes]]\npath = \"/*\"\nauth = \"anonymous\"\n";
+
 fn python_app(extra_manifest: &str) -> App {
     let manifest = format!(
-        "[workers.main]\nruntime = \"python\"\nentry = \"functions/app.py\"\nenv = {{ GREETING = \"hi\" }}\n\n{extra_manifest}"
+        "[workers.main]\nruntime = \"python\"\nentry = \"functions/app.py\"\nenv = {{ GREETING = \"hi\" }}\n\n{extra_manifest}\n{ANONYMOUS}"
     );
     let app = App::new(Some(&manifest));
     std::fs::create_dir_all(app.path().join("functions")).unwrap();
@@ -397,7 +400,7 @@ module.exports = app;
 
 #[tokio::test]
 async fn node_functions_answer_and_stream() {
-    let app = App::new(Some("[workers.web]\nruntime = \"node\"\nentry = \"functions/app.js\"\n"));
+    let app = App::new(Some(&format!("[workers.web]\nruntime = \"node\"\nentry = \"functions/app.js\"\n{ANONYMOUS}")));
     std::fs::create_dir_all(app.path().join("functions")).unwrap();
     std::fs::write(app.path().join("functions/app.js"), APP_JS).unwrap();
     let node = app.start(&[]);
@@ -451,6 +454,11 @@ routes = ["/legacy/*"]
 [[routes]]
 path = "/legacy/slow"
 timeout = "300ms"
+auth = "anonymous"
+
+[[routes]]
+path = "/legacy/*"
+auth = "anonymous"
 "#,
     ));
     std::fs::write(app.path().join("legacy.js"), LEGACY_JS).unwrap();
@@ -484,7 +492,7 @@ async fn poll_done(url: &str) -> reqwest::Response {
 
 #[tokio::test]
 async fn respond_async_answers_202_and_keeps_the_result_across_restarts() {
-    let app = python_app("[[routes]]\npath = \"/env\"\nasync = true\n");
+    let app = python_app("[[routes]]\npath = \"/env\"\nasync = true\nauth = \"anonymous\"\n");
     let mut node = app.start(&[]);
 
     let resp = client().get(node.url("/slow?s=1")).header("prefer", "wait=5, respond-async").send().await.unwrap();

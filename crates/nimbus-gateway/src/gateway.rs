@@ -1,0 +1,463 @@
+//! The policy pipeline in front of every backend. A request to an app path finds the most specific
+//! `[[routes]]` entry that fits (or, on a function route no entry covers, the default: a valid
+//! token), then runs its policies in this fixed order:
+//!
+//! CORS → size limit → authentication → authorization → rate limit → quota → request transforms
+//! → backend → response transforms.
+//!
+//! Paths that neither a route nor a function claims go to the static site, untouched.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use nimbus_api::{ApiError, Caller, RouteLabel, RoutePolicy};
+use nimbus_config::{AuthMode, Manifest};
+use nimbus_store::Store;
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+use tower::util::BoxCloneSyncService;
+
+use crate::client::HttpClient;
+use crate::jwt::Verifier;
+use crate::keys::{ApiKeys, KeyRejection};
+use crate::limit::{LimitHeaders, Subject};
+use crate::route::{Backend, Route};
+
+/// The components a route can lead to, as the binary wires them.
+#[derive(Clone)]
+pub struct Backends {
+    /// Serves function routes (and answers 404 for paths no function has).
+    pub functions: Router,
+    /// Whether some function's route matches a path, whatever the method.
+    pub serves_function: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    /// The static site: what serves paths nothing else claims.
+    pub site: Router,
+    /// The app's HTTP operations, for the OpenAPI document.
+    pub operations: Arc<dyn Fn() -> Vec<Operation> + Send + Sync>,
+}
+
+/// One function route, as the OpenAPI document describes it.
+#[derive(Debug, Clone)]
+pub struct Operation {
+    pub path: String,
+    /// Empty means every method.
+    pub methods: Vec<String>,
+    pub function: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("routes[{index}]: {message}")]
+pub struct GatewayError {
+    index: usize,
+    message: String,
+}
+
+/// The gateway's policies, compiled from the manifest.
+pub struct Gateway {
+    routes: Vec<Arc<Route>>,
+    default_route: Arc<Route>,
+    verifier: Arc<Verifier>,
+    keys: ApiKeys,
+    client: HttpClient,
+    request_timeout: Duration,
+    pub(crate) app: String,
+    pub(crate) openid_configuration: Vec<String>,
+}
+
+type Svc = BoxCloneSyncService<Request, Response, Infallible>;
+
+struct Dispatch {
+    gateway: Arc<Gateway>,
+    /// Index-aligned with `gateway.routes`: each route's pipeline wrapped in its CORS layer.
+    services: Vec<Svc>,
+    default_service: Svc,
+    backends: Backends,
+}
+
+impl Gateway {
+    /// Compiles `[[routes]]` (already validated by `nimbus-config`) and starts the background work:
+    /// fetching issuers' keys and forgetting idle rate-limit state.
+    pub fn start(manifest: &Manifest, app: &str, store: Arc<dyn Store>) -> Result<Arc<Self>, GatewayError> {
+        let client = crate::client::build();
+        let mut routes = Vec::new();
+        for (index, section) in manifest.routes.iter().enumerate() {
+            let route = Route::compile(section, manifest, &store).map_err(|message| GatewayError { index, message })?;
+            routes.push(Arc::new(route));
+        }
+        // Most specific first; among equals, the order of the manifest.
+        routes.sort_by_key(|r| r.pattern.as_ref().map(|p| p.specificity()));
+        let verifier = Arc::new(Verifier::new(manifest, client.clone()));
+        let gateway = Arc::new(Self {
+            default_route: Arc::new(Route::default_for_functions(manifest)),
+            routes,
+            openid_configuration: verifier
+                .issuers()
+                .iter()
+                .map(|i| format!("{}/.well-known/openid-configuration", i.issuer.trim_end_matches('/')))
+                .collect(),
+            verifier,
+            keys: ApiKeys::new(store),
+            client,
+            request_timeout: manifest.server.request_timeout.get(),
+            app: app.to_owned(),
+        });
+        let weak = Arc::downgrade(&gateway);
+        tokio::spawn(async move {
+            if let Some(g) = weak.upgrade() {
+                g.verifier.warm().await;
+            }
+            housekeep(weak).await;
+        });
+        Ok(gateway)
+    }
+
+    pub fn keys(&self) -> &ApiKeys {
+        &self.keys
+    }
+
+    /// Serves every app path (the binary sets it as the fallback after the platform's routes).
+    pub fn router(self: &Arc<Self>, backends: Backends) -> Router {
+        let services = self.routes.iter().map(|r| pipeline(self.clone(), r.clone(), backends.clone())).collect();
+        let default_service = pipeline(self.clone(), self.default_route.clone(), backends.clone());
+        let dispatch = Arc::new(Dispatch { gateway: self.clone(), services, default_service, backends });
+        Router::new().fallback(dispatch_request).with_state(dispatch)
+    }
+
+    /// `GET /_nimbus/openapi.json`: public, like the API it describes.
+    pub fn openapi_router(self: &Arc<Self>, backends: &Backends) -> Router {
+        let gateway = self.clone();
+        let operations = backends.operations.clone();
+        Router::new().route(
+            "/_nimbus/openapi.json",
+            axum::routing::get(move || {
+                let doc = crate::openapi::document(&gateway, &operations());
+                async move { axum::Json(doc) }
+            }),
+        )
+    }
+
+    /// The route that governs `method path`: a `[[routes]]` entry, else the default when a
+    /// function serves the path, else none (the site's paths are public).
+    /// A route whose backend is a function but where no function serves the path leaves it to the
+    /// site too, so that a broad pattern like `/*` does not hide the site.
+    fn find(&self, method: &Method, path: &str, serves_function: &dyn Fn(&str) -> bool) -> Option<usize> {
+        let serves = std::cell::OnceCell::new();
+        let serves = || *serves.get_or_init(|| serves_function(path));
+        match self.routes.iter().position(|r| r.matches(method, path)) {
+            Some(i) if matches!(self.routes[i].backend, Backend::Function) && !serves() => None,
+            Some(i) => Some(i),
+            None => serves().then_some(usize::MAX),
+        }
+    }
+
+    pub(crate) fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    pub(crate) fn default_route(&self) -> &Route {
+        &self.default_route
+    }
+}
+
+async fn dispatch_request(State(d): State<Arc<Dispatch>>, req: Request) -> Response {
+    // A CORS preflight is matched by the method it asks about.
+    let method = match (req.method(), req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD)) {
+        (&Method::OPTIONS, Some(asked)) if req.headers().contains_key(header::ORIGIN) => {
+            Method::from_bytes(asked.as_bytes()).unwrap_or(Method::OPTIONS)
+        }
+        (m, _) => m.clone(),
+    };
+    let service = match d.gateway.find(&method, req.uri().path(), d.backends.serves_function.as_ref()) {
+        Some(usize::MAX) => d.default_service.clone(),
+        Some(i) => d.services[i].clone(),
+        None => return d.backends.site.clone().oneshot(req).await.unwrap_or_else(|e| match e {}),
+    };
+    service.oneshot(req).await.unwrap_or_else(|e| match e {})
+}
+
+/// One route's policies as a service, inside its CORS layer (outermost, so that refusals carry
+/// CORS headers a browser script can read).
+fn pipeline(gateway: Arc<Gateway>, route: Arc<Route>, backends: Backends) -> Svc {
+    let cors = route.cors.clone();
+    let inner = tower::service_fn(move |req: Request| {
+        let (gateway, route, backends) = (gateway.clone(), route.clone(), backends.clone());
+        async move {
+            let started = Instant::now();
+            let mut response = match run(&gateway, &route, &backends, req).await {
+                Ok(r) | Err(r) => r,
+            };
+            route.metrics.record(response.status(), started.elapsed());
+            if response.extensions().get::<RouteLabel>().is_none() {
+                response.extensions_mut().insert(RouteLabel(route.label.clone()));
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    match cors {
+        Some(layer) => BoxCloneSyncService::new(tower::Layer::layer(&layer, inner)),
+        None => BoxCloneSyncService::new(inner),
+    }
+}
+
+async fn run(gateway: &Gateway, route: &Route, backends: &Backends, mut req: Request) -> Result<Response, Response> {
+    // Size limit.
+    if let Some(limit) = route.max_body {
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            route.metrics.rejected("size");
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body is larger than this route accepts ({limit} bytes)"),
+            )
+            .into_response());
+        }
+    }
+
+    // Authentication.
+    let mut claims: Option<Arc<Value>> = None;
+    let mut api_key: Option<String> = None;
+    match route.auth {
+        AuthMode::Anonymous => {}
+        AuthMode::Jwt => {
+            let Some(token) = bearer(req.headers()) else {
+                route.metrics.rejected("authentication");
+                return Err(unauthorized("unauthorized", "this route requires a bearer token", None));
+            };
+            match gateway.verifier.verify(token).await {
+                Ok(verified) => claims = Some(verified),
+                Err(e) => {
+                    route.metrics.rejected("authentication");
+                    return Err(unauthorized("invalid_token", &e.0, Some("invalid_token")));
+                }
+            }
+        }
+        AuthMode::ApiKey => {
+            let presented = req
+                .headers()
+                .get("x-api-key")
+                .or_else(|| req.headers().get("ocp-apim-subscription-key"))
+                .and_then(|v| v.to_str().ok());
+            let Some(presented) = presented else {
+                route.metrics.rejected("authentication");
+                return Err(key_refused("api_key_required", "this route requires an API key in `x-api-key`"));
+            };
+            let info = match gateway.keys.verify(presented).await {
+                Ok(Ok(info)) => info,
+                Ok(Err(why)) => {
+                    route.metrics.rejected("authentication");
+                    return Err(match why {
+                        KeyRejection::Unknown => key_refused("invalid_api_key", "the API key is not valid"),
+                        KeyRejection::Expired => key_refused("api_key_expired", "the API key has expired"),
+                        KeyRejection::Revoked => key_refused("api_key_revoked", "the API key has been revoked"),
+                    });
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read API keys");
+                    return Err(store_unavailable());
+                }
+            };
+            if !info.routes.is_empty() && !info.routes.iter().any(|r| **r == *route.label) {
+                route.metrics.rejected("authorization");
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "the API key is not valid for this route",
+                )
+                .into_response());
+            }
+            claims = Some(Arc::new(json!({"api_key": {"id": info.id, "name": info.name}})));
+            api_key = Some(info.id);
+        }
+    }
+
+    // Authorization.
+    if route.auth == AuthMode::Jwt
+        && let Some(c) = &claims
+        && let Err(why) = crate::route::authorize(route, c)
+    {
+        route.metrics.rejected("authorization");
+        return Err(forbidden_scope(&why, &route.scopes));
+    }
+
+    // Rate limit, then quota.
+    let mut limit_headers = LimitHeaders::default();
+    if route.rate.is_some() || route.quota.is_some() {
+        let ip = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+        let subject = Subject { ip, headers: req.headers(), claims: claims.as_deref(), api_key: api_key.as_deref() };
+        if let Some(rate) = &route.rate
+            && let Err(exceeded) = rate.check(subject.key(&rate.key), &mut limit_headers)
+        {
+            route.metrics.rejected("rate_limit");
+            return Err(too_many("rate_limited", "too many requests; slow down", exceeded));
+        }
+        if let Some(quota) = &route.quota {
+            let key = subject.key(&quota.key);
+            match quota.take(&key, &mut limit_headers).await {
+                Ok(Ok(())) => {}
+                Ok(Err(exceeded)) => {
+                    route.metrics.rejected("quota");
+                    return Err(too_many("quota_exceeded", "the quota for this period is used up", exceeded));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot count the quota");
+                    return Err(store_unavailable());
+                }
+            }
+        }
+    }
+
+    // Request transforms.
+    route.request_headers.apply(req.headers_mut());
+    let path = route.backend_path(req.uri().path()).into_owned();
+    if let Some(caller) = claims {
+        req.extensions_mut().insert(Caller(caller));
+    }
+
+    // Backend.
+    let mut response = match &route.backend {
+        Backend::Function | Backend::Site => {
+            req.extensions_mut().insert(RoutePolicy {
+                timeout: route.timeout,
+                respond_async: route.respond_async,
+                max_body: route.max_body,
+            });
+            if path != req.uri().path() {
+                let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+                if let Ok(uri) = format!("{path}{query}").parse() {
+                    *req.uri_mut() = uri;
+                }
+            }
+            let backend = match route.backend {
+                Backend::Site => backends.site.clone(),
+                _ => backends.functions.clone(),
+            };
+            backend.oneshot(req).await.unwrap_or_else(|e| match e {})
+        }
+        Backend::Upstream(upstream) => {
+            if let Some(limit) = route.max_body {
+                req = req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit as usize)));
+            }
+            let timeout = route.timeout.unwrap_or(gateway.request_timeout);
+            upstream.forward(&gateway.client, req, &path, timeout).await
+        }
+    };
+
+    // Response transforms.
+    route.response_headers.apply(response.headers_mut());
+    limit_headers.apply(response.headers_mut());
+    Ok(response)
+}
+
+fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+/// A 401 with RFC 6750's `WWW-Authenticate` (the error code only when a token was presented).
+fn unauthorized(code: &'static str, message: &str, error: Option<&str>) -> Response {
+    let mut challenge = String::from("Bearer realm=\"nimbus\"");
+    if let Some(error) = error {
+        challenge.push_str(&format!(", error=\"{error}\", error_description=\"{}\"", quoted(message)));
+    }
+    with_challenge(ApiError::new(StatusCode::UNAUTHORIZED, code, message), &challenge)
+}
+
+fn key_refused(code: &'static str, message: &str) -> Response {
+    with_challenge(
+        ApiError::new(StatusCode::UNAUTHORIZED, code, message),
+        "ApiKey realm=\"nimbus\", header=\"x-api-key\"",
+    )
+}
+
+fn forbidden_scope(message: &str, scopes: &[String]) -> Response {
+    let mut challenge =
+        format!("Bearer realm=\"nimbus\", error=\"insufficient_scope\", error_description=\"{}\"", quoted(message));
+    if !scopes.is_empty() {
+        challenge.push_str(&format!(", scope=\"{}\"", quoted(&scopes.join(" "))));
+    }
+    with_challenge(ApiError::new(StatusCode::FORBIDDEN, "insufficient_scope", message), &challenge)
+}
+
+fn with_challenge(error: ApiError, challenge: &str) -> Response {
+    let mut response = error.into_response();
+    if let Ok(v) = HeaderValue::from_str(challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    response
+}
+
+/// Text fit for a quoted-string: printable ASCII without `"` and `\`.
+fn quoted(s: &str) -> String {
+    s.chars().map(|c| if c == '"' || c == '\\' { '\'' } else { c }).filter(|c| (' '..='~').contains(c)).collect()
+}
+
+fn too_many(code: &'static str, message: &str, exceeded: crate::limit::Exceeded) -> Response {
+    let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message).into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(exceeded.retry_after));
+    exceeded.headers.apply(response.headers_mut());
+    response
+}
+
+fn store_unavailable() -> Response {
+    let mut response = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the gateway cannot reach its store; try again",
+    )
+    .into_response();
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// Every minute: forget rate-limit state of idle clients; every hour: delete quota counters of
+/// periods that are over. Ends when the gateway is dropped.
+async fn housekeep(gateway: std::sync::Weak<Gateway>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rounds: u64 = 0;
+    loop {
+        tick.tick().await;
+        let Some(g) = gateway.upgrade() else { return };
+        for route in &g.routes {
+            if let Some(rate) = &route.rate {
+                rate.housekeep();
+            }
+            if rounds.is_multiple_of(60)
+                && let Some(quota) = &route.quota
+                && let Err(e) = quota.housekeep().await
+            {
+                tracing::warn!(route = %route.label, error = %e, "cannot purge old quota counters");
+            }
+        }
+        rounds += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_bearer_tokens() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer abc"));
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert_eq!(bearer(&h), None);
+        assert_eq!(quoted("a \"b\" \\ é"), "a 'b' ' ");
+    }
+}
