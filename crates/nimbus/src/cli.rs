@@ -21,6 +21,55 @@ pub enum Command {
     Init(InitArgs),
     /// Check DIR's nimbus.toml and report every problem with file:line:column.
     Validate(ValidateArgs),
+    /// Manage the API keys that `auth = "api_key"` routes accept.
+    Keys(KeysArgs),
+}
+
+/// Where a command that reads or writes the app's data finds it (the store a node uses).
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The app folder.
+    #[arg(long = "app", default_value = ".")]
+    pub app: PathBuf,
+    /// The node's data dir. [default: APP/.nimbus]
+    #[arg(long, env = "NIMBUS_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Store URL. [default: [store] url, else sqlite]
+    #[arg(long = "store", env = "NIMBUS_STORE")]
+    pub store: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it (the only time it is shown).
+    Create {
+        /// What the key is for, e.g. the client that will use it.
+        #[arg(long)]
+        name: String,
+        /// `[[routes]]` paths the key opens (repeat or separate with commas); all api_key routes if none.
+        #[arg(long = "routes", value_delimiter = ',')]
+        routes: Vec<String>,
+        /// Lifetime, e.g. "30d"; the key never expires if absent.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Show one key.
+    Show { id: String },
+    /// Revoke a key for good.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Args)]

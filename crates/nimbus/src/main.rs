@@ -4,6 +4,7 @@
 mod cli;
 mod data_dir;
 mod init;
+mod keys;
 mod logging;
 mod up;
 mod watch;
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
         Command::Up(args) => up::run(args),
         Command::Init(args) => init::run(args),
         Command::Validate(args) => validate(args),
+        Command::Keys(args) => keys::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,7 +18,7 @@ use crate::data_dir::DataDir;
 const DEFAULT_PORT: u16 = 7071;
 
 /// Every component's migrations, in the order they apply.
-fn migrations() -> Vec<Migration> {
+pub(crate) fn migrations() -> Vec<Migration> {
     nimbus_store::CORE_MIGRATIONS.to_vec()
 }
 

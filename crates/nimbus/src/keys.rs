@@ -1,0 +1,115 @@
+//! `nimbus keys create|list|show|revoke`: API keys, read and written in the app's store directly,
+//! so the commands work whether or not a node is running (every node reads keys from the store).
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::Context;
+use nimbus_gateway::{ApiKeyInfo, ApiKeys, KeyError};
+
+use crate::Failure;
+use crate::cli::{KeysArgs, KeysCommand, StoreArgs};
+
+pub fn run(args: KeysArgs) -> Result<(), Failure> {
+    let config = nimbus_config::load(&args.store.app).map_err(Failure::Config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let keys = ApiKeys::new(open_store(&args.store, &config).await?);
+        let json = args.store.json;
+        match args.command {
+            KeysCommand::Create { name, routes, expires } => {
+                let lifetime = match expires {
+                    Some(text) => {
+                        Some(text.parse::<nimbus_config::Duration>().map_err(|e| anyhow::anyhow!("--expires: {e}"))?.get())
+                    }
+                    None => None,
+                };
+                let (info, key) = keys.create(&name, routes, lifetime).await.map_err(explain)?;
+                if json {
+                    let mut out = serde_json::to_value(&info)?;
+                    out["key"] = key.into();
+                    println!("{out}");
+                } else {
+                    println!("Created API key \"{}\" (id {}).\n\n  {key}\n", info.name, info.id);
+                    println!("Keep it now: it is shown only once. Clients send it in the `x-api-key` header.");
+                }
+            }
+            KeysCommand::List => {
+                let list = keys.list().await.map_err(explain)?;
+                if json {
+                    println!("{}", serde_json::to_string(&list)?);
+                } else if list.is_empty() {
+                    println!("no API keys");
+                } else {
+                    println!("{:<16}  {:<8}  {:<20}  {:<20}  {:<20}  NAME", "ID", "STATUS", "CREATED", "EXPIRES", "ROUTES");
+                    for k in &list {
+                        println!(
+                            "{:<16}  {:<8}  {:<20}  {:<20}  {:<20}  {}",
+                            k.id,
+                            status(k),
+                            time(Some(k.created)),
+                            time(k.expires),
+                            if k.routes.is_empty() { "all".to_owned() } else { k.routes.join(",") },
+                            k.name
+                        );
+                    }
+                }
+            }
+            KeysCommand::Show { id } => print(&keys.get(&id).await.map_err(explain)?, json)?,
+            KeysCommand::Revoke { id } => {
+                let info = keys.revoke(&id).await.map_err(explain)?;
+                if json {
+                    print(&info, true)?;
+                } else {
+                    println!("Revoked API key \"{}\" (id {}).", info.name, info.id);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Opens the store a node of this app uses, without taking the node's lock (the store itself is
+/// safe to share: SQLite in WAL mode, or PostgreSQL).
+async fn open_store(
+    args: &StoreArgs,
+    config: &nimbus_config::AppConfig,
+) -> anyhow::Result<std::sync::Arc<dyn nimbus_store::Store>> {
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| config.dir.join(".nimbus"));
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    let url = args.store.clone().or_else(|| config.manifest.store.url.as_ref().map(|u| u.value().to_owned()));
+    Ok(nimbus_store::open(url.as_deref().unwrap_or("sqlite"), &data_dir, &crate::up::migrations()).await?)
+}
+
+fn explain(e: KeyError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+fn print(info: &ApiKeyInfo, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(info)?);
+    } else {
+        println!("id       {}", info.id);
+        println!("name     {}", info.name);
+        println!("status   {}", status(info));
+        println!("created  {}", time(Some(info.created)));
+        println!("expires  {}", time(info.expires));
+        println!("routes   {}", if info.routes.is_empty() { "all api_key routes".to_owned() } else { info.routes.join(", ") });
+    }
+    Ok(())
+}
+
+fn status(k: &ApiKeyInfo) -> &'static str {
+    let now = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    match (k.revoked, k.expires) {
+        (Some(_), _) => "revoked",
+        (None, Some(at)) if at <= now => "expired",
+        _ => "active",
+    }
+}
+
+fn time(secs: Option<u64>) -> String {
+    match secs {
+        Some(s) => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string(),
+        None => "never".to_owned(),
+    }
+}
