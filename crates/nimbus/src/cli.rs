@@ -29,13 +29,13 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct StoreArgs {
     /// The app folder.
-    #[arg(long = "app", default_value = ".")]
+    #[arg(long = "app", default_value = ".", global = true)]
     pub app: PathBuf,
     /// The node's data dir. [default: APP/.nimbus]
-    #[arg(long, env = "NIMBUS_DATA_DIR")]
+    #[arg(long, env = "NIMBUS_DATA_DIR", global = true)]
     pub data_dir: Option<PathBuf>,
     /// Store URL. [default: [store] url, else sqlite]
-    #[arg(long = "store", env = "NIMBUS_STORE")]
+    #[arg(long = "store", env = "NIMBUS_STORE", global = true)]
     pub store: Option<String>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]

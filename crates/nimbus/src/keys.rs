@@ -11,16 +11,17 @@ use crate::cli::{KeysArgs, KeysCommand, StoreArgs};
 
 pub fn run(args: KeysArgs) -> Result<(), Failure> {
     let config = nimbus_config::load(&args.store.app).map_err(Failure::Config)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async {
         let keys = ApiKeys::new(open_store(&args.store, &config).await?);
         let json = args.store.json;
         match args.command {
             KeysCommand::Create { name, routes, expires } => {
                 let lifetime = match expires {
-                    Some(text) => {
-                        Some(text.parse::<nimbus_config::Duration>().map_err(|e| anyhow::anyhow!("--expires: {e}"))?.get())
-                    }
+                    Some(text) => Some(
+                        text.parse::<nimbus_config::Duration>().map_err(|e| anyhow::anyhow!("--expires: {e}"))?.get(),
+                    ),
                     None => None,
                 };
                 let (info, key) = keys.create(&name, routes, lifetime).await.map_err(explain)?;
@@ -40,7 +41,10 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
                 } else if list.is_empty() {
                     println!("no API keys");
                 } else {
-                    println!("{:<16}  {:<8}  {:<20}  {:<20}  {:<20}  NAME", "ID", "STATUS", "CREATED", "EXPIRES", "ROUTES");
+                    println!(
+                        "{:<16}  {:<8}  {:<20}  {:<20}  {:<20}  NAME",
+                        "ID", "STATUS", "CREATED", "EXPIRES", "ROUTES"
+                    );
                     for k in &list {
                         println!(
                             "{:<16}  {:<8}  {:<20}  {:<20}  {:<20}  {}",
@@ -93,7 +97,10 @@ fn print(info: &ApiKeyInfo, json: bool) -> anyhow::Result<()> {
         println!("status   {}", status(info));
         println!("created  {}", time(Some(info.created)));
         println!("expires  {}", time(info.expires));
-        println!("routes   {}", if info.routes.is_empty() { "all api_key routes".to_owned() } else { info.routes.join(", ") });
+        println!(
+            "routes   {}",
+            if info.routes.is_empty() { "all api_key routes".to_owned() } else { info.routes.join(", ") }
+        );
     }
     Ok(())
 }

@@ -110,3 +110,47 @@ fn version_and_help() {
     let out = nimbus(&["up", "--port", "not-a-port"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `nimbus keys` writes to the store a running node reads: a key created from the CLI opens an
+/// `api_key` route at once, and a revocation from the CLI closes it at once.
+#[tokio::test]
+async fn keys_made_by_the_cli_open_and_close_routes_of_a_running_node() {
+    let app = App::new(Some(
+        "[workers.main]\nruntime = \"python\"\nentry = \"app.py\"\n\n[[routes]]\npath = \"/paid\"\nauth = \"api_key\"\n",
+    ));
+    std::fs::write(
+        app.path().join("app.py"),
+        "import nimbus\napp = nimbus.App()\n\n@app.http(\"/paid\", methods=[\"GET\"])\nasync def paid(req, ctx):\n    return {\"caller\": req.claims}\n",
+    )
+    .unwrap();
+    let node = app.start(&[]);
+    let dir = app.path().to_str().unwrap();
+    let out = nimbus(&["keys", "--app", dir, "--json", "create", "--name", "partner", "--expires", "1d"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (id, key) = (created["id"].as_str().unwrap(), created["key"].as_str().unwrap());
+    assert!(key.starts_with(&format!("nk_{id}_")), "{created}");
+
+    let client = reqwest::Client::new();
+    let call = |key: &str| client.get(node.url("/paid")).header("x-api-key", key.to_owned()).send();
+    let resp = call(key).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["caller"], serde_json::json!({"api_key": {"id": id, "name": "partner"}}));
+
+    let listed = text(&nimbus(&["keys", "--app", dir, "list"]).stdout);
+    assert!(listed.contains(id) && listed.contains("active") && !listed.contains(key), "{listed}");
+
+    let out = nimbus(&["keys", "--app", dir, "revoke", id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let resp = call(key).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "api_key_revoked");
+
+    let out = nimbus(&["keys", "--app", dir, "revoke", "0123456789abcdef"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no API key has id \"0123456789abcdef\""), "{}", text(&out.stderr));
+    let out = nimbus(&["keys", "--app", dir, "create", "--name", "x", "--expires", "soon"]);
+    assert!(text(&out.stderr).contains("--expires: invalid duration \"soon\""), "{}", text(&out.stderr));
+}
