@@ -66,6 +66,7 @@ pub struct Gateway {
     keys: ApiKeys,
     client: HttpClient,
     request_timeout: Duration,
+    max_request_body: u64,
     pub(crate) app: String,
     pub(crate) openid_configuration: Vec<String>,
 }
@@ -105,6 +106,7 @@ impl Gateway {
             keys: ApiKeys::new(store),
             client,
             request_timeout: manifest.server.request_timeout.get(),
+            max_request_body: manifest.server.max_request_body.0,
             app: app.to_owned(),
         });
         let weak = Arc::downgrade(&gateway);
@@ -150,7 +152,11 @@ impl Gateway {
         let serves = std::cell::OnceCell::new();
         let serves = || *serves.get_or_init(|| serves_function(path));
         match self.routes.iter().position(|r| r.matches(method, path)) {
-            Some(i) if matches!(self.routes[i].backend, Backend::Function) && !serves() => None,
+            Some(i) if matches!(self.routes[i].backend, Backend::Function) => {
+                let rewritten = self.routes[i].backend_path(path);
+                let serves = if rewritten == path { serves() } else { serves_function(&rewritten) };
+                serves.then_some(i)
+            }
             Some(i) => Some(i),
             None => serves().then_some(usize::MAX),
         }
@@ -166,6 +172,9 @@ impl Gateway {
 }
 
 async fn dispatch_request(State(d): State<Arc<Dispatch>>, req: Request) -> Response {
+    if let Err(why) = check_path(req.uri().path()) {
+        return ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", why).into_response();
+    }
     // A CORS preflight is matched by the method it asks about.
     let method = match (req.method(), req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD)) {
         (&Method::OPTIONS, Some(asked)) if req.headers().contains_key(header::ORIGIN) => {
@@ -211,12 +220,7 @@ async fn run(gateway: &Gateway, route: &Route, backends: &Backends, mut req: Req
         let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
             route.metrics.rejected("size");
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the request body is larger than this route accepts ({limit} bytes)"),
-            )
-            .into_response());
+            return Err(too_large(limit));
         }
     }
 
@@ -272,6 +276,9 @@ async fn run(gateway: &Gateway, route: &Route, backends: &Backends, mut req: Req
                 )
                 .into_response());
             }
+            // The key is a secret between the client and the gateway: it goes no further.
+            req.headers_mut().remove("x-api-key");
+            req.headers_mut().remove("ocp-apim-subscription-key");
             claims = Some(Arc::new(json!({"api_key": {"id": info.id, "name": info.name}})));
             api_key = Some(info.id);
         }
@@ -344,9 +351,13 @@ async fn run(gateway: &Gateway, route: &Route, backends: &Backends, mut req: Req
             backend.oneshot(req).await.unwrap_or_else(|e| match e {})
         }
         Backend::Upstream(upstream) => {
-            if let Some(limit) = route.max_body {
-                req = req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit as usize)));
+            let limit = route.max_body.map_or(gateway.max_request_body, |l| l.min(gateway.max_request_body));
+            let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > limit) {
+                route.metrics.rejected("size");
+                return Err(too_large(limit));
             }
+            req = req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit as usize)));
             let timeout = route.timeout.unwrap_or(gateway.request_timeout);
             upstream.forward(&gateway.client, req, &path, timeout).await
         }
@@ -356,6 +367,21 @@ async fn run(gateway: &Gateway, route: &Route, backends: &Backends, mut req: Req
     route.response_headers.apply(response.headers_mut());
     limit_headers.apply(response.headers_mut());
     Ok(response)
+}
+
+/// Refuses paths that could mean another path to a backend than to the route matcher: `.` and
+/// `..` segments, also percent-encoded or hidden behind an encoded `/` or `\`, and NUL.
+fn check_path(path: &str) -> Result<(), &'static str> {
+    for segment in path.split('/') {
+        let decoded = percent_encoding::percent_decode_str(segment).collect::<Vec<u8>>();
+        if decoded.contains(&0) {
+            return Err("the path contains a NUL byte");
+        }
+        if decoded.split(|b| *b == b'/' || *b == b'\\').any(|part| part == b"." || part == b"..") {
+            return Err("the path contains a `.` or `..` segment");
+        }
+    }
+    Ok(())
 }
 
 fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
@@ -409,6 +435,15 @@ fn too_many(code: &'static str, message: &str, exceeded: crate::limit::Exceeded)
     response
 }
 
+fn too_large(limit: u64) -> Response {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("the request body is larger than this route accepts ({limit} bytes)"),
+    )
+    .into_response()
+}
+
 fn store_unavailable() -> Response {
     let mut response = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -447,6 +482,25 @@ async fn housekeep(gateway: std::sync::Weak<Gateway>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refuses_paths_that_climb() {
+        for ok in ["/", "/a/b", "/a%2Fb", "/files/.hidden", "/a/..b", "/v1.2/x"] {
+            assert_eq!(check_path(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "/up/../secret",
+            "/up/%2e%2e/secret",
+            "/up/..%2fsecret",
+            "/up/%2E/x",
+            "/a/.",
+            "/a\\..",
+            "/a/%5c..%5cb",
+            "/a%00",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn reads_bearer_tokens() {

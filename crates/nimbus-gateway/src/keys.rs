@@ -82,13 +82,14 @@ impl ApiKeys {
         let id = nimbus_api::hex(&rand::rng().random::<[u8; 8]>());
         let secret = nimbus_api::hex(&rand::rng().random::<[u8; 32]>());
         let key = format!("nk_{id}_{secret}");
-        let created = now();
+        let exact = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let info = ApiKeyInfo {
             id: id.clone(),
             name: name.to_owned(),
             routes,
-            created,
-            expires: lifetime.map(|l| created + l.as_secs()),
+            created: exact.as_secs(),
+            // Rounded up, so a key never loses part of its lifetime to rounding.
+            expires: lifetime.map(|l| (exact + l).as_secs_f64().ceil() as u64),
             revoked: None,
         };
         let stored = Stored { info: info.clone(), hash: digest(&key) };

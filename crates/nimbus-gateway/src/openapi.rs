@@ -15,22 +15,15 @@ pub(crate) fn document(gateway: &Gateway, functions: &[Operation]) -> Value {
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for op in functions {
         let Ok(pattern) = PathPattern::parse(&op.path) else { continue };
-        let route = governing(gateway, &op.path);
         let methods: Vec<String> = match op.methods.is_empty() {
             true => METHODS.iter().map(|m| m.to_string()).collect(),
             false => op.methods.iter().map(|m| m.to_ascii_lowercase()).collect(),
         };
         let item = paths.entry(openapi_path(&pattern)).or_default();
         for method in methods {
-            item.insert(
-                method.clone(),
-                operation(
-                    route,
-                    &pattern,
-                    &format!("{}_{method}", op.function),
-                    &format!("function `{}`", op.function),
-                ),
-            );
+            let route = governing(gateway, &method, &op.path);
+            let id = format!("{}_{method}", op.function);
+            item.insert(method.clone(), operation(route, &pattern, &id, &format!("function `{}`", op.function)));
         }
     }
     for route in gateway.routes() {
@@ -72,14 +65,11 @@ pub(crate) fn document(gateway: &Gateway, functions: &[Operation]) -> Value {
     })
 }
 
-/// The `[[routes]]` entry whose pattern covers every path of `pattern`: the most specific one
-/// that matches the pattern written as a path, else the default.
-fn governing<'g>(gateway: &'g Gateway, path: &str) -> &'g Route {
-    gateway
-        .routes()
-        .iter()
-        .find(|r| r.pattern.as_ref().is_some_and(|p| p.capture(path).is_some()))
-        .map_or(gateway.default_route(), |r| r.as_ref())
+/// The `[[routes]]` entry that governs `method` on a function pattern: the most specific one that
+/// matches the pattern written as a path, for that method, else the default.
+fn governing<'g>(gateway: &'g Gateway, method: &str, path: &str) -> &'g Route {
+    let method = axum::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap_or_default();
+    gateway.routes().iter().find(|r| r.matches(&method, path)).map_or(gateway.default_route(), |r| r.as_ref())
 }
 
 fn operation(route: &Route, pattern: &PathPattern, id: &str, summary: &str) -> Value {
