@@ -84,7 +84,12 @@ struct Dispatch {
 impl Gateway {
     /// Compiles `[[routes]]` (already validated by `nimbus-config`) and starts the background work:
     /// fetching issuers' keys and forgetting idle rate-limit state.
-    pub fn start(manifest: &Manifest, app: &str, store: Arc<dyn Store>) -> Result<Arc<Self>, GatewayError> {
+    pub fn start(
+        manifest: &Manifest,
+        app: &str,
+        store: Arc<dyn Store>,
+        own_issuer: Option<crate::jwt::LocalIssuer>,
+    ) -> Result<Arc<Self>, GatewayError> {
         let client = crate::client::build();
         let mut routes = Vec::new();
         for (index, section) in manifest.routes.iter().enumerate() {
@@ -93,7 +98,7 @@ impl Gateway {
         }
         // Most specific first; among equals, the order of the manifest.
         routes.sort_by_key(|r| r.pattern.as_ref().map(|p| p.specificity()));
-        let verifier = Arc::new(Verifier::new(manifest, client.clone()));
+        let verifier = Arc::new(Verifier::new(manifest, own_issuer, client.clone()));
         let gateway = Arc::new(Self {
             default_route: Arc::new(Route::default_for_functions(manifest)),
             routes,

@@ -48,11 +48,28 @@ struct KeySet {
     attempted: Option<Instant>,
 }
 
+/// Where an issuer's keys come from.
+enum KeySource {
+    /// Discovery, or the configured `jwks_uri`.
+    Remote { jwks_uri: Option<String> },
+    /// The node's own identity, in process.
+    Local(Arc<dyn Fn() -> Value + Send + Sync>),
+}
+
+/// The node's own identity as a trusted issuer.
+#[derive(Clone)]
+pub struct LocalIssuer {
+    pub issuer: String,
+    pub audience: String,
+    /// The identity's current JWK set.
+    pub jwks: Arc<dyn Fn() -> Value + Send + Sync>,
+}
+
 pub(crate) struct Issuer {
     pub issuer: String,
     pub audience: String,
     algorithms: Vec<Algorithm>,
-    jwks_uri: Option<String>,
+    source: KeySource,
     keys: RwLock<KeySet>,
     refresh: tokio::sync::Mutex<()>,
 }
@@ -71,7 +88,7 @@ pub(crate) struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(manifest: &nimbus_config::Manifest, client: HttpClient) -> Self {
+    pub fn new(manifest: &nimbus_config::Manifest, local: Option<LocalIssuer>, client: HttpClient) -> Self {
         let default_audience = manifest.identity.as_ref().and_then(|i| i.audience.clone());
         let issuers = manifest
             .gateway
@@ -86,11 +103,21 @@ impl Verifier {
                     issuer: section.issuer.clone(),
                     audience: section.audience.clone().or_else(|| default_audience.clone()).unwrap_or_default(),
                     algorithms: algorithms.into_iter().filter_map(|a| a.parse().ok()).collect(),
-                    jwks_uri: section.jwks_uri.clone(),
+                    source: KeySource::Remote { jwks_uri: section.jwks_uri.clone() },
                     keys: RwLock::default(),
                     refresh: tokio::sync::Mutex::new(()),
                 })
             })
+            .chain(local.map(|own| {
+                Arc::new(Issuer {
+                    issuer: own.issuer,
+                    audience: own.audience,
+                    algorithms: vec![Algorithm::RS256],
+                    source: KeySource::Local(own.jwks),
+                    keys: RwLock::default(),
+                    refresh: tokio::sync::Mutex::new(()),
+                })
+            }))
             .collect();
         Self { issuers, leeway: manifest.gateway.leeway.get().as_secs(), client, cache: Mutex::new(HashMap::new()) }
     }
@@ -170,19 +197,12 @@ impl Verifier {
             }
             return Ok(key);
         }
-        let may_refetch = issuer
-            .keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .attempted
-            .is_none_or(|at| at.elapsed() >= REFETCH_FLOOR);
-        if may_refetch {
-            if let Err(e) = self.refresh(issuer, Some(REFETCH_FLOOR)).await {
-                tracing::warn!(issuer = %issuer.issuer, error = %e, "cannot fetch the issuer's signing keys");
-            }
-            if let (Some(key), _) = issuer.lookup(kid) {
-                return Ok(key);
-            }
+        // Waits for a fetch in flight (the one at start, say); fetches anew only past the floor.
+        if let Err(e) = self.refresh(issuer, Some(REFETCH_FLOOR)).await {
+            tracing::warn!(issuer = %issuer.issuer, error = %e, "cannot fetch the issuer's signing keys");
+        }
+        if let (Some(key), _) = issuer.lookup(kid) {
+            return Ok(key);
         }
         Err(TokenError::new(match kid {
             Some(kid) => format!("signing key \"{kid}\" is unknown to the issuer"),
@@ -239,22 +259,16 @@ async fn fetch_into(client: &HttpClient, issuer: &Issuer, floor: Option<Duration
         }
     }
     issuer.keys.write().unwrap_or_else(|p| p.into_inner()).attempted = Some(Instant::now());
-    let jwks_uri = match &issuer.jwks_uri {
-        Some(uri) => uri.clone(),
-        None => {
-            let url = format!("{}/.well-known/openid-configuration", issuer.issuer.trim_end_matches('/'));
-            let discovery = crate::client::get_json(client, &url).await?;
-            if discovery.get("issuer").and_then(Value::as_str) != Some(issuer.issuer.as_str()) {
-                return Err(format!("{url} names another issuer; refusing its keys"));
-            }
-            discovery
-                .get("jwks_uri")
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("{url} has no `jwks_uri`"))?
-                .to_owned()
+    let (document, jwks_uri) = match &issuer.source {
+        KeySource::Local(jwks) => (jwks(), "the node's identity".to_owned()),
+        KeySource::Remote { jwks_uri } => {
+            let jwks_uri = match jwks_uri {
+                Some(uri) => uri.clone(),
+                None => discover(client, &issuer.issuer).await?,
+            };
+            (crate::client::get_json(client, &jwks_uri).await?, jwks_uri)
         }
     };
-    let document = crate::client::get_json(client, &jwks_uri).await?;
     let set: JwkSet = serde_json::from_value(document).map_err(|e| format!("{jwks_uri} is not a JWK set: {e}"))?;
     let mut fresh = KeySet { fetched: Some(Instant::now()), attempted: Some(Instant::now()), ..KeySet::default() };
     for jwk in &set.keys {
@@ -285,6 +299,20 @@ async fn fetch_into(client: &HttpClient, issuer: &Issuer, floor: Option<Duration
     tracing::debug!(issuer = %issuer.issuer, keys = fresh.by_kid.len() + fresh.anonymous.len(), "fetched signing keys");
     *keys = fresh;
     Ok(changed)
+}
+
+/// The `jwks_uri` of an issuer's discovery document, which must name the issuer itself.
+async fn discover(client: &HttpClient, issuer: &str) -> Result<String, String> {
+    let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+    let discovery = crate::client::get_json(client, &url).await?;
+    if discovery.get("issuer").and_then(Value::as_str) != Some(issuer) {
+        return Err(format!("{url} names another issuer; refusing its keys"));
+    }
+    discovery
+        .get("jwks_uri")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| format!("{url} has no `jwks_uri`"))
 }
 
 /// The `iss` of a token before verification, to pick the issuer whose keys verify it.

@@ -33,6 +33,7 @@ use nimbus_store::Store;
 
 pub use admin::{AdminToken, AdminTokenError, admin_only};
 pub use gateway::{Backends, Gateway, GatewayError, Operation};
+pub use jwt::LocalIssuer;
 pub use keys::{ApiKeyInfo, ApiKeys, KeyError, admin_router as keys_admin_router};
 pub use metrics::{MetricsHandle, install_metrics};
 pub use nimbus_api::{RequestId, TraceContext};

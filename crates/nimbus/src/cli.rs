@@ -23,6 +23,22 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Manage the API keys that `auth = "api_key"` routes accept.
     Keys(KeysArgs),
+    /// Manage the built-in identity provider.
+    Identity(IdentityArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct IdentityArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(subcommand)]
+    pub command: IdentityCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdentityCommand {
+    /// Make a new signing key; the old ones stay in the JWKS until the tokens they signed expire.
+    RotateKey,
 }
 
 /// Where a command that reads or writes the app's data finds it (the store a node uses).

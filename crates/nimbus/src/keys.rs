@@ -1,5 +1,6 @@
-//! `nimbus keys create|list|show|revoke`: API keys, read and written in the app's store directly,
-//! so the commands work whether or not a node is running (every node reads keys from the store).
+//! `nimbus keys create|list|show|revoke` (API keys) and `nimbus identity rotate-key` (signing keys):
+//! read and written in the app's store directly, so the commands work whether or not a node is
+//! running (nodes read API keys from the store per request, and reread signing keys every 30 s).
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -7,7 +8,31 @@ use anyhow::Context;
 use nimbus_gateway::{ApiKeyInfo, ApiKeys, KeyError};
 
 use crate::Failure;
-use crate::cli::{KeysArgs, KeysCommand, StoreArgs};
+use crate::cli::{IdentityArgs, IdentityCommand, KeysArgs, KeysCommand, StoreArgs};
+
+pub fn identity(args: IdentityArgs) -> Result<(), Failure> {
+    let config = nimbus_config::load(&args.store.app).map_err(Failure::Config)?;
+    if config.manifest.identity.is_none() {
+        return Err(anyhow::anyhow!("the app has no [identity] section; add one to run the identity provider").into());
+    }
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
+    runtime.block_on(async {
+        let store = open_store(&args.store, &config).await?;
+        match args.command {
+            IdentityCommand::RotateKey => {
+                let kid = nimbus_identity::rotate_key(&config.manifest, store).await?;
+                if args.store.json {
+                    println!("{}", serde_json::json!({"kid": kid}));
+                } else {
+                    println!("New signing key {kid}; running nodes sign with it within 30 s.");
+                    println!("The old keys stay in the JWKS until the tokens they signed have expired.");
+                }
+            }
+        }
+        Ok(())
+    })
+}
 
 pub fn run(args: KeysArgs) -> Result<(), Failure> {
     let config = nimbus_config::load(&args.store.app).map_err(Failure::Config)?;

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Init(args) => init::run(args),
         Command::Validate(args) => validate(args),
         Command::Keys(args) => keys::run(args),
+        Command::Identity(args) => keys::identity(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -68,7 +68,21 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         }),
     };
     let admin_token = platform.admin_token.clone();
-    let gateway = nimbus_gateway::Gateway::start(manifest, &config.name(), store.clone())?;
+    let identity = match &manifest.identity {
+        Some(_) => {
+            Some(nimbus_identity::Identity::start(manifest, &config.name(), node_url(addr), store.clone()).await?)
+        }
+        None => None,
+    };
+    let own_issuer = identity.as_ref().map(|id| {
+        let keys = id.clone();
+        nimbus_gateway::LocalIssuer {
+            issuer: id.issuer().to_owned(),
+            audience: id.audience().to_owned(),
+            jwks: Arc::new(move || keys.jwks()),
+        }
+    });
+    let gateway = nimbus_gateway::Gateway::start(manifest, &config.name(), store.clone(), own_issuer)?;
     let listed = functions.clone();
     let backends = nimbus_gateway::Backends {
         functions: functions.router(),
@@ -77,14 +91,26 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         operations: Arc::new(move || operations(&listed.list())),
     };
     let admin = functions.admin_router().merge(nimbus_gateway::keys_admin_router(gateway.keys().clone()));
-    let routes = nimbus_gateway::platform_routes(platform)
+    let mut routes = nimbus_gateway::platform_routes(platform)
         .merge(nimbus_gateway::admin_only(admin, admin_token))
         .merge(functions.invocations_router())
         .merge(gateway.openapi_router(&backends))
         .fallback_service(gateway.router(backends));
+    if let Some(identity) = &identity {
+        routes = routes.merge(identity.router());
+    }
     let app = nimbus_gateway::edge(routes);
 
-    print_banner(&config, addr, &token_path, token_created, store.as_ref(), &data_dir, &functions.list());
+    let issuer = identity.as_ref().map(|id| id.issuer().to_owned());
+    print_banner(
+        &config,
+        addr,
+        (&token_path, token_created),
+        store.as_ref(),
+        &data_dir,
+        &functions.list(),
+        issuer.as_deref(),
+    );
     tracing::info!(%addr, startup_ms = started.elapsed().as_secs_f64() * 1000.0, "ready");
 
     let grace = manifest.server.shutdown_grace.get();
@@ -114,6 +140,15 @@ fn operations(functions: &[nimbus_functions::FunctionInfo]) -> Vec<nimbus_gatewa
         .collect()
 }
 
+/// This node's URL as clients on this machine reach it: the issuer of its tokens unless
+/// `[identity] issuer` names the public one.
+fn node_url(addr: SocketAddr) -> String {
+    match addr.ip() {
+        ip if ip.is_unspecified() => format!("http://localhost:{}", addr.port()),
+        _ => format!("http://{addr}"),
+    }
+}
+
 async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
     let ip: std::net::IpAddr = match host {
         "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
@@ -134,11 +169,11 @@ async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
 fn print_banner(
     config: &nimbus_config::AppConfig,
     addr: SocketAddr,
-    token_path: &std::path::Path,
-    token_created: bool,
+    (token_path, token_created): (&std::path::Path, bool),
     store: &dyn nimbus_store::Store,
     data_dir: &DataDir,
     functions: &[nimbus_functions::FunctionInfo],
+    issuer: Option<&str>,
 ) {
     let url = format!("http://{addr}");
     let mut banner = format!(
@@ -157,6 +192,10 @@ fn print_banner(
         location = store.location(),
         data = data_dir.path.display(),
     );
+    if let Some(issuer) = issuer {
+        banner.push_str(&format!("  OIDC discovery {issuer}/.well-known/openid-configuration\n"));
+    }
+    banner.push_str(&format!("  OpenAPI        {url}/_nimbus/openapi.json\n"));
     for f in functions {
         let methods = if f.methods.is_empty() { "*".to_owned() } else { f.methods.join(",") };
         banner.push_str(&format!(

@@ -1,0 +1,310 @@
+//! `POST /oauth2/token` (RFC 6749 §3.2) and `POST /oauth2/introspect` (RFC 7662). Grants so far:
+//! `client_credentials` for confidential clients. Clients authenticate with HTTP Basic or with
+//! `client_id` + `client_secret` in the form; secrets are compared in constant time. Errors use
+//! OAuth's own shape: `{"error": "invalid_client", "error_description": "…"}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::Identity;
+use crate::keys::now;
+
+/// An OAuth error answer.
+#[derive(Debug)]
+pub(crate) struct OAuthError {
+    status: StatusCode,
+    error: &'static str,
+    description: String,
+    /// The client used HTTP Basic: a 401 then carries a `WWW-Authenticate: Basic` challenge.
+    basic: bool,
+}
+
+impl OAuthError {
+    fn new(error: &'static str, description: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, error, description: description.into(), basic: false }
+    }
+
+    fn invalid_client(basic: bool) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            error: "invalid_client",
+            description: "client authentication failed".into(),
+            basic,
+        }
+    }
+}
+
+impl IntoResponse for OAuthError {
+    fn into_response(self) -> Response {
+        let mut response =
+            (self.status, axum::Json(json!({"error": self.error, "error_description": self.description})))
+                .into_response();
+        no_store(response.headers_mut());
+        if self.basic {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"nimbus\""));
+        }
+        response
+    }
+}
+
+fn no_store(headers: &mut HeaderMap) {
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// A client as the manifest declares it.
+pub(crate) struct Client {
+    pub id: String,
+    /// SHA-256 of the secret, so that comparisons take the same time whatever its length.
+    secret: Option<[u8; 32]>,
+    pub scopes: Vec<String>,
+    pub client_credentials: bool,
+}
+
+impl Client {
+    pub fn from_section(c: &nimbus_config::ClientSection) -> Self {
+        use nimbus_config::GrantType;
+        Self {
+            id: c.id.clone(),
+            secret: c.secret.as_ref().map(|s| Sha256::digest(s.value().as_bytes()).into()),
+            scopes: c.scopes.clone(),
+            client_credentials: c.grant_types.contains(&GrantType::ClientCredentials)
+                || (c.grant_types.is_empty() && !c.public),
+        }
+    }
+
+    fn secret_matches(&self, presented: &str) -> bool {
+        let Some(expected) = &self.secret else { return false };
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        bool::from(presented.ct_eq(expected))
+    }
+}
+
+/// The client a request authenticates as: HTTP Basic (RFC 6749 §2.3.1, form-urlencoded parts) or
+/// `client_id` + `client_secret` in the body; never both.
+fn authenticate<'a>(
+    identity: &'a Identity,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> Result<&'a Client, OAuthError> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' ').filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic")).map(|(_, c)| c));
+    let (id, secret, via_basic) = match (basic, form.get("client_secret")) {
+        (Some(_), Some(_)) => return Err(OAuthError::new("invalid_request", "use one client authentication method")),
+        (Some(credentials), None) => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(credentials.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or(OAuthError::invalid_client(true))?;
+            let (id, secret) = decoded.split_once(':').ok_or(OAuthError::invalid_client(true))?;
+            (form_decode(id), form_decode(secret), true)
+        }
+        (None, Some(secret)) => {
+            let id = form.get("client_id").ok_or_else(|| OAuthError::new("invalid_request", "client_id is missing"))?;
+            (id.clone(), secret.clone(), false)
+        }
+        (None, None) => return Err(OAuthError::invalid_client(false)),
+    };
+    match identity.clients.get(&id) {
+        Some(client) if client.secret_matches(&secret) => Ok(client),
+        _ => {
+            metrics::counter!("nimbus_identity_client_auth_failures_total").increment(1);
+            Err(OAuthError::invalid_client(via_basic))
+        }
+    }
+}
+
+fn form_decode(s: &str) -> String {
+    url_decode(&s.replace('+', " "))
+}
+
+fn url_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub(crate) async fn token(
+    State(identity): State<Arc<Identity>>,
+    headers: HeaderMap,
+    form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, OAuthError> {
+    let axum::Form(form) =
+        form.map_err(|_| OAuthError::new("invalid_request", "the body must be application/x-www-form-urlencoded"))?;
+    let grant = form.get("grant_type").ok_or_else(|| OAuthError::new("invalid_request", "grant_type is missing"))?;
+    match grant.as_str() {
+        "client_credentials" => {
+            let client = authenticate(&identity, &headers, &form)?;
+            if !client.client_credentials {
+                return Err(OAuthError::new("unauthorized_client", "this client may not use client_credentials"));
+            }
+            let scope = granted_scope(client, form.get("scope"))?;
+            let (token, expires_in) = identity.access_token(&client.id, &client.id, &scope, Value::Null)?;
+            metrics::counter!("nimbus_identity_tokens_issued_total", "grant" => "client_credentials").increment(1);
+            let mut response = axum::Json(json!({
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": expires_in,
+                "scope": scope,
+            }))
+            .into_response();
+            no_store(response.headers_mut());
+            Ok(response)
+        }
+        "authorization_code" | "refresh_token" => {
+            Err(OAuthError::new("unsupported_grant_type", format!("{grant} is not available yet")))
+        }
+        other => {
+            Err(OAuthError::new("unsupported_grant_type", format!("\"{other}\" is not a grant type this server knows")))
+        }
+    }
+}
+
+/// The scopes a client gets: what it asked for, each allowed to it, or all its scopes when it
+/// asked for none.
+fn granted_scope(client: &Client, requested: Option<&String>) -> Result<String, OAuthError> {
+    let Some(requested) = requested.filter(|s| !s.trim().is_empty()) else { return Ok(client.scopes.join(" ")) };
+    let mut granted = Vec::new();
+    for scope in requested.split_whitespace() {
+        if !client.scopes.iter().any(|s| s == scope) {
+            return Err(OAuthError::new("invalid_scope", format!("scope \"{scope}\" is not allowed to this client")));
+        }
+        if !granted.contains(&scope) {
+            granted.push(scope);
+        }
+    }
+    Ok(granted.join(" "))
+}
+
+/// RFC 7662: a confidential client asks whether a token is active. Inactive tokens answer
+/// `{"active": false}` and nothing more.
+pub(crate) async fn introspect(
+    State(identity): State<Arc<Identity>>,
+    headers: HeaderMap,
+    form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
+) -> Result<Response, OAuthError> {
+    let axum::Form(form) =
+        form.map_err(|_| OAuthError::new("invalid_request", "the body must be application/x-www-form-urlencoded"))?;
+    authenticate(&identity, &headers, &form)?;
+    let token = form.get("token").ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?;
+    let answer = match identity.verify(token) {
+        Some(mut claims) => {
+            claims["active"] = json!(true);
+            claims["token_type"] = json!("Bearer");
+            claims
+        }
+        None => json!({"active": false}),
+    };
+    let mut response = axum::Json(answer).into_response();
+    no_store(response.headers_mut());
+    Ok(response)
+}
+
+impl Identity {
+    /// Signs an access token for `sub`, answering it and its lifetime in seconds.
+    pub(crate) fn access_token(
+        &self,
+        sub: &str,
+        client_id: &str,
+        scope: &str,
+        extra: Value,
+    ) -> Result<(String, u64), OAuthError> {
+        let key = self.keys.current().ok_or_else(|| {
+            tracing::error!("no signing key");
+            OAuthError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                error: "server_error",
+                description: "no signing key".into(),
+                basic: false,
+            }
+        })?;
+        let iat = now();
+        let mut claims = json!({
+            "iss": self.issuer,
+            "sub": sub,
+            "aud": self.audience,
+            "iat": iat,
+            "nbf": iat,
+            "exp": iat + self.access_ttl,
+            "jti": nimbus_api::hex(&rand::random::<[u8; 16]>()),
+            "client_id": client_id,
+            "scope": scope,
+        });
+        if let (Value::Object(extra), Some(map)) = (extra, claims.as_object_mut()) {
+            map.extend(extra);
+        }
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        header.kid = Some(key.kid.clone());
+        header.typ = Some("at+jwt".into());
+        let token = jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(|e| {
+            tracing::error!(error = %e, "cannot sign a token");
+            OAuthError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                error: "server_error",
+                description: "cannot sign".into(),
+                basic: false,
+            }
+        })?;
+        Ok((token, self.access_ttl))
+    }
+
+    /// The claims of a token this issuer signed and that is still valid, for introspection.
+    pub(crate) fn verify(&self, token: &str) -> Option<Value> {
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        let key = self.keys.find(header.kid.as_deref()?)?;
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_issuer(&[&self.issuer]);
+        validation.validate_aud = false;
+        jsonwebtoken::decode::<Value>(token, &key.decoding, &validation).ok().map(|d| d.claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_basic_credentials_parts() {
+        assert_eq!(form_decode("a%3Ab+c"), "a:b c");
+        assert_eq!(url_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn grants_only_allowed_scopes() {
+        let client = Client {
+            id: "c".into(),
+            secret: None,
+            scopes: vec!["read".into(), "write".into()],
+            client_credentials: true,
+        };
+        assert_eq!(granted_scope(&client, None).unwrap(), "read write");
+        assert_eq!(granted_scope(&client, Some(&"write read write".into())).unwrap(), "write read");
+        assert!(granted_scope(&client, Some(&"admin".into())).is_err());
+        assert!(!client.secret_matches("anything"));
+    }
+}
