@@ -111,6 +111,10 @@ pub struct IdentitySection {
     pub access_token_ttl: Option<Duration>,
     pub id_token_ttl: Option<Duration>,
     pub refresh_token_ttl: Option<Duration>,
+    /// How long an authorization code may wait to be exchanged (default 60 s).
+    pub code_ttl: Option<Duration>,
+    /// How long a browser stays signed in (default 24 h).
+    pub session_ttl: Option<Duration>,
     #[serde(default)]
     pub clients: Vec<ClientSection>,
     #[serde(default)]

@@ -1,16 +1,28 @@
 //! The built-in OpenID Connect provider (the AD B2C / Cognito part).
 //!
-//! In place: RS256 signing keys kept in the store and rotated with `nimbus identity rotate-key`
-//! (`keys.rs`), discovery at `/.well-known/openid-configuration`, the JWKS at `/oauth2/jwks`, the
-//! token endpoint with the `client_credentials` grant for confidential clients of
-//! `[[identity.clients]]`, and introspection (`token.rs`). The gateway trusts this issuer in process
-//! through [`Identity::jwks`]. Users, hosted pages, the authorization code flow with PKCE, refresh
-//! tokens and federation come next (see ARCHITECTURE.md).
+//! - `keys.rs`: RS256 signing keys kept in the store, rotated with `nimbus identity rotate-key`;
+//! - `users.rs`: accounts with argon2id passwords, roles, groups, attributes;
+//! - `web.rs` + `pages.rs`: `/oauth2/authorize` (code + PKCE), browser sessions, the hosted
+//!   sign-in / sign-up / sign-out / reset / verify pages (plain HTML forms with CSRF tokens),
+//!   RP-initiated logout;
+//! - `token.rs` + `grants.rs`: the token endpoint (authorization code, refresh with rotation and
+//!   reuse detection, client credentials), userinfo, revocation, introspection;
+//! - `throttle.rs`: lockouts after failed sign-ins per account and per IP;
+//! - `mail.rs`: the outbox for verification and reset mail.
+//!
+//! Discovery is at `/.well-known/openid-configuration`. The gateway trusts this issuer in process
+//! through [`Identity::jwks`]. Federation with external providers and SMTP delivery come next.
 //!
 //! Depends on `nimbus-config`, `nimbus-store` and `nimbus-api` only.
 
+mod grants;
 mod keys;
+mod mail;
+mod pages;
+mod throttle;
 mod token;
+pub mod users;
+mod web;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,10 +34,13 @@ use nimbus_store::Store;
 use serde_json::{Value, json};
 
 pub use keys::KeyError;
+pub use mail::{Mail, outbox};
+pub use users::{User, UserError, Users};
 
-/// Default lifetimes, as Azure AD B2C's: one hour for access and ID tokens.
+/// Default lifetimes, as Azure AD B2C's: one hour for access and ID tokens, 14 days for refresh.
 const ACCESS_TTL: u64 = 3600;
 const ID_TTL: u64 = 3600;
+const REFRESH_TTL: u64 = 14 * 86_400;
 /// How often each node rereads the signing keys (a rotation on another node, or by the CLI).
 const KEY_RELOAD: Duration = Duration::from_secs(30);
 
@@ -33,19 +48,31 @@ pub struct Identity {
     issuer: String,
     audience: String,
     access_ttl: u64,
+    id_ttl: u64,
+    refresh_ttl: u64,
+    session_ttl: u64,
+    code_ttl: u64,
     keys: keys::KeyRing,
     clients: HashMap<String, token::Client>,
+    store: Arc<dyn Store>,
+    users: Users,
+    theme: pages::Theme,
+    css: Option<String>,
+    signup: bool,
+    /// Failed sign-ins: 5 per account, 50 per IP address, each within 15 minutes, lock 15 minutes.
+    signin_throttle: throttle::Throttle,
+    ip_throttle: throttle::Throttle,
 }
 
 impl Identity {
     /// Opens the signing keys (making the first one) for `[identity]`. `issuer` is the public URL
     /// of this node when the manifest does not name one.
     pub async fn start(
-        manifest: &nimbus_config::Manifest,
-        app: &str,
+        app: &nimbus_config::AppConfig,
         issuer: String,
         store: Arc<dyn Store>,
-    ) -> Result<Arc<Self>, KeyError> {
+    ) -> Result<Arc<Self>, StartError> {
+        let manifest = &app.manifest;
         let section = manifest.identity.as_ref();
         let ttl = |d: Option<&Option<nimbus_config::Duration>>, default: u64| {
             d.and_then(|d| d.as_ref()).map_or(default, |d| d.get().as_secs().max(1))
@@ -53,13 +80,38 @@ impl Identity {
         let access_ttl = ttl(section.map(|s| &s.access_token_ttl), ACCESS_TTL);
         let id_ttl = ttl(section.map(|s| &s.id_token_ttl), ID_TTL);
         let issuer = section.and_then(|s| s.issuer.clone()).unwrap_or(issuer).trim_end_matches('/').to_owned();
+        let css = match section.and_then(|s| s.css.as_ref()) {
+            Some(path) => {
+                let full = app.dir.join(path);
+                Some(std::fs::read_to_string(&full).map_err(|e| StartError::Css(full.display().to_string(), e))?)
+            }
+            None => None,
+        };
+        if section.is_some_and(|s| s.smtp.is_some()) {
+            tracing::warn!("[identity.smtp] is not used yet: mail goes to the outbox (nimbus identity outbox)");
+        }
+        let lockout = Duration::from_secs(15 * 60);
         let identity = Arc::new(Self {
-            audience: section.and_then(|s| s.audience.clone()).unwrap_or_else(|| default_audience(app)),
+            audience: section.and_then(|s| s.audience.clone()).unwrap_or_else(|| default_audience(&app.name())),
             access_ttl,
-            keys: keys::KeyRing::open(store, access_ttl.max(id_ttl)).await?,
+            id_ttl,
+            refresh_ttl: ttl(section.map(|s| &s.refresh_token_ttl), REFRESH_TTL),
+            session_ttl: ttl(section.map(|s| &s.session_ttl), web::SESSION_TTL.as_secs()),
+            code_ttl: ttl(section.map(|s| &s.code_ttl), web::CODE_TTL),
+            keys: keys::KeyRing::open(store.clone(), access_ttl.max(id_ttl)).await?,
             clients: section
                 .map(|s| s.clients.iter().map(|c| (c.id.clone(), token::Client::from_section(c))).collect())
                 .unwrap_or_default(),
+            users: Users::new(store.clone()),
+            store,
+            theme: pages::Theme {
+                app: section.and_then(|s| s.display_name.clone()).unwrap_or_else(|| app.name()),
+                has_css: css.is_some(),
+            },
+            css,
+            signup: section.is_none_or(|s| s.signup),
+            signin_throttle: throttle::Throttle::new(5, lockout, lockout),
+            ip_throttle: throttle::Throttle::new(50, lockout, lockout),
             issuer,
         });
         let weak = Arc::downgrade(&identity);
@@ -75,6 +127,10 @@ impl Identity {
             }
         });
         Ok(identity)
+    }
+
+    pub fn users(&self) -> &Users {
+        &self.users
     }
 
     pub fn issuer(&self) -> &str {
@@ -100,8 +156,22 @@ impl Identity {
         Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/oauth2/jwks", get(jwks))
+            .route("/oauth2/authorize", get(web::authorize))
             .route("/oauth2/token", post(token::token))
+            .route("/oauth2/userinfo", get(grants::userinfo).post(grants::userinfo))
+            .route("/oauth2/revoke", post(grants::revoke))
             .route("/oauth2/introspect", post(token::introspect))
+            .route("/oauth2/logout", get(web::logout))
+            .route("/account", get(web::account))
+            .route("/account/signin", get(web::signin_page).post(web::signin))
+            .route("/account/signup", get(web::signup_page).post(web::signup))
+            .route("/account/signout", get(web::signout_page).post(web::signout))
+            .route("/account/reset", get(web::reset_page).post(web::reset))
+            .route("/account/reset/confirm", get(web::reset_confirm_page).post(web::reset_confirm))
+            .route("/account/verify", get(web::verify))
+            .route("/account/theme.css", get(web::theme_css))
+            // Forms and token requests are small; a large body is an attack, not a user.
+            .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
             .with_state(self.clone())
     }
 }
@@ -118,6 +188,14 @@ pub async fn rotate_key(manifest: &nimbus_config::Manifest, store: Arc<dyn Store
     keys::KeyRing::open(store, retention).await?.rotate().await
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("[identity] css: cannot read {0}: {1}")]
+    Css(String, std::io::Error),
+}
+
 fn default_audience(app: &str) -> String {
     format!("api://{app}")
 }
@@ -129,8 +207,19 @@ async fn discovery(axum::extract::State(identity): axum::extract::State<Arc<Iden
         "jwks_uri": format!("{base}/oauth2/jwks"),
         "token_endpoint": format!("{base}/oauth2/token"),
         "introspection_endpoint": format!("{base}/oauth2/introspect"),
-        "grant_types_supported": ["client_credentials"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "authorization_endpoint": format!("{base}/oauth2/authorize"),
+        "userinfo_endpoint": format!("{base}/oauth2/userinfo"),
+        "revocation_endpoint": format!("{base}/oauth2/revoke"),
+        "end_session_endpoint": format!("{base}/oauth2/logout"),
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "code_challenge_methods_supported": ["S256"],
+        "scopes_supported": ["openid", "profile", "email", "offline_access"],
+        "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "email", "email_verified", "name", "roles", "groups"],
+        "response_modes_supported": ["query"],
+        "prompt_values_supported": ["none", "login"],
+        "authorization_response_iss_parameter_supported": true,
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
         "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "id_token_signing_alg_values_supported": ["RS256"],
         "subject_types_supported": ["public"],

@@ -1,7 +1,10 @@
-//! `POST /oauth2/token` (RFC 6749 §3.2) and `POST /oauth2/introspect` (RFC 7662). Grants so far:
-//! `client_credentials` for confidential clients. Clients authenticate with HTTP Basic or with
-//! `client_id` + `client_secret` in the form; secrets are compared in constant time. Errors use
-//! OAuth's own shape: `{"error": "invalid_client", "error_description": "…"}`.
+//! The back channel: `POST /oauth2/token` (RFC 6749 §3.2) with the `authorization_code` (PKCE
+//! S256), `refresh_token` (rotated on every use; a rotated token that comes back revokes its whole
+//! family) and `client_credentials` grants; `/oauth2/userinfo`; `POST /oauth2/revoke` (RFC 7009);
+//! `POST /oauth2/introspect` (RFC 7662). Confidential clients authenticate with HTTP Basic or
+//! `client_id` + `client_secret` in the form (secrets compared in constant time); public clients
+//! name themselves with `client_id` and prove the code with PKCE. Errors use OAuth's own shape:
+//! `{"error": "invalid_client", "error_description": "…"}`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,16 +23,26 @@ use crate::keys::now;
 /// An OAuth error answer.
 #[derive(Debug)]
 pub(crate) struct OAuthError {
-    status: StatusCode,
-    error: &'static str,
-    description: String,
+    pub status: StatusCode,
+    pub error: &'static str,
+    pub description: String,
     /// The client used HTTP Basic: a 401 then carries a `WWW-Authenticate: Basic` challenge.
     basic: bool,
 }
 
 impl OAuthError {
-    fn new(error: &'static str, description: impl Into<String>) -> Self {
+    pub fn new(error: &'static str, description: impl Into<String>) -> Self {
         Self { status: StatusCode::BAD_REQUEST, error, description: description.into(), basic: false }
+    }
+
+    /// A 500 whose detail went to the log.
+    pub fn server(description: &str) -> Self {
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: "server_error",
+            description: description.to_owned(),
+            basic: false,
+        }
     }
 
     fn invalid_client(basic: bool) -> Self {
@@ -55,29 +68,55 @@ impl IntoResponse for OAuthError {
     }
 }
 
-fn no_store(headers: &mut HeaderMap) {
+pub(crate) fn no_store(headers: &mut HeaderMap) {
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+}
+
+/// What a client may do.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Grants {
+    pub authorization_code: bool,
+    pub refresh_token: bool,
+    pub client_credentials: bool,
 }
 
 /// A client as the manifest declares it.
 pub(crate) struct Client {
     pub id: String,
+    pub public: bool,
     /// SHA-256 of the secret, so that comparisons take the same time whatever its length.
     secret: Option<[u8; 32]>,
+    pub redirect_uris: Vec<String>,
     pub scopes: Vec<String>,
-    pub client_credentials: bool,
+    pub grants: Grants,
 }
 
 impl Client {
+    /// Without `grant_types`, a public client gets the code flow and refresh tokens, a
+    /// confidential one those and client credentials.
     pub fn from_section(c: &nimbus_config::ClientSection) -> Self {
         use nimbus_config::GrantType;
+        let has = |g| c.grant_types.is_empty() || c.grant_types.contains(&g);
         Self {
             id: c.id.clone(),
+            public: c.public,
             secret: c.secret.as_ref().map(|s| Sha256::digest(s.value().as_bytes()).into()),
+            redirect_uris: c.redirect_uris.clone(),
             scopes: c.scopes.clone(),
-            client_credentials: c.grant_types.contains(&GrantType::ClientCredentials)
-                || (c.grant_types.is_empty() && !c.public),
+            grants: Grants {
+                authorization_code: has(GrantType::AuthorizationCode),
+                refresh_token: has(GrantType::RefreshToken),
+                client_credentials: !c.public && has(GrantType::ClientCredentials),
+            },
+        }
+    }
+
+    /// A client that lists no scopes may ask for the OpenID ones.
+    pub fn allows_scope(&self, scope: &str) -> bool {
+        match self.scopes.is_empty() {
+            true => matches!(scope, "openid" | "profile" | "email" | "offline_access"),
+            false => self.scopes.iter().any(|s| s == scope),
         }
     }
 
@@ -90,7 +129,7 @@ impl Client {
 
 /// The client a request authenticates as: HTTP Basic (RFC 6749 §2.3.1, form-urlencoded parts) or
 /// `client_id` + `client_secret` in the body; never both.
-fn authenticate<'a>(
+pub(crate) fn authenticate<'a>(
     identity: &'a Identity,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
@@ -114,7 +153,14 @@ fn authenticate<'a>(
             let id = form.get("client_id").ok_or_else(|| OAuthError::new("invalid_request", "client_id is missing"))?;
             (id.clone(), secret.clone(), false)
         }
-        (None, None) => return Err(OAuthError::invalid_client(false)),
+        (None, None) => {
+            // A public client only names itself; what it presents (a PKCE verifier, its refresh
+            // token) is the proof.
+            return match form.get("client_id").and_then(|id| identity.clients.get(id)) {
+                Some(client) if client.public => Ok(client),
+                _ => Err(OAuthError::invalid_client(false)),
+            };
+        }
     };
     match identity.clients.get(&id) {
         Some(client) if client.secret_matches(&secret) => Ok(client),
@@ -160,7 +206,7 @@ pub(crate) async fn token(
     match grant.as_str() {
         "client_credentials" => {
             let client = authenticate(&identity, &headers, &form)?;
-            if !client.client_credentials {
+            if !client.grants.client_credentials {
                 return Err(OAuthError::new("unauthorized_client", "this client may not use client_credentials"));
             }
             let scope = granted_scope(client, form.get("scope"))?;
@@ -176,8 +222,13 @@ pub(crate) async fn token(
             no_store(response.headers_mut());
             Ok(response)
         }
-        "authorization_code" | "refresh_token" => {
-            Err(OAuthError::new("unsupported_grant_type", format!("{grant} is not available yet")))
+        "authorization_code" => {
+            let client = authenticate(&identity, &headers, &form)?;
+            crate::grants::authorization_code(&identity, client, &form).await
+        }
+        "refresh_token" => {
+            let client = authenticate(&identity, &headers, &form)?;
+            crate::grants::refresh(&identity, client, &form).await
         }
         other => {
             Err(OAuthError::new("unsupported_grant_type", format!("\"{other}\" is not a grant type this server knows")))
@@ -236,12 +287,7 @@ impl Identity {
     ) -> Result<(String, u64), OAuthError> {
         let key = self.keys.current().ok_or_else(|| {
             tracing::error!("no signing key");
-            OAuthError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                error: "server_error",
-                description: "no signing key".into(),
-                basic: false,
-            }
+            OAuthError::server("no signing key")
         })?;
         let iat = now();
         let mut claims = json!({
@@ -263,12 +309,7 @@ impl Identity {
         header.typ = Some("at+jwt".into());
         let token = jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(|e| {
             tracing::error!(error = %e, "cannot sign a token");
-            OAuthError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                error: "server_error",
-                description: "cannot sign".into(),
-                basic: false,
-            }
+            OAuthError::server("cannot sign")
         })?;
         Ok((token, self.access_ttl))
     }
@@ -296,12 +337,9 @@ mod tests {
 
     #[test]
     fn grants_only_allowed_scopes() {
-        let client = Client {
-            id: "c".into(),
-            secret: None,
-            scopes: vec!["read".into(), "write".into()],
-            client_credentials: true,
-        };
+        let grants = Grants { authorization_code: false, refresh_token: false, client_credentials: true };
+        let scopes = vec!["read".into(), "write".into()];
+        let client = Client { id: "c".into(), public: false, secret: None, redirect_uris: vec![], scopes, grants };
         assert_eq!(granted_scope(&client, None).unwrap(), "read write");
         assert_eq!(granted_scope(&client, Some(&"write read write".into())).unwrap(), "write read");
         assert!(granted_scope(&client, Some(&"admin".into())).is_err());

@@ -69,9 +69,7 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     };
     let admin_token = platform.admin_token.clone();
     let identity = match &manifest.identity {
-        Some(_) => {
-            Some(nimbus_identity::Identity::start(manifest, &config.name(), node_url(addr), store.clone()).await?)
-        }
+        Some(_) => Some(nimbus_identity::Identity::start(&config, node_url(addr), store.clone()).await?),
         None => None,
     };
     let own_issuer = identity.as_ref().map(|id| {

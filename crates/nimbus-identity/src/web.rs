@@ -1,0 +1,721 @@
+//! The browser side: `GET /oauth2/authorize` (authorization code with PKCE), browser sessions, the
+//! hosted sign-in, sign-up, sign-out, password-reset and e-mail-verification pages, and
+//! RP-initiated logout (`/oauth2/logout`).
+//!
+//! Sessions are a random cookie (`nimbus_sid`: HttpOnly, SameSite=Lax, Secure over https) whose
+//! SHA-256 names a store record, so a node restart or another node keeps users signed in. Forms
+//! carry a CSRF token that must equal the `nimbus_csrf` cookie (double submit).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use nimbus_store::{Expect, StoreError, Write};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::Identity;
+use crate::keys::now;
+use crate::pages::{Page, esc, field, hidden, message};
+use crate::users::{User, UserError};
+
+const NS: &str = "identity";
+const SESSION_COOKIE: &str = "nimbus_sid";
+const CSRF_COOKIE: &str = "nimbus_csrf";
+/// How long a pending authorization request, a code, a reset or verification link live.
+const REQUEST_TTL: u64 = 600;
+pub(crate) const CODE_TTL: u64 = 60;
+const RESET_TTL: u64 = 3600;
+const VERIFY_TTL: u64 = 7 * 86_400;
+
+type Form = Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>;
+
+/// A validated authorization request, kept while the user signs in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct AuthRequest {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub scope: String,
+    pub state: Option<String>,
+    pub nonce: Option<String>,
+    pub code_challenge: Option<String>,
+    pub created: u64,
+}
+
+/// What a code stands for, until it is exchanged (once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CodeGrant {
+    pub request: AuthRequest,
+    pub user_id: String,
+    pub auth_time: u64,
+    pub expires: u64,
+    /// Set when exchanged: the refresh family its tokens belong to, revoked if the code comes back.
+    pub used: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Session {
+    user_id: String,
+    auth_time: u64,
+    expires: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct OneTime {
+    user_id: String,
+    expires: u64,
+}
+
+pub(crate) fn digest(secret: &str) -> String {
+    nimbus_api::hex(&Sha256::digest(secret.as_bytes()))
+}
+
+fn random_token() -> String {
+    nimbus_api::hex(&rand::random::<[u8; 32]>())
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+impl Identity {
+    fn set_cookie(&self, response: &mut Response, name: &str, value: &str, max_age: Option<u64>) {
+        let secure = if self.issuer.starts_with("https://") { "; Secure" } else { "" };
+        let age = max_age.map(|a| format!("; Max-Age={a}")).unwrap_or_default();
+        let text = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax{secure}{age}");
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::SET_COOKIE, v);
+        }
+    }
+
+    /// The signed-in user of this browser, if the session is live and the account enabled.
+    async fn session_user(&self, headers: &HeaderMap) -> Option<(User, u64)> {
+        let sid = cookie(headers, SESSION_COOKIE)?;
+        let record = self.store.get(NS, &format!("session/{}", digest(&sid))).await.ok()??;
+        let session: Session = serde_json::from_slice(&record.value).ok()?;
+        if session.expires <= now() {
+            return None;
+        }
+        let user = self.users.get(&session.user_id).await.ok()?;
+        (!user.disabled).then_some((user, session.auth_time))
+    }
+
+    async fn start_session(&self, response: &mut Response, user: &User) -> Result<u64, StoreError> {
+        let sid = random_token();
+        let auth_time = now();
+        let session = Session { user_id: user.id.clone(), auth_time, expires: auth_time + self.session_ttl };
+        let value = serde_json::to_vec(&session).expect("a session serializes");
+        self.store.commit(vec![Write::put(NS, &format!("session/{}", digest(&sid)), value)]).await?;
+        self.set_cookie(response, SESSION_COOKIE, &sid, Some(self.session_ttl));
+        Ok(auth_time)
+    }
+
+    async fn end_session(&self, headers: &HeaderMap, response: &mut Response) {
+        if let Some(sid) = cookie(headers, SESSION_COOKIE) {
+            let _ = self.store.commit(vec![Write::delete(NS, &format!("session/{}", digest(&sid)))]).await;
+        }
+        self.set_cookie(response, SESSION_COOKIE, "", Some(0));
+    }
+
+    /// A page with a form: reuses the browser's CSRF cookie or sets a new one.
+    fn form_page(&self, headers: &HeaderMap, title: &str, body: impl FnOnce(&str) -> String) -> Response {
+        let (csrf, fresh) = match cookie(headers, CSRF_COOKIE).filter(|c| c.len() == 64) {
+            Some(c) => (c, false),
+            None => (random_token(), true),
+        };
+        let mut response = Page::new(title, body(&hidden("csrf", &csrf))).render(&self.theme);
+        if fresh {
+            self.set_cookie(&mut response, CSRF_COOKIE, &csrf, None);
+        }
+        response
+    }
+
+    fn error_page(&self, status: StatusCode, text: &str) -> Response {
+        Page::new("Something went wrong", message("error", text)).status(status).render(&self.theme)
+    }
+
+    async fn one_time(&self, kind: &str, user_id: &str, ttl: u64) -> Result<String, StoreError> {
+        let token = random_token();
+        let value =
+            serde_json::to_vec(&OneTime { user_id: user_id.to_owned(), expires: now() + ttl }).expect("serializes");
+        self.store.commit(vec![Write::put(NS, &format!("{kind}/{}", digest(&token)), value)]).await?;
+        Ok(token)
+    }
+
+    /// Takes a one-time token (a reset or verification link): valid once, until it expires.
+    async fn take_one_time(&self, kind: &str, token: &str) -> Option<String> {
+        let key = format!("{kind}/{}", digest(token));
+        let record = self.store.get(NS, &key).await.ok()??;
+        self.store.commit(vec![Write::delete(NS, &key).expect(Expect::Version(record.version))]).await.ok()?;
+        let grant: OneTime = serde_json::from_slice(&record.value).ok()?;
+        (grant.expires > now()).then_some(grant.user_id)
+    }
+
+    async fn peek_one_time(&self, kind: &str, token: &str) -> bool {
+        let key = format!("{kind}/{}", digest(token));
+        let Ok(Some(record)) = self.store.get(NS, &key).await else { return false };
+        serde_json::from_slice::<OneTime>(&record.value).is_ok_and(|g| g.expires > now())
+    }
+
+    /// Issues a code for `request` and answers the redirect that carries it back to the client.
+    async fn complete(&self, request: &AuthRequest, user: &User, auth_time: u64) -> Response {
+        let code = random_token();
+        let grant = CodeGrant {
+            request: request.clone(),
+            user_id: user.id.clone(),
+            auth_time,
+            expires: now() + self.code_ttl,
+            used: None,
+        };
+        let value = serde_json::to_vec(&grant).expect("a code serializes");
+        if let Err(e) = self.store.commit(vec![Write::put(NS, &format!("code/{}", digest(&code)), value)]).await {
+            tracing::error!(error = %e, "cannot store an authorization code");
+            return self.error_page(StatusCode::SERVICE_UNAVAILABLE, "The sign-in could not be completed; try again.");
+        }
+        let mut params = vec![("code", code.as_str()), ("iss", self.issuer.as_str())];
+        if let Some(state) = &request.state {
+            params.push(("state", state));
+        }
+        redirect_with(&request.redirect_uri, &params)
+    }
+
+    async fn pending(&self, id: &str) -> Option<AuthRequest> {
+        if id.len() != 64 {
+            return None;
+        }
+        let record = self.store.get(NS, &format!("authreq/{id}")).await.ok()??;
+        let request: AuthRequest = serde_json::from_slice(&record.value).ok()?;
+        (request.created + REQUEST_TTL > now()).then_some(request)
+    }
+
+    async fn outbox(&self, to: &str, subject: &str, body: &str) {
+        crate::mail::send(self, to, subject, body).await;
+    }
+}
+
+fn csrf_ok(headers: &HeaderMap, form: &HashMap<String, String>) -> bool {
+    match (cookie(headers, CSRF_COOKIE), form.get("csrf")) {
+        (Some(c), Some(f)) if c.len() == 64 => bool::from(c.as_bytes().ct_eq(f.as_bytes())),
+        _ => false,
+    }
+}
+
+/// `uri` with `params` added to its query (the client's own query kept).
+fn redirect_with(uri: &str, params: &[(&str, &str)]) -> Response {
+    let mut target = uri.to_owned();
+    for (i, (k, v)) in params.iter().enumerate() {
+        let sep = if i == 0 && !uri.contains('?') { '?' } else { '&' };
+        target.push(sep);
+        target.push_str(k);
+        target.push('=');
+        target.push_str(&encode(v));
+    }
+    Redirect::to(&target).into_response()
+}
+
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+// ----- /oauth2/authorize ---------------------------------------------------------------------
+
+pub(crate) async fn authorize(
+    State(id): State<Arc<Identity>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    // Until the redirect URI is known to be the client's, errors are shown here, never redirected.
+    let Some(client) = q.get("client_id").and_then(|c| id.clients.get(c)) else {
+        return id.error_page(
+            StatusCode::BAD_REQUEST,
+            "The application that sent you here is not registered (unknown client_id).",
+        );
+    };
+    let Some(redirect_uri) = q.get("redirect_uri").filter(|r| client.redirect_uris.iter().any(|u| u == *r)) else {
+        return id.error_page(
+            StatusCode::BAD_REQUEST,
+            "The application asked to send you back to an address it has not registered (redirect_uri).",
+        );
+    };
+    let state = q.get("state").cloned();
+    let fail = |error: &str, description: &str| {
+        let mut params = vec![("error", error), ("error_description", description), ("iss", id.issuer.as_str())];
+        if let Some(state) = &state {
+            params.push(("state", state));
+        }
+        redirect_with(redirect_uri, &params)
+    };
+    if q.get("response_type").map(String::as_str) != Some("code") {
+        return fail("unsupported_response_type", "only response_type=code is supported");
+    }
+    if !client.grants.authorization_code {
+        return fail("unauthorized_client", "this client may not use the authorization code flow");
+    }
+    let challenge = q.get("code_challenge").cloned();
+    match (q.get("code_challenge_method").map(String::as_str), &challenge) {
+        (Some("S256"), Some(c))
+            if c.len() == 43 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {}
+        (Some("S256"), _) => {
+            return fail("invalid_request", "code_challenge must be a base64url SHA-256 (43 characters)");
+        }
+        (Some(_), _) => return fail("invalid_request", "only code_challenge_method=S256 is supported"),
+        (None, Some(_)) => {
+            return fail("invalid_request", "code_challenge_method=S256 is required with code_challenge");
+        }
+        (None, None) if client.public => {
+            return fail("invalid_request", "PKCE (code_challenge, S256) is required for public clients");
+        }
+        (None, None) => {}
+    }
+    let scope = q.get("scope").map(|s| s.split_whitespace().collect::<Vec<_>>().join(" ")).unwrap_or_default();
+    if let Some(bad) = scope.split(' ').filter(|s| !s.is_empty()).find(|s| !client.allows_scope(s)) {
+        return fail("invalid_scope", &format!("scope \"{bad}\" is not allowed to this client"));
+    }
+    if [q.get("state"), q.get("nonce")].iter().flatten().any(|v| v.len() > 1024) {
+        return fail("invalid_request", "state and nonce are at most 1024 characters");
+    }
+    let request = AuthRequest {
+        client_id: client.id.clone(),
+        redirect_uri: redirect_uri.clone(),
+        scope,
+        state: state.clone(),
+        nonce: q.get("nonce").cloned(),
+        code_challenge: challenge,
+        created: now(),
+    };
+    let prompt = q.get("prompt").map(String::as_str).unwrap_or("");
+    let session = if prompt.split(' ').any(|p| p == "login") { None } else { id.session_user(&headers).await };
+    if let Some((user, auth_time)) = session {
+        return id.complete(&request, &user, auth_time).await;
+    }
+    if prompt.split(' ').any(|p| p == "none") {
+        return fail("login_required", "the user is not signed in");
+    }
+    let pending = random_token();
+    let value = serde_json::to_vec(&request).expect("a request serializes");
+    if let Err(e) = id.store.commit(vec![Write::put(NS, &format!("authreq/{pending}"), value)]).await {
+        tracing::error!(error = %e, "cannot store an authorization request");
+        return id.error_page(StatusCode::SERVICE_UNAVAILABLE, "Signing in is not possible right now; try again.");
+    }
+    Redirect::to(&format!("/account/signin?request={pending}")).into_response()
+}
+
+// ----- sign-in -------------------------------------------------------------------------------
+
+fn signin_form(id: &Identity, csrf: &str, request: &str, email: &str, note: Option<(&str, &str)>) -> String {
+    let mut body = note.map(|(kind, text)| message(kind, text)).unwrap_or_default();
+    let q = if request.is_empty() { String::new() } else { format!("?request={}", esc(request)) };
+    body.push_str(&format!(
+        "<form method=\"post\" action=\"/account/signin\">{csrf}{req}{email}{password}<button type=\"submit\">Sign in</button></form>\
+         <nav><a href=\"/account/reset\">Forgot your password?</a>{signup}</nav>",
+        req = hidden("request", request),
+        email = field("E-mail", "email", "email", email, "autocomplete=\"email\" required maxlength=\"254\""),
+        password = field("Password", "password", "password", "", "autocomplete=\"current-password\" required maxlength=\"128\""),
+        signup = if id.signup { format!("<a href=\"/account/signup{q}\">Create an account</a>") } else { String::new() },
+    ));
+    body
+}
+
+pub(crate) async fn signin_page(
+    State(id): State<Arc<Identity>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let request = q.get("request").cloned().unwrap_or_default();
+    id.form_page(&headers, "Sign in", |csrf| signin_form(&id, csrf, &request, "", None))
+}
+
+pub(crate) async fn signin(
+    State(id): State<Arc<Identity>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    form: Form,
+) -> Response {
+    let Ok(axum::Form(form)) = form else {
+        return id.error_page(StatusCode::BAD_REQUEST, "The form could not be read.");
+    };
+    if !csrf_ok(&headers, &form) {
+        return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
+    }
+    let email = form.get("email").map(|e| e.trim()).unwrap_or("");
+    let password = form.get("password").map(String::as_str).unwrap_or("");
+    let request = form.get("request").cloned().unwrap_or_default();
+    let again = |text: &str, status: StatusCode| {
+        let body = |csrf: &str| {
+            signin_form(&id, csrf, &request, &email.chars().take(254).collect::<String>(), Some(("error", text)))
+        };
+        let mut response = id.form_page(&headers, "Sign in", body);
+        *response.status_mut() = status;
+        response
+    };
+    if email.len() > 254 || password.len() > 1024 {
+        return again("The e-mail or password is too long.", StatusCode::BAD_REQUEST);
+    }
+    let account_key = format!("account:{}", email.to_lowercase());
+    let ip_key = format!("ip:{}", peer.ip());
+    if let Some(wait) = id.signin_throttle.locked(&account_key).or_else(|| id.ip_throttle.locked(&ip_key)) {
+        metrics::counter!("nimbus_identity_signins_total", "outcome" => "throttled").increment(1);
+        let minutes = wait.as_secs().div_ceil(60);
+        return again(
+            &format!("Too many failed attempts. Try again in {minutes} minute(s)."),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    let user = match id.users.authenticate(email, password).await {
+        Ok(user) => user,
+        Err(e) => {
+            tracing::error!(error = %e, "sign-in failed on the store");
+            return id.error_page(StatusCode::SERVICE_UNAVAILABLE, "Signing in is not possible right now; try again.");
+        }
+    };
+    let Some(user) = user else {
+        id.signin_throttle.failed(&account_key);
+        id.ip_throttle.failed(&ip_key);
+        metrics::counter!("nimbus_identity_signins_total", "outcome" => "failed").increment(1);
+        // One message whether the account exists, is disabled or the password is wrong.
+        return again("The e-mail or password is wrong.", StatusCode::UNAUTHORIZED);
+    };
+    id.signin_throttle.succeeded(&account_key);
+    metrics::counter!("nimbus_identity_signins_total", "outcome" => "ok").increment(1);
+    signed_in(&id, &user, &request).await
+}
+
+/// After a sign-in or sign-up: the session, then back to the client (or to the account page).
+async fn signed_in(id: &Identity, user: &User, request: &str) -> Response {
+    let pending = if request.is_empty() { None } else { id.pending(request).await };
+    let mut response = match &pending {
+        Some(_) => Response::new(axum::body::Body::empty()),
+        None => Redirect::to("/account").into_response(),
+    };
+    let auth_time = match id.start_session(&mut response, user).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store a session");
+            return id.error_page(StatusCode::SERVICE_UNAVAILABLE, "Signing in is not possible right now; try again.");
+        }
+    };
+    if let Some(pending) = pending {
+        let _ = id.store.commit(vec![Write::delete(NS, &format!("authreq/{request}"))]).await;
+        let mut done = id.complete(&pending, user, auth_time).await;
+        for cookie in response.headers().get_all(header::SET_COOKIE) {
+            done.headers_mut().append(header::SET_COOKIE, cookie.clone());
+        }
+        return done;
+    }
+    response
+}
+
+// ----- sign-up -------------------------------------------------------------------------------
+
+fn signup_form(csrf: &str, request: &str, email: &str, name: &str, note: Option<(&str, &str)>) -> String {
+    let mut body = note.map(|(kind, text)| message(kind, text)).unwrap_or_default();
+    let q = if request.is_empty() { String::new() } else { format!("?request={}", esc(request)) };
+    body.push_str(&format!(
+        "<form method=\"post\" action=\"/account/signup\">{csrf}{req}{email}{name}{password}<button type=\"submit\">Create account</button></form>\
+         <nav><a href=\"/account/signin{q}\">Already have an account? Sign in</a></nav>",
+        req = hidden("request", request),
+        email = field("E-mail", "email", "email", email, "autocomplete=\"email\" required maxlength=\"254\""),
+        name = field("Name (optional)", "name", "text", name, "autocomplete=\"name\" maxlength=\"256\""),
+        password = field("Password (at least 8 characters)", "password", "password", "", "autocomplete=\"new-password\" required minlength=\"8\" maxlength=\"128\""),
+    ));
+    body
+}
+
+pub(crate) async fn signup_page(
+    State(id): State<Arc<Identity>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if !id.signup {
+        return id.error_page(StatusCode::NOT_FOUND, "This application does not take new accounts.");
+    }
+    let request = q.get("request").cloned().unwrap_or_default();
+    id.form_page(&headers, "Create an account", |csrf| signup_form(csrf, &request, "", "", None))
+}
+
+pub(crate) async fn signup(State(id): State<Arc<Identity>>, headers: HeaderMap, form: Form) -> Response {
+    if !id.signup {
+        return id.error_page(StatusCode::NOT_FOUND, "This application does not take new accounts.");
+    }
+    let Ok(axum::Form(form)) = form else {
+        return id.error_page(StatusCode::BAD_REQUEST, "The form could not be read.");
+    };
+    if !csrf_ok(&headers, &form) {
+        return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
+    }
+    let email = form.get("email").map(|e| e.trim()).unwrap_or("");
+    let name = form.get("name").map(|n| n.trim()).unwrap_or("");
+    let password = form.get("password").map(String::as_str).unwrap_or("");
+    let request = form.get("request").cloned().unwrap_or_default();
+    let again = |text: &str| {
+        let (email, name): (String, String) = (email.chars().take(254).collect(), name.chars().take(256).collect());
+        let mut response = id.form_page(&headers, "Create an account", |csrf| {
+            signup_form(csrf, &request, &email, &name, Some(("error", text)))
+        });
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        response
+    };
+    if password.len() > 1024 {
+        return again("a password has at most 128 characters");
+    }
+    match id.users.create(email, Some(password), Some(name).filter(|n| !n.is_empty())).await {
+        Ok(user) => {
+            if let Ok(token) = id.one_time("verify", &user.id, VERIFY_TTL).await {
+                let link = format!("{}/account/verify?token={token}", id.issuer);
+                id.outbox(
+                    &user.email,
+                    &format!("Confirm your e-mail for {}", id.theme.app),
+                    &format!("Open this link to confirm your address:\n\n{link}\n"),
+                )
+                .await;
+            }
+            metrics::counter!("nimbus_identity_signups_total").increment(1);
+            signed_in(&id, &user, &request).await
+        }
+        Err(UserError::Taken) => {
+            // Say nothing here that tells whether the address has an account; tell its owner.
+            let owner = email.trim().to_lowercase();
+            id.outbox(
+                &owner,
+                &format!("Someone tried to create an account for {}", id.theme.app),
+                &format!(
+                    "An account with this address exists. Sign in, or reset your password at {}/account/reset\n",
+                    id.issuer
+                ),
+            )
+            .await;
+            Page::new(
+                "Check your e-mail",
+                message("note", "We have sent a message to this address with the next step."),
+            )
+            .render(&id.theme)
+        }
+        Err(UserError::Invalid(text)) => again(&text),
+        Err(e) => {
+            tracing::error!(error = %e, "sign-up failed on the store");
+            id.error_page(StatusCode::SERVICE_UNAVAILABLE, "Creating an account is not possible right now; try again.")
+        }
+    }
+}
+
+// ----- account, sign-out, logout --------------------------------------------------------------
+
+pub(crate) async fn account(State(id): State<Arc<Identity>>, headers: HeaderMap) -> Response {
+    match id.session_user(&headers).await {
+        Some((user, _)) => id.form_page(&headers, "Your account", |csrf| {
+            format!(
+                "<p>Signed in as <strong>{}</strong>{}.</p><form method=\"post\" action=\"/account/signout\">{csrf}<button type=\"submit\">Sign out</button></form>",
+                esc(&user.email),
+                if user.email_verified { "" } else { " (address not confirmed yet)" }
+            )
+        }),
+        None => Redirect::to("/account/signin").into_response(),
+    }
+}
+
+pub(crate) async fn signout_page(State(id): State<Arc<Identity>>, headers: HeaderMap) -> Response {
+    id.form_page(&headers, "Sign out", |csrf| {
+        format!(
+            "<form method=\"post\" action=\"/account/signout\">{csrf}<button type=\"submit\">Sign out</button></form>"
+        )
+    })
+}
+
+pub(crate) async fn signout(State(id): State<Arc<Identity>>, headers: HeaderMap, form: Form) -> Response {
+    let Ok(axum::Form(form)) = form else {
+        return id.error_page(StatusCode::BAD_REQUEST, "The form could not be read.");
+    };
+    if !csrf_ok(&headers, &form) {
+        return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
+    }
+    let mut response = Page::new("Signed out", message("note", "You are signed out.")).render(&id.theme);
+    id.end_session(&headers, &mut response).await;
+    response
+}
+
+/// OpenID Connect RP-initiated logout: ends the session and returns to the client when its
+/// `post_logout_redirect_uri` is one of its registered redirect URIs.
+pub(crate) async fn logout(
+    State(id): State<Arc<Identity>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let client = q
+        .get("client_id")
+        .cloned()
+        .or_else(|| q.get("id_token_hint").and_then(|t| id.verify_id_token_hint(t)))
+        .and_then(|c| id.clients.get(&c));
+    let target =
+        q.get("post_logout_redirect_uri").filter(|u| client.is_some_and(|c| c.redirect_uris.iter().any(|r| r == *u)));
+    let mut response = match target {
+        Some(uri) => {
+            let state: Vec<(&str, &str)> = q.get("state").map(|s| vec![("state", s.as_str())]).unwrap_or_default();
+            redirect_with(uri, &state)
+        }
+        None => Page::new("Signed out", message("note", "You are signed out.")).render(&id.theme),
+    };
+    id.end_session(&headers, &mut response).await;
+    response
+}
+
+// ----- password reset and e-mail verification -------------------------------------------------
+
+pub(crate) async fn reset_page(State(id): State<Arc<Identity>>, headers: HeaderMap) -> Response {
+    id.form_page(&headers, "Reset your password", |csrf| {
+        format!(
+            "<form method=\"post\" action=\"/account/reset\">{csrf}{}<button type=\"submit\">Send a reset link</button></form>",
+            field("E-mail", "email", "email", "", "autocomplete=\"email\" required maxlength=\"254\"")
+        )
+    })
+}
+
+pub(crate) async fn reset(State(id): State<Arc<Identity>>, headers: HeaderMap, form: Form) -> Response {
+    let Ok(axum::Form(form)) = form else {
+        return id.error_page(StatusCode::BAD_REQUEST, "The form could not be read.");
+    };
+    if !csrf_ok(&headers, &form) {
+        return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
+    }
+    let email = form.get("email").map(|e| e.trim()).unwrap_or("");
+    if let Ok(Some(user)) = id.users.by_email(email).await
+        && !user.disabled
+        && let Ok(token) = id.one_time("reset", &user.id, RESET_TTL).await
+    {
+        let link = format!("{}/account/reset/confirm?token={token}", id.issuer);
+        id.outbox(
+            &user.email,
+            &format!("Reset your password for {}", id.theme.app),
+            &format!("Open this link within an hour to choose a new password:\n\n{link}\n"),
+        )
+        .await;
+    }
+    Page::new(
+        "Check your e-mail",
+        message("note", "If an account uses this address, we have sent it a link to reset the password."),
+    )
+    .render(&id.theme)
+}
+
+pub(crate) async fn reset_confirm_page(
+    State(id): State<Arc<Identity>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let token = q.get("token").cloned().unwrap_or_default();
+    if !id.peek_one_time("reset", &token).await {
+        return id.error_page(StatusCode::BAD_REQUEST, "This reset link is not valid any more. Ask for a new one.");
+    }
+    id.form_page(&headers, "Choose a new password", |csrf| {
+        format!(
+            "<form method=\"post\" action=\"/account/reset/confirm\">{csrf}{}{}<button type=\"submit\">Save password</button></form>",
+            hidden("token", &token),
+            field("New password", "password", "password", "", "autocomplete=\"new-password\" required minlength=\"8\" maxlength=\"128\"")
+        )
+    })
+}
+
+pub(crate) async fn reset_confirm(State(id): State<Arc<Identity>>, headers: HeaderMap, form: Form) -> Response {
+    let Ok(axum::Form(form)) = form else {
+        return id.error_page(StatusCode::BAD_REQUEST, "The form could not be read.");
+    };
+    if !csrf_ok(&headers, &form) {
+        return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
+    }
+    let password = form.get("password").map(String::as_str).unwrap_or("");
+    if let Err(UserError::Invalid(text)) = crate::users::check_password(password) {
+        return Page::new("Choose a new password", message("error", &text))
+            .status(StatusCode::BAD_REQUEST)
+            .render(&id.theme);
+    }
+    let Some(user_id) = id.take_one_time("reset", form.get("token").map(String::as_str).unwrap_or("")).await else {
+        return id.error_page(StatusCode::BAD_REQUEST, "This reset link is not valid any more. Ask for a new one.");
+    };
+    match id.users.set_password(&user_id, password).await {
+        Ok(_) => Page::new(
+            "Password changed",
+            format!(
+                "{}<nav><a href=\"/account/signin\">Sign in</a></nav>",
+                message("note", "Your new password is saved.")
+            ),
+        )
+        .render(&id.theme),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot save a new password");
+            id.error_page(StatusCode::SERVICE_UNAVAILABLE, "The password could not be saved; try again.")
+        }
+    }
+}
+
+pub(crate) async fn verify(State(id): State<Arc<Identity>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let token = q.get("token").map(String::as_str).unwrap_or("");
+    let Some(user_id) = id.take_one_time("verify", token).await else {
+        return id.error_page(StatusCode::BAD_REQUEST, "This confirmation link is not valid any more.");
+    };
+    match id
+        .users
+        .update(&user_id, |u| {
+            u.email_verified = true;
+            Ok(())
+        })
+        .await
+    {
+        Ok(_) => Page::new("Address confirmed", message("note", "Thank you: your e-mail address is confirmed."))
+            .render(&id.theme),
+        Err(_) => id.error_page(StatusCode::BAD_REQUEST, "This confirmation link is not valid any more."),
+    }
+}
+
+pub(crate) async fn theme_css(State(id): State<Arc<Identity>>) -> Response {
+    match &id.css {
+        Some(css) => (
+            [(header::CONTENT_TYPE, "text/css; charset=utf-8"), (header::CACHE_CONTROL, "public, max-age=300")],
+            css.clone(),
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// How long a browser session lasts.
+pub(crate) const SESSION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_keep_the_clients_query_and_encode_values() {
+        let r = redirect_with("https://app.example/cb?x=1", &[("code", "a b"), ("state", "s&t")]);
+        assert_eq!(r.headers()["location"], "https://app.example/cb?x=1&code=a%20b&state=s%26t");
+        let r = redirect_with("https://app.example/cb", &[("code", "c")]);
+        assert_eq!(r.headers()["location"], "https://app.example/cb?code=c");
+    }
+
+    #[test]
+    fn reads_cookies() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; nimbus_sid=abc; b=2"));
+        assert_eq!(cookie(&h, "nimbus_sid").as_deref(), Some("abc"));
+        assert_eq!(cookie(&h, "missing"), None);
+    }
+}
