@@ -15,6 +15,7 @@
 //!
 //! Depends on `nimbus-config`, `nimbus-store` and `nimbus-api` only.
 
+mod admin;
 mod grants;
 mod keys;
 mod mail;
@@ -33,6 +34,7 @@ use axum::routing::{get, post};
 use nimbus_store::Store;
 use serde_json::{Value, json};
 
+pub use admin::check_names;
 pub use keys::KeyError;
 pub use mail::{Mail, outbox};
 pub use users::{User, UserError, Users};
@@ -149,6 +151,11 @@ impl Identity {
     /// Rereads the keys from the store (after a rotation elsewhere).
     pub async fn reload_keys(&self) -> Result<(), KeyError> {
         self.keys.reload().await
+    }
+
+    /// `/_nimbus/admin/users` and `/_nimbus/admin/outbox`, for the binary to put behind the admin token.
+    pub fn admin_router(self: &Arc<Self>) -> Router {
+        admin::router(self.clone())
     }
 
     /// The OIDC endpoints, at the paths the discovery document announces.

@@ -25,6 +25,50 @@ pub enum Command {
     Keys(KeysArgs),
     /// Manage the built-in identity provider.
     Identity(IdentityArgs),
+    /// Manage the identity provider's users.
+    Users(UsersArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UsersArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(subcommand)]
+    pub command: UsersCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create a user (without a password, the user sets one through "Forgot your password?").
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Roles, separated by commas.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users.
+    List,
+    /// Show a user (by id or e-mail address).
+    Show { user: String },
+    /// Stop a user from signing in (and from refreshing tokens).
+    Disable { user: String },
+    /// Let a disabled user sign in again.
+    Enable { user: String },
+    /// Replace a user's roles (they reach tokens as the `roles` claim).
+    SetRoles {
+        user: String,
+        /// Roles, separated by commas; empty to remove all.
+        #[arg(long, value_delimiter = ',', num_args = 0..)]
+        roles: Vec<String>,
+    },
+    /// Delete a user for good.
+    Delete { user: String },
 }
 
 #[derive(Debug, Args)]
@@ -39,6 +83,8 @@ pub struct IdentityArgs {
 pub enum IdentityCommand {
     /// Make a new signing key; the old ones stay in the JWKS until the tokens they signed expire.
     RotateKey,
+    /// Show the mail the identity provider has sent (verification, password reset).
+    Outbox,
 }
 
 /// Where a command that reads or writes the app's data finds it (the store a node uses).

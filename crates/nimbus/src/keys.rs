@@ -20,6 +20,18 @@ pub fn identity(args: IdentityArgs) -> Result<(), Failure> {
     runtime.block_on(async {
         let store = open_store(&args.store, &config).await?;
         match args.command {
+            IdentityCommand::Outbox => {
+                let mail = nimbus_identity::outbox(store.as_ref()).await?;
+                if args.store.json {
+                    println!("{}", serde_json::to_string(&mail)?);
+                } else if mail.is_empty() {
+                    println!("the outbox is empty");
+                } else {
+                    for m in &mail {
+                        println!("── {} · to {} · {}\n{}", time(Some(m.created)), m.to, m.subject, m.body);
+                    }
+                }
+            }
             IdentityCommand::RotateKey => {
                 let kid = nimbus_identity::rotate_key(&config.manifest, store).await?;
                 if args.store.json {
@@ -99,7 +111,7 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
 
 /// Opens the store a node of this app uses, without taking the node's lock (the store itself is
 /// safe to share: SQLite in WAL mode, or PostgreSQL).
-async fn open_store(
+pub(crate) async fn open_store(
     args: &StoreArgs,
     config: &nimbus_config::AppConfig,
 ) -> anyhow::Result<std::sync::Arc<dyn nimbus_store::Store>> {
@@ -139,7 +151,7 @@ fn status(k: &ApiKeyInfo) -> &'static str {
     }
 }
 
-fn time(secs: Option<u64>) -> String {
+pub(crate) fn time(secs: Option<u64>) -> String {
     match secs {
         Some(s) => humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(s)).to_string(),
         None => "never".to_owned(),

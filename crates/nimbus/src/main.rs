@@ -7,6 +7,7 @@ mod init;
 mod keys;
 mod logging;
 mod up;
+mod users;
 mod watch;
 
 use std::process::ExitCode;
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate(args),
         Command::Keys(args) => keys::run(args),
         Command::Identity(args) => keys::identity(args),
+        Command::Users(args) => users::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -88,7 +88,10 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         site: axum::Router::new().fallback(nimbus_gateway::not_found),
         operations: Arc::new(move || operations(&listed.list())),
     };
-    let admin = functions.admin_router().merge(nimbus_gateway::keys_admin_router(gateway.keys().clone()));
+    let mut admin = functions.admin_router().merge(nimbus_gateway::keys_admin_router(gateway.keys().clone()));
+    if let Some(identity) = &identity {
+        admin = admin.merge(identity.admin_router());
+    }
     let mut routes = nimbus_gateway::platform_routes(platform)
         .merge(nimbus_gateway::admin_only(admin, admin_token))
         .merge(functions.invocations_router())
