@@ -85,6 +85,25 @@ echo "test.sh: SDK tests" >&2
 python3 -m unittest discover -s sdk/python/tests -t sdk/python
 node --test sdk/node/test/
 
+# The identity provider as a real relying party (Python's authlib) sees it, against the built binary.
+# The virtualenv is made once and reused while it still imports both packages.
+echo "test.sh: relying-party tests (authlib)" >&2
+RP_VENV=target/test-venv
+if ! "$RP_VENV/bin/python" -c 'import authlib, requests' >/dev/null 2>&1; then
+  if ! python3 -m venv --clear "$RP_VENV" >/dev/null 2>&1; then
+    # Debian ships venv's ensurepip apart from python3.
+    echo "test.sh: installing Debian's python3-venv package for the relying-party tests" >&2
+    sudo=""
+    [[ $(id -u) -ne 0 ]] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv --clear "$RP_VENV"
+  fi
+  "$RP_VENV/bin/pip" install --quiet --disable-pip-version-check 'authlib>=1.3,<2' 'requests>=2.31,<3'
+fi
+cargo build --quiet -p nimbus
+"$RP_VENV/bin/python" tests/identity/rp_flow.py
+
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest runs no doctests; run them first so the closing summary is the full suite's.
   cargo test --workspace --doc --quiet
