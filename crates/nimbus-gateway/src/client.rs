@@ -1,4 +1,4 @@
-//! The one outbound HTTP client of the gateway: a pooled hyper client over rustls (ring, the
+//! The one outbound HTTP client of the gateway: a pooled hyper client over rustls (aws-lc-rs, the
 //! system's root certificates) for upstream proxying and for fetching issuers' signing keys.
 
 use std::time::Duration;
@@ -17,7 +17,7 @@ pub(crate) fn build() -> HttpClient {
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(Duration::from_secs(5)));
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
     let https = match builder.with_provider_and_native_roots(provider.clone()) {
         Ok(b) => b.https_or_http().enable_all_versions().wrap_connector(http),
@@ -33,7 +33,7 @@ pub(crate) fn build() -> HttpClient {
                     .https_or_http()
                     .enable_all_versions()
                     .wrap_connector(http),
-                Err(_) => unreachable!("ring supports the default protocol versions"),
+                Err(_) => unreachable!("aws-lc-rs supports the default protocol versions"),
             }
         }
     };

@@ -16,6 +16,7 @@
 //! Depends on `nimbus-config`, `nimbus-store` and `nimbus-api` only.
 
 mod admin;
+pub mod crypto;
 mod grants;
 mod keys;
 mod mail;

@@ -22,6 +22,7 @@ use crate::cli::{Cli, Command};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    nimbus_identity::crypto::install();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Up(args) => up::run(args),
