@@ -83,23 +83,38 @@ pub(crate) async fn authorization_code(
         (None, Some(_)) => return Err(invalid_grant("the authorization request had no code_challenge")),
         (None, None) => {}
     }
-    // Mark the code used (once, whoever wins) before issuing anything.
-    let family = nimbus_api::hex(&rand::random::<[u8; 16]>());
-    grant.used = Some(family.clone());
-    let value = serde_json::to_vec(&grant).expect("a code serializes");
-    match id.store.commit(vec![Write::put(NS, &key, value).expect(Expect::Version(record.version))]).await {
-        Ok(_) => {}
-        Err(StoreError::Conflict { .. }) => return Err(invalid_grant("the code was already used")),
-        Err(e) => return Err(server_error("cannot use the code", e)),
-    }
     let user = id.users.get(&grant.user_id).await.map_err(|_| invalid_grant("the user is gone"))?;
     if user.disabled {
         return Err(invalid_grant("the account is disabled"));
     }
+    // Mark the code used and store its refresh family in one commit: whoever loses a race for the
+    // same code finds the family and revokes it.
+    let family = nimbus_api::hex(&rand::random::<[u8; 16]>());
+    grant.used = Some(family.clone());
+    let mut writes = vec![
+        Write::put(NS, &key, serde_json::to_vec(&grant).expect("a code serializes"))
+            .expect(Expect::Version(record.version)),
+    ];
     let refresh = match client.grants.refresh_token {
-        true => Some(new_family(id, &family, client, &user, &grant.request.scope, grant.auth_time).await?),
+        true => {
+            let (write, token) = new_family(id, &family, client, &user, &grant.request.scope, grant.auth_time);
+            writes.push(write);
+            Some(token)
+        }
         false => None,
     };
+    match id.store.commit(writes).await {
+        Ok(_) => {}
+        Err(StoreError::Conflict { .. }) => {
+            if let Ok(Some(now_used)) = id.store.get(NS, &key).await
+                && let Ok(CodeGrant { used: Some(winner), .. }) = serde_json::from_slice(&now_used.value)
+            {
+                revoke_family(id, &winner).await;
+            }
+            return Err(invalid_grant("the code was already used; the tokens issued from it are revoked"));
+        }
+        Err(e) => return Err(server_error("cannot use the code", e)),
+    }
     issue(id, client, &user, &grant.request.scope, grant.auth_time, grant.request.nonce.as_deref(), refresh)
 }
 
@@ -149,14 +164,15 @@ pub(crate) async fn refresh(
     issue(id, client, &user, &scope, family.auth_time, None, Some(format!("rt_{family_id}_{next}")))
 }
 
-async fn new_family(
+/// A new refresh family's record (to commit) and its first token.
+fn new_family(
     id: &Identity,
     family: &str,
     client: &Client,
     user: &User,
     scope: &str,
     auth_time: u64,
-) -> Result<String, OAuthError> {
+) -> (Write, String) {
     let secret = nimbus_api::hex(&rand::random::<[u8; 32]>());
     let record = Family {
         client_id: client.id.clone(),
@@ -168,11 +184,7 @@ async fn new_family(
         revoked: false,
     };
     let value = serde_json::to_vec(&record).expect("a family serializes");
-    id.store
-        .commit(vec![Write::put(NS, &format!("refresh/{family}"), value).expect(Expect::Absent)])
-        .await
-        .map_err(|e| server_error("cannot store the refresh token", e))?;
-    Ok(format!("rt_{family}_{secret}"))
+    (Write::put(NS, &format!("refresh/{family}"), value).expect(Expect::Absent), format!("rt_{family}_{secret}"))
 }
 
 async fn revoke_family(id: &Identity, family: &str) {
@@ -334,8 +346,7 @@ pub(crate) async fn revoke(
     headers: HeaderMap,
     form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, OAuthError> {
-    let axum::Form(form) =
-        form.map_err(|_| OAuthError::new("invalid_request", "the body must be application/x-www-form-urlencoded"))?;
+    let axum::Form(form) = form.map_err(|r| OAuthError::rejected(&r))?;
     let client = crate::token::authenticate(&id, &headers, &form)?;
     let token = form.get("token").ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?;
     if let Some((family_id, secret)) = parse_refresh(token)

@@ -169,7 +169,7 @@ impl Identity {
             .route("/oauth2/userinfo", get(grants::userinfo).post(grants::userinfo))
             .route("/oauth2/revoke", post(grants::revoke))
             .route("/oauth2/introspect", post(token::introspect))
-            .route("/oauth2/logout", get(web::logout))
+            .route("/oauth2/logout", get(web::logout).post(web::logout_confirmed))
             .route("/account", get(web::account))
             .route("/account/signin", get(web::signin_page).post(web::signin))
             .route("/account/signup", get(web::signup_page).post(web::signup))

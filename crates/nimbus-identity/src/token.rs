@@ -35,6 +35,16 @@ impl OAuthError {
         Self { status: StatusCode::BAD_REQUEST, error, description: description.into(), basic: false }
     }
 
+    /// A body the form extractor refused: too large (413) or not a form (400).
+    pub fn rejected(rejection: &axum::extract::rejection::FormRejection) -> Self {
+        let mut e = Self::new("invalid_request", "the body must be application/x-www-form-urlencoded");
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            e.status = StatusCode::PAYLOAD_TOO_LARGE;
+            e.description = "the request body is too large".into();
+        }
+        e
+    }
+
     /// A 500 whose detail went to the log.
     pub fn server(description: &str) -> Self {
         Self {
@@ -200,8 +210,7 @@ pub(crate) async fn token(
     headers: HeaderMap,
     form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, OAuthError> {
-    let axum::Form(form) =
-        form.map_err(|_| OAuthError::new("invalid_request", "the body must be application/x-www-form-urlencoded"))?;
+    let axum::Form(form) = form.map_err(|r| OAuthError::rejected(&r))?;
     let grant = form.get("grant_type").ok_or_else(|| OAuthError::new("invalid_request", "grant_type is missing"))?;
     match grant.as_str() {
         "client_credentials" => {
@@ -259,8 +268,7 @@ pub(crate) async fn introspect(
     headers: HeaderMap,
     form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, OAuthError> {
-    let axum::Form(form) =
-        form.map_err(|_| OAuthError::new("invalid_request", "the body must be application/x-www-form-urlencoded"))?;
+    let axum::Form(form) = form.map_err(|r| OAuthError::rejected(&r))?;
     authenticate(&identity, &headers, &form)?;
     let token = form.get("token").ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?;
     let answer = match identity.verify(token) {

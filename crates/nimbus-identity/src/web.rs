@@ -142,6 +142,13 @@ impl Identity {
         response
     }
 
+    fn form_rejected(&self, rejection: &axum::extract::rejection::FormRejection) -> Response {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => self.error_page(StatusCode::PAYLOAD_TOO_LARGE, "The form is too large."),
+            _ => self.error_page(StatusCode::BAD_REQUEST, "The form could not be read."),
+        }
+    }
+
     fn error_page(&self, status: StatusCode, text: &str) -> Response {
         Page::new("Something went wrong", message("error", text)).status(status).render(&self.theme)
     }
@@ -351,8 +358,9 @@ pub(crate) async fn signin(
     headers: HeaderMap,
     form: Form,
 ) -> Response {
-    let Ok(axum::Form(form)) = form else {
-        return id.error_page(StatusCode::BAD_REQUEST, "The form could not be read.");
+    let form = match form {
+        Ok(axum::Form(form)) => form,
+        Err(rejection) => return id.form_rejected(&rejection),
     };
     if !csrf_ok(&headers, &form) {
         return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
@@ -457,8 +465,9 @@ pub(crate) async fn signup(State(id): State<Arc<Identity>>, headers: HeaderMap, 
     if !id.signup {
         return id.error_page(StatusCode::NOT_FOUND, "This application does not take new accounts.");
     }
-    let Ok(axum::Form(form)) = form else {
-        return id.error_page(StatusCode::BAD_REQUEST, "The form could not be read.");
+    let form = match form {
+        Ok(axum::Form(form)) => form,
+        Err(rejection) => return id.form_rejected(&rejection),
     };
     if !csrf_ok(&headers, &form) {
         return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
@@ -542,8 +551,9 @@ pub(crate) async fn signout_page(State(id): State<Arc<Identity>>, headers: Heade
 }
 
 pub(crate) async fn signout(State(id): State<Arc<Identity>>, headers: HeaderMap, form: Form) -> Response {
-    let Ok(axum::Form(form)) = form else {
-        return id.error_page(StatusCode::BAD_REQUEST, "The form could not be read.");
+    let form = match form {
+        Ok(axum::Form(form)) => form,
+        Err(rejection) => return id.form_rejected(&rejection),
     };
     if !csrf_ok(&headers, &form) {
         return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
@@ -553,18 +563,50 @@ pub(crate) async fn signout(State(id): State<Arc<Identity>>, headers: HeaderMap,
     response
 }
 
-/// OpenID Connect RP-initiated logout: ends the session and returns to the client when its
-/// `post_logout_redirect_uri` is one of its registered redirect URIs.
+/// OpenID Connect RP-initiated logout. With a valid `id_token_hint` (proof that the client asks),
+/// the session ends at once; without one, the user confirms first (a form with a CSRF token), so
+/// that another site cannot sign users out by sending them here. Afterwards the browser returns to
+/// `post_logout_redirect_uri` when it is one of the client's registered redirect URIs.
 pub(crate) async fn logout(
     State(id): State<Arc<Identity>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let client = q
-        .get("client_id")
-        .cloned()
-        .or_else(|| q.get("id_token_hint").and_then(|t| id.verify_id_token_hint(t)))
-        .and_then(|c| id.clients.get(&c));
+    let hinted = q.get("id_token_hint").and_then(|t| id.verify_id_token_hint(t));
+    if hinted.is_some() {
+        return finish_logout(&id, &headers, hinted.as_deref(), &q).await;
+    }
+    id.form_page(&headers, "Sign out?", |csrf| {
+        let mut fields = csrf.to_owned();
+        for name in ["client_id", "post_logout_redirect_uri", "state"] {
+            if let Some(value) = q.get(name) {
+                fields.push_str(&hidden(name, value));
+            }
+        }
+        format!(
+            "<form method=\"post\" action=\"/oauth2/logout\">{fields}<button type=\"submit\">Sign out</button></form>"
+        )
+    })
+}
+
+pub(crate) async fn logout_confirmed(State(id): State<Arc<Identity>>, headers: HeaderMap, form: Form) -> Response {
+    let form = match form {
+        Ok(axum::Form(form)) => form,
+        Err(rejection) => return id.form_rejected(&rejection),
+    };
+    if !csrf_ok(&headers, &form) {
+        return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
+    }
+    finish_logout(&id, &headers, form.get("client_id").map(String::as_str), &form).await
+}
+
+async fn finish_logout(
+    id: &Identity,
+    headers: &HeaderMap,
+    client_id: Option<&str>,
+    q: &HashMap<String, String>,
+) -> Response {
+    let client = client_id.and_then(|c| id.clients.get(c));
     let target =
         q.get("post_logout_redirect_uri").filter(|u| client.is_some_and(|c| c.redirect_uris.iter().any(|r| r == *u)));
     let mut response = match target {
@@ -574,7 +616,7 @@ pub(crate) async fn logout(
         }
         None => Page::new("Signed out", message("note", "You are signed out.")).render(&id.theme),
     };
-    id.end_session(&headers, &mut response).await;
+    id.end_session(headers, &mut response).await;
     response
 }
 
@@ -590,8 +632,9 @@ pub(crate) async fn reset_page(State(id): State<Arc<Identity>>, headers: HeaderM
 }
 
 pub(crate) async fn reset(State(id): State<Arc<Identity>>, headers: HeaderMap, form: Form) -> Response {
-    let Ok(axum::Form(form)) = form else {
-        return id.error_page(StatusCode::BAD_REQUEST, "The form could not be read.");
+    let form = match form {
+        Ok(axum::Form(form)) => form,
+        Err(rejection) => return id.form_rejected(&rejection),
     };
     if !csrf_ok(&headers, &form) {
         return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
@@ -635,8 +678,9 @@ pub(crate) async fn reset_confirm_page(
 }
 
 pub(crate) async fn reset_confirm(State(id): State<Arc<Identity>>, headers: HeaderMap, form: Form) -> Response {
-    let Ok(axum::Form(form)) = form else {
-        return id.error_page(StatusCode::BAD_REQUEST, "The form could not be read.");
+    let form = match form {
+        Ok(axum::Form(form)) => form,
+        Err(rejection) => return id.form_rejected(&rejection),
     };
     if !csrf_ok(&headers, &form) {
         return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");

@@ -879,7 +879,6 @@ async fn oversized_fields_are_refused_with_a_page() {
 /// is told its body is malformed when it is too large. They should answer the rejection's own
 /// status (`rejection.status()`): 413 Payload Too Large.
 #[tokio::test]
-#[ignore = "BUG: bodies over the identity router's 16 KiB limit get 400, not 413 (web.rs, token.rs, grants.rs)"]
 async fn a_body_over_16_kib_is_413() {
     let app = flow_app("");
     let node = app.start(&[]);
@@ -1163,7 +1162,6 @@ async fn hosted_pages_carry_security_headers_and_cookies_are_http_only_lax() {
 /// `new_family`'s `Expect::Absent` then trips on), and on `Conflict` reread the code and revoke
 /// the family it names.
 #[tokio::test]
-#[ignore = "BUG: a code redeemed twice at the same moment leaves the winner's refresh token valid (grants.rs)"]
 async fn a_code_redeemed_twice_at_once_revokes_the_tokens_it_gave() {
     let app = flow_app("");
     let node = app.start(&[]);
@@ -1190,7 +1188,6 @@ async fn a_code_redeemed_twice_at_once_revokes_the_tokens_it_gave() {
 /// `id_token_hint` it should show a confirmation page whose form (with the CSRF token) ends the
 /// session; with `client_id` only, it may redirect afterwards.
 #[tokio::test]
-#[ignore = "BUG: /oauth2/logout without id_token_hint ends the session without asking (logout CSRF, web.rs)"]
 async fn logout_without_an_id_token_hint_asks_first() {
     let app = flow_app("");
     let node = app.start(&[]);
