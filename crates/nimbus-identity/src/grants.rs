@@ -343,11 +343,12 @@ pub(crate) async fn userinfo(State(id): State<Arc<Identity>>, headers: HeaderMap
 /// RFC 7009: revokes a refresh token (its family); answers 200 whatever the token was.
 pub(crate) async fn revoke(
     State(id): State<Arc<Identity>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, OAuthError> {
     let axum::Form(form) = form.map_err(|r| OAuthError::rejected(&r))?;
-    let client = crate::token::authenticate(&id, &headers, &form)?;
+    let client = crate::token::authenticate(&id, peer.ip(), &headers, &form)?;
     let token = form.get("token").ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?;
     if let Some((family_id, secret)) = parse_refresh(token)
         && let Ok(Some(record)) = id.store.get(NS, &format!("refresh/{family_id}")).await

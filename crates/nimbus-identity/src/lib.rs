@@ -65,6 +65,8 @@ pub struct Identity {
     /// Failed sign-ins: 5 per account, 50 per IP address, each within 15 minutes, lock 15 minutes.
     signin_throttle: throttle::Throttle,
     ip_throttle: throttle::Throttle,
+    /// Failed client authentications at the token endpoint: 20 per IP within 15 minutes.
+    client_throttle: throttle::Throttle,
 }
 
 impl Identity {
@@ -115,6 +117,7 @@ impl Identity {
             signup: section.is_none_or(|s| s.signup),
             signin_throttle: throttle::Throttle::new(5, lockout, lockout),
             ip_throttle: throttle::Throttle::new(50, lockout, lockout),
+            client_throttle: throttle::Throttle::new(20, lockout, lockout),
             issuer,
         });
         let weak = Arc::downgrade(&identity);

@@ -141,9 +141,18 @@ impl Client {
 /// `client_id` + `client_secret` in the body; never both.
 pub(crate) fn authenticate<'a>(
     identity: &'a Identity,
+    peer: std::net::IpAddr,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
 ) -> Result<&'a Client, OAuthError> {
+    // Guessing client secrets is throttled per address: after 20 failures in 15 minutes, 429.
+    let throttle_key = peer.to_string();
+    if let Some(wait) = identity.client_throttle.locked(&throttle_key) {
+        let mut e =
+            OAuthError::new("invalid_client", format!("too many failed attempts; retry in {} s", wait.as_secs() + 1));
+        e.status = StatusCode::TOO_MANY_REQUESTS;
+        return Err(e);
+    }
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -175,6 +184,7 @@ pub(crate) fn authenticate<'a>(
     match identity.clients.get(&id) {
         Some(client) if client.secret_matches(&secret) => Ok(client),
         _ => {
+            identity.client_throttle.failed(&throttle_key);
             metrics::counter!("nimbus_identity_client_auth_failures_total").increment(1);
             Err(OAuthError::invalid_client(via_basic))
         }
@@ -207,6 +217,7 @@ fn url_decode(s: &str) -> String {
 
 pub(crate) async fn token(
     State(identity): State<Arc<Identity>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, OAuthError> {
@@ -214,7 +225,7 @@ pub(crate) async fn token(
     let grant = form.get("grant_type").ok_or_else(|| OAuthError::new("invalid_request", "grant_type is missing"))?;
     match grant.as_str() {
         "client_credentials" => {
-            let client = authenticate(&identity, &headers, &form)?;
+            let client = authenticate(&identity, peer.ip(), &headers, &form)?;
             if !client.grants.client_credentials {
                 return Err(OAuthError::new("unauthorized_client", "this client may not use client_credentials"));
             }
@@ -232,11 +243,11 @@ pub(crate) async fn token(
             Ok(response)
         }
         "authorization_code" => {
-            let client = authenticate(&identity, &headers, &form)?;
+            let client = authenticate(&identity, peer.ip(), &headers, &form)?;
             crate::grants::authorization_code(&identity, client, &form).await
         }
         "refresh_token" => {
-            let client = authenticate(&identity, &headers, &form)?;
+            let client = authenticate(&identity, peer.ip(), &headers, &form)?;
             crate::grants::refresh(&identity, client, &form).await
         }
         other => {
@@ -265,11 +276,12 @@ fn granted_scope(client: &Client, requested: Option<&String>) -> Result<String, 
 /// `{"active": false}` and nothing more.
 pub(crate) async fn introspect(
     State(identity): State<Arc<Identity>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, OAuthError> {
     let axum::Form(form) = form.map_err(|r| OAuthError::rejected(&r))?;
-    authenticate(&identity, &headers, &form)?;
+    authenticate(&identity, peer.ip(), &headers, &form)?;
     let token = form.get("token").ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?;
     let answer = match identity.verify(token) {
         Some(mut claims) => {

@@ -1225,3 +1225,17 @@ async fn logout_with_an_id_token_hint_returns_to_a_registered_uri_only() {
     let prompt = params.set("prompt", "none");
     assert_eq!(redirected_error(&node, &browser.get(&prompt.url(&node)).await, &prompt), "login_required");
 }
+
+/// Guessing client secrets: after 20 failures from one address the token endpoint answers 429,
+/// even for the right secret, until the lockout ends.
+#[tokio::test]
+async fn the_token_endpoint_throttles_secret_guessing() {
+    let app = app();
+    let node = app.start(&[]);
+    let cc = [("grant_type", "client_credentials")];
+    for _ in 0..20 {
+        assert_eq!(token(&node, &cc, Some(("svc", "guess"))).await.0, 401);
+    }
+    let (status, body) = token(&node, &cc, Some(("svc", "s3cret"))).await;
+    assert_eq!((status, body["error"].as_str()), (429, Some("invalid_client")), "{body}");
+}
