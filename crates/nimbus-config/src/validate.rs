@@ -501,9 +501,19 @@ fn check_identity(c: &mut Checker, m: &Manifest) {
             }
         }
     }
+    let mut names = BTreeSet::new();
     for (i, provider) in id.providers.iter().enumerate() {
-        if !is_http_url(&provider.issuer) {
-            c.fail(p!["identity", "providers", i, "issuer"], format!("\"{}\" is not an http(s) URL", provider.issuer));
+        if let Err(e) = check_secure_url(&provider.issuer) {
+            c.fail(p!["identity", "providers", i, "issuer"], e);
+        }
+        if !is_name(&provider.name) {
+            c.fail(
+                p!["identity", "providers", i, "name"],
+                "must be 1-63 characters of lowercase letters, digits, `-` and `_` (it is part of the callback URL)",
+            );
+        }
+        if !names.insert(&provider.name) {
+            c.fail(p!["identity", "providers", i, "name"], format!("provider \"{}\" is declared twice", provider.name));
         }
     }
 }

@@ -17,6 +17,7 @@
 
 mod admin;
 pub mod crypto;
+mod federation;
 mod grants;
 mod keys;
 mod mail;
@@ -67,6 +68,9 @@ pub struct Identity {
     ip_throttle: throttle::Throttle,
     /// Failed client authentications at the token endpoint: 20 per IP within 15 minutes.
     client_throttle: throttle::Throttle,
+    providers: Vec<federation::Provider>,
+    /// Outbound HTTP (federated providers).
+    http: reqwest::Client,
 }
 
 impl Identity {
@@ -118,6 +122,14 @@ impl Identity {
             signin_throttle: throttle::Throttle::new(5, lockout, lockout),
             ip_throttle: throttle::Throttle::new(50, lockout, lockout),
             client_throttle: throttle::Throttle::new(20, lockout, lockout),
+            providers: section
+                .map(|s| s.providers.iter().map(federation::Provider::from_section).collect())
+                .unwrap_or_default(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .map_err(|e| StartError::Http(e.to_string()))?,
             issuer,
         });
         let weak = Arc::downgrade(&identity);
@@ -181,6 +193,8 @@ impl Identity {
             .route("/account/reset/confirm", get(web::reset_confirm_page).post(web::reset_confirm))
             .route("/account/verify", get(web::verify))
             .route("/account/theme.css", get(web::theme_css))
+            .route("/account/federate/{name}", get(federation::start))
+            .route("/account/federate/{name}/callback", get(federation::callback))
             // Forms and token requests are small; a large body is an attack, not a user.
             .layer(axum::extract::DefaultBodyLimit::max(16 * 1024))
             .with_state(self.clone())
@@ -205,6 +219,8 @@ pub enum StartError {
     Keys(#[from] KeyError),
     #[error("[identity] css: cannot read {0}: {1}")]
     Css(String, std::io::Error),
+    #[error("cannot make an HTTP client: {0}")]
+    Http(String),
 }
 
 fn default_audience(app: &str) -> String {

@@ -149,7 +149,7 @@ impl Identity {
         }
     }
 
-    fn error_page(&self, status: StatusCode, text: &str) -> Response {
+    pub(crate) fn error_page(&self, status: StatusCode, text: &str) -> Response {
         Page::new("Something went wrong", message("error", text)).status(status).render(&self.theme)
     }
 
@@ -340,6 +340,13 @@ fn signin_form(id: &Identity, csrf: &str, request: &str, email: &str, note: Opti
         password = field("Password", "password", "password", "", "autocomplete=\"current-password\" required maxlength=\"128\""),
         signup = if id.signup { format!("<a href=\"/account/signup{q}\">Create an account</a>") } else { String::new() },
     ));
+    for provider in &id.providers {
+        body.push_str(&format!(
+            "<p><a class=\"provider\" href=\"/account/federate/{}{q}\">Sign in with {}</a></p>",
+            esc(&provider.name),
+            esc(&provider.name)
+        ));
+    }
     body
 }
 
@@ -409,7 +416,7 @@ pub(crate) async fn signin(
 }
 
 /// After a sign-in or sign-up: the session, then back to the client (or to the account page).
-async fn signed_in(id: &Identity, user: &User, request: &str) -> Response {
+pub(crate) async fn signed_in(id: &Identity, user: &User, request: &str) -> Response {
     let pending = if request.is_empty() { None } else { id.pending(request).await };
     let mut response = match &pending {
         Some(_) => Response::new(axum::body::Body::empty()),

@@ -1239,3 +1239,104 @@ async fn the_token_endpoint_throttles_secret_guessing() {
     let (status, body) = token(&node, &cc, Some(("svc", "s3cret"))).await;
     assert_eq!((status, body["error"].as_str()), (429, Some("invalid_client")), "{body}");
 }
+
+/// Federation: node B trusts node A as an external OpenID provider. A user of A signs in to B's
+/// client through "Sign in with a" (A's hosted sign-in), gets a B account (no password), and comes
+/// back to the same account next time; a B account with the same verified address is linked.
+#[tokio::test]
+async fn users_of_an_external_provider_sign_in_and_are_linked() {
+    let b_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let callback = format!("http://127.0.0.1:{b_port}/account/federate/a/callback");
+    let a_app = App::new(Some(&format!(
+        "[identity]\n\n[[identity.clients]]\nid = \"fed\"\nsecret = \"fed-secret\"\nredirect_uris = [\"{callback}\"]\nscopes = [\"openid\", \"email\", \"profile\"]\n"
+    )));
+    let a = a_app.start(&[]);
+    let admin = reqwest::Client::new();
+    let created = admin
+        .post(a.url("/_nimbus/admin/users"))
+        .bearer_auth(support::admin_token(&a_app))
+        .json(&serde_json::json!({"email": "ada@example.com", "password": PASSWORD, "name": "Ada", "email_verified": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    let b_app = App::new(Some(&format!(
+        "[identity]\n\n[[identity.clients]]\nid = \"spa\"\npublic = true\nredirect_uris = [\"{CB}\"]\n\n\
+         [[identity.providers]]\nname = \"a\"\nissuer = \"{}\"\nclient_id = \"fed\"\nclient_secret = \"fed-secret\"\n",
+        a.url
+    )));
+    let b = b_app.start(&["--port", &b_port.to_string()]);
+
+    // Each node gets its own cookie jar: both live on 127.0.0.1, and a real browser would keep
+    // them apart only by host name.
+    let sign_in_through_a = async |b_browser: &mut Browser, email: &str| {
+        let mut a_browser = Browser::new(&a);
+        let first = b_browser.get(&AuthParams::new("spa").url(&b)).await;
+        let signin = first.location().unwrap().to_owned();
+        let page = b_browser.get(&signin).await;
+        let request = signin.strip_prefix("/account/signin?request=").unwrap();
+        let link = format!("/account/federate/a?request={request}");
+        assert!(page.body.contains(&link), "the sign-in page offers the provider: {}", page.body);
+        let to_a = b_browser.get(&link).await;
+        assert_eq!(to_a.status, 303);
+        let authorize = to_a.location().unwrap().to_owned();
+        assert!(authorize.starts_with(&format!("{}/oauth2/authorize?", a.url)), "{authorize}");
+        let a_signin = a_browser.get(&authorize).await.location().unwrap().to_owned();
+        let back = a_browser.fill(&a_signin, "/account/signin", &[("email", email), ("password", PASSWORD)]).await;
+        let callback = back.location().unwrap().to_owned();
+        assert!(callback.starts_with(&format!("http://127.0.0.1:{b_port}/account/federate/a/callback?")), "{callback}");
+        let done = b_browser.get(&callback).await;
+        let location = done.location().unwrap_or_else(|| panic!("{}", done.body)).to_owned();
+        assert!(location.starts_with(&format!("{CB}?code=")), "{location}");
+        let code = location.split("code=").nth(1).unwrap().split('&').next().unwrap().to_owned();
+        let (status, tokens) = redeem(&b, "spa", &code, Some(VERIFIER)).await;
+        assert_eq!(status, 200, "{tokens}");
+        jsonwebtoken::dangerous::insecure_decode::<Value>(tokens["id_token"].as_str().unwrap()).unwrap().claims
+    };
+    let first = sign_in_through_a(&mut Browser::new(&b), "ada@example.com").await;
+    assert_eq!((first["email"].as_str(), first["email_verified"].as_bool()), (Some("ada@example.com"), Some(true)));
+    assert_eq!(first["name"], "Ada");
+    let again = sign_in_through_a(&mut Browser::new(&b), "ada@example.com").await;
+    assert_eq!(again["sub"], first["sub"], "the provider account stays linked to one user");
+
+    // Eve has accounts on both nodes: her verified address links them.
+    for (node, app) in [(&a, &a_app), (&b, &b_app)] {
+        let made = reqwest::Client::new()
+            .post(node.url("/_nimbus/admin/users"))
+            .bearer_auth(support::admin_token(app))
+            .json(&serde_json::json!({"email": "eve@example.com", "password": PASSWORD, "email_verified": true}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(made.status(), 201);
+    }
+    let eve_on_b: Value = reqwest::Client::new()
+        .get(b.url("/_nimbus/admin/users"))
+        .bearer_auth(support::admin_token(&b_app))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let eve_id =
+        eve_on_b["users"].as_array().unwrap().iter().find(|u| u["email"] == "eve@example.com").unwrap()["id"].clone();
+    let eve = sign_in_through_a(&mut Browser::new(&b), "eve@example.com").await;
+    assert_eq!(eve["sub"], eve_id, "linked to the existing account with the same verified address");
+    let listed: Value = reqwest::Client::new()
+        .get(b.url("/_nimbus/admin/users"))
+        .bearer_auth(support::admin_token(&b_app))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["users"].as_array().unwrap().len(), 2, "ada (made by federation) and eve: {listed}");
+
+    // A tampered or replayed callback is refused.
+    let replay = Browser::new(&b).get("/account/federate/a/callback?code=x&state=unknown").await;
+    assert_eq!(replay.status, 400);
+    assert_eq!(Browser::new(&b).get("/account/federate/nobody").await.status, 404);
+}

@@ -67,7 +67,7 @@ impl Node {
         let mut child = cmd
             .arg("up")
             .arg(app_dir)
-            .args(["--port", "0"])
+            .args(if extra.contains(&"--port") { &[][..] } else { &["--port", "0"][..] })
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
