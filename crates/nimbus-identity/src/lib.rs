@@ -8,10 +8,10 @@
 //! - `token.rs` + `grants.rs`: the token endpoint (authorization code, refresh with rotation and
 //!   reuse detection, client credentials), userinfo, revocation, introspection;
 //! - `throttle.rs`: lockouts after failed sign-ins per account and per IP;
-//! - `mail.rs`: the outbox for verification and reset mail.
+//! - `mail.rs`: verification and reset mail, by SMTP when configured, else into an outbox.
 //!
 //! Discovery is at `/.well-known/openid-configuration`. The gateway trusts this issuer in process
-//! through [`Identity::jwks`]. Federation with external providers and SMTP delivery come next.
+//! through [`Identity::jwks`]. `federation.rs` signs users in through external OpenID providers.
 //!
 //! Depends on `nimbus-config`, `nimbus-store` and `nimbus-api` only.
 
@@ -71,6 +71,7 @@ pub struct Identity {
     providers: Vec<federation::Provider>,
     /// Outbound HTTP (federated providers).
     http: reqwest::Client,
+    smtp: Option<Arc<mail::Smtp>>,
 }
 
 impl Identity {
@@ -96,9 +97,10 @@ impl Identity {
             }
             None => None,
         };
-        if section.is_some_and(|s| s.smtp.is_some()) {
-            tracing::warn!("[identity.smtp] is not used yet: mail goes to the outbox (nimbus identity outbox)");
-        }
+        let smtp = match section.and_then(|s| s.smtp.as_ref()) {
+            Some(smtp) => Some(Arc::new(mail::Smtp::new(smtp).map_err(StartError::Smtp)?)),
+            None => None,
+        };
         let lockout = Duration::from_secs(15 * 60);
         let identity = Arc::new(Self {
             audience: section.and_then(|s| s.audience.clone()).unwrap_or_else(|| default_audience(&app.name())),
@@ -125,6 +127,7 @@ impl Identity {
             providers: section
                 .map(|s| s.providers.iter().map(federation::Provider::from_section).collect())
                 .unwrap_or_default(),
+            smtp,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .redirect(reqwest::redirect::Policy::none())
@@ -221,6 +224,8 @@ pub enum StartError {
     Css(String, std::io::Error),
     #[error("cannot make an HTTP client: {0}")]
     Http(String),
+    #[error("{0}")]
+    Smtp(String),
 }
 
 fn default_audience(app: &str) -> String {

@@ -10,6 +10,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::{App, Node, nimbus, text};
@@ -1339,4 +1340,78 @@ async fn users_of_an_external_provider_sign_in_and_are_linked() {
     let replay = Browser::new(&b).get("/account/federate/a/callback?code=x&state=unknown").await;
     assert_eq!(replay.status, 400);
     assert_eq!(Browser::new(&b).get("/account/federate/nobody").await.status, 404);
+}
+
+/// A minimal SMTP server on 127.0.0.1: accepts every message and hands over its DATA.
+async fn smtp_sink() -> (u16, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut lines = BufReader::new(read).lines();
+                write.write_all(b"220 sink ESMTP\r\n").await.unwrap();
+                let (mut data, mut in_data) = (String::new(), false);
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if in_data {
+                        if line == "." {
+                            in_data = false;
+                            tx.send(std::mem::take(&mut data)).unwrap();
+                            write.write_all(b"250 queued\r\n").await.unwrap();
+                        } else {
+                            data.push_str(&line);
+                            data.push('\n');
+                        }
+                        continue;
+                    }
+                    let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+                    let answer: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-sink\r\n250 8BITMIME\r\n",
+                        "DATA" => {
+                            in_data = true;
+                            b"354 go on\r\n"
+                        }
+                        "QUIT" => b"221 bye\r\n",
+                        _ => b"250 ok\r\n",
+                    };
+                    write.write_all(answer).await.unwrap();
+                    if verb == "QUIT" {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// With `[identity.smtp]`, mail goes out by SMTP (here a local relay, plain SMTP) and not into
+/// the outbox; when the relay does not answer, the message is kept in the outbox.
+#[tokio::test]
+async fn mail_goes_out_by_smtp_and_falls_back_to_the_outbox() {
+    let (port, mut received) = smtp_sink().await;
+    let app = flow_app(&format!(
+        "smtp = {{ host = \"127.0.0.1\", port = {port}, from = \"Nimbus <no-reply@example.com>\" }}"
+    ));
+    let node = app.start(&[]);
+    signed_up(&node, &AuthParams::new("spa"), "mia@example.com", "Mia").await;
+    let message = tokio::time::timeout(Duration::from_secs(10), received.recv()).await.unwrap().unwrap();
+    assert!(message.contains("To: mia@example.com"), "{message}");
+    assert!(message.contains("From: Nimbus <no-reply@example.com>"), "{message}");
+    assert!(message.contains("/account/verify?token="), "{message}");
+    assert!(outbox(&app).is_empty(), "sent mail is not kept");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let app = flow_app(&format!("smtp = {{ host = \"127.0.0.1\", port = {closed}, from = \"no-reply@example.com\" }}"));
+    let node = app.start(&[]);
+    signed_up(&node, &AuthParams::new("spa"), "leo@example.com", "Leo").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mail_to(&outbox(&app), "leo@example.com", "Confirm").is_empty() {
+        assert!(Instant::now() < deadline, "the refused message reaches the outbox");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
