@@ -348,7 +348,7 @@ pub(crate) async fn revoke(
     form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, OAuthError> {
     let axum::Form(form) = form.map_err(|r| OAuthError::rejected(&r))?;
-    let client = crate::token::authenticate(&id, peer.ip(), &headers, &form)?;
+    let client = crate::token::authenticate(&id, peer.ip(), &headers, &form).await?;
     let token = form.get("token").ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?;
     if let Some((family_id, secret)) = parse_refresh(token)
         && let Ok(Some(record)) = id.store.get(NS, &format!("refresh/{family_id}")).await

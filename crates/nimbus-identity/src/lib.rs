@@ -16,6 +16,7 @@
 //! Depends on `nimbus-config`, `nimbus-store` and `nimbus-api` only.
 
 mod admin;
+pub mod clients;
 pub mod crypto;
 mod federation;
 mod grants;
@@ -57,7 +58,8 @@ pub struct Identity {
     session_ttl: u64,
     code_ttl: u64,
     keys: keys::KeyRing,
-    clients: HashMap<String, token::Client>,
+    /// The manifest's clients; others are registered in the store (`clients.rs`).
+    clients: HashMap<String, Arc<token::Client>>,
     store: Arc<dyn Store>,
     users: Users,
     theme: pages::Theme,
@@ -111,7 +113,7 @@ impl Identity {
             code_ttl: ttl(section.map(|s| &s.code_ttl), web::CODE_TTL),
             keys: keys::KeyRing::open(store.clone(), access_ttl.max(id_ttl)).await?,
             clients: section
-                .map(|s| s.clients.iter().map(|c| (c.id.clone(), token::Client::from_section(c))).collect())
+                .map(|s| s.clients.iter().map(|c| (c.id.clone(), Arc::new(token::Client::from_section(c)))).collect())
                 .unwrap_or_default(),
             users: Users::new(store.clone()),
             store,
@@ -148,6 +150,14 @@ impl Identity {
             }
         });
         Ok(identity)
+    }
+
+    /// A client by id: the manifest's, else one registered in the store.
+    pub(crate) async fn client(&self, id: &str) -> Option<Arc<token::Client>> {
+        match self.clients.get(id) {
+            Some(c) => Some(c.clone()),
+            None => clients::load(self.store.as_ref(), id).await,
+        }
     }
 
     pub fn users(&self) -> &Users {

@@ -130,6 +130,17 @@ impl Client {
         }
     }
 
+    pub fn new(
+        id: String,
+        public: bool,
+        secret: Option<[u8; 32]>,
+        redirect_uris: Vec<String>,
+        scopes: Vec<String>,
+        grants: Grants,
+    ) -> Self {
+        Self { id, public, secret, redirect_uris, scopes, grants }
+    }
+
     fn secret_matches(&self, presented: &str) -> bool {
         let Some(expected) = &self.secret else { return false };
         let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
@@ -139,12 +150,12 @@ impl Client {
 
 /// The client a request authenticates as: HTTP Basic (RFC 6749 §2.3.1, form-urlencoded parts) or
 /// `client_id` + `client_secret` in the body; never both.
-pub(crate) fn authenticate<'a>(
-    identity: &'a Identity,
+pub(crate) async fn authenticate(
+    identity: &Identity,
     peer: std::net::IpAddr,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
-) -> Result<&'a Client, OAuthError> {
+) -> Result<Arc<Client>, OAuthError> {
     // Guessing client secrets is throttled per address: after 20 failures in 15 minutes, 429.
     let throttle_key = peer.to_string();
     if let Some(wait) = identity.client_throttle.locked(&throttle_key) {
@@ -175,13 +186,17 @@ pub(crate) fn authenticate<'a>(
         (None, None) => {
             // A public client only names itself; what it presents (a PKCE verifier, its refresh
             // token) is the proof.
-            return match form.get("client_id").and_then(|id| identity.clients.get(id)) {
+            let client = match form.get("client_id") {
+                Some(id) => identity.client(id).await,
+                None => None,
+            };
+            return match client {
                 Some(client) if client.public => Ok(client),
                 _ => Err(OAuthError::invalid_client(false)),
             };
         }
     };
-    match identity.clients.get(&id) {
+    match identity.client(&id).await {
         Some(client) if client.secret_matches(&secret) => Ok(client),
         _ => {
             identity.client_throttle.failed(&throttle_key);
@@ -225,11 +240,11 @@ pub(crate) async fn token(
     let grant = form.get("grant_type").ok_or_else(|| OAuthError::new("invalid_request", "grant_type is missing"))?;
     match grant.as_str() {
         "client_credentials" => {
-            let client = authenticate(&identity, peer.ip(), &headers, &form)?;
+            let client = authenticate(&identity, peer.ip(), &headers, &form).await?;
             if !client.grants.client_credentials {
                 return Err(OAuthError::new("unauthorized_client", "this client may not use client_credentials"));
             }
-            let scope = granted_scope(client, form.get("scope"))?;
+            let scope = granted_scope(&client, form.get("scope"))?;
             let (token, expires_in) = identity.access_token(&client.id, &client.id, &scope, Value::Null)?;
             metrics::counter!("nimbus_identity_tokens_issued_total", "grant" => "client_credentials").increment(1);
             let mut response = axum::Json(json!({
@@ -243,12 +258,12 @@ pub(crate) async fn token(
             Ok(response)
         }
         "authorization_code" => {
-            let client = authenticate(&identity, peer.ip(), &headers, &form)?;
-            crate::grants::authorization_code(&identity, client, &form).await
+            let client = authenticate(&identity, peer.ip(), &headers, &form).await?;
+            crate::grants::authorization_code(&identity, &client, &form).await
         }
         "refresh_token" => {
-            let client = authenticate(&identity, peer.ip(), &headers, &form)?;
-            crate::grants::refresh(&identity, client, &form).await
+            let client = authenticate(&identity, peer.ip(), &headers, &form).await?;
+            crate::grants::refresh(&identity, &client, &form).await
         }
         other => {
             Err(OAuthError::new("unsupported_grant_type", format!("\"{other}\" is not a grant type this server knows")))
@@ -281,7 +296,7 @@ pub(crate) async fn introspect(
     form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, OAuthError> {
     let axum::Form(form) = form.map_err(|r| OAuthError::rejected(&r))?;
-    authenticate(&identity, peer.ip(), &headers, &form)?;
+    authenticate(&identity, peer.ip(), &headers, &form).await?;
     let token = form.get("token").ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?;
     let answer = match identity.verify(token) {
         Some(mut claims) => {

@@ -252,7 +252,11 @@ pub(crate) async fn authorize(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     // Until the redirect URI is known to be the client's, errors are shown here, never redirected.
-    let Some(client) = q.get("client_id").and_then(|c| id.clients.get(c)) else {
+    let client = match q.get("client_id") {
+        Some(c) => id.client(c).await,
+        None => None,
+    };
+    let Some(client) = client else {
         return id.error_page(
             StatusCode::BAD_REQUEST,
             "The application that sent you here is not registered (unknown client_id).",
@@ -613,7 +617,10 @@ async fn finish_logout(
     client_id: Option<&str>,
     q: &HashMap<String, String>,
 ) -> Response {
-    let client = client_id.and_then(|c| id.clients.get(c));
+    let client = match client_id {
+        Some(c) => id.client(c).await,
+        None => None,
+    };
     let target =
         q.get("post_logout_redirect_uri").filter(|u| client.is_some_and(|c| c.redirect_uris.iter().any(|r| r == *u)));
     let mut response = match target {

@@ -85,6 +85,36 @@ pub enum IdentityCommand {
     RotateKey,
     /// Show the mail the identity provider has sent (verification, password reset).
     Outbox,
+    /// Register, list and delete clients (beside those the manifest declares).
+    Clients {
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientsCommand {
+    /// Register a client; a confidential client's secret is printed once.
+    Create {
+        #[arg(long)]
+        id: String,
+        /// A browser or mobile app: PKCE, no secret.
+        #[arg(long)]
+        public: bool,
+        /// Where the client receives codes (repeat for several).
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// Scopes the client may ask for, separated by commas (default: the OpenID ones).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+        /// authorization_code, refresh_token, client_credentials (default: all it may use).
+        #[arg(long = "grant-types", value_delimiter = ',')]
+        grant_types: Vec<String>,
+    },
+    /// List registered clients (not those of the manifest).
+    List,
+    /// Delete a registered client.
+    Delete { id: String },
 }
 
 /// Where a command that reads or writes the app's data finds it (the store a node uses).

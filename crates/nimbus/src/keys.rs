@@ -8,7 +8,7 @@ use anyhow::Context;
 use nimbus_gateway::{ApiKeyInfo, ApiKeys, KeyError};
 
 use crate::Failure;
-use crate::cli::{IdentityArgs, IdentityCommand, KeysArgs, KeysCommand, StoreArgs};
+use crate::cli::{ClientsCommand, IdentityArgs, IdentityCommand, KeysArgs, KeysCommand, StoreArgs};
 
 pub fn identity(args: IdentityArgs) -> Result<(), Failure> {
     let config = nimbus_config::load(&args.store.app).map_err(Failure::Config)?;
@@ -20,6 +20,7 @@ pub fn identity(args: IdentityArgs) -> Result<(), Failure> {
     runtime.block_on(async {
         let store = open_store(&args.store, &config).await?;
         match args.command {
+            IdentityCommand::Clients { command } => clients(store.as_ref(), command, args.store.json).await?,
             IdentityCommand::Outbox => {
                 let mail = nimbus_identity::outbox(store.as_ref()).await?;
                 if args.store.json {
@@ -107,6 +108,49 @@ pub fn run(args: KeysArgs) -> Result<(), Failure> {
         }
         Ok(())
     })
+}
+
+async fn clients(store: &dyn nimbus_store::Store, command: ClientsCommand, json: bool) -> anyhow::Result<()> {
+    use nimbus_identity::clients;
+    let explain = |e: clients::ClientError| anyhow::anyhow!("{e}");
+    match command {
+        ClientsCommand::Create { id, public, redirect_uris, scopes, grant_types } => {
+            let info = clients::ClientInfo { id, public, redirect_uris, scopes, grant_types, created: 0 };
+            let (info, secret) = clients::create(store, info).await.map_err(explain)?;
+            if json {
+                let mut out = serde_json::to_value(&info)?;
+                out["secret"] = secret.clone().into();
+                println!("{out}");
+            } else {
+                println!(
+                    "Registered client \"{}\" ({}).",
+                    info.id,
+                    if info.public { "public" } else { "confidential" }
+                );
+                if let Some(secret) = secret {
+                    println!("\n  secret: {secret}\n\nKeep it now: it is shown only once.");
+                }
+            }
+        }
+        ClientsCommand::List => {
+            let list = clients::list(store).await.map_err(explain)?;
+            if json {
+                println!("{}", serde_json::to_string(&list)?);
+            } else if list.is_empty() {
+                println!("no registered clients (the manifest's [[identity.clients]] are not listed)");
+            } else {
+                for c in &list {
+                    let kind = if c.public { "public" } else { "confidential" };
+                    println!("{:<24}  {kind:<12}  {}", c.id, c.redirect_uris.join(" "));
+                }
+            }
+        }
+        ClientsCommand::Delete { id } => {
+            clients::delete(store, &id).await.map_err(explain)?;
+            println!("Deleted client \"{id}\".");
+        }
+    }
+    Ok(())
 }
 
 /// Opens the store a node of this app uses, without taking the node's lock (the store itself is

@@ -1415,3 +1415,54 @@ async fn mail_goes_out_by_smtp_and_falls_back_to_the_outbox() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Clients registered from the CLI work on a running node at once, and stop when deleted.
+#[tokio::test]
+async fn clients_registered_by_the_cli_are_used_at_once() {
+    let app = app();
+    let node = app.start(&[]);
+    let dir = app.path().to_str().unwrap();
+    let out = nimbus(&[
+        "identity",
+        "--app",
+        dir,
+        "--json",
+        "clients",
+        "create",
+        "--id",
+        "batch",
+        "--scopes",
+        "read,write",
+        "--grant-types",
+        "client_credentials",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let cc = [("grant_type", "client_credentials"), ("scope", "write")];
+    let (status, body) = token(&node, &cc, Some(("batch", &secret))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(whoami(&node, body["access_token"].as_str().unwrap()).await.0, 200);
+    assert_eq!(token(&node, &cc, Some(("batch", "wrong"))).await.0, 401);
+
+    let out = nimbus(&["identity", "--app", dir, "clients", "create", "--id", "batch"]);
+    assert!(text(&out.stderr).contains("a client with id \"batch\" exists"), "{}", text(&out.stderr));
+    let out = nimbus(&[
+        "identity",
+        "--app",
+        dir,
+        "clients",
+        "create",
+        "--id",
+        "app",
+        "--public",
+        "--grant-types",
+        "client_credentials",
+    ]);
+    assert!(text(&out.stderr).contains("client_credentials needs a confidential client"), "{}", text(&out.stderr));
+    let listed = text(&nimbus(&["identity", "--app", dir, "clients", "list"]).stdout);
+    assert!(listed.contains("batch") && !listed.contains(&secret), "{listed}");
+
+    assert!(nimbus(&["identity", "--app", dir, "clients", "delete", "batch"]).status.success());
+    assert_eq!(token(&node, &cc, Some(("batch", &secret))).await.0, 401);
+}
