@@ -33,6 +33,8 @@ pub(crate) const CODE_TTL: u64 = 60;
 const RESET_TTL: u64 = 3600;
 const VERIFY_TTL: u64 = 7 * 86_400;
 
+const EXPIRED_FORM: &str = "This form has expired. Go back, reload the page and try again.";
+
 type Form = Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>;
 
 /// A validated authorization request, kept while the user signs in.
@@ -140,6 +142,19 @@ impl Identity {
             self.set_cookie(&mut response, CSRF_COOKIE, &csrf, None);
         }
         response
+    }
+
+    /// The posted form, when it could be read and carries this browser's CSRF token; else the
+    /// page that says why.
+    fn posted(&self, headers: &HeaderMap, form: Form) -> Result<HashMap<String, String>, Box<Response>> {
+        let form = match form {
+            Ok(axum::Form(form)) => form,
+            Err(rejection) => return Err(Box::new(self.form_rejected(&rejection))),
+        };
+        if !csrf_ok(headers, &form) {
+            return Err(Box::new(self.error_page(StatusCode::FORBIDDEN, EXPIRED_FORM)));
+        }
+        Ok(form)
     }
 
     fn form_rejected(&self, rejection: &axum::extract::rejection::FormRejection) -> Response {
@@ -369,13 +384,10 @@ pub(crate) async fn signin(
     headers: HeaderMap,
     form: Form,
 ) -> Response {
-    let form = match form {
-        Ok(axum::Form(form)) => form,
-        Err(rejection) => return id.form_rejected(&rejection),
+    let form = match id.posted(&headers, form) {
+        Ok(form) => form,
+        Err(page) => return *page,
     };
-    if !csrf_ok(&headers, &form) {
-        return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
-    }
     let email = form.get("email").map(|e| e.trim()).unwrap_or("");
     let password = form.get("password").map(String::as_str).unwrap_or("");
     let request = form.get("request").cloned().unwrap_or_default();
@@ -476,13 +488,10 @@ pub(crate) async fn signup(State(id): State<Arc<Identity>>, headers: HeaderMap, 
     if !id.signup {
         return id.error_page(StatusCode::NOT_FOUND, "This application does not take new accounts.");
     }
-    let form = match form {
-        Ok(axum::Form(form)) => form,
-        Err(rejection) => return id.form_rejected(&rejection),
+    let form = match id.posted(&headers, form) {
+        Ok(form) => form,
+        Err(page) => return *page,
     };
-    if !csrf_ok(&headers, &form) {
-        return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
-    }
     let email = form.get("email").map(|e| e.trim()).unwrap_or("");
     let name = form.get("name").map(|n| n.trim()).unwrap_or("");
     let password = form.get("password").map(String::as_str).unwrap_or("");
@@ -562,12 +571,8 @@ pub(crate) async fn signout_page(State(id): State<Arc<Identity>>, headers: Heade
 }
 
 pub(crate) async fn signout(State(id): State<Arc<Identity>>, headers: HeaderMap, form: Form) -> Response {
-    let form = match form {
-        Ok(axum::Form(form)) => form,
-        Err(rejection) => return id.form_rejected(&rejection),
-    };
-    if !csrf_ok(&headers, &form) {
-        return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
+    if let Err(page) = id.posted(&headers, form) {
+        return *page;
     }
     let mut response = Page::new("Signed out", message("note", "You are signed out.")).render(&id.theme);
     id.end_session(&headers, &mut response).await;
@@ -601,13 +606,10 @@ pub(crate) async fn logout(
 }
 
 pub(crate) async fn logout_confirmed(State(id): State<Arc<Identity>>, headers: HeaderMap, form: Form) -> Response {
-    let form = match form {
-        Ok(axum::Form(form)) => form,
-        Err(rejection) => return id.form_rejected(&rejection),
+    let form = match id.posted(&headers, form) {
+        Ok(form) => form,
+        Err(page) => return *page,
     };
-    if !csrf_ok(&headers, &form) {
-        return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
-    }
     finish_logout(&id, &headers, form.get("client_id").map(String::as_str), &form).await
 }
 
@@ -646,13 +648,10 @@ pub(crate) async fn reset_page(State(id): State<Arc<Identity>>, headers: HeaderM
 }
 
 pub(crate) async fn reset(State(id): State<Arc<Identity>>, headers: HeaderMap, form: Form) -> Response {
-    let form = match form {
-        Ok(axum::Form(form)) => form,
-        Err(rejection) => return id.form_rejected(&rejection),
+    let form = match id.posted(&headers, form) {
+        Ok(form) => form,
+        Err(page) => return *page,
     };
-    if !csrf_ok(&headers, &form) {
-        return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
-    }
     let email = form.get("email").map(|e| e.trim()).unwrap_or("");
     if let Ok(Some(user)) = id.users.by_email(email).await
         && !user.disabled
@@ -692,13 +691,10 @@ pub(crate) async fn reset_confirm_page(
 }
 
 pub(crate) async fn reset_confirm(State(id): State<Arc<Identity>>, headers: HeaderMap, form: Form) -> Response {
-    let form = match form {
-        Ok(axum::Form(form)) => form,
-        Err(rejection) => return id.form_rejected(&rejection),
+    let form = match id.posted(&headers, form) {
+        Ok(form) => form,
+        Err(page) => return *page,
     };
-    if !csrf_ok(&headers, &form) {
-        return id.error_page(StatusCode::FORBIDDEN, "This form has expired. Go back, reload the page and try again.");
-    }
     let password = form.get("password").map(String::as_str).unwrap_or("");
     if let Err(UserError::Invalid(text)) = crate::users::check_password(password) {
         return Page::new("Choose a new password", message("error", &text))

@@ -2,6 +2,7 @@
 //! read and written in the app's store directly, so the commands work whether or not a node is
 //! running (nodes read API keys from the store per request, and reread signing keys every 30 s).
 
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -10,15 +11,27 @@ use nimbus_gateway::{ApiKeyInfo, ApiKeys, KeyError};
 use crate::Failure;
 use crate::cli::{ClientsCommand, IdentityArgs, IdentityCommand, KeysArgs, KeysCommand, StoreArgs};
 
-pub fn identity(args: IdentityArgs) -> Result<(), Failure> {
-    let config = nimbus_config::load(&args.store.app).map_err(Failure::Config)?;
-    if config.manifest.identity.is_none() {
+/// Loads the app named by `args` (refusing one without `[identity]` when `identity` is set), opens
+/// its store and runs `work` on a small runtime.
+pub(crate) fn with_store<Work, Done>(args: &StoreArgs, identity: bool, work: Work) -> Result<(), Failure>
+where
+    Work: FnOnce(Arc<dyn nimbus_store::Store>, nimbus_config::AppConfig) -> Done,
+    Done: Future<Output = Result<(), Failure>>,
+{
+    let config = nimbus_config::load(&args.app).map_err(Failure::Config)?;
+    if identity && config.manifest.identity.is_none() {
         return Err(anyhow::anyhow!("the app has no [identity] section; add one to run the identity provider").into());
     }
     let runtime =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     runtime.block_on(async {
-        let store = open_store(&args.store, &config).await?;
+        let store = open_store(args, &config).await?;
+        work(store, config).await
+    })
+}
+
+pub fn identity(args: IdentityArgs) -> Result<(), Failure> {
+    with_store(&args.store, true, async |store, config| {
         match args.command {
             IdentityCommand::Clients { command } => clients(store.as_ref(), command, args.store.json).await?,
             IdentityCommand::Outbox => {
@@ -48,11 +61,8 @@ pub fn identity(args: IdentityArgs) -> Result<(), Failure> {
 }
 
 pub fn run(args: KeysArgs) -> Result<(), Failure> {
-    let config = nimbus_config::load(&args.store.app).map_err(Failure::Config)?;
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
-    runtime.block_on(async {
-        let keys = ApiKeys::new(open_store(&args.store, &config).await?);
+    with_store(&args.store, false, async |store, _| {
+        let keys = ApiKeys::new(store);
         let json = args.store.json;
         match args.command {
             KeysCommand::Create { name, routes, expires } => {

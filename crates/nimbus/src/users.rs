@@ -8,17 +8,11 @@ use nimbus_identity::{User, UserError, Users};
 
 use crate::Failure;
 use crate::cli::{UsersArgs, UsersCommand};
-use crate::keys::{open_store, time};
+use crate::keys::{time, with_store};
 
 pub fn run(args: UsersArgs) -> Result<(), Failure> {
-    let config = nimbus_config::load(&args.store.app).map_err(Failure::Config)?;
-    if config.manifest.identity.is_none() {
-        return Err(anyhow::anyhow!("the app has no [identity] section; add one to run the identity provider").into());
-    }
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
-    runtime.block_on(async {
-        let users = Users::new(open_store(&args.store, &config).await?);
+    with_store(&args.store, true, async |store, _| {
+        let users = Users::new(store);
         let json = args.store.json;
         let user = match args.command {
             UsersCommand::Create { email, name, roles, password_stdin } => {
