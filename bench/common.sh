@@ -30,3 +30,18 @@ wait_http() { # URL: wait until it answers 200, at most 10 s
   echo "no answer from $1" >&2
   return 1
 }
+
+wrk_run() { # URL [LUA_SCRIPT] -> "req/s p99_ms"; fails on error responses. Needs $TMP.
+  local script=()
+  [[ -n "${2:-}" ]] && script=(-s "$2")
+  wrk -t2 -c50 -d"${DURATION:-10s}" --latency "${script[@]}" "$1" >"$TMP/wrk.out"
+  if grep -q "Non-2xx" "$TMP/wrk.out"; then echo "errors from $1:" >&2; cat "$TMP/wrk.out" >&2; return 1; fi
+  local rps p99
+  rps=$(awk '/^Requests\/sec/ {print $2}' "$TMP/wrk.out")
+  p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$TMP/wrk.out")
+  echo "$rps $p99"
+}
+
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'
+}

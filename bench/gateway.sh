@@ -87,26 +87,15 @@ curl -fsS -o /dev/null -H "authorization: Bearer $TOKEN" "http://127.0.0.1:$NIMB
 cat >"$TMP/auth.lua" <<LUA
 wrk.headers["Authorization"] = "Bearer $TOKEN"
 LUA
-run() { # URL [script] -> "rps p99_ms"
-  local script=()
-  [[ -n "${2:-}" ]] && script=(-s "$2")
-  wrk -t2 -c50 -d"$DURATION" --latency "${script[@]}" "$1" >"$TMP/wrk.out"
-  if grep -q "Non-2xx" "$TMP/wrk.out"; then echo "errors from $1:" >&2; cat "$TMP/wrk.out" >&2; exit 1; fi
-  local rps p99
-  rps=$(awk '/^Requests\/sec/ {print $2}' "$TMP/wrk.out")
-  p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$TMP/wrk.out")
-  echo "$rps $p99"
-}
 
 declare -a X_RPS X_P99 J_RPS J_P99 L_RPS L_P99 A_RPS A_P99
 for round in $(seq 1 "$ROUNDS"); do
-  read -r r p < <(run "http://127.0.0.1:$PROXY_PORT/x"); X_RPS+=("$r"); X_P99+=("$p")
-  read -r r p < <(run "http://127.0.0.1:$NIMBUS_PORT/jwt/x" "$TMP/auth.lua"); J_RPS+=("$r"); J_P99+=("$p")
-  read -r r p < <(run "http://127.0.0.1:$NIMBUS_PORT/limited/x" "$TMP/auth.lua"); L_RPS+=("$r"); L_P99+=("$p")
-  read -r r p < <(run "http://127.0.0.1:$NIMBUS_PORT/anon/x"); A_RPS+=("$r"); A_P99+=("$p")
+  read -r r p < <(wrk_run "http://127.0.0.1:$PROXY_PORT/x"); X_RPS+=("$r"); X_P99+=("$p")
+  read -r r p < <(wrk_run "http://127.0.0.1:$NIMBUS_PORT/jwt/x" "$TMP/auth.lua"); J_RPS+=("$r"); J_P99+=("$p")
+  read -r r p < <(wrk_run "http://127.0.0.1:$NIMBUS_PORT/limited/x" "$TMP/auth.lua"); L_RPS+=("$r"); L_P99+=("$p")
+  read -r r p < <(wrk_run "http://127.0.0.1:$NIMBUS_PORT/anon/x"); A_RPS+=("$r"); A_P99+=("$p")
   echo "round $round: nginx proxy ${X_RPS[-1]} req/s p99 ${X_P99[-1]} ms | nimbus jwt ${J_RPS[-1]} p99 ${J_P99[-1]} | jwt+rate limit ${L_RPS[-1]} p99 ${L_P99[-1]} | anonymous ${A_RPS[-1]} p99 ${A_P99[-1]}"
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 x=$(median "${X_RPS[@]}"); xp=$(median "${X_P99[@]}")
 for name in J L A; do

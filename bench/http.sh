@@ -34,21 +34,13 @@ nginx -c "$TMP/nginx.conf" -p "$TMP"
 wait_http "http://127.0.0.1:$NIMBUS_PORT/_nimbus/health"
 wait_http "http://127.0.0.1:$NGINX_PORT/1k.txt"
 
-run() { # NAME URL -> "rps p99_ms"
-  wrk -t2 -c50 -d"$DURATION" --latency "$2" >"$TMP/wrk.out"
-  local rps p99
-  rps=$(awk '/^Requests\/sec/ {print $2}' "$TMP/wrk.out")
-  p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$TMP/wrk.out")
-  echo "$rps $p99"
-}
 
 declare -a N_RPS N_P99 X_RPS X_P99
 for round in $(seq 1 "$ROUNDS"); do
-  read -r r p < <(run nimbus "http://127.0.0.1:$NIMBUS_PORT/_nimbus/health"); N_RPS+=("$r"); N_P99+=("$p")
-  read -r r p < <(run nginx "http://127.0.0.1:$NGINX_PORT/1k.txt"); X_RPS+=("$r"); X_P99+=("$p")
+  read -r r p < <(wrk_run "http://127.0.0.1:$NIMBUS_PORT/_nimbus/health"); N_RPS+=("$r"); N_P99+=("$p")
+  read -r r p < <(wrk_run "http://127.0.0.1:$NGINX_PORT/1k.txt"); X_RPS+=("$r"); X_P99+=("$p")
   echo "round $round: nimbus ${N_RPS[-1]} req/s p99 ${N_P99[-1]} ms | nginx ${X_RPS[-1]} req/s p99 ${X_P99[-1]} ms"
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 n=$(median "${N_RPS[@]}"); x=$(median "${X_RPS[@]}")
 echo "median: nimbus $n req/s (p99 $(median "${N_P99[@]}") ms), nginx $x req/s (p99 $(median "${X_P99[@]}") ms)"
 echo "ratio nimbus/nginx throughput: $(awk -v a="$n" -v b="$x" 'BEGIN {printf "%.2f", a/b}')"

@@ -42,6 +42,36 @@ pub struct RoutePolicy {
     pub max_body: Option<u64>,
 }
 
+/// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded by a proxy.
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes the hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut axum::http::HeaderMap) {
+    let named: Vec<axum::http::HeaderName> = headers
+        .get_all(axum::http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
 /// An error as a client sees it.
 #[derive(Debug, Clone)]
 pub struct ApiError {

@@ -160,7 +160,7 @@ async fn invoke(
         Ok(Ok(response)) => response,
     };
     let (mut parts, incoming) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    nimbus_api::strip_hop_by_hop(&mut parts.headers);
     let body = StreamBack::new(incoming, slot, conn, deadline, uploaded);
     Ok(Response::from_parts(parts, Body::new(body)))
 }
@@ -196,31 +196,15 @@ fn body_too_large(e: &hyper::Error) -> bool {
     false
 }
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// The client's end-to-end headers; hop-by-hop ones and any `x-nimbus-*` a client tried to forge stay behind.
 fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || n.starts_with("x-nimbus-") || n == "traceparent" || n == "tracestate" {
+        if nimbus_api::HOP_BY_HOP.contains(&n) || n.starts_with("x-nimbus-") || n == "traceparent" || n == "tracestate"
+        {
             continue;
         }
         to.append(name.clone(), value.clone());
-    }
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in HOP_BY_HOP {
-        headers.remove(name);
     }
 }
 

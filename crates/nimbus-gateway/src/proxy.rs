@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use nimbus_api::{ApiError, TraceContext};
 
@@ -49,7 +49,7 @@ impl Upstream {
         let trace = parts.extensions.get::<TraceContext>().copied();
         let original_host = parts.headers.get(header::HOST).cloned();
         let mut headers = std::mem::take(&mut parts.headers);
-        strip_hop_by_hop(&mut headers);
+        nimbus_api::strip_hop_by_hop(&mut headers);
         let platform: Vec<HeaderName> =
             headers.keys().filter(|n| n.as_str().starts_with("x-nimbus-")).cloned().collect();
         for name in platform {
@@ -136,7 +136,7 @@ impl Upstream {
 
 fn stream_back(response: Response<hyper::body::Incoming>) -> Response {
     let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    nimbus_api::strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, Body::new(body))
 }
 
@@ -159,36 +159,10 @@ fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
 
-/// Removes the headers that belong to one connection (RFC 9110 §7.6.1), including those the
-/// `Connection` header names.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(name);
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use axum::http::HeaderMap;
+
     use super::*;
 
     #[test]
@@ -202,7 +176,7 @@ mod tests {
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        nimbus_api::strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
     }
