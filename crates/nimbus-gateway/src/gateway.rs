@@ -124,6 +124,12 @@ impl Gateway {
         Ok(gateway)
     }
 
+    /// `[gateway] cors` as a layer, for other components' browser-facing routes (the identity
+    /// provider's token, userinfo and JWKS endpoints, called by single-page apps on other origins).
+    pub fn global_cors(&self) -> Option<tower_http::cors::CorsLayer> {
+        self.default_route.cors.clone()
+    }
+
     pub fn keys(&self) -> &ApiKeys {
         &self.keys
     }

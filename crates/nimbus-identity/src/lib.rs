@@ -189,13 +189,16 @@ impl Identity {
 
     /// The OIDC endpoints, at the paths the discovery document announces.
     pub fn router(self: &Arc<Self>) -> Router {
+        // Endpoints single-page apps call from their own origin answer OPTIONS, so that a CORS
+        // layer the binary puts around this router sees the preflight.
+        let preflight = || async { axum::http::StatusCode::NO_CONTENT };
         Router::new()
-            .route("/.well-known/openid-configuration", get(discovery))
-            .route("/oauth2/jwks", get(jwks))
+            .route("/.well-known/openid-configuration", get(discovery).options(preflight))
+            .route("/oauth2/jwks", get(jwks).options(preflight))
             .route("/oauth2/authorize", get(web::authorize))
-            .route("/oauth2/token", post(token::token))
-            .route("/oauth2/userinfo", get(grants::userinfo).post(grants::userinfo))
-            .route("/oauth2/revoke", post(grants::revoke))
+            .route("/oauth2/token", post(token::token).options(preflight))
+            .route("/oauth2/userinfo", get(grants::userinfo).post(grants::userinfo).options(preflight))
+            .route("/oauth2/revoke", post(grants::revoke).options(preflight))
             .route("/oauth2/introspect", post(token::introspect))
             .route("/oauth2/logout", get(web::logout).post(web::logout_confirmed))
             .route("/account", get(web::account))

@@ -98,7 +98,10 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         .merge(gateway.openapi_router(&backends))
         .fallback_service(gateway.router(backends));
     if let Some(identity) = &identity {
-        routes = routes.merge(identity.router());
+        routes = match gateway.global_cors() {
+            Some(cors) => routes.merge(identity.router().layer(cors)),
+            None => routes.merge(identity.router()),
+        };
     }
     let app = nimbus_gateway::edge(routes);
 

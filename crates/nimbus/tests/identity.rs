@@ -1466,3 +1466,23 @@ async fn clients_registered_by_the_cli_are_used_at_once() {
     assert!(nimbus(&["identity", "--app", dir, "clients", "delete", "batch"]).status.success());
     assert_eq!(token(&node, &cc, Some(("batch", &secret))).await.0, 401);
 }
+
+/// A single-page app on another origin calls the token endpoint: `[gateway] cors` covers the
+/// identity provider's endpoints too.
+#[tokio::test]
+async fn the_token_endpoint_answers_cors_preflights_from_allowed_origins() {
+    let app = app_with(&format!("{MANIFEST}\n[gateway]\ncors = {{ origins = [\"https://app.example.com\"] }}\n"));
+    let node = app.start(&[]);
+    let preflight = |origin: &'static str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, node.url("/oauth2/token"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    let allowed = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://app.example.com");
+    let refused = preflight("https://evil.example").await.unwrap();
+    assert!(refused.headers().get("access-control-allow-origin").is_none());
+}
