@@ -1,5 +1,325 @@
-//! Object store (local directory, S3-compatible, Azure Blob) and the static website served from the `$web` container.
+//! Blobs: containers of objects, and the static website served from the `$web` container.
 //!
-//! Not built yet: this crate reserves the component's place in the workspace (see ARCHITECTURE.md).
-//! It will depend on `nimbus-config` and `nimbus-store` only, and expose an axum `Router` plus a
-//! small typed API that the `nimbus` binary wires into the one-port server.
+//! An object's bytes live in an `object_store` backend (the local directory `<data dir>/blobs` by
+//! default) under a fresh name per write (`data/<id>`); its metadata (size, content type, ETag =
+//! SHA-256 of the content, last-modified, user metadata, where the bytes are) is a record in the
+//! store (namespace `blob`, key `<container>/<key>`). A write streams the body to the backend
+//! (LocalFileSystem writes a temporary file and renames it on completion), hashing as it goes, and
+//! only then commits the record: an upload cut off midway, or a crash, never leaves a half object
+//! visible. The bytes a record no longer points to are deleted after the commit.
+//!
+//! - `api.rs`: the REST API under `/_nimbus/blob/{container}/{key…}`;
+//! - `site.rs`: the static website (index and error documents, SPA fallback, ETag/Last-Modified,
+//!   Range, precompressed variants, Cache-Control rules);
+//! - `publish.rs`: `[site] dir` published into `$web` at start (changed files only).
+//!
+//! Signed URLs, `nimbus site deploy`/`rollback`, the blob CLI and the S3/Azure backends come next.
+
+mod api;
+mod publish;
+mod site;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use nimbus_store::{Expect, Store, StoreError, Write};
+use object_store::path::Path as ObjectPath;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use api::router as api_router;
+pub use publish::publish;
+pub use site::Site;
+
+const NS: &str = "blob";
+/// The container the static website is served from.
+pub const SITE_CONTAINER: &str = "$web";
+
+/// What the store keeps about an object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub content_type: String,
+    /// Hex SHA-256 of the content.
+    pub etag: String,
+    /// Unix seconds.
+    pub last_modified: u64,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The record in the store: the object's facts and where its bytes are in the backend.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    #[serde(flatten)]
+    info: ObjectInfo,
+    data: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no object \"{0}\"")]
+    NotFound(String),
+    #[error("the range is outside the object")]
+    Range,
+    #[error("the upload was cut off")]
+    Incomplete,
+    #[error("the disk is full")]
+    DiskFull,
+    #[error("object backend: {0}")]
+    Backend(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<object_store::Error> for BlobError {
+    fn from(e: object_store::Error) -> Self {
+        let text = e.to_string();
+        if text.contains("No space left on device") || text.contains("os error 28") {
+            return Self::DiskFull;
+        }
+        Self::Backend(text)
+    }
+}
+
+/// A readable object: its record and its bytes (whole or the requested range).
+pub struct Download {
+    pub info: ObjectInfo,
+    pub range: std::ops::Range<u64>,
+    pub body: futures_util::stream::BoxStream<'static, Result<Bytes, object_store::Error>>,
+}
+
+#[derive(Clone)]
+pub struct Blobs {
+    backend: Arc<dyn ObjectStore>,
+    store: Arc<dyn Store>,
+}
+
+impl Blobs {
+    /// The local backend in `dir` (made if missing).
+    pub fn local(dir: &std::path::Path, store: Arc<dyn Store>) -> Result<Self, BlobError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| BlobError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        let backend = object_store::local::LocalFileSystem::new_with_prefix(dir)?;
+        Ok(Self { backend: Arc::new(backend), store })
+    }
+
+    /// Streams `body` into `container/key`; the object becomes visible whole, or not at all.
+    pub async fn put<S, E>(
+        &self,
+        container: &str,
+        key: &str,
+        content_type: Option<&str>,
+        metadata: BTreeMap<String, String>,
+        mut body: S,
+    ) -> Result<ObjectInfo, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        check_container(container)?;
+        check_key(key)?;
+        let data = format!("data/{}", nimbus_api::hex(&rand::random::<[u8; 16]>()));
+        let path = ObjectPath::from(data.as_str());
+        let mut upload = WriteMultipart::new(self.backend.put_multipart(&path).await?);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = body.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upload cut off");
+                    let _ = upload.abort().await;
+                    return Err(BlobError::Incomplete);
+                }
+            };
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            if let Err(e) = upload.wait_for_capacity(4).await {
+                return Err(e.into());
+            }
+            upload.put(chunk);
+        }
+        upload.finish().await?;
+        let info = ObjectInfo {
+            key: key.to_owned(),
+            size,
+            content_type: content_type
+                .map(str::to_owned)
+                .unwrap_or_else(|| mime_guess::from_path(key).first_or_octet_stream().essence_str().to_owned()),
+            etag: nimbus_api::hex(&hasher.finalize()),
+            last_modified: now(),
+            metadata,
+        };
+        let record_key = format!("{container}/{key}");
+        let previous = self.store.get(NS, &record_key).await?;
+        let value = serde_json::to_vec(&Stored { info: info.clone(), data }).expect("object info serializes");
+        if let Err(e) = self.store.commit(vec![Write::put(NS, &record_key, value)]).await {
+            let _ = self.backend.delete(&path).await;
+            return Err(e.into());
+        }
+        if let Some(old) = previous.and_then(|r| serde_json::from_slice::<Stored>(&r.value).ok()) {
+            self.forget(&old.data).await;
+        }
+        Ok(info)
+    }
+
+    pub async fn head(&self, container: &str, key: &str) -> Result<ObjectInfo, BlobError> {
+        Ok(self.stored(container, key).await?.info)
+    }
+
+    async fn stored(&self, container: &str, key: &str) -> Result<Stored, BlobError> {
+        check_container(container)?;
+        check_key(key)?;
+        let record = self.store.get(NS, &format!("{container}/{key}")).await?;
+        let record = record.ok_or_else(|| BlobError::NotFound(key.to_owned()))?;
+        serde_json::from_slice(&record.value).map_err(|e| BlobError::Backend(format!("unreadable record: {e}")))
+    }
+
+    /// The object's bytes, or those of `range` (a byte range `start..end`, end exclusive).
+    pub async fn get(
+        &self,
+        container: &str,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<Download, BlobError> {
+        let Stored { info, data } = self.stored(container, key).await?;
+        let range = match range {
+            Some(r) if r.start >= info.size || r.start >= r.end => return Err(BlobError::Range),
+            Some(r) => r.start..r.end.min(info.size),
+            None => 0..info.size,
+        };
+        let options = GetOptions {
+            range: (info.size > 0 && range != (0..info.size)).then(|| GetRange::Bounded(range.clone())),
+            ..GetOptions::default()
+        };
+        let body = match info.size {
+            0 => futures_util::stream::empty().boxed(),
+            _ => self.backend.get_opts(&ObjectPath::from(data.as_str()), options).await?.into_stream(),
+        };
+        Ok(Download { info, range, body })
+    }
+
+    pub async fn delete(&self, container: &str, key: &str) -> Result<(), BlobError> {
+        check_container(container)?;
+        check_key(key)?;
+        let record_key = format!("{container}/{key}");
+        let record = self.store.get(NS, &record_key).await?.ok_or_else(|| BlobError::NotFound(key.to_owned()))?;
+        self.store.commit(vec![Write::delete(NS, &record_key).expect(Expect::Version(record.version))]).await?;
+        if let Ok(old) = serde_json::from_slice::<Stored>(&record.value) {
+            self.forget(&old.data).await;
+        }
+        Ok(())
+    }
+
+    /// Objects whose keys start with `prefix`, after `after`, at most `limit`; with a delimiter,
+    /// keys that go on past it are rolled up into common prefixes.
+    pub async fn list(
+        &self,
+        container: &str,
+        prefix: &str,
+        delimiter: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Listing, BlobError> {
+        check_container(container)?;
+        let base = format!("{container}/");
+        let mut listing = Listing::default();
+        let mut cursor = after.map(|a| format!("{base}{a}"));
+        while listing.objects.len() + listing.prefixes.len() < limit {
+            let page = self.store.list(NS, &format!("{base}{prefix}"), cursor.as_deref(), 500).await?;
+            let done = page.len() < 500;
+            for record in &page {
+                let key = &record.key[base.len()..];
+                cursor = Some(record.key.clone());
+                if let Some(d) = delimiter.filter(|d| !d.is_empty())
+                    && let Some(at) = key[prefix.len()..].find(d)
+                {
+                    let rolled = key[..prefix.len() + at + d.len()].to_owned();
+                    if listing.prefixes.last() != Some(&rolled) {
+                        listing.prefixes.push(rolled);
+                    }
+                } else if let Ok(stored) = serde_json::from_slice::<Stored>(&record.value) {
+                    listing.objects.push(stored.info);
+                }
+                if listing.objects.len() + listing.prefixes.len() >= limit {
+                    listing.continuation = Some(key.to_owned());
+                    return Ok(listing);
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        Ok(listing)
+    }
+
+    async fn forget(&self, data: &str) {
+        if let Err(e) = self.backend.delete(&ObjectPath::from(data)).await {
+            tracing::warn!(data, error = %e, "cannot delete replaced object bytes");
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Listing {
+    pub objects: Vec<ObjectInfo>,
+    pub prefixes: Vec<String>,
+    /// Pass back as `continuation` for the next page.
+    pub continuation: Option<String>,
+}
+
+/// Container names as S3 buckets: 3-63 lowercase letters, digits and `-`; or `$web`.
+pub fn check_container(name: &str) -> Result<(), BlobError> {
+    let ok = name == SITE_CONTAINER
+        || ((3..=63).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BlobError::Invalid(format!("\"{name}\" is not a container name (3-63 of a-z, 0-9, -)")))
+    }
+}
+
+/// Keys are paths inside their container: no empty, `.` or `..` segments, no `\` or control
+/// characters, at most 1024 bytes; so that no key can name anything outside its container.
+pub fn check_key(key: &str) -> Result<(), BlobError> {
+    let bad = key.is_empty()
+        || key.len() > 1024
+        || key.starts_with('/')
+        || key.chars().any(|c| c.is_control() || c == '\\')
+        || key.split('/').any(|s| s.is_empty() || s == "." || s == "..");
+    if bad { Err(BlobError::Invalid(format!("\"{}\" is not an object key", key.escape_debug()))) } else { Ok(()) }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_keys_that_climb_and_bad_container_names() {
+        for bad in ["", "/a", "a/../b", "..", "a//b", "a\\b", "a\0b", "a/./b", "a/"] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
+        }
+        for good in ["a", "docs/index.html", "a..b/c", ".hidden/x"] {
+            assert!(check_key(good).is_ok(), "{good:?}");
+        }
+        assert!(check_container("$web").is_ok());
+        assert!(check_container("uploads-2").is_ok());
+        for bad in ["ab", "Upper", "-x-", "a_b", "../x"] {
+            assert!(check_container(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -81,14 +81,30 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         }
     });
     let gateway = nimbus_gateway::Gateway::start(manifest, &config.name(), store.clone(), own_issuer)?;
+    let blobs = open_blobs(&config, &data_dir.path, store.clone())?;
+    let published = match manifest.site.as_ref().and_then(|s| s.dir.as_ref()) {
+        Some(dir) => {
+            let dir = config.dir.join(dir);
+            let done = nimbus_blob::publish(&blobs, &dir)
+                .await
+                .with_context(|| format!("cannot publish [site] dir {}", dir.display()))?;
+            tracing::info!(uploaded = done.uploaded, unchanged = done.unchanged, deleted = done.deleted, dir = %dir.display(), "site published");
+            Some(dir)
+        }
+        None => None,
+    };
+    let site = nimbus_blob::Site::new(blobs.clone(), manifest.site.as_ref()).map_err(anyhow::Error::msg)?;
     let listed = functions.clone();
     let backends = nimbus_gateway::Backends {
         functions: functions.router(),
         serves_function: Arc::new(functions.route_probe()),
-        site: axum::Router::new().fallback(nimbus_gateway::not_found),
+        site: site.router(),
         operations: Arc::new(move || operations(&listed.list())),
     };
-    let mut admin = functions.admin_router().merge(nimbus_gateway::keys_admin_router(gateway.keys().clone()));
+    let mut admin = functions
+        .admin_router()
+        .merge(nimbus_gateway::keys_admin_router(gateway.keys().clone()))
+        .merge(nimbus_blob::api_router(blobs));
     if let Some(identity) = &identity {
         admin = admin.merge(identity.admin_router());
     }
@@ -115,6 +131,9 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         &functions.list(),
         issuer.as_deref(),
     );
+    if let Some(dir) = &published {
+        println!("  site           http://{addr}/ (from {})", dir.display());
+    }
     tracing::info!(%addr, startup_ms = started.elapsed().as_secs_f64() * 1000.0, "ready");
 
     let grace = manifest.server.shutdown_grace.get();
@@ -142,6 +161,24 @@ fn operations(functions: &[nimbus_functions::FunctionInfo]) -> Vec<nimbus_gatewa
             })
         })
         .collect()
+}
+
+/// The object store for blobs and the site: `[store] blobs` = "file" (the data dir's `blobs/`,
+/// the default) or "file:///path".
+fn open_blobs(
+    config: &nimbus_config::AppConfig,
+    data_dir: &std::path::Path,
+    store: Arc<dyn nimbus_store::Store>,
+) -> anyhow::Result<nimbus_blob::Blobs> {
+    let url = config.manifest.store.blobs.as_ref().map(|u| u.value().to_owned());
+    let dir = match url.as_deref() {
+        None | Some("file") => data_dir.join("blobs"),
+        Some(u) if u.starts_with("file://") => std::path::PathBuf::from(&u["file://".len()..]),
+        Some(u) => {
+            anyhow::bail!("[store] blobs = \"{u}\": only local directories are built yet (S3 and Azure come next)")
+        }
+    };
+    Ok(nimbus_blob::Blobs::local(&dir, store)?)
 }
 
 /// This node's URL as clients on this machine reach it: the issuer of its tokens unless

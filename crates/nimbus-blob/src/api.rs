@@ -1,0 +1,175 @@
+//! The REST API: `PUT`, `GET`, `HEAD`, `DELETE /_nimbus/blob/{container}/{key…}` and
+//! `GET /_nimbus/blob/{container}?prefix=&delimiter=&continuation=&max=`. The binary puts it
+//! behind the admin token. Request bodies stream into the backend; responses stream out of it.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::TryStreamExt;
+use nimbus_api::ApiError;
+use serde::Deserialize;
+
+use crate::{BlobError, Blobs, Download};
+
+pub(crate) fn error(e: BlobError) -> ApiError {
+    match e {
+        BlobError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m),
+        BlobError::NotFound(_) => ApiError::not_found(e.to_string()),
+        BlobError::Range => ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", e.to_string()),
+        BlobError::Incomplete => ApiError::new(StatusCode::BAD_REQUEST, "incomplete_body", e.to_string()),
+        BlobError::DiskFull => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", e.to_string()),
+        BlobError::Backend(_) | BlobError::Store(_) => {
+            tracing::error!(error = %e, "blob storage failed");
+            ApiError::internal()
+        }
+    }
+}
+
+/// One `bytes=a-b`, `bytes=a-` or `bytes=-n` range of an object of `size` bytes, as `start..end`.
+/// `Ok(None)` when there is no usable Range header (several ranges: the whole object).
+pub(crate) fn requested_range(headers: &HeaderMap, size: u64) -> Result<Option<std::ops::Range<u64>>, BlobError> {
+    let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else { return Ok(None) };
+    let Some(spec) = value.trim().strip_prefix("bytes=") else { return Ok(None) };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let (start, end) = spec.split_once('-').ok_or(BlobError::Range)?;
+    let range = match (start.trim(), end.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| BlobError::Range)?;
+            if n == 0 || size == 0 {
+                return Err(BlobError::Range);
+            }
+            size.saturating_sub(n)..size
+        }
+        (a, "") => a.parse::<u64>().map_err(|_| BlobError::Range)?..size,
+        (a, b) => {
+            let (a, b): (u64, u64) =
+                (a.parse().map_err(|_| BlobError::Range)?, b.parse().map_err(|_| BlobError::Range)?);
+            if b < a {
+                return Err(BlobError::Range);
+            }
+            a..(b + 1).min(size)
+        }
+    };
+    if range.start >= size { Err(BlobError::Range) } else { Ok(Some(range)) }
+}
+
+/// The response for a download: 200 or 206, with the object's headers; HEAD gets no body.
+pub(crate) fn respond(download: Download, partial: bool, head: bool) -> Response {
+    let info = &download.info;
+    let mut builder = Response::builder()
+        .status(if partial { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK })
+        .header(header::CONTENT_TYPE, &info.content_type)
+        .header(header::CONTENT_LENGTH, download.range.end - download.range.start)
+        .header(header::ETAG, format!("\"{}\"", info.etag))
+        .header(header::LAST_MODIFIED, http_date(info.last_modified))
+        .header(header::ACCEPT_RANGES, "bytes");
+    if partial {
+        builder = builder.header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{}/{}", download.range.start, download.range.end - 1, info.size),
+        );
+    }
+    for (k, v) in &info.metadata {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            builder = builder.header(format!("x-nimbus-meta-{k}"), v);
+        }
+    }
+    let body = if head { Body::empty() } else { Body::from_stream(download.body) };
+    builder.body(body).unwrap_or_else(|_| ApiError::internal().into_response())
+}
+
+pub(crate) fn http_date(unix: u64) -> String {
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
+}
+
+async fn object(State(blobs): State<Blobs>, Path((container, key)): Path<(String, String)>, req: Request) -> Response {
+    let method = req.method().clone();
+    let result = match method {
+        Method::PUT => put(&blobs, &container, &key, req).await,
+        Method::GET | Method::HEAD => download(&blobs, &container, &key, req.headers(), method == Method::HEAD).await,
+        Method::DELETE => blobs.delete(&container, &key).await.map(|()| StatusCode::NO_CONTENT.into_response()),
+        _ => Err(BlobError::Invalid(format!("{method} is not allowed on objects"))),
+    };
+    result.unwrap_or_else(|e| error(e).into_response())
+}
+
+async fn put(blobs: &Blobs, container: &str, key: &str, req: Request) -> Result<Response, BlobError> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let mut metadata = BTreeMap::new();
+    for (name, value) in req.headers() {
+        if let Some(k) = name.as_str().strip_prefix("x-nimbus-meta-") {
+            let v = value.to_str().map_err(|_| BlobError::Invalid(format!("metadata \"{k}\" is not text")))?;
+            metadata.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    let body = req.into_body().into_data_stream().map_err(|e| e.to_string());
+    let info = blobs.put(container, key, content_type.as_deref(), metadata, Box::pin(body)).await?;
+    Ok((StatusCode::CREATED, axum::Json(info)).into_response())
+}
+
+async fn download(
+    blobs: &Blobs,
+    container: &str,
+    key: &str,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, BlobError> {
+    let info = blobs.head(container, key).await?;
+    let range = requested_range(headers, info.size)?;
+    let partial = range.is_some();
+    Ok(respond(blobs.get(container, key, range).await?, partial, head))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    prefix: String,
+    delimiter: Option<String>,
+    continuation: Option<String>,
+    max: Option<usize>,
+}
+
+async fn list(State(blobs): State<Blobs>, Path(container): Path<String>, Query(q): Query<ListQuery>) -> Response {
+    let limit = q.max.unwrap_or(1000).clamp(1, 5000);
+    match blobs.list(&container, &q.prefix, q.delimiter.as_deref(), q.continuation.as_deref(), limit).await {
+        Ok(listing) => axum::Json(listing).into_response(),
+        Err(e) => error(e).into_response(),
+    }
+}
+
+pub fn router(blobs: Blobs) -> axum::Router {
+    axum::Router::new()
+        .route("/_nimbus/blob/{container}", get(list))
+        .route("/_nimbus/blob/{container}/{*key}", axum::routing::any(object))
+        .with_state(blobs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(v: &str, size: u64) -> Result<Option<std::ops::Range<u64>>, BlobError> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_str(v).unwrap());
+        requested_range(&h, size)
+    }
+
+    #[test]
+    fn parses_ranges() {
+        assert_eq!(range("bytes=0-9", 100).unwrap(), Some(0..10));
+        assert_eq!(range("bytes=90-", 100).unwrap(), Some(90..100));
+        assert_eq!(range("bytes=-10", 100).unwrap(), Some(90..100));
+        assert_eq!(range("bytes=95-200", 100).unwrap(), Some(95..100));
+        assert_eq!(range("bytes=0-1,5-6", 100).unwrap(), None);
+        assert!(range("bytes=100-", 100).is_err());
+        assert!(range("bytes=5-1", 100).is_err());
+        assert!(range("bytes=x-1", 100).is_err());
+        assert_eq!(range("items=1-2", 100).unwrap(), None);
+    }
+}

@@ -1,0 +1,222 @@
+//! Blobs and the static website end to end: `[site] dir` published into `$web` at start and served
+//! at `/` (index and error documents, SPA fallback, conditional requests, ranges, precompressed
+//! variants, Cache-Control rules), and the blob REST API (streamed uploads, listing, metadata,
+//! refused keys, uploads cut off midway).
+
+mod support;
+
+use std::io::{Read as _, Write as _};
+
+use serde_json::Value;
+use support::{App, Node, admin_token};
+
+fn site_app(extra: &str) -> App {
+    let app = App::new(Some(&format!(
+        "[site]\ndir = \"web\"\nerror_document = \"404.html\"\n{extra}\
+         cache_control = {{ \"assets/**\" = \"public, max-age=31536000, immutable\" }}\n"
+    )));
+    let web = app.path().join("web");
+    std::fs::create_dir_all(web.join("docs")).unwrap();
+    std::fs::create_dir_all(web.join("assets")).unwrap();
+    std::fs::write(web.join("index.html"), "<h1>home</h1>").unwrap();
+    std::fs::write(web.join("docs/index.html"), "<h1>docs</h1>").unwrap();
+    std::fs::write(web.join("404.html"), "<h1>missing</h1>").unwrap();
+    std::fs::write(web.join("assets/app.css"), "body { color: red }").unwrap();
+    std::fs::write(web.join("assets/app.css.gz"), b"\x1f\x8bfake-gzip").unwrap();
+    app
+}
+
+async fn get(node: &Node, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = reqwest::Client::new().get(node.url(path));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_site_serves_pages_with_http_caching_semantics() {
+    let app = site_app("");
+    let node = app.start(&[]);
+
+    let home = get(&node, "/", &[]).await;
+    assert_eq!(home.status(), 200);
+    assert_eq!(home.headers()["content-type"], "text/html");
+    let etag = home.headers()["etag"].to_str().unwrap().to_owned();
+    let modified = home.headers()["last-modified"].to_str().unwrap().to_owned();
+    assert_eq!(home.text().await.unwrap(), "<h1>home</h1>");
+    assert_eq!(get(&node, "/docs/", &[]).await.text().await.unwrap(), "<h1>docs</h1>");
+    assert_eq!(get(&node, "/docs", &[]).await.text().await.unwrap(), "<h1>docs</h1>");
+
+    let missing = get(&node, "/nope", &[]).await;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.text().await.unwrap(), "<h1>missing</h1>", "the error document");
+
+    assert_eq!(get(&node, "/", &[("if-none-match", &etag)]).await.status(), 304);
+    assert_eq!(get(&node, "/", &[("if-none-match", "\"other\"")]).await.status(), 200);
+    assert_eq!(get(&node, "/", &[("if-modified-since", &modified)]).await.status(), 304);
+
+    let part = get(&node, "/", &[("range", "bytes=4-7")]).await;
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.headers()["content-range"], "bytes 4-7/13");
+    assert_eq!(part.text().await.unwrap(), "home");
+    assert_eq!(get(&node, "/", &[("range", "bytes=100-")]).await.status(), 416);
+
+    let css = get(&node, "/assets/app.css", &[]).await;
+    assert_eq!(css.headers()["content-type"], "text/css");
+    assert_eq!(css.headers()["cache-control"], "public, max-age=31536000, immutable");
+    assert_eq!(css.text().await.unwrap(), "body { color: red }");
+    let gz = get(&node, "/assets/app.css", &[("accept-encoding", "gzip, deflate")]).await;
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    assert_eq!(gz.headers()["content-type"], "text/css");
+    assert_eq!(gz.headers()["vary"], "accept-encoding");
+
+    let head = reqwest::Client::new().head(node.url("/")).send().await.unwrap();
+    assert_eq!(head.headers()["content-length"], "13");
+    assert_eq!(head.bytes().await.unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn single_page_apps_get_their_index_for_unknown_routes() {
+    let app = site_app("spa = true\n");
+    let node = app.start(&[]);
+    let route = get(&node, "/chat/42", &[]).await;
+    assert_eq!(route.status(), 200);
+    assert_eq!(route.text().await.unwrap(), "<h1>home</h1>");
+    assert_eq!(get(&node, "/missing.png", &[]).await.status(), 404, "file-like paths stay 404");
+}
+
+#[tokio::test]
+async fn publishing_uploads_changes_and_removes_what_is_gone() {
+    let app = site_app("");
+    let mut node = app.start(&[]);
+    node.signal_and_wait("TERM", std::time::Duration::from_secs(10));
+    std::fs::write(app.path().join("web/index.html"), "<h1>new home</h1>").unwrap();
+    std::fs::remove_dir_all(app.path().join("web/docs")).unwrap();
+    let node = app.start(&[]);
+    node.wait_for_log(
+        |l| l.contains("site published") && l.contains("uploaded=1") && l.contains("deleted=1"),
+        std::time::Duration::from_secs(5),
+    );
+    assert_eq!(get(&node, "/", &[]).await.text().await.unwrap(), "<h1>new home</h1>");
+    assert_eq!(get(&node, "/docs/", &[]).await.status(), 404);
+}
+
+#[tokio::test]
+async fn the_blob_api_stores_lists_and_refuses_bad_keys() {
+    let app = App::new(None);
+    let node = app.start(&[]);
+    let token = admin_token(&app);
+    let http = reqwest::Client::new();
+    let put = |key: &str, body: &'static str| {
+        http.put(node.url(&format!("/_nimbus/blob/uploads/{key}")))
+            .bearer_auth(&token)
+            .header("content-type", "text/plain")
+            .header("x-nimbus-meta-owner", "ada")
+            .body(body)
+            .send()
+    };
+    let created: Value = put("docs/a.txt", "alpha").await.unwrap().json().await.unwrap();
+    assert_eq!((created["size"].as_u64(), created["content_type"].as_str()), (Some(5), Some("text/plain")));
+    assert!(created.get("data").is_none(), "where the bytes are stays inside: {created}");
+    put("docs/b.txt", "beta").await.unwrap();
+    put("top.txt", "top").await.unwrap();
+
+    let got = http.get(node.url("/_nimbus/blob/uploads/docs/a.txt")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(got.headers()["x-nimbus-meta-owner"], "ada");
+    assert_eq!(got.text().await.unwrap(), "alpha");
+    let listing: Value = http
+        .get(node.url("/_nimbus/blob/uploads?delimiter=/"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listing["prefixes"], serde_json::json!(["docs/"]));
+    assert_eq!(listing["objects"][0]["key"], "top.txt");
+    let page: Value = http
+        .get(node.url("/_nimbus/blob/uploads?prefix=docs/&max=1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["objects"].as_array().unwrap().len(), 1);
+    let next = page["continuation"].as_str().unwrap();
+    let rest: Value = http
+        .get(node.url(&format!("/_nimbus/blob/uploads?prefix=docs/&continuation={next}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rest["objects"][0]["key"], "docs/b.txt");
+
+    let delete = http.delete(node.url("/_nimbus/blob/uploads/top.txt")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(delete.status(), 204);
+    let gone = http.get(node.url("/_nimbus/blob/uploads/top.txt")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(gone.status(), 404);
+    assert_eq!(http.get(node.url("/_nimbus/blob/uploads/docs/a.txt")).send().await.unwrap().status(), 401);
+
+    // Sent as written (an HTTP client library would resolve the dots first).
+    for key in ["a/../b", "a/%2e%2e/b", "..%2f..%2fetc", "a%5c..%5cb", "a%00b", "a//b"] {
+        let status = raw_put(&node, &token, &format!("/_nimbus/blob/uploads/{key}"));
+        assert_eq!(status, 400, "{key}");
+    }
+    let bad = http.put(node.url("/_nimbus/blob/Bad_Name/x")).bearer_auth(&token).body("x").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+}
+
+#[tokio::test]
+async fn an_upload_cut_off_midway_leaves_no_object() {
+    let app = App::new(None);
+    let node = app.start(&[]);
+    let token = admin_token(&app);
+    let addr = node.url.trim_start_matches("http://").to_owned();
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    write!(
+        stream,
+        "PUT /_nimbus/blob/uploads/cut.bin HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: 100000\r\n\r\n"
+    )
+    .unwrap();
+    stream.write_all(&[7u8; 1000]).unwrap();
+    drop(stream);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let got =
+        reqwest::Client::new().get(node.url("/_nimbus/blob/uploads/cut.bin")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(got.status(), 404);
+    let mut data = Vec::new();
+    for entry in walk(&app.data_dir().join("blobs")) {
+        std::fs::File::open(entry).unwrap().read_to_end(&mut data).unwrap();
+    }
+    assert!(data.is_empty(), "no bytes of the cut upload are kept");
+}
+
+/// A PUT of one byte with the path exactly as given; answers the status code.
+fn raw_put(node: &Node, token: &str, path: &str) -> u16 {
+    let mut stream = std::net::TcpStream::connect(node.url.trim_start_matches("http://")).unwrap();
+    write!(stream, "PUT {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-length: 1\r\nconnection: close\r\n\r\nx").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().unwrap().is_dir() {
+                out.extend(walk(&entry.path()));
+            } else {
+                out.push(entry.path());
+            }
+        }
+    }
+    out
+}
