@@ -76,7 +76,7 @@ impl Site {
 async fn serve(State(site): State<Site>, req: Request) -> Response {
     let (method, path, headers) = (req.method().clone(), req.uri().path().to_owned(), req.headers().clone());
     if method != Method::GET && method != Method::HEAD {
-        return ApiError::not_found(format!("no route matches {method} {path}")).into_response();
+        return ApiError::not_found(format!("no route or page matches {method} {path}")).into_response();
     }
     let found = match site.resolve(&path).await {
         Ok(found) => found,
@@ -94,9 +94,13 @@ async fn serve(State(site): State<Site>, req: Request) -> Response {
             match fallback {
                 Some((key, status)) => match site.blobs.head(SITE_CONTAINER, &key).await {
                     Ok(info) => (info, status),
-                    Err(_) => return ApiError::not_found(format!("no page at {path}")).into_response(),
+                    Err(_) => {
+                        return ApiError::not_found(format!("no route or page matches {method} {path}")).into_response();
+                    }
                 },
-                None => return ApiError::not_found(format!("no page at {path}")).into_response(),
+                None => {
+                    return ApiError::not_found(format!("no route or page matches {method} {path}")).into_response();
+                }
             }
         }
     };
