@@ -1,6 +1,8 @@
-//! The REST API: `PUT`, `GET`, `HEAD`, `DELETE /_nimbus/blob/{container}/{key…}` and
-//! `GET /_nimbus/blob/{container}?prefix=&delimiter=&continuation=&max=`. The binary puts it
-//! behind the admin token. Request bodies stream into the backend; responses stream out of it.
+//! The REST API: `PUT`, `GET`, `HEAD`, `DELETE /_nimbus/blob/{container}/{key…}`,
+//! `GET /_nimbus/blob/{container}?prefix=&delimiter=&continuation=&max=` and
+//! `POST /_nimbus/blob/sign`. Requests carry the admin token, or, for one object and method, a
+//! signed URL's `sig` and `exp` (so a browser uploads or downloads directly). Request bodies stream
+//! into the backend; responses stream out of it.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +14,7 @@ use axum::routing::get;
 use futures_util::TryStreamExt;
 use nimbus_api::ApiError;
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::{BlobError, Blobs, Download};
 
@@ -88,8 +91,42 @@ pub(crate) fn http_date(unix: u64) -> String {
     httpdate::fmt_http_date(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
 }
 
-async fn object(State(blobs): State<Blobs>, Path((container, key)): Path<(String, String)>, req: Request) -> Response {
+/// Who may call the API: the admin token (checked by the binary's function), or a signed URL.
+#[derive(Clone)]
+struct Api {
+    blobs: Blobs,
+    is_admin: std::sync::Arc<dyn Fn(&HeaderMap) -> bool + Send + Sync>,
+}
+
+fn refuse() -> Response {
+    ApiError::unauthorized("this endpoint needs the admin token (`Authorization: Bearer <token>`) or a signed URL")
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct Signature {
+    sig: Option<String>,
+    exp: Option<u64>,
+}
+
+async fn object(
+    State(api): State<Api>,
+    Path((container, key)): Path<(String, String)>,
+    Query(signature): Query<Signature>,
+    req: Request,
+) -> Response {
     let method = req.method().clone();
+    match (&signature.sig, signature.exp) {
+        (Some(sig), Some(exp)) => {
+            let signed_method = if method == Method::HEAD { Method::GET } else { method.clone() };
+            if let Err(e) = api.blobs.verify(&signed_method, &container, &key, exp, sig).await {
+                return e.into_response();
+            }
+        }
+        _ if (api.is_admin)(req.headers()) => {}
+        _ => return refuse(),
+    }
+    let blobs = api.blobs;
     let result = match method {
         Method::PUT => put(&blobs, &container, &key, req).await,
         Method::GET | Method::HEAD => download(&blobs, &container, &key, req.headers(), method == Method::HEAD).await,
@@ -135,7 +172,16 @@ struct ListQuery {
     max: Option<usize>,
 }
 
-async fn list(State(blobs): State<Blobs>, Path(container): Path<String>, Query(q): Query<ListQuery>) -> Response {
+async fn list(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(container): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    if !(api.is_admin)(&headers) {
+        return refuse();
+    }
+    let blobs = api.blobs;
     let limit = q.max.unwrap_or(1000).clamp(1, 5000);
     match blobs.list(&container, &q.prefix, q.delimiter.as_deref(), q.continuation.as_deref(), limit).await {
         Ok(listing) => axum::Json(listing).into_response(),
@@ -143,11 +189,59 @@ async fn list(State(blobs): State<Blobs>, Path(container): Path<String>, Query(q
     }
 }
 
-pub fn router(blobs: Blobs) -> axum::Router {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SignRequest {
+    container: String,
+    key: String,
+    method: String,
+    /// Seconds, or a duration like "15m"; at most 7 days.
+    expires_in: Value,
+}
+
+async fn sign(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: Result<axum::Json<SignRequest>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    if !(api.is_admin)(&headers) {
+        return refuse();
+    }
+    let invalid = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m).into_response();
+    let body = match body {
+        Ok(axum::Json(b)) => b,
+        Err(e) => return invalid(e.body_text()),
+    };
+    let method = match body.method.to_ascii_uppercase().as_str() {
+        "GET" => Method::GET,
+        "PUT" => Method::PUT,
+        other => return invalid(format!("method \"{other}\": a signed URL is for GET or PUT")),
+    };
+    let seconds = match &body.expires_in {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse::<nimbus_config::Duration>().ok().map(|d| d.get().as_secs()),
+        _ => None,
+    };
+    let Some(seconds) = seconds.filter(|s| (1..=7 * 86_400).contains(s)) else {
+        return invalid("expiresIn must be 1 second to 7 days (a number of seconds or \"15m\")".into());
+    };
+    match api.blobs.sign(&method, &body.container, &body.key, seconds).await {
+        Ok(path) => {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
+            axum::Json(serde_json::json!({"url": format!("{scheme}://{host}{path}"), "path": path})).into_response()
+        }
+        Err(e) => error(e).into_response(),
+    }
+}
+
+/// The API; `is_admin` tells whether a request carries the admin token.
+pub fn router(blobs: Blobs, is_admin: std::sync::Arc<dyn Fn(&HeaderMap) -> bool + Send + Sync>) -> axum::Router {
     axum::Router::new()
+        .route("/_nimbus/blob/sign", axum::routing::post(sign))
         .route("/_nimbus/blob/{container}", get(list))
         .route("/_nimbus/blob/{container}/{*key}", axum::routing::any(object))
-        .with_state(blobs)
+        .with_state(Api { blobs, is_admin })
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@
 //!   Range, precompressed variants, Cache-Control rules);
 //! - `publish.rs`: `[site] dir` published into `$web` at start (changed files only).
 //!
-//! Signed URLs, `nimbus site deploy`/`rollback`, the blob CLI and the S3/Azure backends come next.
+//! Signed URLs (HMAC-SHA256 of method, container, key and expiry, with a key kept in the store)
+//! open one object for one method for a while. `nimbus site deploy`/`rollback`, the blob CLI and
+//! the S3/Azure backends come next.
 
 mod api;
 mod publish;
@@ -99,6 +101,8 @@ pub struct Download {
 pub struct Blobs {
     backend: Arc<dyn ObjectStore>,
     store: Arc<dyn Store>,
+    /// The HMAC key of signed URLs, made once and kept in the store (every node signs alike).
+    secret: Arc<tokio::sync::OnceCell<aws_lc_rs::hmac::Key>>,
 }
 
 impl Blobs {
@@ -107,7 +111,75 @@ impl Blobs {
         std::fs::create_dir_all(dir)
             .map_err(|e| BlobError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         let backend = object_store::local::LocalFileSystem::new_with_prefix(dir)?;
-        Ok(Self { backend: Arc::new(backend), store })
+        Ok(Self { backend: Arc::new(backend), store, secret: Arc::default() })
+    }
+
+    async fn signing_key(&self) -> Result<&aws_lc_rs::hmac::Key, BlobError> {
+        self.secret
+            .get_or_try_init(|| async {
+                const KEY: &str = "signing-secret"; // no `/`: never an object's record
+                let fresh = rand::random::<[u8; 32]>().to_vec();
+                match self.store.commit(vec![Write::put(NS, KEY, fresh).expect(Expect::Absent)]).await {
+                    Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(BlobError::Store(e)),
+                }
+                let record = self
+                    .store
+                    .get(NS, KEY)
+                    .await?
+                    .ok_or_else(|| BlobError::Backend("signing secret vanished".into()))?;
+                Ok(aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &record.value))
+            })
+            .await
+    }
+
+    fn signed_text(method: &axum::http::Method, container: &str, key: &str, exp: u64) -> String {
+        format!("{method}\n{container}\n{key}\n{exp}")
+    }
+
+    /// A path with a signature that allows `method` (GET or PUT) on one object for `seconds`.
+    pub async fn sign(
+        &self,
+        method: &axum::http::Method,
+        container: &str,
+        key: &str,
+        seconds: u64,
+    ) -> Result<String, BlobError> {
+        check_container(container)?;
+        check_key(key)?;
+        let exp = now() + seconds;
+        let tag =
+            aws_lc_rs::hmac::sign(self.signing_key().await?, Self::signed_text(method, container, key, exp).as_bytes());
+        let sig = nimbus_api::hex(tag.as_ref());
+        let encoded: Vec<String> = key
+            .split('/')
+            .map(|s| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string())
+            .collect();
+        let container = percent_encoding::utf8_percent_encode(container, percent_encoding::NON_ALPHANUMERIC);
+        Ok(format!("/_nimbus/blob/{container}/{}?exp={exp}&sig={sig}", encoded.join("/")))
+    }
+
+    /// Checks a signed URL's `exp` and `sig` for `method` on `container/key`: 403 when expired,
+    /// tampered with, or signed for another object or method.
+    pub async fn verify(
+        &self,
+        method: &axum::http::Method,
+        container: &str,
+        key: &str,
+        exp: u64,
+        sig: &str,
+    ) -> Result<(), nimbus_api::ApiError> {
+        use axum::http::StatusCode;
+        let forbidden = |code: &'static str, m: &str| nimbus_api::ApiError::new(StatusCode::FORBIDDEN, code, m);
+        if exp <= now() {
+            return Err(forbidden("signature_expired", "the signed URL has expired"));
+        }
+        let tag: Vec<u8> =
+            (0..sig.len() / 2).filter_map(|i| u8::from_str_radix(sig.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+        let key_ = self.signing_key().await.map_err(|_| nimbus_api::ApiError::internal())?;
+        let text = Self::signed_text(method, container, key, exp);
+        aws_lc_rs::hmac::verify(key_, text.as_bytes(), &tag)
+            .map_err(|_| forbidden("invalid_signature", "the signature does not match this object, method and expiry"))
     }
 
     /// Streams `body` into `container/key`; the object becomes visible whole, or not at all.

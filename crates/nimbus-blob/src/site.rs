@@ -95,7 +95,8 @@ async fn serve(State(site): State<Site>, req: Request) -> Response {
                 Some((key, status)) => match site.blobs.head(SITE_CONTAINER, &key).await {
                     Ok(info) => (info, status),
                     Err(_) => {
-                        return ApiError::not_found(format!("no route or page matches {method} {path}")).into_response();
+                        return ApiError::not_found(format!("no route or page matches {method} {path}"))
+                            .into_response();
                     }
                 },
                 None => {

@@ -101,16 +101,22 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         site: site.router(),
         operations: Arc::new(move || operations(&listed.list())),
     };
-    let mut admin = functions
-        .admin_router()
-        .merge(nimbus_gateway::keys_admin_router(gateway.keys().clone()))
-        .merge(nimbus_blob::api_router(blobs));
+    let mut admin = functions.admin_router().merge(nimbus_gateway::keys_admin_router(gateway.keys().clone()));
+    let blob_token = admin_token.clone();
+    let blob_api = nimbus_blob::api_router(
+        blobs,
+        Arc::new(move |headers: &axum::http::HeaderMap| {
+            let presented = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            presented.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|t| blob_token.matches(t.trim()))
+        }),
+    );
     if let Some(identity) = &identity {
         admin = admin.merge(identity.admin_router());
     }
     let mut routes = nimbus_gateway::platform_routes(platform)
         .merge(nimbus_gateway::admin_only(admin, admin_token))
         .merge(functions.invocations_router())
+        .merge(blob_api)
         .merge(gateway.openapi_router(&backends))
         .fallback_service(gateway.router(backends));
     if let Some(identity) = &identity {
