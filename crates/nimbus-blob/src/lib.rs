@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use api::router as api_router;
-pub use publish::publish;
+pub use publish::{file_chunks, publish};
 pub use site::Site;
 
 const NS: &str = "blob";

@@ -42,7 +42,7 @@ pub async fn publish(blobs: &Blobs, dir: &Path) -> Result<Published, BlobError> 
         }
         let file =
             tokio::fs::File::open(&path).await.map_err(|e| BlobError::Invalid(format!("{}: {e}", path.display())))?;
-        blobs.put(SITE_CONTAINER, &key, None, Default::default(), Box::pin(chunks(file))).await?;
+        blobs.put(SITE_CONTAINER, &key, None, Default::default(), Box::pin(file_chunks(file))).await?;
         result.uploaded += 1;
     }
     let mut after: Option<String> = None;
@@ -88,7 +88,8 @@ async fn hash(path: &Path) -> std::io::Result<String> {
     }
 }
 
-fn chunks(file: tokio::fs::File) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+/// A file's contents as a stream of 256 KiB chunks, for uploads.
+pub fn file_chunks(file: tokio::fs::File) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
     futures_util::stream::unfold(Some(file), |file| async move {
         let mut file = file?;
         let mut buf = vec![0; 256 * 1024];

@@ -27,6 +27,34 @@ pub enum Command {
     Identity(IdentityArgs),
     /// Manage the identity provider's users.
     Users(UsersArgs),
+    /// Objects in blob containers (the site is container `$web`).
+    Blob(BlobArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BlobArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(subcommand)]
+    pub command: BlobCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlobCommand {
+    /// List objects: `CONTAINER[/PREFIX]`.
+    Ls { path: String },
+    /// Upload a file to `CONTAINER/KEY`.
+    Put {
+        file: PathBuf,
+        target: String,
+        /// The content type; guessed from the key when absent.
+        #[arg(long)]
+        content_type: Option<String>,
+    },
+    /// Download `CONTAINER/KEY` to a file (`-` for standard output).
+    Get { source: String, file: PathBuf },
+    /// Delete `CONTAINER/KEY`.
+    Rm { target: String },
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! `nimbus`: the serverless stack for generative-AI apps, as one binary. This crate is the CLI and
 //! the wiring of components into one server; the components themselves live in their own crates.
 
+mod blob;
 mod cli;
 mod data_dir;
 mod init;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         Command::Keys(args) => keys::run(args),
         Command::Identity(args) => keys::identity(args),
         Command::Users(args) => users::run(args),
+        Command::Blob(args) => blob::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -171,7 +171,7 @@ fn operations(functions: &[nimbus_functions::FunctionInfo]) -> Vec<nimbus_gatewa
 
 /// The object store for blobs and the site: `[store] blobs` = "file" (the data dir's `blobs/`,
 /// the default) or "file:///path".
-fn open_blobs(
+pub(crate) fn open_blobs(
     config: &nimbus_config::AppConfig,
     data_dir: &std::path::Path,
     store: Arc<dyn nimbus_store::Store>,

@@ -267,3 +267,31 @@ async fn signed_urls_open_one_object_for_one_method_for_a_while() {
     let unsigned = http.post(node.url("/_nimbus/blob/sign")).json(&serde_json::json!({})).send().await.unwrap();
     assert_eq!(unsigned.status(), 401);
 }
+
+/// `nimbus blob` works on the store a running node serves from.
+#[tokio::test]
+async fn the_blob_cli_puts_lists_gets_and_removes() {
+    let app = App::new(None);
+    let node = app.start(&[]);
+    let dir = app.path().to_str().unwrap();
+    let file = app.path().join("report.txt");
+    std::fs::write(&file, "quarterly numbers").unwrap();
+    let out = support::nimbus(&["blob", "--app", dir, "put", file.to_str().unwrap(), "reports/2026/q4.txt"]);
+    assert!(out.status.success(), "{}", support::text(&out.stderr));
+    let served = reqwest::Client::new()
+        .get(node.url("/_nimbus/blob/reports/2026/q4.txt"))
+        .bearer_auth(admin_token(&app))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.headers()["content-type"], "text/plain");
+    assert_eq!(served.text().await.unwrap(), "quarterly numbers");
+    let listed = support::text(&support::nimbus(&["blob", "--app", dir, "ls", "reports/2026/"]).stdout);
+    assert!(listed.contains("q4.txt") && listed.contains("17"), "{listed}");
+    let out = support::nimbus(&["blob", "--app", dir, "get", "reports/2026/q4.txt", "-"]);
+    assert_eq!(support::text(&out.stdout), "quarterly numbers");
+    assert!(support::nimbus(&["blob", "--app", dir, "rm", "reports/2026/q4.txt"]).status.success());
+    let out = support::nimbus(&["blob", "--app", dir, "get", "reports/2026/q4.txt", "-"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(support::text(&out.stderr).contains("no object"), "{}", support::text(&out.stderr));
+}
