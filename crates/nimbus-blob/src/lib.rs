@@ -55,11 +55,22 @@ pub struct ObjectInfo {
 }
 
 /// The record in the store: the object's facts and where its bytes are in the backend.
-#[derive(Serialize, Deserialize)]
-struct Stored {
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Stored {
     #[serde(flatten)]
-    info: ObjectInfo,
+    pub info: ObjectInfo,
     data: String,
+}
+
+/// Objects up to this size are kept in memory once read; their bytes never change (every write
+/// gets a new name), so the cache needs no invalidation.
+const SMALL: u64 = 256 * 1024;
+const SMALL_TOTAL: usize = 64 * 1024 * 1024;
+
+#[derive(Default)]
+struct SmallCache {
+    by_data: std::collections::HashMap<String, Bytes>,
+    bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +114,9 @@ pub struct Blobs {
     store: Arc<dyn Store>,
     /// The HMAC key of signed URLs, made once and kept in the store (every node signs alike).
     secret: Arc<tokio::sync::OnceCell<aws_lc_rs::hmac::Key>>,
+    /// The local backend's directory: large objects are read from it directly, in big chunks.
+    local_root: Option<std::path::PathBuf>,
+    small: Arc<std::sync::Mutex<SmallCache>>,
 }
 
 impl Blobs {
@@ -111,7 +125,13 @@ impl Blobs {
         std::fs::create_dir_all(dir)
             .map_err(|e| BlobError::Backend(format!("cannot create {}: {e}", dir.display())))?;
         let backend = object_store::local::LocalFileSystem::new_with_prefix(dir)?;
-        Ok(Self { backend: Arc::new(backend), store, secret: Arc::default() })
+        Ok(Self {
+            backend: Arc::new(backend),
+            store,
+            secret: Arc::default(),
+            local_root: Some(dir.canonicalize().unwrap_or_else(|_| dir.to_owned())),
+            small: Arc::default(),
+        })
     }
 
     async fn signing_key(&self) -> Result<&aws_lc_rs::hmac::Key, BlobError> {
@@ -246,6 +266,11 @@ impl Blobs {
         Ok(self.stored(container, key).await?.info)
     }
 
+    /// An object's record, to [`Blobs::open`] without reading it again.
+    pub async fn find(&self, container: &str, key: &str) -> Result<Stored, BlobError> {
+        self.stored(container, key).await
+    }
+
     async fn stored(&self, container: &str, key: &str) -> Result<Stored, BlobError> {
         check_container(container)?;
         check_key(key)?;
@@ -261,21 +286,59 @@ impl Blobs {
         key: &str,
         range: Option<std::ops::Range<u64>>,
     ) -> Result<Download, BlobError> {
-        let Stored { info, data } = self.stored(container, key).await?;
+        let stored = self.stored(container, key).await?;
+        self.open(stored, range).await
+    }
+
+    /// The bytes of a found object, whole or the requested range.
+    pub async fn open(&self, stored: Stored, range: Option<std::ops::Range<u64>>) -> Result<Download, BlobError> {
+        let Stored { info, data } = stored;
         let range = match range {
             Some(r) if r.start >= info.size || r.start >= r.end => return Err(BlobError::Range),
             Some(r) => r.start..r.end.min(info.size),
             None => 0..info.size,
         };
-        let options = GetOptions {
-            range: (info.size > 0 && range != (0..info.size)).then(|| GetRange::Bounded(range.clone())),
-            ..GetOptions::default()
-        };
-        let body = match info.size {
-            0 => futures_util::stream::empty().boxed(),
-            _ => self.backend.get_opts(&ObjectPath::from(data.as_str()), options).await?.into_stream(),
+        if info.size == 0 {
+            return Ok(Download { info, range, body: futures_util::stream::empty().boxed() });
+        }
+        if info.size <= SMALL {
+            let bytes = self.small_bytes(&data).await?;
+            let part = bytes.slice(range.start as usize..range.end as usize);
+            return Ok(Download { info, range, body: futures_util::stream::once(async { Ok(part) }).boxed() });
+        }
+        let body = match &self.local_root {
+            Some(root) => local_stream(root.join(&data), range.clone()).await?,
+            None => {
+                let options = GetOptions {
+                    range: (range != (0..info.size)).then(|| GetRange::Bounded(range.clone())),
+                    ..GetOptions::default()
+                };
+                self.backend.get_opts(&ObjectPath::from(data.as_str()), options).await?.into_stream()
+            }
         };
         Ok(Download { info, range, body })
+    }
+
+    fn uncache(&self, data: &str) {
+        let mut cache = self.small.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(gone) = cache.by_data.remove(data) {
+            cache.bytes -= gone.len();
+        }
+    }
+
+    async fn small_bytes(&self, data: &str) -> Result<Bytes, BlobError> {
+        let hit = self.small.lock().unwrap_or_else(|p| p.into_inner()).by_data.get(data).cloned();
+        if let Some(hit) = hit {
+            return Ok(hit);
+        }
+        let bytes = self.backend.get(&ObjectPath::from(data)).await?.bytes().await?;
+        let mut cache = self.small.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.bytes + bytes.len() > SMALL_TOTAL {
+            *cache = SmallCache::default();
+        }
+        cache.bytes += bytes.len();
+        cache.by_data.insert(data.to_owned(), bytes.clone());
+        Ok(bytes)
     }
 
     pub async fn delete(&self, container: &str, key: &str) -> Result<(), BlobError> {
@@ -333,6 +396,7 @@ impl Blobs {
     }
 
     async fn forget(&self, data: &str) {
+        self.uncache(data);
         if let Err(e) = self.backend.delete(&ObjectPath::from(data)).await {
             tracing::warn!(data, error = %e, "cannot delete replaced object bytes");
         }
@@ -370,6 +434,37 @@ pub fn check_key(key: &str) -> Result<(), BlobError> {
         || key.chars().any(|c| c.is_control() || c == '\\')
         || key.split('/').any(|s| s.is_empty() || s == "." || s == "..");
     if bad { Err(BlobError::Invalid(format!("\"{}\" is not an object key", key.escape_debug()))) } else { Ok(()) }
+}
+
+/// A range of a local file in 256 KiB reads (object_store's local reader takes 8 KiB at a time).
+async fn local_stream(
+    path: std::path::PathBuf,
+    range: std::ops::Range<u64>,
+) -> Result<futures_util::stream::BoxStream<'static, Result<Bytes, object_store::Error>>, BlobError> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut file =
+        tokio::fs::File::open(&path).await.map_err(|e| BlobError::Backend(format!("{}: {e}", path.display())))?;
+    file.seek(std::io::SeekFrom::Start(range.start)).await.map_err(|e| BlobError::Backend(e.to_string()))?;
+    let left = range.end - range.start;
+    Ok(futures_util::stream::try_unfold((file, left), |(mut file, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        let mut buf = vec![0; left.min(256 * 1024) as usize];
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|e| object_store::Error::Generic { store: "local", source: Box::new(e) })?;
+        if n == 0 {
+            return Err(object_store::Error::Generic {
+                store: "local",
+                source: "the file is shorter than its record".into(),
+            });
+        }
+        buf.truncate(n);
+        Ok(Some((Bytes::from(buf), (file, left - n as u64))))
+    })
+    .boxed())
 }
 
 fn now() -> u64 {

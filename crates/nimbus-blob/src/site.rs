@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use nimbus_api::ApiError;
 
 use crate::api::{error, http_date, requested_range, respond};
-use crate::{BlobError, Blobs, ObjectInfo, SITE_CONTAINER};
+use crate::{BlobError, Blobs, SITE_CONTAINER, Stored};
 
 #[derive(Clone)]
 pub struct Site {
@@ -47,7 +47,7 @@ impl Site {
     }
 
     /// The object a path names: the exact key, a folder's index document, or none.
-    async fn resolve(&self, path: &str) -> Result<Option<ObjectInfo>, BlobError> {
+    async fn resolve(&self, path: &str) -> Result<Option<Stored>, BlobError> {
         let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
         let key = decoded.trim_start_matches('/');
         let candidates = if key.is_empty() || key.ends_with('/') {
@@ -59,8 +59,8 @@ impl Site {
             if crate::check_key(&candidate).is_err() {
                 return Ok(None);
             }
-            match self.blobs.head(SITE_CONTAINER, &candidate).await {
-                Ok(info) => return Ok(Some(info)),
+            match self.blobs.find(SITE_CONTAINER, &candidate).await {
+                Ok(found) => return Ok(Some(found)),
                 Err(BlobError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -92,7 +92,7 @@ async fn serve(State(site): State<Site>, req: Request) -> Response {
                 (false, None) => None,
             };
             match fallback {
-                Some((key, status)) => match site.blobs.head(SITE_CONTAINER, &key).await {
+                Some((key, status)) => match site.blobs.find(SITE_CONTAINER, &key).await {
                     Ok(info) => (info, status),
                     Err(_) => {
                         return ApiError::not_found(format!("no route or page matches {method} {path}"))
@@ -113,11 +113,12 @@ async fn serve(State(site): State<Site>, req: Request) -> Response {
 
 async fn page(
     site: &Site,
-    info: ObjectInfo,
+    found: Stored,
     status: StatusCode,
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, BlobError> {
+    let info = found.info.clone();
     let cache = site.cache_control(&info.key);
     let etag = format!("\"{}\"", info.etag);
     if status == StatusCode::OK && not_modified(headers, &etag, info.last_modified) {
@@ -155,8 +156,7 @@ async fn page(
     }
     let range = if status == StatusCode::OK { requested_range(headers, info.size)? } else { None };
     let partial = range.is_some();
-    let key = info.key.clone();
-    let mut response = respond(site.blobs.get(SITE_CONTAINER, &key, range).await?, partial, head);
+    let mut response = respond(site.blobs.open(found, range).await?, partial, head);
     if !partial {
         *response.status_mut() = status;
     }

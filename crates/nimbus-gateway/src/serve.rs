@@ -29,6 +29,13 @@ pub async fn serve(
         tracing::info!(grace = ?grace, "shutting down: no new connections, draining in-flight requests");
         let _ = began.send(());
     };
+    // TCP_NODELAY: a response whose head and body leave in separate writes (a streamed body, a
+    // file read after the headers) must not wait for the client's delayed ACK (~40 ms) under Nagle.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(signal)
         .into_future();
