@@ -4,8 +4,8 @@
 //! hosted sign-in and sign-up pages, cookies and redirects handled by hand) and every bad input:
 //! redirect URIs, clients, PKCE, reused and expired codes, client secrets, refresh token reuse,
 //! CSRF, oversized and hostile form fields, lockouts without user enumeration, the outbox (sign-up
-//! notices, password reset), `prompt=none`, logout, and the hosted pages' security headers.
-//! Tests marked `#[ignore = "BUG: …"]` show product bugs; their doc comments say what and where.
+//! notices, password reset), `prompt=none`, logout, and the hosted pages' security headers; and
+//! federation, SMTP delivery, clients registered by the CLI and CORS on the token endpoint.
 
 mod support;
 
