@@ -20,7 +20,12 @@ pub struct Site {
     error_document: Option<String>,
     spa: bool,
     cache_rules: std::sync::Arc<Vec<(globset::GlobMatcher, HeaderValue)>>,
+    /// Recent lookups of `$web` records, found or not, for [`RECORD_TTL`]: a page then costs no
+    /// store read. A change (a deploy, a PUT through the API, another node) shows within that time.
+    records: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (Option<Stored>, std::time::Instant)>>>,
 }
+
+const RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Site {
     pub fn new(blobs: Blobs, section: Option<&nimbus_config::SiteSection>) -> Result<Self, String> {
@@ -39,6 +44,7 @@ impl Site {
             error_document: section.and_then(|s| s.error_document.clone()),
             spa: section.is_some_and(|s| s.spa),
             cache_rules: std::sync::Arc::new(rules),
+            records: std::sync::Arc::default(),
         })
     }
 
@@ -59,13 +65,32 @@ impl Site {
             if crate::check_key(&candidate).is_err() {
                 return Ok(None);
             }
-            match self.blobs.find(SITE_CONTAINER, &candidate).await {
-                Ok(found) => return Ok(Some(found)),
-                Err(BlobError::NotFound(_)) => {}
-                Err(e) => return Err(e),
+            if let Some(found) = self.record(&candidate).await? {
+                return Ok(Some(found));
             }
         }
         Ok(None)
+    }
+
+    /// The `$web` record of `key`, from the cache when it is fresh.
+    async fn record(&self, key: &str) -> Result<Option<Stored>, BlobError> {
+        let cached = self.records.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned();
+        if let Some((found, at)) = cached
+            && at.elapsed() < RECORD_TTL
+        {
+            return Ok(found);
+        }
+        let found = match self.blobs.find(SITE_CONTAINER, key).await {
+            Ok(found) => Some(found),
+            Err(BlobError::NotFound(_)) => None,
+            Err(e) => return Err(e),
+        };
+        let mut records = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        if records.len() >= 10_000 {
+            records.clear();
+        }
+        records.insert(key.to_owned(), (found.clone(), std::time::Instant::now()));
+        Ok(found)
     }
 
     fn cache_control(&self, key: &str) -> Option<HeaderValue> {
@@ -138,7 +163,8 @@ async fn page(
                 continue;
             }
             let variant = format!("{}{suffix}", info.key);
-            if let Ok(download) = site.blobs.get(SITE_CONTAINER, &variant, None).await {
+            if let Some(found) = site.record(&variant).await? {
+                let download = site.blobs.open(found, None).await?;
                 let mut response = respond(download, false, head);
                 *response.status_mut() = status;
                 let h = response.headers_mut();
