@@ -22,8 +22,11 @@ pub struct Site {
     cache_rules: std::sync::Arc<Vec<(globset::GlobMatcher, HeaderValue)>>,
     /// Recent lookups of `$web` records, found or not, for [`RECORD_TTL`]: a page then costs no
     /// store read. A change (a deploy, a PUT through the API, another node) shows within that time.
-    records: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (Option<Stored>, std::time::Instant)>>>,
+    records: RecordCache,
 }
+
+type RecordCache =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (Option<Stored>, std::time::Instant)>>>;
 
 const RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
