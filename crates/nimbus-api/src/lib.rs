@@ -5,6 +5,7 @@
 //! Each component keeps its own typed error enum and converts it into an [`ApiError`] at its edge,
 //! so the status map of a component lives in one function.
 
+mod access;
 mod trace_context;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
+pub use access::{Authenticate, Grant, Principal, bearer};
 pub use trace_context::{TraceContext, hex};
 
 /// The request's id (the client's `x-request-id` if sane, else a new one), in the request's
@@ -87,6 +89,10 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {

@@ -1,7 +1,8 @@
 //! The REST API: `PUT`, `GET`, `HEAD`, `DELETE /_nimbus/blob/{container}/{key…}`,
 //! `GET /_nimbus/blob/{container}?prefix=&delimiter=&continuation=&max=` and
-//! `POST /_nimbus/blob/sign`. Requests carry the admin token, or, for one object and method, a
-//! signed URL's `sig` and `exp` (so a browser uploads or downloads directly). Request bodies stream
+//! `POST /_nimbus/blob/sign`. Requests carry the admin token, a worker's scoped token (only the
+//! containers its function's grants name: `blob:<container>:r|rw`), or, for one object and method,
+//! a signed URL's `sig` and `exp` (so a browser uploads or downloads directly). Request bodies stream
 //! into the backend; responses stream out of it.
 
 use std::collections::BTreeMap;
@@ -95,12 +96,32 @@ pub(crate) fn http_date(unix: u64) -> String {
 #[derive(Clone)]
 struct Api {
     blobs: Blobs,
-    is_admin: std::sync::Arc<dyn Fn(&HeaderMap) -> bool + Send + Sync>,
+    authenticate: nimbus_api::Authenticate,
 }
 
-fn refuse() -> Response {
-    ApiError::unauthorized("this endpoint needs the admin token (`Authorization: Bearer <token>`) or a signed URL")
-        .into_response()
+impl Api {
+    /// `None` when the caller may go on; else the refusal: 401 without credentials, 403 when its
+    /// grants do not reach `container` (for writing, with `write`).
+    fn refuse(&self, headers: &HeaderMap, container: &str, write: bool) -> Option<Response> {
+        let Some(principal) = (self.authenticate)(headers) else {
+            return Some(
+                ApiError::unauthorized(
+                    "this endpoint needs the admin token or a worker's token (`Authorization: Bearer <token>`), or a signed URL",
+                )
+                .into_response(),
+            );
+        };
+        if principal.may("blob", container, write) {
+            return None;
+        }
+        let access = if write { "write to" } else { "read" };
+        let message = format!(
+            "{} may not {access} container \"{container}\" (grant it with \"blob:{container}:{}\")",
+            principal.describe(),
+            if write { "rw" } else { "r" }
+        );
+        Some(ApiError::forbidden(message).into_response())
+    }
 }
 
 #[derive(Deserialize)]
@@ -123,8 +144,12 @@ async fn object(
                 return e.into_response();
             }
         }
-        _ if (api.is_admin)(req.headers()) => {}
-        _ => return refuse(),
+        _ => {
+            let write = !matches!(method, Method::GET | Method::HEAD);
+            if let Some(refusal) = api.refuse(req.headers(), &container, write) {
+                return refusal;
+            }
+        }
     }
     let blobs = api.blobs;
     let result = match method {
@@ -178,8 +203,8 @@ async fn list(
     Path(container): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if !(api.is_admin)(&headers) {
-        return refuse();
+    if let Some(refusal) = api.refuse(&headers, &container, false) {
+        return refusal;
     }
     let blobs = api.blobs;
     let limit = q.max.unwrap_or(1000).clamp(1, 5000);
@@ -204,8 +229,8 @@ async fn sign(
     headers: HeaderMap,
     body: Result<axum::Json<SignRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    if !(api.is_admin)(&headers) {
-        return refuse();
+    if (api.authenticate)(&headers).is_none() {
+        return api.refuse(&headers, "", false).unwrap_or_else(|| ApiError::internal().into_response());
     }
     let invalid = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m).into_response();
     let body = match body {
@@ -217,6 +242,10 @@ async fn sign(
         "PUT" => Method::PUT,
         other => return invalid(format!("method \"{other}\": a signed URL is for GET or PUT")),
     };
+    // Signing hands the capability on: the signer must hold it.
+    if let Some(refusal) = api.refuse(&headers, &body.container, method == Method::PUT) {
+        return refusal;
+    }
     let seconds = match &body.expires_in {
         Value::Number(n) => n.as_u64(),
         Value::String(s) => s.parse::<nimbus_config::Duration>().ok().map(|d| d.get().as_secs()),
@@ -235,13 +264,13 @@ async fn sign(
     }
 }
 
-/// The API; `is_admin` tells whether a request carries the admin token.
-pub fn router(blobs: Blobs, is_admin: std::sync::Arc<dyn Fn(&HeaderMap) -> bool + Send + Sync>) -> axum::Router {
+/// The API; `authenticate` tells who a request's token belongs to (the admin, or a function).
+pub fn router(blobs: Blobs, authenticate: nimbus_api::Authenticate) -> axum::Router {
     axum::Router::new()
         .route("/_nimbus/blob/sign", axum::routing::post(sign))
         .route("/_nimbus/blob/{container}", get(list))
         .route("/_nimbus/blob/{container}/{*key}", axum::routing::any(object))
-        .with_state(Api { blobs, is_admin })
+        .with_state(Api { blobs, authenticate })
 }
 
 #[cfg(test)]

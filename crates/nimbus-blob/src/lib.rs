@@ -40,6 +40,10 @@ const NS: &str = "blob";
 /// The container the static website is served from.
 pub const SITE_CONTAINER: &str = "$web";
 
+/// What a path segment may keep unencoded (RFC 3986's unreserved characters).
+const UNRESERVED: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 /// What the store keeps about an object.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ObjectInfo {
@@ -171,11 +175,9 @@ impl Blobs {
         let tag =
             aws_lc_rs::hmac::sign(self.signing_key().await?, Self::signed_text(method, container, key, exp).as_bytes());
         let sig = nimbus_api::hex(tag.as_ref());
-        let encoded: Vec<String> = key
-            .split('/')
-            .map(|s| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string())
-            .collect();
-        let container = percent_encoding::utf8_percent_encode(container, percent_encoding::NON_ALPHANUMERIC);
+        let encoded: Vec<String> =
+            key.split('/').map(|s| percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()).collect();
+        let container = percent_encoding::utf8_percent_encode(container, UNRESERVED);
         Ok(format!("/_nimbus/blob/{container}/{}?exp={exp}&sig={sig}", encoded.join("/")))
     }
 

@@ -5,6 +5,7 @@
 mod diagnostic;
 mod duration;
 mod env;
+mod grant;
 mod pattern;
 mod schema;
 mod size;
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use duration::Duration;
 pub use env::EnvString;
+pub use grant::Grant;
 pub use pattern::{PathPattern, Segment};
 pub use schema::*;
 pub use size::ByteSize;

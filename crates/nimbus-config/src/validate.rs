@@ -320,28 +320,10 @@ fn check_functions(c: &mut Checker, m: &Manifest) {
             }
         }
         for (i, grant) in f.grants.iter().enumerate() {
-            if let Err(e) = check_grant(grant) {
+            if let Err(e) = crate::Grant::parse(grant) {
                 c.fail(p!["functions", name, "grants", i], e);
             }
         }
-    }
-}
-
-/// Grants read `docs:<container>:r|rw`, `blob:<container>:r|rw`, `queues:<name>`, `ai:<model or *>`,
-/// `durable:<orchestration or *>`.
-fn check_grant(grant: &str) -> Result<(), String> {
-    let parts: Vec<&str> = grant.split(':').collect();
-    let ok = match parts.as_slice() {
-        ["docs" | "blob", name, "r" | "rw"] => !name.is_empty(),
-        ["queues" | "ai" | "durable", name] => !name.is_empty(),
-        _ => false,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid grant \"{grant}\": expected \"docs:<container>:r|rw\", \"blob:<container>:r|rw\", \"queues:<name>\", \"ai:<model>\" or \"durable:<name>\""
-        ))
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use nimbus_config::{AppConfig, FunctionSection, Runtime, WorkerSection};
 use nimbus_store::Store;
 
+use crate::access::{Access, Tokens};
 use crate::instance::{Instance, LaunchSpec};
 use crate::pool::{Limits, Pool};
 use crate::routes::RouteTable;
@@ -29,6 +30,7 @@ pub(crate) async fn build(
     data_dir: &Path,
     store: Arc<dyn Store>,
     ids: Arc<AtomicU64>,
+    tokens: &Tokens,
     first: bool,
 ) -> Result<Inner, FunctionsError> {
     let manifest = &app.manifest;
@@ -103,7 +105,10 @@ pub(crate) async fn build(
         let settings = manifest.functions.get(&info.name);
         let limits = limits(settings, worker.runtime);
         let timeout = settings.and_then(|s| s.timeout).map_or(DEFAULT_TIMEOUT, |t| t.get());
-        let pool = Pool::new(info.name.clone(), spec.clone(), limits, ids.clone());
+        let grants = settings.map(|s| s.grants.iter().filter_map(|g| nimbus_api::Grant::parse(g).ok()).collect());
+        let access =
+            Access { tokens: tokens.clone(), socket: platform_socket(&socket_dir), grants: grants.unwrap_or_default() };
+        let pool = Pool::new(info.name.clone(), spec.clone(), access, limits, ids.clone());
         let label = format!("function:{}", info.name).into();
         let duration = metrics::histogram!("nimbus_function_duration_seconds", "function" => info.name.clone());
         functions.insert(info.name.clone(), Target { pool, timeout, label, duration });
@@ -151,19 +156,29 @@ fn limits(settings: Option<&FunctionSection>, runtime: Runtime) -> Limits {
     }
 }
 
+/// Where the host serves the platform API to its workers (beside their sockets).
+pub(crate) fn platform_socket(socket_dir: &Path) -> PathBuf {
+    socket_dir.join("platform.sock")
+}
+
 /// Sockets live in the data dir unless its path is too long for a Unix socket address (108
-/// bytes); then in a private folder under /tmp named after it. On the first start, stale sockets of a
-/// previous run (which held the same data dir lock) are removed.
-fn socket_dir(data_dir: &Path, clean: bool) -> Result<PathBuf, FunctionsError> {
+/// bytes); then in a private folder under /tmp named after it.
+pub(crate) fn socket_dir_path(data_dir: &Path) -> PathBuf {
     let preferred = data_dir.join("run");
-    let dir = if preferred.as_os_str().len() + 24 < 108 {
+    if preferred.as_os_str().len() + 24 < 108 {
         preferred
     } else {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         data_dir.hash(&mut h);
         std::env::temp_dir().join(format!("nimbus-{}-{:016x}", nix::unistd::getuid(), h.finish()))
-    };
+    }
+}
+
+/// The socket folder, private to the host's user. On the first start, stale sockets of a previous
+/// run (which held the same data dir lock) are removed.
+fn socket_dir(data_dir: &Path, clean: bool) -> Result<PathBuf, FunctionsError> {
+    let dir = socket_dir_path(data_dir);
     let io =
         |source| FunctionsError::Io { context: format!("cannot prepare the socket folder {}", dir.display()), source };
     std::fs::create_dir_all(&dir).map_err(io)?;

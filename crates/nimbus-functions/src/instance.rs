@@ -53,6 +53,8 @@ pub(crate) struct Instance {
     idle: Mutex<Vec<SendRequest<Body>>>,
     exited: watch::Receiver<bool>,
     stopping: AtomicBool,
+    /// Its platform token, revoked when the instance goes.
+    _token: Option<crate::access::TokenGuard>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -63,8 +65,13 @@ impl std::fmt::Debug for Instance {
 
 impl Instance {
     /// Starts a process and waits until its socket accepts a connection. `function` is set once
-    /// the host knows which function the instance serves (not while indexing).
-    pub async fn start(spec: &LaunchSpec, id: &str, function: Option<&str>) -> Result<Arc<Self>, StartError> {
+    /// the host knows which function the instance serves (not while indexing), with the access to
+    /// the platform API its grants give.
+    pub async fn start(
+        spec: &LaunchSpec,
+        id: &str,
+        function: Option<(&str, &crate::access::Access)>,
+    ) -> Result<Arc<Self>, StartError> {
         let started_at = Instant::now();
         let socket = spec.socket_dir.join(format!("{id}.sock"));
         let _ = std::fs::remove_file(&socket);
@@ -83,9 +90,14 @@ impl Instance {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        if let Some(function) = function {
-            cmd.env("NIMBUS_FUNCTION", function);
-        }
+        let token = function.map(|(name, access)| {
+            let token = access.tokens.mint(name, &access.grants);
+            cmd.env("NIMBUS_FUNCTION", name)
+                .env("NIMBUS_PLATFORM_SOCKET", &access.socket)
+                .env("NIMBUS_PLATFORM_TOKEN", &token.token);
+            token
+        });
+        let function = function.map(|(name, _)| name);
         let host = std::process::id();
         // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid, _exit) run between fork and exec.
         unsafe {
@@ -142,6 +154,7 @@ impl Instance {
                     idle: Mutex::new(vec![conn]),
                     exited,
                     stopping: AtomicBool::new(false),
+                    _token: token,
                 });
                 return Ok(instance);
             }

@@ -5,6 +5,7 @@
 //! (PROTOCOL.md §2), builds the route table, and warms `min_instances`. Its [`Functions::router`]
 //! is the node's fallback: it serves function routes and answers a JSON 404 for the rest.
 
+mod access;
 mod asynchronous;
 mod error;
 mod generation;
@@ -106,6 +107,7 @@ pub struct Functions {
     data_dir: PathBuf,
     store: Arc<dyn Store>,
     ids: Arc<AtomicU64>,
+    tokens: access::Tokens,
     reaper: tokio::task::JoinHandle<()>,
     reloading: tokio::sync::Mutex<()>,
     /// Replaced generations, possibly still draining; closed at shutdown.
@@ -127,7 +129,8 @@ impl Functions {
     /// Indexes the app's workers, builds the route table and warms `min_instances`.
     pub async fn start(app: &AppConfig, data_dir: &Path, store: Arc<dyn Store>) -> Result<Self, FunctionsError> {
         let ids = Arc::new(AtomicU64::new(1));
-        let inner = Arc::new(generation::build(app, data_dir, store.clone(), ids.clone(), true).await?);
+        let tokens = access::Tokens::default();
+        let inner = Arc::new(generation::build(app, data_dir, store.clone(), ids.clone(), &tokens, true).await?);
         let shared = Arc::new(Shared { current: RwLock::new(inner) });
         let ticking = shared.clone();
         let reaper = tokio::spawn(async move {
@@ -150,10 +153,22 @@ impl Functions {
             data_dir: data_dir.to_path_buf(),
             store,
             ids,
+            tokens,
             reaper,
             reloading: tokio::sync::Mutex::new(()),
             retired: std::sync::Mutex::new(Vec::new()),
         })
+    }
+
+    /// The Unix socket on which the node serves the platform API to its workers: the binary
+    /// listens there and accepts the tokens [`Functions::worker`] knows.
+    pub fn platform_socket(&self) -> PathBuf {
+        generation::platform_socket(&generation::socket_dir_path(&self.data_dir))
+    }
+
+    /// The worker instance (and so the function, with its grants) a platform token belongs to.
+    pub fn worker(&self, token: &str) -> Option<nimbus_api::Principal> {
+        self.tokens.check(token)
     }
 
     /// The functions the node serves, for the banner and the admin API.
@@ -216,8 +231,9 @@ impl Functions {
     /// does not index, the old generation keeps serving and the error is returned.
     pub async fn reload(&self, app: &AppConfig) -> Result<Vec<FunctionInfo>, FunctionsError> {
         let _one_at_a_time = self.reloading.lock().await;
-        let fresh =
-            Arc::new(generation::build(app, &self.data_dir, self.store.clone(), self.ids.clone(), false).await?);
+        let fresh = Arc::new(
+            generation::build(app, &self.data_dir, self.store.clone(), self.ids.clone(), &self.tokens, false).await?,
+        );
         let list = fresh.list.clone();
         let old = std::mem::replace(&mut *self.shared.current.write().unwrap_or_else(|p| p.into_inner()), fresh);
         {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use crate::access::Access;
 use crate::error::InvokeError;
 use crate::instance::{Instance, LaunchSpec};
 
@@ -28,6 +29,7 @@ pub(crate) struct Limits {
 pub(crate) struct Pool {
     pub function: String,
     spec: LaunchSpec,
+    access: Access,
     limits: Limits,
     ids: Arc<AtomicU64>,
     state: Mutex<State>,
@@ -106,9 +108,9 @@ const HEALTHY_AFTER: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Pool {
-    pub fn new(function: String, spec: LaunchSpec, limits: Limits, ids: Arc<AtomicU64>) -> Arc<Self> {
+    pub fn new(function: String, spec: LaunchSpec, access: Access, limits: Limits, ids: Arc<AtomicU64>) -> Arc<Self> {
         let metrics = PoolMetrics::new(&function);
-        Arc::new(Self { function, spec, limits, ids, state: Mutex::new(State::default()), metrics })
+        Arc::new(Self { function, spec, access, limits, ids, state: Mutex::new(State::default()), metrics })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -230,7 +232,7 @@ impl Pool {
         }
         let id = format!("{}-{}", self.function, self.ids.fetch_add(1, Ordering::Relaxed));
         let started = Instant::now();
-        match Instance::start(&self.spec, &id, Some(&self.function)).await {
+        match Instance::start(&self.spec, &id, Some((&self.function, &self.access))).await {
             Ok(instance) => {
                 self.metrics.instance_start_seconds.record(started.elapsed().as_secs_f64());
                 tracing::info!(function = %self.function, instance = %id, start_ms = started.elapsed().as_secs_f64() * 1000.0, "instance ready");

@@ -102,14 +102,23 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         operations: Arc::new(move || operations(&listed.list())),
     };
     let mut admin = functions.admin_router().merge(nimbus_gateway::keys_admin_router(gateway.keys().clone()));
-    let blob_token = admin_token.clone();
-    let blob_api = nimbus_blob::api_router(
-        blobs,
+    // On the public port only the admin token opens the platform API; on the private platform
+    // socket, workers' scoped tokens do too.
+    let admin_auth: nimbus_api::Authenticate = {
+        let token = admin_token.clone();
         Arc::new(move |headers: &axum::http::HeaderMap| {
-            let presented = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-            presented.and_then(|v| v.strip_prefix("Bearer ")).is_some_and(|t| blob_token.matches(t.trim()))
-        }),
-    );
+            nimbus_api::bearer(headers).filter(|t| token.matches(t)).map(|_| nimbus_api::Principal::Admin)
+        })
+    };
+    let worker_auth: nimbus_api::Authenticate = {
+        let (admin, functions) = (admin_auth.clone(), functions.clone());
+        Arc::new(move |headers: &axum::http::HeaderMap| {
+            admin(headers).or_else(|| nimbus_api::bearer(headers).and_then(|t| functions.worker(t)))
+        })
+    };
+    let blob_api = nimbus_blob::api_router(blobs.clone(), admin_auth);
+    let platform_api = nimbus_blob::api_router(blobs, worker_auth);
+    let platform_server = serve_platform(functions.platform_socket(), platform_api, addr)?;
     if let Some(identity) = &identity {
         admin = admin.merge(identity.admin_router());
     }
@@ -147,12 +156,46 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     // One grace period in all: what the HTTP drain left of it goes to asynchronous invocations.
     let left = SIGNALLED.get().map_or(grace, |at| grace.saturating_sub(at.elapsed()));
     functions.shutdown(left).await;
+    platform_server.abort();
     match outcome {
         ShutdownOutcome::Drained => tracing::info!("stopped"),
         ShutdownOutcome::GraceExpired => tracing::warn!("stopped after the grace period with requests unfinished"),
     }
     drop(data_dir);
     Ok(())
+}
+
+/// Serves the platform API to the node's workers on a private Unix socket (its folder is the
+/// host user's only). Signed URLs made there name the node's own address.
+fn serve_platform(
+    socket: std::path::PathBuf,
+    api: axum::Router,
+    addr: SocketAddr,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    if let Some(dir) = socket.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("cannot listen on the platform socket {}", socket.display()))?;
+    let host = axum::http::HeaderValue::from_str(node_url(addr).trim_start_matches("http://"))?;
+    let app = nimbus_gateway::edge(api).layer(axum::middleware::map_request(move |mut req: axum::extract::Request| {
+        let host = host.clone();
+        async move {
+            req.headers_mut().insert(axum::http::header::HOST, host);
+            req
+        }
+    }));
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the platform socket stopped serving");
+        }
+    }))
 }
 
 /// Function routes as the OpenAPI document lists them (a command worker serves several).

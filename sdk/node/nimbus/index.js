@@ -9,6 +9,7 @@
 
 const { App } = require("./lib/app");
 const { Response, HttpError, stream, sse } = require("./lib/response");
+const { PlatformError } = require("./lib/platform");
 const { version } = require("./package.json");
 
-module.exports = { App, Response, HttpError, stream, sse, version };
+module.exports = { App, Response, HttpError, PlatformError, stream, sse, version };

@@ -305,7 +305,8 @@ class Request:
 
 class Context:
     """What a handler knows about its invocation: `function_name`, `invocation_id`, `traceparent`,
-    `timeout_ms` (None if the host gave none) and `log`, a logging.Logger writing to stderr."""
+    `timeout_ms` (None if the host gave none) and `log`, a logging.Logger writing to stderr; `blob`
+    reaches the platform's blob containers the function is granted."""
 
     __slots__ = ("function_name", "invocation_id", "traceparent", "timeout_ms", "log")
 
@@ -315,6 +316,12 @@ class Context:
         self.traceparent = traceparent
         self.timeout_ms = timeout_ms
         self.log = log
+
+    @property
+    def blob(self):
+        from . import _platform
+
+        return _platform.Blob(_platform.client(), self.traceparent)
 
     def __repr__(self):
         return "Context(%r, %r)" % (self.function_name, self.invocation_id)

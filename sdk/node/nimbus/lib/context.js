@@ -31,6 +31,12 @@ class Context {
     this.trigger = trigger;
     this.log = makeLogger(invocationId);
   }
+
+  /** The platform's blob containers this function is granted (`[functions.<name>] grants`). */
+  get blob() {
+    const platform = require("./platform");
+    return new platform.Blob(platform.client(), this.traceparent);
+  }
 }
 
 module.exports = { Context, makeLogger };
