@@ -5,6 +5,10 @@
 # When nothing answers there, this script starts a throwaway PostgreSQL (initdb + pg_ctl in a temporary
 # directory on a free port, installing Debian's `postgresql` package if its binaries are missing) and
 # stops it afterwards. The PostgreSQL suite never skips: without a server, it fails.
+#
+# The cloud blob backends are tested against moto's S3 server (PyPI, in target/test-venv) and Azurite
+# (npm, in target/azurite), installed on first use and started here on free ports unless
+# NIMBUS_TEST_S3_ENDPOINT / NIMBUS_TEST_AZURITE_ENDPOINT already name running ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,7 +65,59 @@ stop_throwaway_postgres() {
     rm -rf "$PG_TMP"
   fi
 }
-trap stop_throwaway_postgres EXIT
+# moto's S3 server and Azurite's blob service, in memory, for the cloud blob backends' tests.
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+start_blob_servers() { # VENV AZURITE_DIR
+  BLOB_TMP=$(mktemp -d /tmp/nimbus-blob-servers.XXXXXX)
+  if [[ -z "${NIMBUS_TEST_S3_ENDPOINT:-}" ]]; then
+    local port
+    port=$(free_port)
+    "$1/bin/moto_server" -H 127.0.0.1 -p "$port" >"$BLOB_TMP/moto.log" 2>&1 &
+    MOTO_PID=$!
+    export NIMBUS_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+  fi
+  if [[ -z "${NIMBUS_TEST_AZURITE_ENDPOINT:-}" ]]; then
+    local port
+    port=$(free_port)
+    "$2/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$port" --inMemoryPersistence \
+      --skipApiVersionCheck --disableTelemetry --silent >"$BLOB_TMP/azurite.log" 2>&1 &
+    AZURITE_PID=$!
+    export NIMBUS_TEST_AZURITE_ENDPOINT="http://127.0.0.1:$port"
+  fi
+}
+
+wait_for_blob_servers() {
+  local name pid url log
+  for name in moto azurite; do
+    case $name in
+      moto) pid=${MOTO_PID:-} url=$NIMBUS_TEST_S3_ENDPOINT log=$BLOB_TMP/moto.log ;;
+      azurite) pid=${AZURITE_PID:-} url=$NIMBUS_TEST_AZURITE_ENDPOINT log=$BLOB_TMP/azurite.log ;;
+    esac
+    [[ -z "$pid" ]] && continue
+    local hostport="${url#http://}" tries=0
+    until answers "${hostport%:*}" "${hostport##*:}"; do
+      if ! kill -0 "$pid" 2>/dev/null || ((++tries > 300)); then
+        echo "test.sh: $name did not start at $url" >&2
+        cat "$log" >&2
+        exit 1
+      fi
+      sleep 0.1
+    done
+    echo "test.sh: $name answers at $url" >&2
+  done
+}
+
+stop_blob_servers() {
+  local pid
+  for pid in ${MOTO_PID:-} ${AZURITE_PID:-}; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  [[ -n "${BLOB_TMP:-}" ]] && rm -rf "$BLOB_TMP"
+  return 0
+}
+trap 'stop_blob_servers; stop_throwaway_postgres' EXIT
 
 # The SDK tests and the functions tests run real Python and Node.js workers.
 install_missing() { # COMMAND PACKAGE
@@ -101,9 +157,24 @@ if ! "$RP_VENV/bin/python" -c 'import authlib, requests' >/dev/null 2>&1; then
   fi
   "$RP_VENV/bin/pip" install --quiet --disable-pip-version-check 'authlib>=1.3,<2' 'requests>=2.31,<3'
 fi
+
+# The cloud blob backends' servers start now and are awaited before the Rust tests.
+if ! "$RP_VENV/bin/python" -c 'import moto.server' >/dev/null 2>&1; then
+  echo "test.sh: installing moto's S3 server into $RP_VENV" >&2
+  "$RP_VENV/bin/pip" install --quiet --disable-pip-version-check 'moto[server]>=5.1,<6'
+fi
+AZURITE_DIR=target/azurite
+if [[ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]]; then
+  install_missing npm npm
+  echo "test.sh: installing Azurite into $AZURITE_DIR" >&2
+  npm install --prefix "$AZURITE_DIR" --no-audit --no-fund --loglevel=error 'azurite@^3.35.0' >/dev/null
+fi
+start_blob_servers "$RP_VENV" "$AZURITE_DIR"
+
 cargo build --quiet -p nimbus
 "$RP_VENV/bin/python" tests/identity/rp_flow.py
 
+wait_for_blob_servers
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest runs no doctests; run them first so the closing summary is the full suite's.
   cargo test --workspace --doc --quiet

@@ -1,12 +1,15 @@
 //! Blobs: containers of objects, and the static website served from the `$web` container.
 //!
 //! An object's bytes live in an `object_store` backend (the local directory `<data dir>/blobs` by
-//! default) under a fresh name per write (`data/<id>`); its metadata (size, content type, ETag =
-//! SHA-256 of the content, last-modified, user metadata, where the bytes are) is a record in the
-//! store (namespace `blob`, key `<container>/<key>`). A write streams the body to the backend
-//! (LocalFileSystem writes a temporary file and renames it on completion), hashing as it goes, and
-//! only then commits the record: an upload cut off midway, or a crash, never leaves a half object
-//! visible. The bytes a record no longer points to are deleted after the commit.
+//! default; or S3, an S3-compatible server, or Azure Blob Storage: [`Blobs::remote`]) under a fresh
+//! name per write (`data/<id>`); its metadata (size, content type, ETag = SHA-256 of the content,
+//! last-modified, user metadata, where the bytes are) is a record in the store (namespace `blob`,
+//! key `<container>/<key>`), so every backend lists, ranges and serves the site alike. A write
+//! streams the body to the backend (up to 5 MiB as one put, larger as a multipart upload in 5 MiB
+//! parts; LocalFileSystem writes a temporary file and renames it, S3 and Azure show nothing before
+//! the upload completes), hashing as it goes, and only then commits the record: an upload cut off
+//! midway, or a crash, never leaves a half object visible. The bytes a record no longer points to
+//! are deleted after the commit.
 //!
 //! - `api.rs`: the REST API under `/_nimbus/blob/{container}/{key…}`;
 //! - `site.rs`: the static website (index and error documents, SPA fallback, ETag/Last-Modified,
@@ -14,8 +17,8 @@
 //! - `publish.rs`: `[site] dir` published into `$web` at start (changed files only).
 //!
 //! Signed URLs (HMAC-SHA256 of method, container, key and expiry, with a key kept in the store)
-//! open one object for one method for a while. `nimbus site deploy`/`rollback`, the blob CLI and
-//! the S3/Azure backends come next.
+//! open one object for one method for a while. `nimbus site deploy`/`rollback` and the blob CLI
+//! come next.
 
 mod api;
 mod publish;
@@ -28,7 +31,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use nimbus_store::{Expect, Store, StoreError, Write};
 use object_store::path::Path as ObjectPath;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -70,6 +73,8 @@ pub struct Stored {
 /// gets a new name), so the cache needs no invalidation.
 const SMALL: u64 = 256 * 1024;
 const SMALL_TOTAL: usize = 64 * 1024 * 1024;
+/// Uploads go in parts of this size: S3's minimum for all parts but the last.
+const PART: usize = 5 * 1024 * 1024;
 
 #[derive(Default)]
 struct SmallCache {
@@ -136,6 +141,63 @@ impl Blobs {
             local_root: Some(dir.canonicalize().unwrap_or_else(|_| dir.to_owned())),
             small: Arc::default(),
         })
+    }
+
+    /// A cloud backend: `s3://bucket[/prefix]` (Amazon S3 or an S3-compatible server) or
+    /// `az://container[/prefix]` (Azure Blob Storage). Credentials, region and endpoint come from
+    /// the standard environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_REGION`, `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, …; `AZURE_STORAGE_ACCOUNT_NAME`,
+    /// `AZURE_STORAGE_ACCOUNT_KEY`, `AZURE_STORAGE_ENDPOINT`, `AZURE_STORAGE_USE_EMULATOR`, …), or
+    /// the platform's (instance roles, managed identities), so no secret is written in the
+    /// manifest. Objects go under the prefix when there is one. Nothing is sent yet: see
+    /// [`Blobs::check`].
+    pub fn remote(url: &str, store: Arc<dyn Store>) -> Result<Self, BlobError> {
+        let invalid = |why: &str| BlobError::Invalid(why.to_owned());
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| invalid("not a URL"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(invalid("the bucket or container name is missing"));
+        }
+        let backend: Arc<dyn ObjectStore> = match scheme {
+            "s3" => Arc::new(
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(|e| invalid(&e.to_string()))?,
+            ),
+            "az" => Arc::new(
+                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_container_name(bucket)
+                    .build()
+                    .map_err(|e| invalid(&e.to_string()))?,
+            ),
+            _ => return Err(invalid("use s3://bucket[/prefix] or az://container[/prefix]")),
+        };
+        let prefix = prefix.trim_end_matches('/');
+        let backend = match prefix {
+            "" => backend,
+            _ => {
+                let prefix = ObjectPath::parse(prefix).map_err(|e| invalid(&format!("bad prefix: {e}")))?;
+                Arc::new(object_store::prefix::PrefixStore::new(backend, prefix))
+            }
+        };
+        Ok(Self { backend, store, secret: Arc::default(), local_root: None, small: Arc::default() })
+    }
+
+    /// Writes and deletes a probe object, so that a backend that cannot be reached or written to
+    /// (no credentials, a wrong endpoint, a missing bucket) is found at start, not at the first
+    /// upload. Gives up after `within`.
+    pub async fn check(&self, within: std::time::Duration) -> Result<(), BlobError> {
+        let probe = ObjectPath::from(format!("nimbus-probe-{}", nimbus_api::hex(&rand::random::<[u8; 8]>())));
+        let attempt = async {
+            self.backend.put(&probe, PutPayload::new()).await?;
+            self.backend.delete(&probe).await?;
+            Ok::<_, object_store::Error>(())
+        };
+        match tokio::time::timeout(within, attempt).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(BlobError::Backend(format!("no answer within {within:?}"))),
+        }
     }
 
     async fn signing_key(&self) -> Result<&aws_lc_rs::hmac::Key, BlobError> {
@@ -221,7 +283,10 @@ impl Blobs {
         check_key(key)?;
         let data = format!("data/{}", nimbus_api::hex(&rand::random::<[u8; 16]>()));
         let path = ObjectPath::from(data.as_str());
-        let mut upload = WriteMultipart::new(self.backend.put_multipart(&path).await?);
+        // The first PART bytes are held back: a smaller object is one `put` (one request to a
+        // cloud backend); a larger one a multipart upload in PART-sized parts (S3's minimum).
+        let mut first: Vec<Bytes> = Vec::new();
+        let mut upload: Option<WriteMultipart> = None;
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
@@ -229,18 +294,39 @@ impl Blobs {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(error = %e, "upload cut off");
-                    let _ = upload.abort().await;
+                    if let Some(upload) = upload {
+                        let _ = upload.abort().await;
+                    }
                     return Err(BlobError::Incomplete);
                 }
             };
             hasher.update(&chunk);
             size += chunk.len() as u64;
-            if let Err(e) = upload.wait_for_capacity(4).await {
-                return Err(e.into());
+            match &mut upload {
+                Some(multipart) => {
+                    if let Err(e) = multipart.wait_for_capacity(4).await {
+                        if let Some(upload) = upload.take() {
+                            let _ = upload.abort().await;
+                        }
+                        return Err(e.into());
+                    }
+                    multipart.put(chunk);
+                }
+                None => {
+                    first.push(chunk);
+                    if size >= PART as u64 {
+                        let mut multipart =
+                            WriteMultipart::new_with_chunk_size(self.backend.put_multipart(&path).await?, PART);
+                        first.drain(..).for_each(|b| multipart.put(b));
+                        upload = Some(multipart);
+                    }
+                }
             }
-            upload.put(chunk);
         }
-        upload.finish().await?;
+        match upload {
+            Some(multipart) => multipart.finish().await?,
+            None => self.backend.put(&path, PutPayload::from_iter(first)).await?,
+        };
         let info = ObjectInfo {
             key: key.to_owned(),
             size,

@@ -18,7 +18,7 @@ pub fn run(args: BlobArgs) -> Result<(), Failure> {
     let data_dir = args.store.data_dir.clone();
     with_store(&args.store, false, async |store, config| {
         let data_dir = data_dir.unwrap_or_else(|| config.dir.join(".nimbus"));
-        let blobs = crate::up::open_blobs(&config, &data_dir, store)?;
+        let blobs = crate::up::open_blobs(&config, &data_dir, store).await?;
         let json = args.store.json;
         match args.command {
             BlobCommand::Ls { path } => {

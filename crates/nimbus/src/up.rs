@@ -81,7 +81,7 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         }
     });
     let gateway = nimbus_gateway::Gateway::start(manifest, &config.name(), store.clone(), own_issuer)?;
-    let blobs = open_blobs(&config, &data_dir.path, store.clone())?;
+    let blobs = open_blobs(&config, &data_dir.path, store.clone()).await?;
     let published = match manifest.site.as_ref().and_then(|s| s.dir.as_ref()) {
         Some(dir) => {
             let dir = config.dir.join(dir);
@@ -212,19 +212,39 @@ fn operations(functions: &[nimbus_functions::FunctionInfo]) -> Vec<nimbus_gatewa
         .collect()
 }
 
+const S3_ENV: &str = "; S3 takes AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION and AWS_ENDPOINT_URL \
+                      (AWS_ALLOW_HTTP=true for http://) from the environment";
+const AZURE_ENV: &str = "; Azure takes AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or \
+                         AZURE_STORAGE_USE_EMULATOR=true for Azurite) from the environment";
+
 /// The object store for blobs and the site: `[store] blobs` = "file" (the data dir's `blobs/`,
-/// the default) or "file:///path".
-pub(crate) fn open_blobs(
+/// the default), "file:///path", "s3://bucket[/prefix]" or "az://container[/prefix]" (credentials
+/// and endpoint from the environment). A cloud backend is probed with a write before use, so a
+/// wrong URL, endpoint or credentials stop the start with the reason.
+pub(crate) async fn open_blobs(
     config: &nimbus_config::AppConfig,
     data_dir: &std::path::Path,
     store: Arc<dyn nimbus_store::Store>,
 ) -> anyhow::Result<nimbus_blob::Blobs> {
-    let url = config.manifest.store.blobs.as_ref().map(|u| u.value().to_owned());
+    let setting = config.manifest.store.blobs.as_ref();
+    let url = setting.map(|u| u.value().to_owned());
     let dir = match url.as_deref() {
         None | Some("file") => data_dir.join("blobs"),
         Some(u) if u.starts_with("file://") => std::path::PathBuf::from(&u["file://".len()..]),
         Some(u) => {
-            anyhow::bail!("[store] blobs = \"{u}\": only local directories are built yet (S3 and Azure come next)")
+            let written = setting.map_or(u, |s| s.written());
+            let hint = match u.split_once("://").map(|(scheme, _)| scheme) {
+                Some("s3") => S3_ENV,
+                Some("az") => AZURE_ENV,
+                _ => "",
+            };
+            let blobs = nimbus_blob::Blobs::remote(u, store)
+                .map_err(|e| anyhow::anyhow!("[store] blobs = \"{written}\": {e}{hint}"))?;
+            blobs
+                .check(std::time::Duration::from_secs(20))
+                .await
+                .map_err(|e| anyhow::anyhow!("[store] blobs = \"{written}\": cannot write to it: {e}{hint}"))?;
+            return Ok(blobs);
         }
     };
     Ok(nimbus_blob::Blobs::local(&dir, store)?)
