@@ -14,13 +14,16 @@
 //! - `api.rs`: the REST API under `/_nimbus/blob/{container}/{key…}`;
 //! - `site.rs`: the static website (index and error documents, SPA fallback, ETag/Last-Modified,
 //!   Range, precompressed variants, Cache-Control rules);
-//! - `publish.rs`: `[site] dir` published into `$web` at start (changed files only).
+//! - `deploy.rs`: versioned site deploys (changed files uploaded, `$web` switched in one commit,
+//!   rollback to the previous deploy);
+//! - `publish.rs`: `[site] dir` published into `$web` at start, as a deploy.
 //!
 //! Signed URLs (HMAC-SHA256 of method, container, key and expiry, with a key kept in the store)
 //! open one object for one method for a while. `nimbus site deploy`/`rollback` and the blob CLI
 //! come next.
 
 mod api;
+mod deploy;
 mod publish;
 mod site;
 
@@ -36,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use api::router as api_router;
+pub use deploy::{DEFAULT_KEEP, DeployInfo, Deployed, Progress, deploy, list as deployments, rollback};
 pub use publish::{file_chunks, publish};
 pub use site::Site;
 
@@ -273,13 +277,41 @@ impl Blobs {
         key: &str,
         content_type: Option<&str>,
         metadata: BTreeMap<String, String>,
-        mut body: S,
+        body: S,
     ) -> Result<ObjectInfo, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         check_container(container)?;
+        let stored = self.write(key, content_type, metadata, body).await?;
+        let info = stored.info.clone();
+        let record_key = format!("{container}/{key}");
+        let previous = self.store.get(NS, &record_key).await?;
+        let value = serde_json::to_vec(&stored).expect("object info serializes");
+        if let Err(e) = self.store.commit(vec![Write::put(NS, &record_key, value)]).await {
+            self.forget(&stored.data).await;
+            return Err(e.into());
+        }
+        if let Some(old) = previous.and_then(|r| serde_json::from_slice::<Stored>(&r.value).ok()) {
+            self.replaced(container, &old.data).await;
+        }
+        Ok(info)
+    }
+
+    /// Streams `body` into fresh bytes in the backend and answers the record that would point at
+    /// them; nothing refers to them until that record is committed.
+    pub(crate) async fn write<S, E>(
+        &self,
+        key: &str,
+        content_type: Option<&str>,
+        metadata: BTreeMap<String, String>,
+        mut body: S,
+    ) -> Result<Stored, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
         check_key(key)?;
         let data = format!("data/{}", nimbus_api::hex(&rand::random::<[u8; 16]>()));
         let path = ObjectPath::from(data.as_str());
@@ -337,17 +369,23 @@ impl Blobs {
             last_modified: now(),
             metadata,
         };
-        let record_key = format!("{container}/{key}");
-        let previous = self.store.get(NS, &record_key).await?;
-        let value = serde_json::to_vec(&Stored { info: info.clone(), data }).expect("object info serializes");
-        if let Err(e) = self.store.commit(vec![Write::put(NS, &record_key, value)]).await {
-            let _ = self.backend.delete(&path).await;
-            return Err(e.into());
+        Ok(Stored { info, data })
+    }
+
+    /// Bytes a `container` record no longer points to: deleted, unless a kept site deploy
+    /// still refers to them (`$web` only).
+    async fn replaced(&self, container: &str, data: &str) {
+        if container == SITE_CONTAINER {
+            match deploy::deployed(self, data).await {
+                Ok(false) => {}
+                Ok(true) => return,
+                Err(e) => {
+                    tracing::warn!(data, error = %e, "cannot tell whether a deploy keeps these bytes; keeping them");
+                    return;
+                }
+            }
         }
-        if let Some(old) = previous.and_then(|r| serde_json::from_slice::<Stored>(&r.value).ok()) {
-            self.forget(&old.data).await;
-        }
-        Ok(info)
+        self.forget(data).await;
     }
 
     pub async fn head(&self, container: &str, key: &str) -> Result<ObjectInfo, BlobError> {
@@ -436,7 +474,7 @@ impl Blobs {
         let record = self.store.get(NS, &record_key).await?.ok_or_else(|| BlobError::NotFound(key.to_owned()))?;
         self.store.commit(vec![Write::delete(NS, &record_key).expect(Expect::Version(record.version))]).await?;
         if let Ok(old) = serde_json::from_slice::<Stored>(&record.value) {
-            self.forget(&old.data).await;
+            self.replaced(container, &old.data).await;
         }
         Ok(())
     }

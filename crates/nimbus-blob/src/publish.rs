@@ -1,8 +1,8 @@
-//! `[site] dir` published into `$web` at start: files whose content differs from the stored
-//! object (by SHA-256) are uploaded, objects whose file is gone are deleted. The folder is the
-//! source of truth while the app runs with it.
+//! `[site] dir` published into `$web` at start, as a deploy (`deploy.rs`) that prunes: files
+//! whose content differs from the stored object (by SHA-256) are uploaded, objects whose file is
+//! gone are deleted, all visible at once. The folder is the source of truth while the app runs
+//! with it.
 
-use std::collections::BTreeSet;
 use std::path::Path;
 
 use bytes::Bytes;
@@ -10,55 +10,31 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
-use crate::{BlobError, Blobs, SITE_CONTAINER};
+use crate::BlobError;
+use crate::deploy::{DEFAULT_KEEP, Deployed};
 
-/// What a publication changed.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Published {
-    pub uploaded: usize,
-    pub unchanged: usize,
-    pub deleted: usize,
+/// Publishes `dir` as a deploy that prunes (the folder is the whole site); nothing is recorded when
+/// nothing changed.
+pub async fn publish(blobs: &crate::Blobs, dir: &Path) -> Result<Deployed, BlobError> {
+    crate::deploy::deploy(blobs, dir, "[site] dir", true, DEFAULT_KEEP, &|_| {}).await
 }
 
-pub async fn publish(blobs: &Blobs, dir: &Path) -> Result<Published, BlobError> {
-    let mut files = Vec::new();
-    collect(dir, dir, &mut files).map_err(|e| BlobError::Invalid(format!("[site] dir {}: {e}", dir.display())))?;
-    let mut result = Published::default();
-    let mut keys = BTreeSet::new();
-    for (key, path) in files {
+/// The folder's files as (object key, path, size); files whose names are not object keys are
+/// skipped with a warning.
+pub(crate) fn files(dir: &Path) -> Result<Vec<(String, std::path::PathBuf, u64)>, BlobError> {
+    let mut found = Vec::new();
+    collect(dir, dir, &mut found).map_err(|e| BlobError::Invalid(format!("{}: {e}", dir.display())))?;
+    let mut out = Vec::new();
+    for (key, path) in found {
         if crate::check_key(&key).is_err() {
             tracing::warn!(file = %path.display(), "skipping a file whose name is not an object key");
             continue;
         }
-        keys.insert(key.clone());
-        let digest = hash(&path).await.map_err(|e| BlobError::Invalid(format!("{}: {e}", path.display())))?;
-        match blobs.head(SITE_CONTAINER, &key).await {
-            Ok(info) if info.etag == digest => {
-                result.unchanged += 1;
-                continue;
-            }
-            Ok(_) | Err(BlobError::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        }
-        let file =
-            tokio::fs::File::open(&path).await.map_err(|e| BlobError::Invalid(format!("{}: {e}", path.display())))?;
-        blobs.put(SITE_CONTAINER, &key, None, Default::default(), Box::pin(file_chunks(file))).await?;
-        result.uploaded += 1;
+        let size = std::fs::metadata(&path).map_err(|e| BlobError::Invalid(format!("{}: {e}", path.display())))?.len();
+        out.push((key, path, size));
     }
-    let mut after: Option<String> = None;
-    loop {
-        let listing = blobs.list(SITE_CONTAINER, "", None, after.as_deref(), 1000).await?;
-        for object in &listing.objects {
-            if !keys.contains(&object.key) {
-                blobs.delete(SITE_CONTAINER, &object.key).await?;
-                result.deleted += 1;
-            }
-        }
-        match listing.continuation {
-            Some(next) => after = Some(next),
-            None => return Ok(result),
-        }
-    }
+    out.sort();
+    Ok(out)
 }
 
 fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, std::path::PathBuf)>) -> std::io::Result<()> {
@@ -75,7 +51,7 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<(String, std::path::PathBuf)>)
     Ok(())
 }
 
-async fn hash(path: &Path) -> std::io::Result<String> {
+pub(crate) async fn hash(path: &Path) -> std::io::Result<String> {
     let mut file = tokio::fs::File::open(path).await?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0; 64 * 1024];

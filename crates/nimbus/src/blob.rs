@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::Failure;
-use crate::cli::{BlobArgs, BlobCommand};
+use crate::cli::{BlobArgs, BlobCommand, SiteArgs, SiteCommand};
 use crate::keys::{time, with_store};
 
 /// Files larger than this get a progress bar.
@@ -95,6 +95,78 @@ pub fn run(args: BlobArgs) -> Result<(), Failure> {
                 let (container, key) = split(&target)?;
                 blobs.delete(container, key).await.map_err(explain)?;
                 println!("Deleted {container}/{key}.");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `nimbus site deploy|rollback|list`: straight to the app's store and blob backend, like
+/// `nimbus blob`; running nodes serve the switched site within a second.
+pub fn site(args: SiteArgs) -> Result<(), Failure> {
+    let data_dir = args.store.data_dir.clone();
+    with_store(&args.store, false, async |store, config| {
+        let data_dir = data_dir.unwrap_or_else(|| config.dir.join(".nimbus"));
+        let blobs = crate::up::open_blobs(&config, &data_dir, store).await?;
+        let json = args.store.json;
+        match args.command {
+            SiteCommand::Deploy { dir, prune, keep } => {
+                if !dir.is_dir() {
+                    return Err(anyhow::anyhow!("{}: not a folder", dir.display()).into());
+                }
+                if keep == 0 {
+                    return Err(anyhow::anyhow!("--keep must be at least 1 (the current deploy)").into());
+                }
+                let bar = ProgressBar::new(0);
+                if let Ok(style) = ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+                {
+                    bar.set_style(style);
+                }
+                let source = dir.canonicalize().unwrap_or(dir.clone()).display().to_string();
+                let done = nimbus_blob::deploy(&blobs, &dir, &source, prune, keep, &|p| match p {
+                    nimbus_blob::Progress::Total(n) => bar.set_length(n),
+                    nimbus_blob::Progress::Done(n) => bar.inc(n),
+                })
+                .await
+                .map_err(explain)?;
+                bar.finish_and_clear();
+                if json {
+                    println!("{}", serde_json::to_string(&done)?);
+                } else {
+                    let what =
+                        format!("{} uploaded, {} unchanged, {} removed", done.uploaded, done.unchanged, done.deleted);
+                    match done.id {
+                        Some(id) => println!("Deploy {id} is live: {what}."),
+                        None => println!("Nothing changed ({what}); the site stays as it is."),
+                    }
+                }
+            }
+            SiteCommand::Rollback => {
+                let id = nimbus_blob::rollback(&blobs).await.map_err(explain)?;
+                match json {
+                    true => println!("{}", serde_json::json!({ "id": id })),
+                    false => println!("Rolled back: deploy {id} is live."),
+                }
+            }
+            SiteCommand::List => {
+                let deploys = nimbus_blob::deployments(&blobs).await.map_err(explain)?;
+                if json {
+                    println!("{}", serde_json::to_string(&deploys)?);
+                } else if deploys.is_empty() {
+                    println!("No deploys yet.");
+                } else {
+                    for d in deploys {
+                        let mark = if d.current { "*" } else { " " };
+                        println!(
+                            "{mark} {:>4}  {:<20}  {:>6} files  {:>12} bytes  {}",
+                            d.id,
+                            time(Some(d.created)),
+                            d.files,
+                            d.bytes,
+                            d.source
+                        );
+                    }
+                }
             }
         }
         Ok(())

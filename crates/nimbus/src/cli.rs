@@ -29,6 +29,34 @@ pub enum Command {
     Users(UsersArgs),
     /// Objects in blob containers (the site is container `$web`).
     Blob(BlobArgs),
+    /// Deploy the static website, list its deploys, roll back.
+    Site(SiteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SiteArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(subcommand)]
+    pub command: SiteCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// Upload DIR's changed files and switch the site to them at once.
+    Deploy {
+        dir: PathBuf,
+        /// Also remove objects whose file is not in DIR.
+        #[arg(long)]
+        prune: bool,
+        /// How many deploys to keep for rollback.
+        #[arg(long, default_value_t = nimbus_blob::DEFAULT_KEEP, value_parser = clap::value_parser!(usize))]
+        keep: usize,
+    },
+    /// Return the site to the deploy before the current one.
+    Rollback,
+    /// The deploys kept, newest first.
+    List,
 }
 
 #[derive(Debug, Args)]

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Identity(args) => keys::identity(args),
         Command::Users(args) => users::run(args),
         Command::Blob(args) => blob::run(args),
+        Command::Site(args) => blob::site(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

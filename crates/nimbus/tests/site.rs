@@ -295,3 +295,135 @@ async fn the_blob_cli_puts_lists_gets_and_removes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(support::text(&out.stderr).contains("no object"), "{}", support::text(&out.stderr));
 }
+
+/// Files in the local backend's byte store: what a deploy keeps or collects.
+fn stored_bytes(app: &App) -> usize {
+    std::fs::read_dir(app.data_dir().join("blobs/data")).map_or(0, |d| d.count())
+}
+
+fn site_cli(app: &App, args: &[&str]) -> String {
+    let mut all = vec!["site", "--app", app.path().to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = support::nimbus(&all);
+    assert!(out.status.success(), "nimbus {all:?}: {}", support::text(&out.stderr));
+    support::text(&out.stdout)
+}
+
+/// The node caches `$web` lookups for a second; wait it out before looking at a switched site.
+async fn page(node: &Node, path: &str) -> (u16, String) {
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = get(node, path, &[]).await;
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn site_deploys_switch_at_once_and_roll_back() {
+    let app = App::new(None);
+    let node = app.start(&[]);
+    let v1 = app.path().join("v1");
+    std::fs::create_dir_all(v1.join("js")).unwrap();
+    std::fs::write(v1.join("index.html"), "v1").unwrap();
+    std::fs::write(v1.join("js/app.js"), "app").unwrap();
+    std::fs::write(v1.join("old.txt"), "old").unwrap();
+    let out = site_cli(&app, &["deploy", v1.to_str().unwrap()]);
+    assert!(out.contains("Deploy 1 is live: 3 uploaded, 0 unchanged, 0 removed"), "{out}");
+    assert_eq!(page(&node, "/").await, (200, "v1".into()));
+
+    let v2 = app.path().join("v2");
+    std::fs::create_dir_all(v2.join("js")).unwrap();
+    std::fs::write(v2.join("index.html"), "v2").unwrap();
+    std::fs::write(v2.join("js/app.js"), "app").unwrap();
+    std::fs::write(v2.join("new.txt"), "new").unwrap();
+    let done: Value =
+        serde_json::from_str(&site_cli(&app, &["--json", "deploy", v2.to_str().unwrap(), "--prune"])).unwrap();
+    assert_eq!(done, serde_json::json!({"id": 2, "uploaded": 2, "unchanged": 1, "deleted": 1}));
+    assert_eq!(page(&node, "/").await, (200, "v2".into()));
+    assert_eq!(get(&node, "/old.txt", &[]).await.status(), 404);
+    assert_eq!(get(&node, "/new.txt", &[]).await.text().await.unwrap(), "new");
+    assert_eq!(stored_bytes(&app), 5, "deploy 1's bytes are kept for rollback; app.js is shared");
+    let again = site_cli(&app, &["deploy", v2.to_str().unwrap(), "--prune"]);
+    assert!(again.contains("Nothing changed"), "{again}");
+
+    // A hot fix through the API replaces a deployed object without losing deploy 2's bytes.
+    let token = admin_token(&app);
+    let http = reqwest::Client::new();
+    let put = http.put(node.url("/_nimbus/blob/$web/index.html")).bearer_auth(&token).body("hot fix").send().await;
+    assert_eq!(put.unwrap().status(), 201);
+    assert_eq!(stored_bytes(&app), 6);
+
+    let out = site_cli(&app, &["rollback"]);
+    assert!(out.contains("deploy 1 is live"), "{out}");
+    assert_eq!(page(&node, "/").await, (200, "v1".into()));
+    assert_eq!(get(&node, "/old.txt", &[]).await.text().await.unwrap(), "old");
+    assert_eq!(get(&node, "/new.txt", &[]).await.status(), 404);
+    assert_eq!(stored_bytes(&app), 5, "the hot fix belonged to no deploy: collected");
+    let listed: Value = serde_json::from_str(&site_cli(&app, &["--json", "list"])).unwrap();
+    let ids: Vec<(u64, bool)> =
+        listed.as_array().unwrap().iter().map(|d| (d["id"].as_u64().unwrap(), d["current"] == true)).collect();
+    assert_eq!(ids, vec![(2, false), (1, true)]);
+    let out = support::nimbus(&["site", "--app", app.path().to_str().unwrap(), "rollback"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(support::text(&out.stderr).contains("oldest one kept"), "{}", support::text(&out.stderr));
+
+    // Keeping one deploy collects the bytes only the others referred to.
+    site_cli(&app, &["deploy", v2.to_str().unwrap(), "--prune", "--keep", "1"]);
+    assert_eq!(page(&node, "/").await, (200, "v2".into()));
+    assert_eq!(stored_bytes(&app), 3);
+    let listed: Value = serde_json::from_str(&site_cli(&app, &["--json", "list"])).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_first_deploy_over_objects_put_by_hand_can_be_rolled_back() {
+    let app = App::new(None);
+    let node = app.start(&[]);
+    let http = reqwest::Client::new();
+    let token = admin_token(&app);
+    http.put(node.url("/_nimbus/blob/$web/index.html")).bearer_auth(&token).body("by hand").send().await.unwrap();
+    let dir = app.path().join("site");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), "deployed").unwrap();
+    let out = site_cli(&app, &["deploy", dir.to_str().unwrap()]);
+    assert!(out.contains("Deploy 2 is live"), "{out}");
+    assert_eq!(page(&node, "/").await, (200, "deployed".into()));
+    site_cli(&app, &["rollback"]);
+    assert_eq!(page(&node, "/").await, (200, "by hand".into()));
+    let out = support::nimbus(&["site", "--app", app.path().to_str().unwrap(), "deploy", "/nonexistent"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(support::text(&out.stderr).contains("not a folder"));
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_507_and_keeps_no_half_object() {
+    // The blob directory is a 1 MiB tmpfs, mounted in a mount namespace of the node's own (so
+    // nothing outside sees it, and it goes with the node); unshare maps the caller to root there.
+    let blobs = tempfile::tempdir().unwrap();
+    let app = App::new(Some(&format!("[store]\nblobs = \"file://{}\"\n", blobs.path().display())));
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--map-root-user", "sh", "-c", r#"mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@""#])
+        .arg(blobs.path())
+        .arg(support::BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("NIMBUS_") {
+            cmd.env_remove(key);
+        }
+    }
+    let node = Node::start_with(cmd, app.path(), &[]);
+    let http = reqwest::Client::new();
+    let token = admin_token(&app);
+    let put = |key: &str, body: Vec<u8>| {
+        http.put(node.url(&format!("/_nimbus/blob/uploads/{key}"))).bearer_auth(&token).body(body).send()
+    };
+    let full = put("big.bin", vec![7u8; 2 * 1024 * 1024]).await.unwrap();
+    assert_eq!(full.status(), 507, "{}", node.stderr());
+    let body: Value = full.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_storage");
+    let missing = http.get(node.url("/_nimbus/blob/uploads/big.bin")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    // Past 5 MiB an upload goes in parts; the parts written so far go too.
+    assert_eq!(put("bigger.bin", vec![7u8; 6 * 1024 * 1024]).await.unwrap().status(), 507);
+    // The failed upload left nothing behind: a smaller object still fits.
+    assert_eq!(put("small.bin", vec![1u8; 600 * 1024]).await.unwrap().status(), 201);
+    let got = http.get(node.url("/_nimbus/blob/uploads/small.bin")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(got.bytes().await.unwrap().len(), 600 * 1024);
+}

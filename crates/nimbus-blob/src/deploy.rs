@@ -1,0 +1,310 @@
+//! Versioned site deploys: `nimbus site deploy DIR` and `[site] dir` at start upload the files whose
+//! content changed (by SHA-256), then switch `$web` to the new set of files in ONE store commit, so
+//! a visitor gets either the old site or the new one, never a mix of half of each. Every deploy is
+//! kept as a snapshot (namespace `site`, `deploy/<id>`: every file's record); `rollback` commits the
+//! previous snapshot back, at once, with no upload (its bytes are still there). Bytes are deleted
+//! only when neither the live site nor a kept deploy refers to them.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::Path;
+
+use nimbus_store::{Expect, StoreError, Write};
+use serde::{Deserialize, Serialize};
+
+use crate::{BlobError, Blobs, NS, SITE_CONTAINER, Stored};
+
+const SITE_NS: &str = "site";
+const CURRENT: &str = "current";
+/// Deploys kept for rollback unless told otherwise.
+pub const DEFAULT_KEEP: usize = 5;
+
+/// One deploy as the store keeps it.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    id: u64,
+    /// Unix seconds.
+    created: u64,
+    /// Where it came from: a folder, "[site] dir", "before the first deploy", "rollback to 3".
+    source: String,
+    files: BTreeMap<String, Stored>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Current {
+    id: u64,
+}
+
+/// A deploy as listed.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployInfo {
+    pub id: u64,
+    pub created: u64,
+    pub source: String,
+    pub files: usize,
+    pub bytes: u64,
+    pub current: bool,
+}
+
+/// What a deploy did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Deployed {
+    /// None when nothing changed (no new deploy was recorded).
+    pub id: Option<u64>,
+    pub uploaded: usize,
+    pub unchanged: usize,
+    pub deleted: usize,
+}
+
+/// How a deploy reports progress.
+pub enum Progress {
+    /// The total bytes of the folder's files, once known.
+    Total(u64),
+    /// A file of this many bytes was hashed and, if it changed, uploaded.
+    Done(u64),
+}
+
+/// Deploys `dir` as the site: changed files are uploaded, then `$web` switches in one commit. With
+/// `prune`, objects whose file is gone are removed; without, they stay. Keeps `keep` deploys.
+pub async fn deploy(
+    blobs: &Blobs,
+    dir: &Path,
+    source: &str,
+    prune: bool,
+    keep: usize,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Deployed, BlobError> {
+    let files = crate::publish::files(dir)?;
+    progress(Progress::Total(files.iter().map(|(_, _, size)| size).sum()));
+    let (live, current) = live_site(blobs).await?;
+    let mut result = Deployed::default();
+    let mut next: BTreeMap<String, Stored> = if prune { BTreeMap::new() } else { live.clone() };
+    let mut uploaded_data = Vec::new();
+    for (key, path, size) in &files {
+        let digest =
+            crate::publish::hash(path).await.map_err(|e| BlobError::Invalid(format!("{}: {e}", path.display())))?;
+        if let Some(same) = live.get(key).filter(|s| s.info.etag == digest) {
+            next.insert(key.clone(), same.clone());
+            result.unchanged += 1;
+            progress(Progress::Done(*size));
+            continue;
+        }
+        let file =
+            tokio::fs::File::open(path).await.map_err(|e| BlobError::Invalid(format!("{}: {e}", path.display())))?;
+        let stored = match blobs.write(key, None, BTreeMap::new(), Box::pin(crate::file_chunks(file))).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                discard(blobs, &uploaded_data).await;
+                return Err(e);
+            }
+        };
+        progress(Progress::Done(*size));
+        uploaded_data.push(stored.data.clone());
+        next.insert(key.clone(), stored);
+        result.uploaded += 1;
+    }
+    result.deleted = live.keys().filter(|k| !next.contains_key(*k)).count();
+    if result.uploaded == 0 && result.deleted == 0 {
+        return Ok(result);
+    }
+    let replaced = replaced(&live, &next);
+    match switch(blobs, &live, current, next, source).await {
+        Ok(id) => result.id = Some(id),
+        Err(e) => {
+            discard(blobs, &uploaded_data).await;
+            return Err(e);
+        }
+    }
+    collect(blobs, keep, replaced).await?;
+    Ok(result)
+}
+
+/// Returns the site to the deploy before the current one; answers its id.
+pub async fn rollback(blobs: &Blobs) -> Result<u64, BlobError> {
+    let (live, current) = live_site(blobs).await?;
+    let Some((current_id, _)) = current else {
+        return Err(BlobError::Invalid("nothing to roll back: the site has no deploys yet".into()));
+    };
+    let earlier = blobs
+        .store
+        .list(SITE_NS, "deploy/", None, 10_000)
+        .await?
+        .into_iter()
+        .filter_map(|r| serde_json::from_slice::<Snapshot>(&r.value).ok())
+        .filter(|s| s.id < current_id)
+        .max_by_key(|s| s.id);
+    let Some(target) = earlier else {
+        return Err(BlobError::Invalid(format!("deploy {current_id} is the oldest one kept: nothing to roll back to")));
+    };
+    let mut writes = site_writes(&live, &target.files);
+    writes.push(current_write(current, target.id));
+    commit_switch(blobs, writes).await?;
+    // Objects put into `$web` by the API since the deploy belong to no deploy: they go now.
+    collect(blobs, usize::MAX, replaced(&live, &target.files)).await?;
+    Ok(target.id)
+}
+
+/// Every kept deploy, newest first.
+pub async fn list(blobs: &Blobs) -> Result<Vec<DeployInfo>, BlobError> {
+    let current =
+        blobs.store.get(SITE_NS, CURRENT).await?.and_then(|r| serde_json::from_slice::<Current>(&r.value).ok());
+    let mut out: Vec<DeployInfo> = blobs
+        .store
+        .list(SITE_NS, "deploy/", None, 10_000)
+        .await?
+        .into_iter()
+        .filter_map(|r| serde_json::from_slice::<Snapshot>(&r.value).ok())
+        .map(|s| DeployInfo {
+            id: s.id,
+            created: s.created,
+            source: s.source,
+            files: s.files.len(),
+            bytes: s.files.values().map(|f| f.info.size).sum(),
+            current: current.as_ref().is_some_and(|c| c.id == s.id),
+        })
+        .collect();
+    out.sort_by_key(|d| std::cmp::Reverse(d.id));
+    Ok(out)
+}
+
+/// Whether a kept deploy refers to these bytes (so replacing or deleting a `$web` object through
+/// the API must leave them).
+pub(crate) async fn deployed(blobs: &Blobs, data: &str) -> Result<bool, BlobError> {
+    Ok(snapshots(blobs).await?.iter().any(|s| s.files.values().any(|f| f.data == data)))
+}
+
+async fn snapshots(blobs: &Blobs) -> Result<Vec<Snapshot>, BlobError> {
+    Ok(blobs
+        .store
+        .list(SITE_NS, "deploy/", None, 10_000)
+        .await?
+        .into_iter()
+        .filter_map(|r| serde_json::from_slice::<Snapshot>(&r.value).ok())
+        .collect())
+}
+
+/// The live `$web` records, and the current deploy's id with the version of its record.
+async fn live_site(blobs: &Blobs) -> Result<(BTreeMap<String, Stored>, Option<(u64, u64)>), BlobError> {
+    let current = blobs.store.get(SITE_NS, CURRENT).await?;
+    let current = current.and_then(|r| serde_json::from_slice::<Current>(&r.value).ok().map(|c| (c.id, r.version)));
+    let prefix = format!("{SITE_CONTAINER}/");
+    let mut live = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = blobs.store.list(NS, &prefix, after.as_deref(), 1000).await?;
+        let done = page.len() < 1000;
+        for record in &page {
+            if let Ok(stored) = serde_json::from_slice::<Stored>(&record.value) {
+                live.insert(record.key[prefix.len()..].to_owned(), stored);
+            }
+        }
+        after = page.last().map(|r| r.key.clone());
+        if done {
+            return Ok((live, current));
+        }
+    }
+}
+
+/// Records the new deploy and switches `$web` to it in one commit; a concurrent deploy (the
+/// current deploy moved meanwhile) makes this one fail rather than mix the two.
+async fn switch(
+    blobs: &Blobs,
+    live: &BTreeMap<String, Stored>,
+    current: Option<(u64, u64)>,
+    files: BTreeMap<String, Stored>,
+    source: &str,
+) -> Result<u64, BlobError> {
+    let newest = blobs.store.list(SITE_NS, "deploy/", None, 10_000).await?;
+    let mut id = newest.iter().filter_map(|r| r.key["deploy/".len()..].parse::<u64>().ok()).max().unwrap_or(0) + 1;
+    let mut writes = Vec::new();
+    if current.is_none() && !live.is_empty() {
+        // The first deploy over objects put there another way: keep them as a deploy to return to.
+        let before =
+            Snapshot { id, created: crate::now(), source: "before the first deploy".into(), files: live.clone() };
+        writes.push(snapshot_write(&before)?);
+        id += 1;
+    }
+    writes.extend(site_writes(live, &files));
+    let snapshot = Snapshot { id, created: crate::now(), source: source.to_owned(), files };
+    writes.push(snapshot_write(&snapshot)?);
+    writes.push(current_write(current, id));
+    commit_switch(blobs, writes).await?;
+    Ok(id)
+}
+
+fn snapshot_write(snapshot: &Snapshot) -> Result<Write, BlobError> {
+    let value = serde_json::to_vec(snapshot).map_err(|e| BlobError::Backend(e.to_string()))?;
+    Ok(Write::put(SITE_NS, &format!("deploy/{:020}", snapshot.id), value).expect(Expect::Absent))
+}
+
+fn current_write(current: Option<(u64, u64)>, id: u64) -> Write {
+    let value = serde_json::to_vec(&Current { id }).expect("serializes");
+    let expect = current.map_or(Expect::Absent, |(_, version)| Expect::Version(version));
+    Write::put(SITE_NS, CURRENT, value).expect(expect)
+}
+
+/// The puts and deletes that turn the live `$web` records into `files`.
+fn site_writes(live: &BTreeMap<String, Stored>, files: &BTreeMap<String, Stored>) -> Vec<Write> {
+    let record = |key: &str| format!("{SITE_CONTAINER}/{key}");
+    let mut writes = Vec::new();
+    for (key, stored) in files {
+        if live.get(key).is_none_or(|old| old.data != stored.data) {
+            let value = serde_json::to_vec(stored).expect("object info serializes");
+            writes.push(Write::put(NS, &record(key), value));
+        }
+    }
+    for key in live.keys().filter(|k| !files.contains_key(*k)) {
+        writes.push(Write::delete(NS, &record(key)));
+    }
+    writes
+}
+
+async fn commit_switch(blobs: &Blobs, writes: Vec<Write>) -> Result<(), BlobError> {
+    match blobs.store.commit(writes).await {
+        Ok(_) => Ok(()),
+        Err(StoreError::Conflict { .. }) => {
+            Err(BlobError::Invalid("another deploy or rollback switched the site meanwhile; run it again".into()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The bytes of live records that `files` replaces or drops.
+fn replaced(live: &BTreeMap<String, Stored>, files: &BTreeMap<String, Stored>) -> Vec<String> {
+    live.iter()
+        .filter(|(key, old)| files.get(*key).is_none_or(|new| new.data != old.data))
+        .map(|(_, old)| old.data.clone())
+        .collect()
+}
+
+/// Drops deploys beyond the newest `keep` (the current one is the newest or kept anyway), then
+/// deletes the bytes among `candidates` and the dropped deploys' that neither the live site nor a
+/// kept deploy refers to.
+async fn collect(blobs: &Blobs, keep: usize, mut candidates: Vec<String>) -> Result<(), BlobError> {
+    let mut kept = snapshots(blobs).await?;
+    kept.sort_by_key(|s| std::cmp::Reverse(s.id));
+    let current =
+        blobs.store.get(SITE_NS, CURRENT).await?.and_then(|r| serde_json::from_slice::<Current>(&r.value).ok());
+    let mut dropped = kept.split_off(keep.max(1).min(kept.len()));
+    if let Some(at) = dropped.iter().position(|s| current.as_ref().is_some_and(|c| c.id == s.id)) {
+        kept.push(dropped.remove(at));
+    }
+    if !dropped.is_empty() {
+        let writes = dropped.iter().map(|s| Write::delete(SITE_NS, &format!("deploy/{:020}", s.id))).collect();
+        blobs.store.commit(writes).await?;
+        candidates.extend(dropped.iter().flat_map(|s| s.files.values()).map(|f| f.data.clone()));
+    }
+    let (live, _) = live_site(blobs).await?;
+    let referenced: HashSet<&str> =
+        live.values().chain(kept.iter().flat_map(|s| s.files.values())).map(|f| f.data.as_str()).collect();
+    let unreferenced: BTreeSet<&String> = candidates.iter().filter(|d| !referenced.contains(d.as_str())).collect();
+    for data in unreferenced {
+        blobs.forget(data).await;
+    }
+    Ok(())
+}
+
+async fn discard(blobs: &Blobs, data: &[String]) {
+    for d in data {
+        blobs.forget(d).await;
+    }
+}
