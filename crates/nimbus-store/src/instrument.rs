@@ -58,6 +58,14 @@ impl<S: Store> Store for Instrumented<S> {
         self.observe("commit", self.inner.commit(writes)).await
     }
 
+    async fn changes(&self, ns: &str, prefix: &str, after: u64, limit: usize) -> Result<Vec<Record>> {
+        self.observe("changes", self.inner.changes(ns, prefix, after, limit)).await
+    }
+
+    async fn commit_ordered(&self, writes: Vec<Write>) -> Result<Vec<Option<u64>>> {
+        self.observe("commit", self.inner.commit_ordered(writes)).await
+    }
+
     async fn claim(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<Lease>> {
         self.observe("claim", self.inner.claim(name, holder, ttl)).await
     }

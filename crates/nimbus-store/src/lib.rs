@@ -7,6 +7,7 @@
 //!   schema newer than the binary;
 //! - records: namespaced keys with byte values and versions, written all-or-nothing with
 //!   per-write conditions ([`Store::commit`]);
+//! - a change feed of a namespace in version order ([`Store::changes`]);
 //! - leases: named, expiring claims with fencing tokens ([`Store::claim`]), safe under
 //!   concurrency on both backends, for work that one node at a time must do.
 //!
@@ -140,6 +141,18 @@ pub trait Store: Send + Sync + 'static {
     /// Applies every write or none. A failed condition answers [`StoreError::Conflict`] naming the
     /// first write that failed. Returns the new version of each put (`None` for deletes and checks).
     async fn commit(&self, writes: Vec<Write>) -> Result<Vec<Option<u64>>>;
+
+    /// Records of `ns` whose key starts with `prefix` and whose version is above `after`, in
+    /// version order, at most `limit`: a change feed (the latest write of each key; deleted keys
+    /// drop out). Complete on PostgreSQL for records written with [`Store::commit_ordered`].
+    async fn changes(&self, ns: &str, prefix: &str, after: u64, limit: usize) -> Result<Vec<Record>>;
+
+    /// A [`Store::commit`] whose versions are visible in version order: a reader of
+    /// [`Store::changes`] that saw version v never later finds a new record below v. SQLite commits
+    /// one at a time anyway; PostgreSQL serialises these commits on an advisory lock.
+    async fn commit_ordered(&self, writes: Vec<Write>) -> Result<Vec<Option<u64>>> {
+        self.commit(writes).await
+    }
 
     /// Claims `name` for `holder` for `ttl` if it is free or expired (or already held by `holder`).
     /// `None` when someone else holds it.

@@ -18,10 +18,11 @@ pub struct Migration {
 }
 
 /// The tables of the store's own primitives: records and leases.
-pub const CORE_MIGRATIONS: &[Migration] = &[Migration {
-    component: "store",
-    version: 1,
-    sqlite: "
+pub const CORE_MIGRATIONS: &[Migration] = &[
+    Migration {
+        component: "store",
+        version: 1,
+        sqlite: "
         CREATE TABLE nimbus_kv (
             ns TEXT NOT NULL,
             key TEXT NOT NULL,
@@ -38,7 +39,7 @@ pub const CORE_MIGRATIONS: &[Migration] = &[Migration {
             expires_at INTEGER NOT NULL
         ) WITHOUT ROWID;
     ",
-    postgres: r#"
+        postgres: r#"
         CREATE TABLE nimbus_kv (
             ns TEXT COLLATE "C" NOT NULL,
             key TEXT COLLATE "C" NOT NULL,
@@ -54,7 +55,15 @@ pub const CORE_MIGRATIONS: &[Migration] = &[Migration {
             expires_at BIGINT NOT NULL
         );
     "#,
-}];
+    },
+    Migration {
+        component: "store",
+        version: 2,
+        // The change feed reads a namespace in version order.
+        sqlite: "CREATE INDEX nimbus_kv_by_version ON nimbus_kv (ns, version);",
+        postgres: "CREATE INDEX nimbus_kv_by_version ON nimbus_kv (ns, version);",
+    },
+];
 
 /// The migrations still to apply, in order, given the versions the database reports; or the
 /// refusal when the database is ahead of this binary.

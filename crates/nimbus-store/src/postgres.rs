@@ -26,7 +26,95 @@ pub(crate) struct PgStore {
     location: String,
 }
 
+/// The advisory lock ordered commits take (an arbitrary constant: "nimbus" in ASCII).
+const FEED_LOCK: i64 = 0x6e696d627573;
+
 impl PgStore {
+    /// One transaction; `ordered` takes the feed's advisory lock first, so that versions become
+    /// visible in the order they were drawn (see [`Store::commit_ordered`]).
+    async fn commit_with(&self, writes: Vec<Write>, ordered: bool) -> Result<Vec<Option<u64>>> {
+        validate_writes(&writes)?;
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        if ordered {
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FEED_LOCK]).await?;
+        }
+        let mut out = Vec::with_capacity(writes.len());
+        for (index, w) in writes.into_iter().enumerate() {
+            let (ns, key) = (w.ns.as_str(), w.key.as_str());
+            // Each statement applies only when its condition holds; `None` means it did not.
+            let done: Option<Option<u64>> = match (&w.op, w.expect) {
+                (Op::Put(value), Expect::Any) => Some(Some(
+                    tx.query_one(
+                        "INSERT INTO nimbus_kv (ns, key, value, version) VALUES ($1, $2, $3, nextval('nimbus_kv_version'))
+                         ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version
+                         RETURNING version",
+                        &[&ns, &key, value],
+                    )
+                    .await?
+                    .get::<_, i64>(0) as u64,
+                )),
+                (Op::Put(value), Expect::Absent) => tx
+                    .query_opt(
+                        "INSERT INTO nimbus_kv (ns, key, value, version) VALUES ($1, $2, $3, nextval('nimbus_kv_version'))
+                         ON CONFLICT (ns, key) DO NOTHING RETURNING version",
+                        &[&ns, &key, value],
+                    )
+                    .await?
+                    .map(|r| Some(r.get::<_, i64>(0) as u64)),
+                (Op::Put(value), Expect::Version(v)) => tx
+                    .query_opt(
+                        "UPDATE nimbus_kv SET value = $3, version = nextval('nimbus_kv_version')
+                         WHERE ns = $1 AND key = $2 AND version = $4 RETURNING version",
+                        &[&ns, &key, value, &(v as i64)],
+                    )
+                    .await?
+                    .map(|r| Some(r.get::<_, i64>(0) as u64)),
+                (Op::Delete, Expect::Any) => {
+                    tx.execute("DELETE FROM nimbus_kv WHERE ns = $1 AND key = $2", &[&ns, &key]).await?;
+                    Some(None)
+                }
+                (Op::Delete, Expect::Version(v)) => tx
+                    .query_opt(
+                        "DELETE FROM nimbus_kv WHERE ns = $1 AND key = $2 AND version = $3 RETURNING 1",
+                        &[&ns, &key, &(v as i64)],
+                    )
+                    .await?
+                    .map(|_| None),
+                (Op::Delete, Expect::Absent) => {
+                    return Err(StoreError::Invalid("deleting a record that must be absent makes no sense".into()));
+                }
+                (Op::Check, Expect::Any) => Some(None),
+                (Op::Check, expect) => {
+                    // FOR SHARE holds the row's version until commit. An absent row cannot be
+                    // locked: a concurrent insert may land after this check (see ARCHITECTURE.md).
+                    let actual = tx
+                        .query_opt("SELECT version FROM nimbus_kv WHERE ns = $1 AND key = $2 FOR SHARE", &[&ns, &key])
+                        .await?
+                        .map(|r| r.get::<_, i64>(0) as u64);
+                    let ok = match expect {
+                        Expect::Absent => actual.is_none(),
+                        Expect::Version(v) => actual == Some(v),
+                        Expect::Any => true,
+                    };
+                    ok.then_some(None)
+                }
+            };
+            match done {
+                Some(version) => out.push(version),
+                None => {
+                    let actual = tx
+                        .query_opt("SELECT version FROM nimbus_kv WHERE ns = $1 AND key = $2", &[&ns, &key])
+                        .await?
+                        .map(|r| r.get::<_, i64>(0) as u64);
+                    return Err(StoreError::Conflict { index, ns: w.ns, key: w.key, expected: w.expect, actual });
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
     pub(crate) async fn open(url: &str, migrations: &[Migration]) -> Result<Self> {
         let location = redact(url);
         let mut config: tokio_postgres::Config =
@@ -134,84 +222,26 @@ impl Store for PgStore {
         Ok(rows.iter().map(to_record).take_while(|r| r.key.starts_with(prefix)).collect())
     }
 
+    async fn changes(&self, ns: &str, prefix: &str, after: u64, limit: usize) -> Result<Vec<Record>> {
+        validate_namespace(ns)?;
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT ns, key, value, version FROM nimbus_kv
+                 WHERE ns = $1 AND version > $2 AND left(key, length($3)) = $3 ORDER BY version LIMIT $4",
+            )
+            .await?;
+        let (after, limit) = (after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64);
+        let rows = client.query(&stmt, &[&ns, &after, &prefix, &limit]).await?;
+        Ok(rows.iter().map(to_record).collect())
+    }
+
+    async fn commit_ordered(&self, writes: Vec<Write>) -> Result<Vec<Option<u64>>> {
+        self.commit_with(writes, true).await
+    }
+
     async fn commit(&self, writes: Vec<Write>) -> Result<Vec<Option<u64>>> {
-        validate_writes(&writes)?;
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        let mut out = Vec::with_capacity(writes.len());
-        for (index, w) in writes.into_iter().enumerate() {
-            let (ns, key) = (w.ns.as_str(), w.key.as_str());
-            // Each statement applies only when its condition holds; `None` means it did not.
-            let done: Option<Option<u64>> = match (&w.op, w.expect) {
-                (Op::Put(value), Expect::Any) => Some(Some(
-                    tx.query_one(
-                        "INSERT INTO nimbus_kv (ns, key, value, version) VALUES ($1, $2, $3, nextval('nimbus_kv_version'))
-                         ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version
-                         RETURNING version",
-                        &[&ns, &key, value],
-                    )
-                    .await?
-                    .get::<_, i64>(0) as u64,
-                )),
-                (Op::Put(value), Expect::Absent) => tx
-                    .query_opt(
-                        "INSERT INTO nimbus_kv (ns, key, value, version) VALUES ($1, $2, $3, nextval('nimbus_kv_version'))
-                         ON CONFLICT (ns, key) DO NOTHING RETURNING version",
-                        &[&ns, &key, value],
-                    )
-                    .await?
-                    .map(|r| Some(r.get::<_, i64>(0) as u64)),
-                (Op::Put(value), Expect::Version(v)) => tx
-                    .query_opt(
-                        "UPDATE nimbus_kv SET value = $3, version = nextval('nimbus_kv_version')
-                         WHERE ns = $1 AND key = $2 AND version = $4 RETURNING version",
-                        &[&ns, &key, value, &(v as i64)],
-                    )
-                    .await?
-                    .map(|r| Some(r.get::<_, i64>(0) as u64)),
-                (Op::Delete, Expect::Any) => {
-                    tx.execute("DELETE FROM nimbus_kv WHERE ns = $1 AND key = $2", &[&ns, &key]).await?;
-                    Some(None)
-                }
-                (Op::Delete, Expect::Version(v)) => tx
-                    .query_opt(
-                        "DELETE FROM nimbus_kv WHERE ns = $1 AND key = $2 AND version = $3 RETURNING 1",
-                        &[&ns, &key, &(v as i64)],
-                    )
-                    .await?
-                    .map(|_| None),
-                (Op::Delete, Expect::Absent) => {
-                    return Err(StoreError::Invalid("deleting a record that must be absent makes no sense".into()));
-                }
-                (Op::Check, Expect::Any) => Some(None),
-                (Op::Check, expect) => {
-                    // FOR SHARE holds the row's version until commit. An absent row cannot be
-                    // locked: a concurrent insert may land after this check (see ARCHITECTURE.md).
-                    let actual = tx
-                        .query_opt("SELECT version FROM nimbus_kv WHERE ns = $1 AND key = $2 FOR SHARE", &[&ns, &key])
-                        .await?
-                        .map(|r| r.get::<_, i64>(0) as u64);
-                    let ok = match expect {
-                        Expect::Absent => actual.is_none(),
-                        Expect::Version(v) => actual == Some(v),
-                        Expect::Any => true,
-                    };
-                    ok.then_some(None)
-                }
-            };
-            match done {
-                Some(version) => out.push(version),
-                None => {
-                    let actual = tx
-                        .query_opt("SELECT version FROM nimbus_kv WHERE ns = $1 AND key = $2", &[&ns, &key])
-                        .await?
-                        .map(|r| r.get::<_, i64>(0) as u64);
-                    return Err(StoreError::Conflict { index, ns: w.ns, key: w.key, expected: w.expect, actual });
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(out)
+        self.commit_with(writes, false).await
     }
 
     async fn claim(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<Lease>> {

@@ -188,6 +188,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn changes(&self, ns: &str, prefix: &str, after: u64, limit: usize) -> Result<Vec<Record>> {
+        validate_namespace(ns)?;
+        let (ns, prefix) = (ns.to_owned(), prefix.to_owned());
+        let (after, limit) = (after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64);
+        self.read(move |c| {
+            // substr, not LIKE: a prefix may hold % and _.
+            let mut stmt = c.prepare_cached(
+                "SELECT ns, key, value, version FROM nimbus_kv
+                 WHERE ns = ?1 AND version > ?2 AND substr(key, 1, length(?3)) = ?3 ORDER BY version LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(params![ns, after, prefix, limit], row_to_record)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(Into::into)
+        })
+        .await
+    }
+
     async fn commit(&self, writes: Vec<Write>) -> Result<Vec<Option<u64>>> {
         validate_writes(&writes)?;
         self.write(move |conn| {

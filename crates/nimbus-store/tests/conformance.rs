@@ -19,6 +19,8 @@ conformance_suite!(
     leases_expire,
     one_of_many_concurrent_claims_wins,
     migrations_apply_once_and_refuse_a_newer_schema,
+    changes_follow_versions,
+    ordered_commits_never_show_a_version_late,
 );
 
 async fn records_round_trip(db: &TestDb) {
@@ -254,24 +256,79 @@ async fn one_of_many_concurrent_claims_wins(db: &TestDb) {
 }
 
 async fn migrations_apply_once_and_refuse_a_newer_schema(db: &TestDb) {
-    const V2: Migration = Migration {
+    let latest = CORE_MIGRATIONS.iter().map(|m| m.version).max().unwrap();
+    let next = Migration {
         component: "store",
-        version: 2,
+        version: latest + 1,
         sqlite: "CREATE TABLE conformance_probe (id INTEGER PRIMARY KEY);",
         postgres: "CREATE TABLE conformance_probe (id BIGINT PRIMARY KEY);",
     };
     db.open().await.put("t", "k", b"v").await.unwrap();
     db.open().await; // applying nothing twice is fine
-    let newer: Vec<Migration> = CORE_MIGRATIONS.iter().copied().chain([V2]).collect();
-    let store = db.open_with(&newer).await.expect("v2 applies on top of v1");
+    let newer: Vec<Migration> = CORE_MIGRATIONS.iter().copied().chain([next]).collect();
+    let store = db.open_with(&newer).await.expect("the next migration applies on top");
     assert_eq!(store.get("t", "k").await.unwrap().unwrap().value, b"v", "data kept across migrations");
-    db.open_with(&newer).await.expect("v2 is applied only once (the table exists)");
+    db.open_with(&newer).await.expect("it is applied only once (the table exists)");
     drop(store);
 
     let err = match db.open_with(CORE_MIGRATIONS).await {
         Err(e) => e,
         Ok(_) => panic!("an older binary must refuse a newer schema"),
     };
-    assert!(matches!(err, StoreError::SchemaTooNew { found: 2, supported: 1, .. }), "{err}");
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found, supported, .. } if found == latest + 1 && supported == latest),
+        "{err}"
+    );
     assert!(err.to_string().contains("newer than this nimbus binary supports"), "{err}");
+}
+
+async fn changes_follow_versions(db: &TestDb) {
+    let store = db.open().await;
+    let keys = |records: Vec<nimbus_store::Record>| records.into_iter().map(|r| r.key).collect::<Vec<_>>();
+    let v1 = store.put("f", "c1/b", b"1").await.unwrap();
+    store.put("f", "c1/a", b"2").await.unwrap();
+    store.put("f", "c2/x", b"3").await.unwrap();
+    store.put("g", "c1/z", b"other namespace").await.unwrap();
+    store.put("f", "c1%/q", b"a prefix is not a pattern").await.unwrap();
+    assert_eq!(keys(store.changes("f", "c1/", 0, 100).await.unwrap()), ["c1/b", "c1/a"]);
+    assert_eq!(keys(store.changes("f", "c1/", v1, 100).await.unwrap()), ["c1/a"]);
+    assert_eq!(keys(store.changes("f", "", 0, 2).await.unwrap()), ["c1/b", "c1/a"]);
+    // A rewrite moves the key to the end; a delete takes it out.
+    store.put("f", "c1/b", b"again").await.unwrap();
+    assert_eq!(keys(store.changes("f", "c1/", 0, 100).await.unwrap()), ["c1/a", "c1/b"]);
+    store.delete("f", "c1/a").await.unwrap();
+    let left = store.changes("f", "c1/", 0, 100).await.unwrap();
+    assert_eq!((left.len(), left[0].value.as_slice()), (1, &b"again"[..]));
+    assert!(store.changes("", "", 0, 1).await.is_err());
+}
+
+async fn ordered_commits_never_show_a_version_late(db: &TestDb) {
+    let store: Arc<dyn Store> = db.open().await;
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..40 {
+                    let writes =
+                        vec![Write::put("o", &format!("k/{w}/{i}"), "x"), Write::put("o", &format!("k/{w}/{i}b"), "y")];
+                    store.commit_ordered(writes).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    // A reader following the feed while they write must see every record exactly once.
+    let mut seen = std::collections::HashSet::new();
+    let mut after = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 320 && Instant::now() < deadline {
+        for r in store.changes("o", "k/", after, 50).await.unwrap() {
+            assert!(r.version > after);
+            after = r.version;
+            assert!(seen.insert(r.key), "seen twice");
+        }
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(seen.len(), 320, "a reader following versions missed records committed late");
 }
