@@ -1,6 +1,6 @@
 //! The REST API: `PUT`, `GET`, `HEAD`, `DELETE /_nimbus/blob/{container}/{key…}`,
 //! `GET /_nimbus/blob/{container}?prefix=&delimiter=&continuation=&max=` and
-//! `POST /_nimbus/blob/sign`. Requests carry the admin token, a worker's scoped token (only the
+//! `POST /_nimbus/blob/sign`; a `PUT` with `x-nimbus-copy-source: <container>/<key>` copies. Requests carry the admin token, a worker's scoped token (only the
 //! containers its function's grants name: `blob:<container>:r|rw`), or, for one object and method,
 //! a signed URL's `sig` and `exp` (so a browser uploads or downloads directly). Request bodies stream
 //! into the backend; responses stream out of it.
@@ -124,6 +124,9 @@ impl Api {
     }
 }
 
+/// `PUT` with this header (`<container>/<key>`) copies that object instead of reading a body.
+const COPY_SOURCE: &str = "x-nimbus-copy-source";
+
 #[derive(Deserialize)]
 struct Signature {
     sig: Option<String>,
@@ -150,6 +153,23 @@ async fn object(
                 return refusal;
             }
         }
+    }
+    let copy_source = req.headers().get(COPY_SOURCE).map(|v| v.to_str().unwrap_or("\u{0}").to_owned());
+    if let Some(source) = copy_source {
+        // A copy reads another object: the caller's own token must reach it (a signed URL opens
+        // only the one object it names).
+        let (from_container, from_key) = source.trim_start_matches('/').split_once('/').unwrap_or((&source, ""));
+        if method != Method::PUT || signature.sig.is_some() {
+            let m = format!("{COPY_SOURCE} goes with a PUT that carries a token, not a signed URL");
+            return error(BlobError::Invalid(m)).into_response();
+        }
+        if let Some(refusal) = api.refuse(req.headers(), from_container, false) {
+            return refusal;
+        }
+        return match api.blobs.copy(from_container, from_key, &container, &key).await {
+            Ok(info) => (StatusCode::CREATED, axum::Json(info)).into_response(),
+            Err(e) => error(e).into_response(),
+        };
     }
     let blobs = api.blobs;
     let result = match method {

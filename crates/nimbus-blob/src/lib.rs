@@ -286,6 +286,13 @@ impl Blobs {
         check_container(container)?;
         let stored = self.write(key, content_type, metadata, body).await?;
         let info = stored.info.clone();
+        self.commit_object(container, key, stored).await?;
+        Ok(info)
+    }
+
+    /// Points `container/key` at freshly written bytes; the bytes it pointed at before go (unless a
+    /// kept site deploy refers to them), and so do the new ones if the commit fails.
+    async fn commit_object(&self, container: &str, key: &str, stored: Stored) -> Result<(), BlobError> {
         let record_key = format!("{container}/{key}");
         let previous = self.store.get(NS, &record_key).await?;
         let value = serde_json::to_vec(&stored).expect("object info serializes");
@@ -296,7 +303,7 @@ impl Blobs {
         if let Some(old) = previous.and_then(|r| serde_json::from_slice::<Stored>(&r.value).ok()) {
             self.replaced(container, &old.data).await;
         }
-        Ok(info)
+        Ok(())
     }
 
     /// Streams `body` into fresh bytes in the backend and answers the record that would point at
@@ -386,6 +393,25 @@ impl Blobs {
             }
         }
         self.forget(data).await;
+    }
+
+    /// Copies `from_container/from_key` (bytes, content type, metadata) to `container/key`.
+    pub async fn copy(
+        &self,
+        from_container: &str,
+        from_key: &str,
+        container: &str,
+        key: &str,
+    ) -> Result<ObjectInfo, BlobError> {
+        check_container(container)?;
+        check_key(key)?;
+        let source = self.stored(from_container, from_key).await?;
+        let data = format!("data/{}", nimbus_api::hex(&rand::random::<[u8; 16]>()));
+        self.backend.copy(&ObjectPath::from(source.data.as_str()), &ObjectPath::from(data.as_str())).await?;
+        let info = ObjectInfo { key: key.to_owned(), last_modified: now(), ..source.info };
+        let stored = Stored { info: info.clone(), data };
+        self.commit_object(container, key, stored).await?;
+        Ok(info)
     }
 
     pub async fn head(&self, container: &str, key: &str) -> Result<ObjectInfo, BlobError> {

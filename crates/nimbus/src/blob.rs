@@ -1,4 +1,4 @@
-//! `nimbus blob ls|put|get|rm`: objects in the app's blob store, read and written directly (the
+//! `nimbus blob ls|put|get|rm|cp`: objects in the app's blob store, read and written directly (the
 //! records in the store, the bytes in the blob directory), with a progress bar for large files.
 
 use std::io::Write as _;
@@ -90,6 +90,15 @@ pub fn run(args: BlobArgs) -> Result<(), Failure> {
                 }
                 out.flush()?;
                 bar.finish_and_clear();
+            }
+            BlobCommand::Cp { source, target } => {
+                let (from_container, from_key) = split(&source)?;
+                let (container, key) = split(&target)?;
+                let info = blobs.copy(from_container, from_key, container, key).await.map_err(explain)?;
+                match json {
+                    true => println!("{}", serde_json::to_string(&info)?),
+                    false => println!("Copied {source} → {target} ({} bytes).", info.size),
+                }
             }
             BlobCommand::Rm { target } => {
                 let (container, key) = split(&target)?;

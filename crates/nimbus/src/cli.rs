@@ -83,6 +83,8 @@ pub enum BlobCommand {
     Get { source: String, file: PathBuf },
     /// Delete `CONTAINER/KEY`.
     Rm { target: String },
+    /// Copy `CONTAINER/KEY` to `CONTAINER/KEY`.
+    Cp { source: String, target: String },
 }
 
 #[derive(Debug, Args)]

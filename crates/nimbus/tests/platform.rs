@@ -32,6 +32,13 @@ async def blob(req, ctx):
     out["list"] = [o["key"] for o in (await ctx.blob.list("uploads", prefix="py/"))["objects"]]
     out["sign"] = await ctx.blob.sign("uploads", "py/hello.txt", expires_in=60)
     out["read_public"] = (await ctx.blob.list("public"))["objects"]
+    out["copied"] = (await ctx.blob.copy("public", "notice.txt", "uploads", "py/copy.txt"))["size"]
+    refusals_copy = None
+    try:
+        await ctx.blob.copy("private", "x", "uploads", "py/stolen.txt")
+    except nimbus.PlatformError as e:
+        refusals_copy = [e.status, e.code]
+    out["copy_from_private"] = refusals_copy
     refusals = {}
     for name, call in [
         ("write_public", lambda: ctx.blob.put("public", "x", b"no")),
@@ -71,6 +78,7 @@ app.http("/js/blob", { methods: ["POST"], name: "js_blob" }, async (req, ctx) =>
   out.head = await ctx.blob.head("uploads", "js/hello.txt");
   out.list = (await ctx.blob.list("uploads", { prefix: "js/" })).objects.map((o) => o.key);
   out.sign = await ctx.blob.sign("uploads", "js/hello.txt", { expiresIn: 60 });
+  out.copied = (await ctx.blob.copy("uploads", "js/hello.txt", "uploads", "js/copy.txt")).size;
   try {
     await ctx.blob.put("public", "x", "no");
     out.refused = "allowed";
@@ -140,6 +148,8 @@ async fn functions_reach_granted_containers_only() {
     assert_eq!(out["missing_head"], Value::Null);
     assert_eq!(out["missing_get"], 404);
     assert_eq!(out["list"], serde_json::json!(["py/hello.txt", "py/streamed.bin"]));
+    assert_eq!(out["copied"], 2);
+    assert_eq!(out["copy_from_private"], serde_json::json!([403, "forbidden"]));
     assert_eq!(out["read_public"][0]["key"], "notice.txt");
     assert_eq!(out["refusals"]["write_public"], serde_json::json!([403, "forbidden"]));
     assert_eq!(out["refusals"]["read_private"], serde_json::json!([403, "forbidden"]));
@@ -183,6 +193,7 @@ async fn node_functions_use_the_same_api() {
     assert_eq!(out["get"], "hello from node");
     assert_eq!(out["streamed"], 18);
     assert_eq!(out["head"]["size"], 15);
+    assert_eq!(out["copied"], 15);
     assert_eq!(out["list"], serde_json::json!(["js/hello.txt", "js/streamed.bin"]));
     assert_eq!(out["refused"], serde_json::json!([true, 403, "forbidden"]));
     assert_eq!(out["missing"], serde_json::json!(["NotFound", 404]));

@@ -158,6 +158,25 @@ async fn the_blob_api_stores_lists_and_refuses_bad_keys() {
         .unwrap();
     assert_eq!(rest["objects"][0]["key"], "docs/b.txt");
 
+    // Copies keep the bytes, content type and metadata; a missing source is a 404, a copy through a
+    // signed URL a 400.
+    let copy = |source: &str, target: &str| {
+        http.put(node.url(&format!("/_nimbus/blob/{target}")))
+            .bearer_auth(&token)
+            .header("x-nimbus-copy-source", source)
+            .send()
+    };
+    let copied: Value = copy("uploads/docs/a.txt", "backup/a.txt").await.unwrap().json().await.unwrap();
+    assert_eq!((copied["key"].as_str(), copied["size"].as_u64()), (Some("a.txt"), Some(5)));
+    let got = http.get(node.url("/_nimbus/blob/backup/a.txt")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(
+        (got.headers()["x-nimbus-meta-owner"].to_str().unwrap(), got.headers()["content-type"].to_str().unwrap()),
+        ("ada", "text/plain")
+    );
+    assert_eq!(got.text().await.unwrap(), "alpha");
+    assert_eq!(copy("uploads/none.txt", "backup/b.txt").await.unwrap().status(), 404);
+    assert_eq!(copy("uploads/../etc", "backup/b.txt").await.unwrap().status(), 400);
+
     let delete = http.delete(node.url("/_nimbus/blob/uploads/top.txt")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(delete.status(), 204);
     let gone = http.get(node.url("/_nimbus/blob/uploads/top.txt")).bearer_auth(&token).send().await.unwrap();
@@ -288,6 +307,10 @@ async fn the_blob_cli_puts_lists_gets_and_removes() {
     assert_eq!(served.text().await.unwrap(), "quarterly numbers");
     let listed = support::text(&support::nimbus(&["blob", "--app", dir, "ls", "reports/2026/"]).stdout);
     assert!(listed.contains("q4.txt") && listed.contains("17"), "{listed}");
+    let out = support::nimbus(&["blob", "--app", dir, "cp", "reports/2026/q4.txt", "archive/q4.txt"]);
+    assert!(out.status.success(), "{}", support::text(&out.stderr));
+    let out = support::nimbus(&["blob", "--app", dir, "get", "archive/q4.txt", "-"]);
+    assert_eq!(support::text(&out.stdout), "quarterly numbers");
     let out = support::nimbus(&["blob", "--app", dir, "get", "reports/2026/q4.txt", "-"]);
     assert_eq!(support::text(&out.stdout), "quarterly numbers");
     assert!(support::nimbus(&["blob", "--app", dir, "rm", "reports/2026/q4.txt"]).status.success());

@@ -279,6 +279,13 @@ class Blob:
             if not continuation:
                 return {"objects": objects, "prefixes": prefixes}
 
+    async def copy(self, from_container, from_key, container, key):
+        """Copies an object (bytes, content type, metadata); returns the copy's facts."""
+        headers = {"x-nimbus-copy-source": "%s/%s" % (from_container, from_key)}
+        response = await self._call("PUT", _object_path(container, key), b"", headers)
+        await response.raise_for_status()
+        return await response.json()
+
     async def sign(self, container, key, method="GET", expires_in=900):
         """A URL that lets anyone holding it GET (or PUT) this one object for `expires_in` seconds."""
         body = json.dumps({"container": container, "key": key, "method": method, "expiresIn": expires_in})

@@ -152,6 +152,13 @@ class Blob {
     return { objects, prefixes };
   }
 
+  /** Copies an object (bytes, content type, metadata); resolves with the copy's facts. */
+  async copy(fromContainer, fromKey, container, key) {
+    const headers = { "x-nimbus-copy-source": `${fromContainer}/${fromKey}` };
+    const res = await check(await this.call("PUT", objectPath(container, key), { body: "", headers }));
+    return JSON.parse((await readAll(res)).toString("utf8"));
+  }
+
   /** A URL that lets anyone holding it GET (or PUT) this one object for `expiresIn` seconds. */
   async sign(container, key, { method = "GET", expiresIn = 900 } = {}) {
     const body = JSON.stringify({ container, key, method, expiresIn });
