@@ -1,0 +1,329 @@
+//! From the syntax tree to an executable query: names resolved to slots, aggregates pulled out,
+//! grouped expressions replaced by references to the group's keys, and the checks Cosmos DB makes
+//! (projection of a grouped query only from GROUP BY expressions and aggregates, no aggregate in
+//! WHERE, `SELECT *` only over one source).
+
+use serde_json::Value;
+
+use super::QueryError;
+use super::ast::{AggFn, Count, Expr, Projection, Select};
+
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub select: Select,
+    /// Every aggregate of the projection and ORDER BY: its function and argument (over the row).
+    pub aggs: Vec<(AggFn, Expr)>,
+    /// Whether rows are grouped (GROUP BY, or aggregates in the projection).
+    pub grouped: bool,
+    /// Every parameter the query uses, once each.
+    pub params: Vec<String>,
+}
+
+pub(crate) fn plan(text: &str, mut select: Select) -> Result<Plan, QueryError> {
+    let mut scope: Vec<String> = Vec::new();
+    if let Some(from) = &mut select.from {
+        scope.push(from.alias.clone());
+        for join in &mut from.joins {
+            resolve(text, &mut join.source, &scope)?;
+            no_aggregate(text, &join.source, "JOIN")?;
+            scope.push(join.alias.clone());
+        }
+    }
+    if let Some(f) = &mut select.filter {
+        resolve(text, f, &scope)?;
+        no_aggregate(text, f, "WHERE")?;
+    }
+    for g in &mut select.group_by {
+        resolve(text, g, &scope)?;
+        no_aggregate(text, g, "GROUP BY")?;
+    }
+    let mut proj_exprs: Vec<&mut Expr> = match &mut select.projection {
+        Projection::Star => Vec::new(),
+        Projection::Value(e) => vec![e],
+        Projection::Fields(fields) => fields.iter_mut().map(|(_, e)| e).collect(),
+    };
+    for e in proj_exprs.iter_mut() {
+        resolve(text, e, &scope)?;
+    }
+    for (e, _) in &mut select.order_by {
+        resolve(text, e, &scope)?;
+    }
+    let has_agg = proj_exprs.iter().any(|e| e.any(&|x| matches!(x, Expr::Agg(..))));
+    drop(proj_exprs);
+    fold_all(&mut select);
+    let grouped = has_agg || !select.group_by.is_empty();
+    let mut aggs = Vec::new();
+    if matches!(select.projection, Projection::Star) {
+        if grouped {
+            return Err(QueryError::invalid(text, None, "SELECT * cannot be used with GROUP BY"));
+        }
+        if select.from.as_ref().is_none_or(|f| !f.joins.is_empty()) {
+            return Err(QueryError::invalid(text, None, "SELECT * needs a FROM clause with exactly one alias"));
+        }
+    }
+    if grouped {
+        let keys = select.group_by.clone();
+        let mut targets: Vec<&mut Expr> = match &mut select.projection {
+            Projection::Star => Vec::new(),
+            Projection::Value(e) => vec![e],
+            Projection::Fields(fields) => fields.iter_mut().map(|(_, e)| e).collect(),
+        };
+        targets.extend(select.order_by.iter_mut().map(|(e, _)| e));
+        for e in targets {
+            to_group_expr(text, e, &keys, &mut aggs)?;
+        }
+    } else {
+        for (e, _) in &select.order_by {
+            no_aggregate(text, e, "ORDER BY of a query without aggregates")?;
+        }
+    }
+    let mut params = Vec::new();
+    let mut add = |e: &Expr| collect_params(e, &mut params);
+    if let Some(f) = &select.from {
+        f.joins.iter().for_each(|j| add(&j.source));
+    }
+    select.filter.iter().for_each(&mut add);
+    select.group_by.iter().for_each(&mut add);
+    match &select.projection {
+        Projection::Star => {}
+        Projection::Value(e) => add(e),
+        Projection::Fields(fields) => fields.iter().for_each(|(_, e)| add(e)),
+    }
+    select.order_by.iter().for_each(|(e, _)| add(e));
+    aggs.iter().for_each(|(_, e)| add(e));
+    let counts = select.top.iter().chain(select.offset_limit.iter().flat_map(|(o, l)| [o, l]));
+    for c in counts {
+        if let Count::Param(p) = c
+            && !params.contains(p)
+        {
+            params.push(p.clone());
+        }
+    }
+    Ok(Plan { select, aggs, grouped, params })
+}
+
+/// Literal arrays and objects of constants become constants, so they are built once, not per row
+/// (`VectorDistance(c.v, [1, 2], false, {"distanceFunction": "dotproduct"})`).
+fn fold_all(select: &mut Select) {
+    if let Some(from) = &mut select.from {
+        from.joins.iter_mut().for_each(|j| fold(&mut j.source));
+    }
+    select.filter.iter_mut().for_each(fold);
+    select.group_by.iter_mut().for_each(fold);
+    match &mut select.projection {
+        Projection::Star => {}
+        Projection::Value(e) => fold(e),
+        Projection::Fields(fields) => fields.iter_mut().for_each(|(_, e)| fold(e)),
+    }
+    select.order_by.iter_mut().for_each(|(e, _)| fold(e));
+}
+
+fn fold(e: &mut Expr) {
+    e.children_mut(&mut |c| fold(c));
+    let constant = match e {
+        Expr::Array(items) if items.iter().all(|i| matches!(i, Expr::Const(_))) => Value::Array(
+            items.iter().filter_map(|i| if let Expr::Const(v) = i { Some(v.clone()) } else { None }).collect(),
+        ),
+        Expr::Object(fields) if fields.iter().all(|(_, f)| matches!(f, Expr::Const(_))) => Value::Object(
+            fields
+                .iter()
+                .filter_map(|(k, f)| if let Expr::Const(v) = f { Some((k.clone(), v.clone())) } else { None })
+                .collect(),
+        ),
+        _ => return,
+    };
+    *e = Expr::Const(constant);
+}
+
+/// Identifiers become slots of the scope (the FROM alias, then the JOIN aliases).
+fn resolve(text: &str, e: &mut Expr, scope: &[String]) -> Result<(), QueryError> {
+    if let Expr::Ident(name, pos) = e {
+        return match scope.iter().position(|s| s == name && !s.is_empty()) {
+            Some(slot) => {
+                *e = Expr::Var(slot);
+                Ok(())
+            }
+            None if scope.is_empty() => Err(QueryError::invalid(
+                text,
+                Some(*pos),
+                format!("identifier '{name}' is unknown: the query has no FROM clause"),
+            )),
+            None => Err(QueryError::invalid(
+                text,
+                Some(*pos),
+                format!(
+                    "identifier '{name}' is unknown; the FROM clause declares {}",
+                    scope.iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join(", ")
+                ),
+            )),
+        };
+    }
+    let mut result = Ok(());
+    e.children_mut(&mut |c| {
+        if result.is_ok() {
+            result = resolve(text, c, scope);
+        }
+    });
+    result
+}
+
+fn no_aggregate(text: &str, e: &Expr, clause: &str) -> Result<(), QueryError> {
+    let mut found = None;
+    find_agg(e, &mut found);
+    match found {
+        Some(pos) => {
+            Err(QueryError::invalid(text, Some(pos), format!("aggregate functions are not allowed in {clause}")))
+        }
+        None => Ok(()),
+    }
+}
+
+fn find_agg(e: &Expr, found: &mut Option<usize>) {
+    if found.is_some() {
+        return;
+    }
+    if let Expr::Agg(_, _, pos) = e {
+        *found = Some(*pos);
+        return;
+    }
+    e.children(&mut |c| find_agg(c, found));
+}
+
+/// Rewrites an expression of a grouped query: GROUP BY expressions become `GroupKey`, aggregates
+/// `AggRef`; anything else that reads the row is an error.
+fn to_group_expr(text: &str, e: &mut Expr, keys: &[Expr], aggs: &mut Vec<(AggFn, Expr)>) -> Result<(), QueryError> {
+    if let Some(k) = keys.iter().position(|k| k == e) {
+        *e = Expr::GroupKey(k);
+        return Ok(());
+    }
+    match e {
+        Expr::Agg(f, arg, _) => {
+            no_aggregate(text, arg, "the argument of an aggregate")?;
+            let arg = std::mem::replace(arg.as_mut(), Expr::Undefined);
+            let i = match aggs.iter().position(|(g, a)| g == f && *a == arg) {
+                Some(i) => i,
+                None => {
+                    aggs.push((*f, arg));
+                    aggs.len() - 1
+                }
+            };
+            *e = Expr::AggRef(i);
+            Ok(())
+        }
+        Expr::Var(_) => Err(QueryError::invalid(
+            text,
+            None,
+            "a grouped query may only project GROUP BY expressions, aggregates and constants",
+        )),
+        _ => {
+            let mut result = Ok(());
+            e.children_mut(&mut |c| {
+                if result.is_ok() {
+                    result = to_group_expr(text, c, keys, aggs);
+                }
+            });
+            result
+        }
+    }
+}
+
+fn collect_params(e: &Expr, out: &mut Vec<String>) {
+    if let Expr::Param(p) = e
+        && !out.contains(p)
+    {
+        out.push(p.clone());
+    }
+    e.children(&mut |c| collect_params(c, out));
+}
+
+/// Equality constraints every result row satisfies, for the storage to narrow its candidates: the
+/// conjuncts of WHERE of the form `alias.path = value` (either side), and `alias.path IN (values)`,
+/// where the value is a literal or a parameter. Only over the item itself (no FROM path).
+pub(crate) fn equalities(plan: &Plan, params: &super::Params) -> Result<Vec<super::Equality>, QueryError> {
+    let mut out = Vec::new();
+    let Some(from) = &plan.select.from else { return Ok(out) };
+    if !from.path.is_empty() || from.iterate {
+        return Ok(out);
+    }
+    let Some(filter) = &plan.select.filter else { return Ok(out) };
+    let mut conjuncts = Vec::new();
+    flatten_and(filter, &mut conjuncts);
+    for c in conjuncts {
+        match c {
+            Expr::Binary(super::ast::BinOp::Eq, a, b) => {
+                let found = match (item_path(a), item_path(b)) {
+                    (Some(p), None) => constant(b, params)?.map(|v| (p, v)),
+                    (None, Some(p)) => constant(a, params)?.map(|v| (p, v)),
+                    _ => None,
+                };
+                if let Some((path, value)) = found {
+                    out.push((path, vec![value]));
+                }
+            }
+            Expr::In { expr, list, negated: false } => {
+                let Some(path) = item_path(expr) else { continue };
+                let mut values = Vec::new();
+                let mut all = true;
+                for item in list {
+                    match constant(item, params)? {
+                        Some(v) => values.push(v),
+                        None => all = false,
+                    }
+                }
+                if all && !values.is_empty() {
+                    out.push((path, values));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+fn flatten_and<'e>(e: &'e Expr, out: &mut Vec<&'e Expr>) {
+    match e {
+        Expr::Binary(super::ast::BinOp::And, a, b) => {
+            flatten_and(a, out);
+            flatten_and(b, out);
+        }
+        _ => out.push(e),
+    }
+}
+
+/// `c.a.b` or `c["a"]["b"]` over the FROM alias (slot 0): `["a", "b"]`.
+fn item_path(e: &Expr) -> Option<Vec<String>> {
+    match e {
+        Expr::Prop(base, name) => {
+            let mut p = item_path_or_root(base)?;
+            p.push(name.clone());
+            Some(p)
+        }
+        Expr::Index(base, idx) => match idx.as_ref() {
+            Expr::Const(Value::String(name)) => {
+                let mut p = item_path_or_root(base)?;
+                p.push(name.clone());
+                Some(p)
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn item_path_or_root(e: &Expr) -> Option<Vec<String>> {
+    match e {
+        Expr::Var(0) => Some(Vec::new()),
+        _ => item_path(e),
+    }
+}
+
+fn constant(e: &Expr, params: &super::Params) -> Result<Option<Value>, QueryError> {
+    match e {
+        Expr::Const(v) => Ok(Some(v.clone())),
+        Expr::Param(p) => match params.get(p) {
+            Some(v) => Ok(Some(v.clone())),
+            None => Err(QueryError::missing_param(p)),
+        },
+        _ => Ok(None),
+    }
+}
