@@ -1,7 +1,62 @@
-//! Partitioned JSON documents: the query language (parse, plan, evaluate), change feed, TTL and vector search.
+//! Docs: partitioned JSON documents (the Cosmos DB / DynamoDB part). Containers declared in the
+//! manifest or made through the API; items with a string `id` unique per partition key value;
+//! ETags for optimistic concurrency; patches; transactional batches within a partition; a read
+//! feed and a change feed; TTL; queries in a subset of Cosmos DB's SQL dialect, vector search
+//! included.
 //!
-//! Not built yet: this crate reserves the component's place in the workspace (see ARCHITECTURE.md).
-//! It will depend on `nimbus-config` and `nimbus-store` only, and expose an axum `Router` plus a
-//! small typed API that the `nimbus` binary wires into the one-port server.
+//! Everything is kept as records of `nimbus-store` (`model.rs` says which), so both backends
+//! (SQLite, PostgreSQL) behave alike by construction, and the query language is evaluated here,
+//! once: the store only narrows the candidates (partition, id, declared index).
+//!
+//! - `model.rs`: containers, record keys, system properties;
+//! - `engine.rs`: the operations (`Docs`);
+//! - `patch.rs`: partial updates;
+//! - `query/`: the query language (parse → plan → evaluate);
+//! - `vectors.rs`: the in-memory vectors behind nearest-neighbour queries;
+//! - `api.rs`: the REST API under `/_nimbus/docs`.
 
+mod api;
+mod engine;
+mod model;
+mod patch;
 pub mod query;
+mod vectors;
+
+pub use api::router;
+pub use engine::{BatchOp, Docs, DocsError, MAX_DEPTH, MAX_ITEM_BYTES, Page};
+pub use model::{Container, from_manifest};
+pub use patch::PatchOp;
+
+use std::time::Duration;
+
+impl Docs {
+    /// The component for the manifest's `[docs]`, with its TTL purger running in the background
+    /// (one node at a time, under a lease).
+    pub fn start(manifest: &nimbus_config::Manifest, store: std::sync::Arc<dyn nimbus_store::Store>) -> Self {
+        let docs = Docs::new(store, from_manifest(&manifest.docs));
+        let purger = docs.clone();
+        tokio::spawn(async move {
+            let holder = nimbus_api::hex(&rand::random::<[u8; 8]>());
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                match purger.store.claim("docs-ttl-purge", &holder, Duration::from_secs(30)).await {
+                    Ok(Some(_lease)) => {
+                        while let Ok(n) = purger.purge_expired(500).await {
+                            if n == 0 {
+                                break;
+                            }
+                            tracing::debug!(purged = n, "expired items purged");
+                        }
+                        if let Err(e) = purger.purge_tombstones(500).await {
+                            tracing::warn!(error = %e, "cannot purge tombstones");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot claim the TTL purge lease"),
+                }
+            }
+        });
+        docs
+    }
+}

@@ -116,8 +116,11 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
             admin(headers).or_else(|| nimbus_api::bearer(headers).and_then(|t| functions.worker(t)))
         })
     };
-    let blob_api = nimbus_blob::api_router(blobs.clone(), admin_auth);
-    let platform_api = nimbus_blob::api_router(blobs, worker_auth);
+    let docs = nimbus_docs::Docs::start(manifest, store.clone());
+    let component_apis =
+        nimbus_blob::api_router(blobs.clone(), admin_auth.clone()).merge(nimbus_docs::router(docs.clone(), admin_auth));
+    let platform_api =
+        nimbus_blob::api_router(blobs, worker_auth.clone()).merge(nimbus_docs::router(docs, worker_auth));
     let platform_server = serve_platform(functions.platform_socket(), platform_api, addr)?;
     if let Some(identity) = &identity {
         admin = admin.merge(identity.admin_router());
@@ -125,7 +128,7 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     let mut routes = nimbus_gateway::platform_routes(platform)
         .merge(nimbus_gateway::admin_only(admin, admin_token))
         .merge(functions.invocations_router())
-        .merge(blob_api)
+        .merge(component_apis)
         .merge(gateway.openapi_router(&backends))
         .fallback_service(gateway.router(backends));
     if let Some(identity) = &identity {

@@ -381,7 +381,7 @@ fn array_slice<'a>(args: &[V<'a>]) -> V<'a> {
 
 /// How VectorDistance compares two vectors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Distance {
+pub enum Distance {
     Cosine,
     DotProduct,
     Euclidean,
@@ -411,7 +411,7 @@ fn vector_distance<'a>(args: &[V<'a>]) -> V<'a> {
     }
 }
 
-fn distance_option(options: &Map<String, Value>) -> Option<Distance> {
+pub(crate) fn distance_option(options: &Map<String, Value>) -> Option<Distance> {
     let mut distance = Distance::Cosine;
     for (k, v) in options {
         if k.eq_ignore_ascii_case("distanceFunction") {

@@ -49,7 +49,9 @@ use std::fmt;
 
 use serde_json::Value;
 
+pub use functions::Distance as Metric;
 pub use parser::MAX_DEPTH;
+pub use plan::Nearest;
 
 /// Query parameters by name, with the `@` (`"@id"`).
 pub type Params = std::collections::HashMap<String, Value>;
@@ -184,6 +186,13 @@ impl Query {
     /// Whether the query has ORDER BY (the caller cannot page it by item order alone).
     pub fn is_ordered(&self) -> bool {
         !self.plan.select.order_by.is_empty()
+    }
+
+    /// The shape of a nearest-neighbour query whose rows come from its `want` best-scoring items
+    /// (see [`Nearest`]), for a storage that can find those without reading every item; `None`
+    /// for any other query (or parameters that do not fit).
+    pub fn nearest(&self, params: &Params) -> Option<Nearest> {
+        plan::nearest(&self.plan, params)
     }
 
     /// The parameters the query uses (with their `@`).

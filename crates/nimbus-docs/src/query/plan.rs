@@ -327,3 +327,53 @@ fn constant(e: &Expr, params: &super::Params) -> Result<Option<Value>, QueryErro
         _ => Ok(None),
     }
 }
+
+/// A nearest-neighbour query the storage can answer from an in-memory vector index: `SELECT
+/// [TOP k] … FROM c ORDER BY VectorDistance(c.path, vector[, …]) [OFFSET o LIMIT l]`, with no
+/// WHERE, JOIN, GROUP BY or DISTINCT, so that its rows come from the `want` best-scoring items.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nearest {
+    pub path: Vec<String>,
+    pub vector: Vec<f64>,
+    pub distance: super::Metric,
+    pub descending: bool,
+    pub want: usize,
+}
+
+pub(crate) fn nearest(plan: &Plan, params: &super::Params) -> Option<Nearest> {
+    let s = &plan.select;
+    let from = s.from.as_ref()?;
+    if !from.path.is_empty()
+        || from.iterate
+        || !from.joins.is_empty()
+        || s.filter.is_some()
+        || plan.grouped
+        || s.distinct
+    {
+        return None;
+    }
+    let [(Expr::Call(super::functions::Func::VectorDistance, args), descending)] = s.order_by.as_slice() else {
+        return None;
+    };
+    let path = item_path(args.first()?)?;
+    let vector: Vec<f64> =
+        constant(args.get(1)?, params).ok()??.as_array()?.iter().map(Value::as_f64).collect::<Option<_>>()?;
+    let distance = match args.get(3) {
+        None => super::Metric::Cosine,
+        Some(options) => match constant(options, params).ok()?? {
+            Value::Object(map) => super::functions::distance_option(&map)?,
+            _ => return None,
+        },
+    };
+    let bound = |c: &Count| match c {
+        Count::Literal(n) => Some(*n),
+        Count::Param(p) => params.get(p)?.as_u64(),
+    };
+    let want = match (&s.top, &s.offset_limit) {
+        (Some(top), None) => bound(top)?,
+        (None, Some((offset, limit))) => bound(offset)?.checked_add(bound(limit)?)?,
+        (Some(top), Some((offset, limit))) => bound(top)?.min(bound(offset)?.checked_add(bound(limit)?)?),
+        (None, None) => return None,
+    };
+    Some(Nearest { path, vector, distance, descending: *descending, want: usize::try_from(want).ok()? })
+}
