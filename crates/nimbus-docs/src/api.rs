@@ -91,13 +91,24 @@ fn respond(result: Result<Response, DocsError>) -> Response {
     result.unwrap_or_else(|e| error(&e).into_response())
 }
 
+/// A request body, refused with our error shape when it is too big or cut off.
+type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
+
 /// A JSON body, refused with a clear message when it is not JSON or too big.
-fn json_body(bytes: &Bytes) -> Result<Value, DocsError> {
+fn json_body(body: &Body) -> Result<Value, DocsError> {
+    let bytes = match body {
+        Ok(bytes) => bytes,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(DocsError::TooLarge(BODY_LIMIT)),
+        Err(e) => return Err(DocsError::Invalid(format!("the body could not be read: {}", e.body_text()))),
+    };
     if bytes.len() > MAX_ITEM_BYTES + 64 * 1024 {
         return Err(DocsError::TooLarge(bytes.len()));
     }
     serde_json::from_slice(bytes).map_err(|e| DocsError::Invalid(format!("the body is not valid JSON: {e}")))
 }
+
+/// Bodies are read up to this size, so the item limit is answered with our error and not cut off.
+const BODY_LIMIT: usize = MAX_ITEM_BYTES * 3;
 
 /// The item with its ETag as a header too.
 fn item_response(status: StatusCode, item: Value) -> Response {
@@ -156,7 +167,7 @@ async fn get_container(State(api): State<Api>, headers: HeaderMap, Path(name): P
     respond(api.docs.container(&name).await.map(|c| Json(c).into_response()))
 }
 
-async fn put_container(State(api): State<Api>, headers: HeaderMap, Path(name): Path<String>, body: Bytes) -> Response {
+async fn put_container(State(api): State<Api>, headers: HeaderMap, Path(name): Path<String>, body: Body) -> Response {
     if let Some(refusal) = api.refuse_admin(&headers) {
         return refusal;
     }
@@ -184,7 +195,7 @@ async fn create_item(
     State(api): State<Api>,
     headers: HeaderMap,
     Path(container): Path<String>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     if let Some(refusal) = api.refuse(&headers, &container, true) {
         return refusal;
@@ -249,7 +260,7 @@ async fn item(
     headers: HeaderMap,
     Path((container, id)): Path<(String, String)>,
     Query(q): Query<ItemQuery>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     use axum::http::Method;
     let write = method != Method::GET && method != Method::HEAD;
@@ -313,7 +324,7 @@ struct Parameter {
     value: Value,
 }
 
-async fn run_query(State(api): State<Api>, headers: HeaderMap, Path(container): Path<String>, body: Bytes) -> Response {
+async fn run_query(State(api): State<Api>, headers: HeaderMap, Path(container): Path<String>, body: Body) -> Response {
     if let Some(refusal) = api.refuse(&headers, &container, false) {
         return refusal;
     }
@@ -357,7 +368,7 @@ struct BatchRequest {
     operations: Vec<BatchOp>,
 }
 
-async fn batch(State(api): State<Api>, headers: HeaderMap, Path(container): Path<String>, body: Bytes) -> Response {
+async fn batch(State(api): State<Api>, headers: HeaderMap, Path(container): Path<String>, body: Body) -> Response {
     if let Some(refusal) = api.refuse(&headers, &container, true) {
         return refusal;
     }
@@ -391,6 +402,6 @@ pub fn router(docs: Docs, authenticate: nimbus_api::Authenticate) -> axum::Route
         .route("/_nimbus/docs/{container}/batch", post(batch))
         .route("/_nimbus/docs/{container}/feed", get(change_feed))
         // Bodies are checked against the item limit by the handlers, with a clear error.
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_ITEM_BYTES * 3))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(Api { docs, authenticate })
 }

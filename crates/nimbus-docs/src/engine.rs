@@ -374,10 +374,15 @@ impl Docs {
                     }
                     id
                 }
-                BatchOp::Replace { id, .. }
-                | BatchOp::Delete { id, .. }
-                | BatchOp::Read { id }
-                | BatchOp::Patch { id, .. } => id.clone(),
+                BatchOp::Replace { id, item, .. } => {
+                    let (item_id, item_pk) = self.identify(&c, item).map_err(|e| fail(i, e))?;
+                    if item_id != *id || model::canonical(&item_pk) != model::canonical(pk) {
+                        let m = "a replaced item keeps the operation's id and the batch's partition key";
+                        return Err(fail(i, DocsError::Invalid(m.into())));
+                    }
+                    id.clone()
+                }
+                BatchOp::Delete { id, .. } | BatchOp::Read { id } | BatchOp::Patch { id, .. } => id.clone(),
             };
             first_op.entry(id).or_insert(i);
         }
@@ -385,9 +390,12 @@ impl Docs {
         for id in first_op.keys() {
             original.insert(id.clone(), self.current(&c, pk, id).await?);
         }
-        // Apply the operations in order to a working copy.
-        let mut state: BTreeMap<String, Option<Value>> =
-            original.iter().map(|(k, v)| (k.clone(), v.as_ref().map(|c| c.item.clone()))).collect();
+        // Apply the operations in order to a working copy, where expired items are gone.
+        let now = now();
+        let mut state: BTreeMap<String, Option<Value>> = original
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_ref().filter(|cur| live(&c, &cur.item, now)).map(|cur| cur.item.clone())))
+            .collect();
         let mut results = Vec::with_capacity(ops.len());
         for (i, op) in ops.into_iter().enumerate() {
             let version_of = |id: &str, state: &BTreeMap<String, Option<Value>>| {
@@ -420,15 +428,11 @@ impl Docs {
                     None => Err(not_found(&id, pk)),
                 },
                 BatchOp::Replace { id, item, if_match } => {
-                    let check = self.identify(&c, &item).and_then(|(item_id, _)| {
-                        if item_id != id {
-                            return Err(DocsError::Invalid("the item's id must be the operation's id".into()));
-                        }
-                        if state.get(&id).cloned().flatten().is_none() {
-                            return Err(not_found(&id, pk));
-                        }
-                        batch_match(if_match.as_deref(), version_of(&id, &state))
-                    });
+                    // (id and partition were checked with the others, before any read.)
+                    let check = match state.get(&id).cloned().flatten() {
+                        None => Err(not_found(&id, pk)),
+                        Some(_) => batch_match(if_match.as_deref(), version_of(&id, &state)),
+                    };
                     check.and_then(|()| prepared(item)).map(|new| {
                         state.insert(id, Some(new.clone()));
                         (200, new)

@@ -121,6 +121,7 @@ async fn bad_input_gets_a_precise_error() {
         (json!({"id": 7, "userId": "u"}).to_string(), 400, "invalid_request"),
         (json!({"id": "x"}).to_string(), 400, "invalid_request"),
         (json!({"id": "x", "userId": "u", "big": "y".repeat(2 * 1024 * 1024)}).to_string(), 413, "item_too_large"),
+        (json!({"id": "x", "userId": "u", "big": "y".repeat(7 * 1024 * 1024)}).to_string(), 413, "item_too_large"),
         (
             format!("{{\"id\": \"x\", \"userId\": \"u\", \"d\": {}1{}}}", "[".repeat(100), "]".repeat(100)),
             400,
