@@ -31,6 +31,62 @@ pub enum Command {
     Blob(BlobArgs),
     /// Deploy the static website, list its deploys, roll back.
     Site(SiteArgs),
+    /// Items in docs containers: query, get, put, rm, import and export JSON Lines.
+    Docs(DocsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DocsArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(subcommand)]
+    pub command: DocsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DocsCommand {
+    /// Run a query; print the results one JSON value a line (a JSON array with --json).
+    Query {
+        container: String,
+        /// e.g. "SELECT * FROM c WHERE c.status = @status".
+        query: String,
+        /// A parameter, `@name=VALUE` (VALUE is JSON, else a string); repeat for several.
+        #[arg(long = "param", value_name = "@NAME=VALUE")]
+        params: Vec<String>,
+        /// Only this partition: its key value (JSON, else the string itself).
+        #[arg(long)]
+        pk: Option<String>,
+    },
+    /// Print one item.
+    Get {
+        container: String,
+        id: String,
+        /// The item's partition key value (JSON, else the string itself).
+        #[arg(long)]
+        pk: String,
+    },
+    /// Create or replace one item, from a JSON file (`-` for standard input).
+    Put { container: String, file: PathBuf },
+    /// Delete one item.
+    Rm {
+        container: String,
+        id: String,
+        /// The item's partition key value (JSON, else the string itself).
+        #[arg(long)]
+        pk: String,
+    },
+    /// Create or replace every item of a JSON Lines file (`-` for standard input); stops at the
+    /// first line that cannot be written, naming it as FILE:LINE.
+    Import {
+        container: String,
+        file: PathBuf,
+        /// How many lines are written at once (those in flight when one fails still finish;
+        /// with 1, nothing after a failing line is written).
+        #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        batch: u16,
+    },
+    /// Write every item as JSON Lines to FILE (standard output when absent or `-`).
+    Export { container: String, file: Option<PathBuf> },
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@
 mod blob;
 mod cli;
 mod data_dir;
+mod docs;
 mod init;
 mod keys;
 mod logging;
@@ -34,6 +35,7 @@ fn main() -> ExitCode {
         Command::Users(args) => users::run(args),
         Command::Blob(args) => blob::run(args),
         Command::Site(args) => blob::site(args),
+        Command::Docs(args) => docs::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

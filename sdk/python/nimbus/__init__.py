@@ -13,7 +13,19 @@ Standard library only. The worker protocol it implements is written down in PROT
 from ._app import SDK_VERSION as __version__
 from ._app import App, Event, HTTPError, Response, sse, stream
 
-__all__ = ["App", "Context", "Event", "HTTPError", "NotFound", "PlatformError", "Request", "Response", "sse", "stream"]
+__all__ = [
+    "App",
+    "Context",
+    "Event",
+    "HTTPError",
+    "NotFound",
+    "PlatformError",
+    "PreconditionFailed",
+    "Request",
+    "Response",
+    "sse",
+    "stream",
+]
 
 
 def __getattr__(name):
@@ -22,7 +34,7 @@ def __getattr__(name):
         from . import _server
 
         return getattr(_server, name)
-    if name in ("PlatformError", "NotFound"):
+    if name in ("PlatformError", "NotFound", "PreconditionFailed"):
         from . import _platform
 
         return getattr(_platform, name)

@@ -1,9 +1,9 @@
-"""The platform API as a function sees it: `ctx.blob` (and, later, `ctx.docs`), over the host's
-private Unix socket (NIMBUS_PLATFORM_SOCKET) with the instance's scoped token
-(NIMBUS_PLATFORM_TOKEN). A small asyncio HTTP/1.1 client; connections are kept for reuse.
+"""The platform API as a function sees it: `ctx.blob` and `ctx.docs`, over the host's private Unix
+socket (NIMBUS_PLATFORM_SOCKET) with the instance's scoped token (NIMBUS_PLATFORM_TOKEN). A small
+asyncio HTTP/1.1 client; connections are kept for reuse.
 
 What a function may reach is what the manifest grants it (`[functions.<name>] grants =
-["blob:uploads:rw"]`); anything else answers 403 and raises PlatformError.
+["blob:uploads:rw", "docs:conversations:r"]`); anything else answers 403 and raises PlatformError.
 """
 
 import asyncio
@@ -15,17 +15,23 @@ _CHUNK = 256 * 1024
 
 
 class PlatformError(Exception):
-    """A platform API call failed: `status` (HTTP), `code` and `message` from the error body."""
+    """A platform API call failed: `status` (HTTP), `code` and `message` from the error body;
+    `operation_index` names the operation that failed a docs batch (None otherwise)."""
 
-    def __init__(self, status, code, message):
+    def __init__(self, status, code, message, operation_index=None):
         super().__init__("%s %s: %s" % (status, code, message))
         self.status = status
         self.code = code
         self.message = message
+        self.operation_index = operation_index
 
 
 class NotFound(PlatformError):
-    """The object (or item) does not exist."""
+    """The object (or item, or container) does not exist."""
+
+
+class PreconditionFailed(PlatformError):
+    """A write's `if_match` ETag is no longer the item's: someone changed it meanwhile (412)."""
 
 
 class _Response:
@@ -102,13 +108,20 @@ class _Response:
     async def raise_for_status(self):
         if self.status < 400:
             return
-        body = await self.read()
-        try:
-            error = json.loads(body)["error"]
-            code, message = error["code"], error["message"]
-        except (ValueError, KeyError, TypeError):
-            code, message = "http_%d" % self.status, body.decode("utf-8", "replace")
-        raise (NotFound if self.status == 404 else PlatformError)(self.status, code, message)
+        raise _error(self.status, await self.read())
+
+
+def _error(status, body):
+    """The exception for an error response: `{"error": {"code", "message"}, "operationIndex"?}`."""
+    index = None
+    try:
+        parsed = json.loads(body)
+        code, message = parsed["error"]["code"], parsed["error"]["message"]
+        index = parsed.get("operationIndex")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        code, message = "http_%d" % status, body.decode("utf-8", "replace")
+    kind = {404: NotFound, 412: PreconditionFailed}.get(status, PlatformError)
+    return kind(status, code, message, index)
 
 
 class Client:
@@ -294,6 +307,157 @@ class Blob:
         )
         await response.raise_for_status()
         return (await response.json())["url"]
+
+
+def _json(value):
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def _pk(value):
+    """A partition key value for a URL: JSON, percent-encoded, so "5" and 5 stay different."""
+    return quote(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False), safe="")
+
+
+def _container_path(container):
+    return "/_nimbus/docs/%s" % quote(container, safe="")
+
+
+def _item_path(container, id, pk):
+    return "%s/items/%s?pk=%s" % (_container_path(container), quote(id, safe=""), _pk(pk))
+
+
+def _parameters(parameters):
+    """{"@status": "open"} (the @ may be left out) -> [{"name": "@status", "value": "open"}]."""
+    return [
+        {"name": name if name.startswith("@") else "@" + name, "value": value}
+        for name, value in (parameters or {}).items()
+    ]
+
+
+def _batch_op(op):
+    op = dict(op)
+    if "if_match" in op:
+        op["ifMatch"] = op.pop("if_match")
+    return op
+
+
+class Docs:
+    """Partitioned JSON documents: `await ctx.docs.create("conversations", {"id": "c1", "userId": "u1"})`.
+
+    Items come back with their system properties (`_etag`, `_lsn`, `_ts`). `pk` is the item's
+    partition key value (a string, number, boolean or None): "5" and 5 are different partitions.
+    Writes take `if_match=item["_etag"]` to apply only if nobody changed the item meanwhile; when
+    somebody did, they raise PreconditionFailed (status 412).
+    """
+
+    __slots__ = ("_client", "_traceparent")
+
+    def __init__(self, client, traceparent=None):
+        self._client = client
+        self._traceparent = traceparent
+
+    async def _call(self, method, path, body=None, headers=None, if_match=None):
+        headers = dict(headers or {})
+        if body is not None:
+            body = _json(body)
+            headers["Content-Type"] = "application/json"
+        if if_match:
+            headers["If-Match"] = if_match
+        return await self._client.request(method, path, body, headers, self._traceparent)
+
+    async def _json_call(self, method, path, body=None, headers=None, if_match=None):
+        response = await self._call(method, path, body, headers, if_match)
+        await response.raise_for_status()
+        return await response.json()
+
+    async def create(self, container, item):
+        """Creates the item; raises PlatformError 409 (`conflict`) when its id is taken in its partition."""
+        return await self._json_call("POST", _container_path(container) + "/items", item)
+
+    async def upsert(self, container, item):
+        """Creates the item, or replaces the one with its id and partition key."""
+        return await self._json_call("POST", _container_path(container) + "/items", item, {"x-nimbus-upsert": "true"})
+
+    async def read(self, container, id, pk):
+        """The item; raises NotFound when there is none."""
+        return await self._json_call("GET", _item_path(container, id, pk))
+
+    async def replace(self, container, id, pk, item, if_match=None):
+        """Replaces the whole item (the body keeps its id and partition key); returns it as stored."""
+        return await self._json_call("PUT", _item_path(container, id, pk), item, if_match=if_match)
+
+    async def patch(self, container, id, pk, operations, if_match=None):
+        """Applies 1 to 10 operations ({"op": "set"|"add"|"replace"|"remove"|"incr"|"move", "path",
+        "value"|"from"}) all or none; returns the item as stored."""
+        return await self._json_call("PATCH", _item_path(container, id, pk), list(operations), if_match=if_match)
+
+    async def delete(self, container, id, pk, if_match=None):
+        """Deletes the item; False when there was none."""
+        response = await self._call("DELETE", _item_path(container, id, pk), if_match=if_match)
+        if response.status == 404:
+            error = _error(404, await response.read())
+            if error.code == "not_found":
+                return False
+            raise error
+        await response.raise_for_status()
+        await response.read()
+        return True
+
+    async def query_page(
+        self, container, query, parameters=None, partition_key=None, continuation=None, max_items=None
+    ):
+        """One page of results: (items, continuation), the continuation None after the last page.
+        Hand the continuation back (with the same query) for the next page."""
+        body = {"query": query, "parameters": _parameters(parameters)}
+        if partition_key is not None:
+            body["partitionKey"] = partition_key
+        if continuation:
+            body["continuation"] = continuation
+        if max_items:
+            body["maxItems"] = max_items
+        page = await self._json_call("POST", _container_path(container) + "/query", body)
+        return page["items"], page.get("continuation")
+
+    async def query_pages(self, container, query, parameters=None, partition_key=None, max_items=None):
+        """The results page by page, as an async iterator of lists."""
+        continuation = None
+        while True:
+            items, continuation = await self.query_page(
+                container, query, parameters, partition_key, continuation, max_items
+            )
+            yield items
+            if not continuation:
+                return
+
+    async def query(self, container, query, parameters=None, partition_key=None):
+        """Every result of the query, as a list (all pages). `parameters`: {"@name": value};
+        `partition_key` limits the query to one partition (None: all of them)."""
+        out = []
+        async for items in self.query_pages(container, query, parameters, partition_key, 1000):
+            out.extend(items)
+        return out
+
+    async def batch(self, container, partition_key, operations):
+        """Runs up to 100 operations on one partition, all or none: each {"op": "create"|"upsert",
+        "item"}, {"op": "replace", "id", "item"}, {"op": "patch", "id", "operations"}, {"op":
+        "delete"|"read", "id"}, optionally with "if_match". Returns one {"status", "item"} per
+        operation; when one fails, nothing is written and the PlatformError's `operation_index`
+        names it."""
+        body = {"partitionKey": partition_key, "operations": [_batch_op(op) for op in operations]}
+        return (await self._json_call("POST", _container_path(container) + "/batch", body))["results"]
+
+    async def feed(self, container, continuation=None, partition_key=None, max_items=100):
+        """The change feed: items changed after `continuation` (None: from the beginning), in the
+        order of their last change, as (items, continuation). The continuation is never None: keep
+        it and ask again later for what changed since. Deletes do not appear."""
+        query = {"maxItems": str(max_items)}
+        if continuation:
+            query["continuation"] = continuation
+        path = "%s/feed?%s" % (_container_path(container), urlencode(query))
+        if partition_key is not None:
+            path += "&pk=" + _pk(partition_key)
+        page = await self._json_call("GET", path)
+        return page["items"], page.get("continuation")
 
 
 _client = None

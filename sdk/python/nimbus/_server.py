@@ -306,7 +306,7 @@ class Request:
 class Context:
     """What a handler knows about its invocation: `function_name`, `invocation_id`, `traceparent`,
     `timeout_ms` (None if the host gave none) and `log`, a logging.Logger writing to stderr; `blob`
-    reaches the platform's blob containers the function is granted."""
+    and `docs` reach the platform's blob and docs containers the function is granted."""
 
     __slots__ = ("function_name", "invocation_id", "traceparent", "timeout_ms", "log")
 
@@ -322,6 +322,12 @@ class Context:
         from . import _platform
 
         return _platform.Blob(_platform.client(), self.traceparent)
+
+    @property
+    def docs(self):
+        from . import _platform
+
+        return _platform.Docs(_platform.client(), self.traceparent)
 
     def __repr__(self):
         return "Context(%r, %r)" % (self.function_name, self.invocation_id)

@@ -37,6 +37,12 @@ class Context {
     const platform = require("./platform");
     return new platform.Blob(platform.client(), this.traceparent);
   }
+
+  /** The platform's docs containers this function is granted (`[functions.<name>] grants`). */
+  get docs() {
+    const platform = require("./platform");
+    return new platform.Docs(platform.client(), this.traceparent);
+  }
 }
 
 module.exports = { Context, makeLogger };

@@ -1,19 +1,23 @@
 "use strict";
-// The platform API as a function sees it: `ctx.blob` (and, later, `ctx.docs`), over the host's
-// private Unix socket (NIMBUS_PLATFORM_SOCKET) with the instance's scoped token
-// (NIMBUS_PLATFORM_TOKEN). What a function may reach is what the manifest grants it
-// (`[functions.<name>] grants = ["blob:uploads:rw"]`); anything else answers 403 and throws.
+// The platform API as a function sees it: `ctx.blob` and `ctx.docs`, over the host's private Unix
+// socket (NIMBUS_PLATFORM_SOCKET) with the instance's scoped token (NIMBUS_PLATFORM_TOKEN). What a
+// function may reach is what the manifest grants it (`[functions.<name>] grants =
+// ["blob:uploads:rw", "docs:conversations:r"]`); anything else answers 403 and throws.
 
 const http = require("http");
 const { Readable } = require("stream");
 
+/** A platform API call failed: `status`, `code`, `detail` (the message); `name` is "NotFound" for
+ *  404 and "PreconditionFailed" for 412; `operationIndex` names the operation that failed a docs
+ *  batch. */
 class PlatformError extends Error {
-  constructor(status, code, message) {
+  constructor(status, code, message, operationIndex) {
     super(`${status} ${code}: ${message}`);
-    this.name = status === 404 ? "NotFound" : "PlatformError";
+    this.name = { 404: "NotFound", 412: "PreconditionFailed" }[status] ?? "PlatformError";
     this.status = status;
     this.code = code;
     this.detail = message;
+    if (operationIndex != null) this.operationIndex = operationIndex;
   }
 }
 
@@ -59,13 +63,20 @@ async function readAll(res) {
 
 async function check(res) {
   if (res.statusCode < 400) return res;
-  const text = (await readAll(res)).toString("utf8");
-  let code = `http_${res.statusCode}`;
+  throw failure(res.statusCode, (await readAll(res)).toString("utf8"));
+}
+
+/** The error for an error response: `{"error": {"code", "message"}, "operationIndex"?}`. */
+function failure(status, text) {
+  let code = `http_${status}`;
   let message = text;
+  let index;
   try {
-    ({ code, message } = JSON.parse(text).error);
+    const body = JSON.parse(text);
+    ({ code, message } = body.error);
+    index = body.operationIndex;
   } catch {}
-  throw new PlatformError(res.statusCode, code, message);
+  return new PlatformError(status, code, message, index);
 }
 
 const objectPath = (container, key) =>
@@ -169,4 +180,137 @@ class Blob {
   }
 }
 
-module.exports = { Blob, PlatformError, client };
+const containerPath = (container) => `/_nimbus/docs/${encodeURIComponent(container)}`;
+
+/** A partition key value for a URL: JSON, percent-encoded, so "5" and 5 stay different. */
+function pkParam(pk) {
+  if (pk === undefined) throw new TypeError("the partition key value is missing (null is a value; undefined is not)");
+  return encodeURIComponent(JSON.stringify(pk));
+}
+
+const itemPath = (container, id, pk) =>
+  `${containerPath(container)}/items/${encodeURIComponent(id)}?pk=${pkParam(pk)}`;
+
+/** { "@status": "open" } (the @ may be left out) → [{ name: "@status", value: "open" }]. */
+const parameterList = (parameters = {}) =>
+  Object.entries(parameters).map(([name, value]) => ({ name: name.startsWith("@") ? name : `@${name}`, value }));
+
+/** Partitioned JSON documents: `await ctx.docs.create("conversations", { id: "c1", userId: "u1" })`.
+ *  Items come back with their system properties (`_etag`, `_lsn`, `_ts`). `pk` is the item's
+ *  partition key value (string, number, boolean or null): "5" and 5 are different partitions.
+ *  Writes take `{ ifMatch: item._etag }` to apply only if nobody changed the item meanwhile; when
+ *  somebody did, they throw a PlatformError named PreconditionFailed (status 412). */
+class Docs {
+  constructor(c, traceparent) {
+    this.c = c;
+    this.traceparent = traceparent;
+  }
+
+  async call(method, path, { body, headers = {}, ifMatch } = {}) {
+    const h = { ...headers };
+    if (body !== undefined) h["content-type"] = "application/json";
+    if (ifMatch) h["if-match"] = ifMatch;
+    const json = body === undefined ? undefined : JSON.stringify(body);
+    return request(this.c, method, path, { body: json, headers: h, traceparent: this.traceparent });
+  }
+
+  async json(method, path, options) {
+    const res = await check(await this.call(method, path, options));
+    return JSON.parse((await readAll(res)).toString("utf8"));
+  }
+
+  /** Creates the item; throws a PlatformError 409 (`conflict`) when its id is taken in its partition. */
+  async create(container, item) {
+    return this.json("POST", `${containerPath(container)}/items`, { body: item });
+  }
+
+  /** Creates the item, or replaces the one with its id and partition key. */
+  async upsert(container, item) {
+    return this.json("POST", `${containerPath(container)}/items`, {
+      body: item,
+      headers: { "x-nimbus-upsert": "true" },
+    });
+  }
+
+  /** The item; throws a PlatformError named NotFound when there is none. */
+  async read(container, id, pk) {
+    return this.json("GET", itemPath(container, id, pk));
+  }
+
+  /** Replaces the whole item (the body keeps its id and partition key); resolves with it as stored. */
+  async replace(container, id, pk, item, { ifMatch } = {}) {
+    return this.json("PUT", itemPath(container, id, pk), { body: item, ifMatch });
+  }
+
+  /** Applies 1 to 10 operations ({ op: "set"|"add"|"replace"|"remove"|"incr"|"move", path,
+   *  value|from }) all or none; resolves with the item as stored. */
+  async patch(container, id, pk, operations, { ifMatch } = {}) {
+    return this.json("PATCH", itemPath(container, id, pk), { body: operations, ifMatch });
+  }
+
+  /** Deletes the item; false when there was none. */
+  async delete(container, id, pk, { ifMatch } = {}) {
+    const res = await this.call("DELETE", itemPath(container, id, pk), { ifMatch });
+    if (res.statusCode === 404) {
+      const error = failure(404, (await readAll(res)).toString("utf8"));
+      if (error.code === "not_found") return false;
+      throw error;
+    }
+    (await check(res)).resume();
+    return true;
+  }
+
+  /** One page of results: { items, continuation }, the continuation null after the last page.
+   *  Hand the continuation back (with the same query) for the next page. */
+  async queryPage(container, query, { parameters, partitionKey, continuation, maxItems } = {}) {
+    const body = { query, parameters: parameterList(parameters) };
+    if (partitionKey != null) body.partitionKey = partitionKey;
+    if (continuation) body.continuation = continuation;
+    if (maxItems) body.maxItems = maxItems;
+    const page = await this.json("POST", `${containerPath(container)}/query`, { body });
+    return { items: page.items, continuation: page.continuation ?? null };
+  }
+
+  /** The results page by page: `for await (const items of ctx.docs.queryPages(...))`. */
+  async *queryPages(container, query, { parameters, partitionKey, maxItems } = {}) {
+    let continuation = null;
+    do {
+      const page = await this.queryPage(container, query, { parameters, partitionKey, continuation, maxItems });
+      yield page.items;
+      continuation = page.continuation;
+    } while (continuation);
+  }
+
+  /** Every result of the query, as an array (all pages). `parameters`: { "@name": value };
+   *  `partitionKey` limits the query to one partition (absent: all of them). */
+  async query(container, query, { parameters, partitionKey } = {}) {
+    const out = [];
+    for await (const items of this.queryPages(container, query, { parameters, partitionKey, maxItems: 1000 })) {
+      out.push(...items);
+    }
+    return out;
+  }
+
+  /** Runs up to 100 operations on one partition, all or none: { op: "create"|"upsert", item },
+   *  { op: "replace", id, item }, { op: "patch", id, operations }, { op: "delete"|"read", id },
+   *  optionally with ifMatch. Resolves with one { status, item } per operation; when one fails,
+   *  nothing is written and the PlatformError's `operationIndex` names it. */
+  async batch(container, partitionKey, operations) {
+    const body = { partitionKey, operations };
+    return (await this.json("POST", `${containerPath(container)}/batch`, { body })).results;
+  }
+
+  /** The change feed: items changed after `continuation` (absent: from the beginning), in the
+   *  order of their last change, as { items, continuation }. The continuation is always there:
+   *  keep it and ask again later for what changed since. Deletes do not appear. */
+  async feed(container, { continuation, partitionKey, maxItems = 100 } = {}) {
+    const q = new URLSearchParams({ maxItems: String(maxItems) });
+    if (continuation) q.set("continuation", continuation);
+    let path = `${containerPath(container)}/feed?${q}`;
+    if (partitionKey != null) path += `&pk=${pkParam(partitionKey)}`;
+    const page = await this.json("GET", path);
+    return { items: page.items, continuation: page.continuation ?? null };
+  }
+}
+
+module.exports = { Blob, Docs, PlatformError, client };
