@@ -123,13 +123,16 @@ fn item_response(status: StatusCode, item: Value) -> Response {
 /// `pk=…`: JSON, or the bare string.
 fn partition_key(raw: Option<&str>) -> Result<Value, DocsError> {
     let raw = raw.ok_or_else(|| DocsError::Invalid("the partition key is missing: add ?pk=<value>".into()))?;
-    Ok(parse_pk(raw))
+    parse_pk(raw)
 }
 
-fn parse_pk(raw: &str) -> Value {
+fn parse_pk(raw: &str) -> Result<Value, DocsError> {
     match serde_json::from_str::<Value>(raw) {
-        Ok(v) if !v.is_object() && !v.is_array() => v,
-        _ => Value::String(raw.to_owned()),
+        Ok(v) if v.is_object() || v.is_array() => Err(DocsError::Invalid(
+            "a partition key is a string, number, boolean or null, not an object or array".into(),
+        )),
+        Ok(v) => Ok(v),
+        Err(_) => Ok(Value::String(raw.to_owned())),
     }
 }
 
@@ -205,7 +208,8 @@ async fn create_item(
     let result = async {
         let item = json_body(&body)?;
         if upsert {
-            api.docs.upsert(&container, item).await.map(|i| item_response(StatusCode::OK, i))
+            let (item, created) = api.docs.upsert(&container, item).await?;
+            Ok(item_response(if created { StatusCode::CREATED } else { StatusCode::OK }, item))
         } else {
             api.docs.create(&container, item).await.map(|i| item_response(StatusCode::CREATED, i))
         }
@@ -223,7 +227,7 @@ async fn read_feed(
         return refusal;
     }
     let result = async {
-        let pk = q.pk.as_deref().map(parse_pk);
+        let pk = q.pk.as_deref().map(parse_pk).transpose()?;
         let page =
             api.docs.read_feed(&container, pk.as_ref(), q.continuation.as_deref(), max_items(q.max_items)?).await?;
         Ok(Json(page).into_response())
@@ -241,7 +245,7 @@ async fn change_feed(
         return refusal;
     }
     let result = async {
-        let pk = q.pk.as_deref().map(parse_pk);
+        let pk = q.pk.as_deref().map(parse_pk).transpose()?;
         let page =
             api.docs.change_feed(&container, pk.as_ref(), q.continuation.as_deref(), max_items(q.max_items)?).await?;
         Ok(Json(page).into_response())
@@ -297,7 +301,7 @@ async fn item(
                 .delete(&container, &id, &pk, if_match.as_deref())
                 .await
                 .map(|()| StatusCode::NO_CONTENT.into_response()),
-            other => Err(DocsError::Invalid(format!("{other} is not allowed on items"))),
+            _ => unreachable!("the router sends only GET, HEAD, PUT, PATCH and DELETE here"),
         }
     };
     respond(result.await)
@@ -309,12 +313,18 @@ struct QueryRequest {
     query: String,
     #[serde(default)]
     parameters: Vec<Parameter>,
-    #[serde(default)]
+    /// Absent: every partition; present (even `null`): that partition.
+    #[serde(default, deserialize_with = "present")]
     partition_key: Option<Value>,
     #[serde(default)]
     continuation: Option<String>,
     #[serde(default)]
     max_items: Option<usize>,
+}
+
+/// `Some` for a field that is there, `null` included (serde's `Option` reads `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -385,7 +395,7 @@ async fn batch(State(api): State<Api>, headers: HeaderMap, Path(container): Path
         Err(e @ DocsError::Batch { index, .. }) => {
             let api_error = error(&e);
             let mut body = serde_json::to_value(api_error.body()).unwrap_or_default();
-            body["operationIndex"] = Value::from(index);
+            body["error"]["operationIndex"] = Value::from(index);
             (api_error.status, Json(body)).into_response()
         }
         Err(e) => error(&e).into_response(),
@@ -397,7 +407,7 @@ pub fn router(docs: Docs, authenticate: nimbus_api::Authenticate) -> axum::Route
         .route("/_nimbus/docs", get(list_containers))
         .route("/_nimbus/docs/{container}", get(get_container).put(put_container).delete(delete_container))
         .route("/_nimbus/docs/{container}/items", post(create_item).get(read_feed))
-        .route("/_nimbus/docs/{container}/items/{id}", axum::routing::any(item))
+        .route("/_nimbus/docs/{container}/items/{id}", get(item).put(item).patch(item).delete(item))
         .route("/_nimbus/docs/{container}/query", post(run_query))
         .route("/_nimbus/docs/{container}/batch", post(batch))
         .route("/_nimbus/docs/{container}/feed", get(change_feed))

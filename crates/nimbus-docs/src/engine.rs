@@ -242,17 +242,19 @@ impl Docs {
         }
     }
 
-    pub async fn upsert(&self, container: &str, item: Value) -> Result<Value, DocsError> {
+    /// Creates or replaces the item; says whether it was created.
+    pub async fn upsert(&self, container: &str, item: Value) -> Result<(Value, bool), DocsError> {
         let c = self.container(container).await?;
         let (id, pk) = self.identify(&c, &item)?;
         let new = prepared(item)?;
         for attempt in 0..RETRIES {
             pause(attempt).await;
             let old = self.current(&c, &pk, &id).await?;
+            let created = old.as_ref().is_none_or(|o| !live(&c, &o.item, now()));
             let writes = changes(&c, &pk, &id, old.as_ref(), Some(&new));
             match self.commit(writes, &id, &pk).await {
                 Err(DocsError::Exists { .. } | DocsError::Precondition(_)) => continue,
-                result => return result.map(|v| model::with_system(new.clone(), v)),
+                result => return result.map(|v| (model::with_system(new.clone(), v), created)),
             }
         }
         Err(contended())

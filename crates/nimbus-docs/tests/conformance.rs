@@ -77,9 +77,10 @@ async fn items_round_trip_with_etags(db: &TestDb) {
     let moved = d.replace("people", "1", &json!("u1"), json!({"id": "2", "userId": "u1"}), None).await;
     assert!(matches!(moved, Err(DocsError::Invalid(_))));
 
-    let upserted = d.upsert("people", json!({"id": "1", "userId": "u1", "name": "Upserted"})).await.unwrap();
+    let (upserted, created) = d.upsert("people", json!({"id": "1", "userId": "u1", "name": "Upserted"})).await.unwrap();
+    assert!(!created);
     assert_eq!(upserted["name"], "Upserted");
-    d.upsert("people", json!({"id": "3", "userId": "u1"})).await.unwrap();
+    assert!(d.upsert("people", json!({"id": "3", "userId": "u1"})).await.unwrap().1);
     d.delete("people", "1", &json!("u1"), upserted["_etag"].as_str()).await.unwrap();
     assert!(matches!(d.read("people", "1", &json!("u1")).await, Err(DocsError::NotFound { .. })));
     assert!(matches!(d.delete("people", "1", &json!("u1"), None).await, Err(DocsError::NotFound { .. })));

@@ -69,7 +69,7 @@ pub fn run(args: DocsArgs) -> Result<(), Failure> {
                 let mut text = Vec::new();
                 open(&file).await?.read_to_end(&mut text).await.with_context(|| format!("cannot read {name}"))?;
                 let item: Value = serde_json::from_slice(&text).map_err(|e| anyhow!("{name}: not valid JSON: {e}"))?;
-                let item = docs.upsert(&container, item).await.map_err(|e| explain(&container, e))?;
+                let (item, _) = docs.upsert(&container, item).await.map_err(|e| explain(&container, e))?;
                 match json {
                     true => println!("{item}"),
                     false => println!(

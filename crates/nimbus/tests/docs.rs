@@ -102,7 +102,20 @@ async fn items_answer_with_the_right_statuses_and_etags() {
             &[("x-nimbus-upsert", "true")],
         )
         .await;
-    assert_eq!(upserted.status, 200);
+    assert_eq!(upserted.status, 201, "created by the upsert");
+    let again = c
+        .send(
+            &node,
+            "POST",
+            items,
+            Some(&json!({"id": "c2", "userId": "u1"}).to_string()),
+            &[("x-nimbus-upsert", "true")],
+        )
+        .await;
+    assert_eq!(again.status, 200, "replaced by the upsert");
+    let object_pk = c.send(&node, "GET", "/_nimbus/docs/conversations/items/c2?pk=%7B%22a%22%3A1%7D", None, &[]).await;
+    assert_eq!((object_pk.status, code(&object_pk)), (400, "invalid_request"));
+    assert_eq!(c.send(&node, "POST", "/_nimbus/docs/conversations/items/c2?pk=u1", Some("{}"), &[]).await.status, 405);
     assert_eq!(c.send(&node, "DELETE", path, None, &[]).await.status, 204);
     assert_eq!(c.send(&node, "DELETE", path, None, &[]).await.status, 404);
     let unknown = c.send(&node, "GET", "/_nimbus/docs/nothing/items/x?pk=a", None, &[]).await;
@@ -186,7 +199,10 @@ async fn queries_batches_and_feeds_over_http() {
             ]}),
         )
         .await;
-    assert_eq!((failed.status, code(&failed), failed.body["operationIndex"].as_u64()), (409, "conflict", Some(1)));
+    assert_eq!(
+        (failed.status, code(&failed), failed.body["error"]["operationIndex"].as_u64()),
+        (409, "conflict", Some(1))
+    );
     assert_eq!(c.send(&node, "GET", "/_nimbus/docs/conversations/items/m1?pk=u1", None, &[]).await.status, 200);
 
     let query = json!({
@@ -203,6 +219,23 @@ async fn queries_batches_and_feeds_over_http() {
         (second.body["items"].clone(), second.body["continuation"].clone()),
         (json!([{"id": "m1", "n": 2}]), Value::Null)
     );
+
+    // `"partitionKey": null` is the null partition; leaving it out means every partition.
+    c.json(&node, "POST", "/_nimbus/docs/conversations/items", json!({"id": "nil", "userId": null})).await;
+    let null_partition = c
+        .json(
+            &node,
+            "POST",
+            "/_nimbus/docs/conversations/query",
+            json!({"query": "SELECT VALUE c.id FROM c", "partitionKey": null}),
+        )
+        .await;
+    assert_eq!(null_partition.body["items"], json!(["nil"]));
+    let every = c
+        .json(&node, "POST", "/_nimbus/docs/conversations/query", json!({"query": "SELECT VALUE COUNT(1) FROM c"}))
+        .await;
+    assert_eq!(every.body["items"], json!([4]));
+    c.send(&node, "DELETE", "/_nimbus/docs/conversations/items/nil?pk=null", None, &[]).await;
 
     let feed = c.send(&node, "GET", "/_nimbus/docs/conversations/feed", None, &[]).await;
     assert_eq!(feed.body["items"].as_array().unwrap().len(), 3);

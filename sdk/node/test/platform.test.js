@@ -46,7 +46,7 @@ async function fake(reply) {
   return { docs, requests, close };
 }
 
-const error = (status, code, extra = {}) => [status, { error: { code, message: "m" }, ...extra }];
+const error = (status, code, extra = {}) => [status, { error: { code, message: "m", ...extra } }];
 
 test("items and partition keys on the wire", async () => {
   const { docs, requests: r, close } = await fake(() => [200, { id: "x", _etag: '"7"' }]);

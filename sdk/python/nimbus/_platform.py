@@ -112,12 +112,12 @@ class _Response:
 
 
 def _error(status, body):
-    """The exception for an error response: `{"error": {"code", "message"}, "operationIndex"?}`."""
+    """The exception for an error response: `{"error": {"code", "message", "operationIndex"?}}`."""
     index = None
     try:
         parsed = json.loads(body)
         code, message = parsed["error"]["code"], parsed["error"]["message"]
-        index = parsed.get("operationIndex")
+        index = parsed["error"].get("operationIndex")
     except (ValueError, KeyError, TypeError, AttributeError):
         code, message = "http_%d" % status, body.decode("utf-8", "replace")
     kind = {404: NotFound, 412: PreconditionFailed}.get(status, PlatformError)

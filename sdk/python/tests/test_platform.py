@@ -75,7 +75,7 @@ def run(coro):
 
 
 def error(status, code, **extra):
-    return status, dict({"error": {"code": code, "message": "m"}}, **extra)
+    return status, {"error": dict({"code": code, "message": "m"}, **extra)}
 
 
 class DocsWireTest(unittest.TestCase):

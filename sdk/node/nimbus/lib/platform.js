@@ -66,7 +66,7 @@ async function check(res) {
   throw failure(res.statusCode, (await readAll(res)).toString("utf8"));
 }
 
-/** The error for an error response: `{"error": {"code", "message"}, "operationIndex"?}`. */
+/** The error for an error response: `{"error": {"code", "message", "operationIndex"?}}`. */
 function failure(status, text) {
   let code = `http_${status}`;
   let message = text;
@@ -74,7 +74,7 @@ function failure(status, text) {
   try {
     const body = JSON.parse(text);
     ({ code, message } = body.error);
-    index = body.operationIndex;
+    index = body.error.operationIndex;
   } catch {}
   return new PlatformError(status, code, message, index);
 }
