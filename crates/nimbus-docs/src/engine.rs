@@ -643,9 +643,9 @@ impl Docs {
             for pk in partitions {
                 match &ids {
                     Some(ids) => {
-                        for id in ids.iter().filter_map(Value::as_str) {
-                            records.extend(self.store.get(ITEMS, &model::item_key(&c.name, pk, id)).await?);
-                        }
+                        let keys: Vec<String> =
+                            ids.iter().filter_map(Value::as_str).map(|id| model::item_key(&c.name, pk, id)).collect();
+                        records.extend(self.store.get_many(ITEMS, &keys).await?);
                     }
                     None => records.extend(self.scan(&model::partition_prefix(&c.name, pk)).await?),
                 }
@@ -655,14 +655,20 @@ impl Docs {
         {
             for value in values.iter().filter(|v| !v.is_object() && !v.is_array()) {
                 let prefix = model::index_prefix(&c.name, &path, value);
-                for entry in self.scan_keys(INDEX, &prefix).await? {
-                    let item_key = format!("{}/{}", c.name, &entry[prefix.len()..]);
-                    records.extend(self.store.get(ITEMS, &item_key).await?);
-                }
+                let keys: Vec<String> = self
+                    .scan_keys(INDEX, &prefix)
+                    .await?
+                    .iter()
+                    .map(|entry| format!("{}/{}", c.name, &entry[prefix.len()..]))
+                    .collect();
+                records.extend(self.store.get_many(ITEMS, &keys).await?);
             }
         } else {
             records = self.scan(&format!("{}/", c.name)).await?;
         }
+        // Key order, as a scan gives: pages of a query without ORDER BY must see one order.
+        records.sort_by(|a, b| a.key.cmp(&b.key));
+        records.dedup_by(|a, b| a.key == b.key);
         Ok(records
             .iter()
             .filter_map(decode)
@@ -687,14 +693,15 @@ impl Docs {
             self.vectors.nearest(&self.store, &c.name, &n.path, &vector, n.distance, !n.descending, want).await?;
         let Some(keys) = found else { return Ok(None) };
         let now = now();
-        let mut items = Vec::with_capacity(keys.len());
-        for key in &keys {
-            if let Some(cur) = self.store.get(ITEMS, key).await?.as_ref().and_then(decode)
-                && live(c, &cur.item, now)
-            {
-                items.push(model::with_system(cur.item, cur.version));
-            }
-        }
+        let items: Vec<Value> = self
+            .store
+            .get_many(ITEMS, &keys)
+            .await?
+            .iter()
+            .filter_map(decode)
+            .filter(|cur| live(c, &cur.item, now))
+            .map(|cur| model::with_system(cur.item, cur.version))
+            .collect();
         // Expired items the purger has not reached took places: only a full scan is exact then.
         Ok((items.len() >= n.want || keys.len() < want).then_some(items))
     }

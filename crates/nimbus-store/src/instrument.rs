@@ -50,6 +50,10 @@ impl<S: Store> Store for Instrumented<S> {
         self.observe("get", self.inner.get(ns, key)).await
     }
 
+    async fn get_many(&self, ns: &str, keys: &[String]) -> Result<Vec<Record>> {
+        self.observe("get_many", self.inner.get_many(ns, keys)).await
+    }
+
     async fn list(&self, ns: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
         self.observe("list", self.inner.list(ns, prefix, after, limit)).await
     }

@@ -134,6 +134,16 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get(&self, ns: &str, key: &str) -> Result<Option<Record>>;
 
+    /// The records of `keys` that exist, in no particular order: one round trip for many point
+    /// reads (a docs index lookup, the candidates of a vector search).
+    async fn get_many(&self, ns: &str, keys: &[String]) -> Result<Vec<Record>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.extend(self.get(ns, key).await?);
+        }
+        Ok(out)
+    }
+
     /// Records of `ns` whose key starts with `prefix` and sorts after `after` (byte order), at most
     /// `limit` of them, in key order. Pass the last key seen as `after` to read the next page.
     async fn list(&self, ns: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>>;

@@ -208,6 +208,17 @@ impl Store for PgStore {
         Ok(client.query_opt(&stmt, &[&ns, &key]).await?.as_ref().map(to_record))
     }
 
+    async fn get_many(&self, ns: &str, keys: &[String]) -> Result<Vec<Record>> {
+        for key in keys {
+            validate_key(ns, key)?;
+        }
+        let client = self.pool.get().await?;
+        let stmt = client
+            .prepare_cached("SELECT ns, key, value, version FROM nimbus_kv WHERE ns = $1 AND key = ANY($2)")
+            .await?;
+        Ok(client.query(&stmt, &[&ns, &keys]).await?.iter().map(to_record).collect())
+    }
+
     async fn list(&self, ns: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
         validate_namespace(ns)?;
         let client = self.pool.get().await?;

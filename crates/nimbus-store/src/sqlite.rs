@@ -164,6 +164,30 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn get_many(&self, ns: &str, keys: &[String]) -> Result<Vec<Record>> {
+        for key in keys {
+            validate_key(ns, key)?;
+        }
+        let (ns, keys) = (ns.to_owned(), keys.to_vec());
+        self.read(move |c| {
+            let mut out = Vec::with_capacity(keys.len());
+            // In chunks below SQLite's limit on bound parameters; the statement per chunk size is cached.
+            for chunk in keys.chunks(500) {
+                let marks = vec!["?"; chunk.len()].join(", ");
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT ns, key, value, version FROM nimbus_kv WHERE ns = ? AND key IN ({marks})"
+                ))?;
+                let params = std::iter::once(&ns).chain(chunk.iter());
+                let rows = stmt.query_map(rusqlite::params_from_iter(params), row_to_record)?;
+                for row in rows {
+                    out.push(row?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn list(&self, ns: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>> {
         validate_namespace(ns)?;
         let (ns, prefix, after) = (ns.to_owned(), prefix.to_owned(), after.unwrap_or("").to_owned());

@@ -20,6 +20,7 @@ conformance_suite!(
     one_of_many_concurrent_claims_wins,
     migrations_apply_once_and_refuse_a_newer_schema,
     changes_follow_versions,
+    get_many_reads_what_exists,
     ordered_commits_never_show_a_version_late,
 );
 
@@ -331,4 +332,23 @@ async fn ordered_commits_never_show_a_version_late(db: &TestDb) {
         w.await.unwrap();
     }
     assert_eq!(seen.len(), 320, "a reader following versions missed records committed late");
+}
+
+async fn get_many_reads_what_exists(db: &TestDb) {
+    let store = db.open().await;
+    let mut keys = Vec::new();
+    for i in 0..1200 {
+        let key = format!("k/{i:04}");
+        if i % 3 != 0 {
+            store.put("m", &key, key.as_bytes()).await.unwrap();
+        }
+        keys.push(key);
+    }
+    store.put("other", "k/0001", b"other namespace").await.unwrap();
+    let mut found = store.get_many("m", &keys).await.unwrap();
+    found.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(found.len(), 800);
+    assert!(found.iter().all(|r| r.ns == "m" && r.value == r.key.as_bytes()));
+    assert!(store.get_many("m", &[]).await.unwrap().is_empty());
+    assert!(store.get_many("m", &["".to_owned()]).await.is_err());
 }
