@@ -1,5 +1,6 @@
-//! The example the README's first command runs (examples/hello) keeps working: its public function,
-//! its function behind a token, and the identity provider that issues that token.
+//! The example the README's first command runs (examples/hello) keeps working: its site, its public
+//! function counting in a document container, its functions behind a token keeping notes in
+//! documents and blobs, and the identity provider that issues that token.
 
 mod support;
 
@@ -27,7 +28,11 @@ async fn the_hello_example_serves_public_and_protected_functions() {
     copy_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello"), app.path());
     let node: Node = app.start(&[]);
     let hello: Value = reqwest::get(node.url("/hello?name=you")).await.unwrap().json().await.unwrap();
-    assert_eq!(hello, serde_json::json!({"hello": "you"}));
+    assert_eq!(hello, serde_json::json!({"hello": "you", "times": 1}));
+    let again: Value = reqwest::get(node.url("/hello?name=you")).await.unwrap().json().await.unwrap();
+    assert_eq!(again["times"], 2, "counted in the greetings container");
+    let page = reqwest::get(node.url("/")).await.unwrap().text().await.unwrap();
+    assert!(page.contains("Hello from Nimbus"), "{page}");
     assert_eq!(reqwest::get(node.url("/api/me")).await.unwrap().status(), 401);
     let token: Value = reqwest::Client::new()
         .post(node.url("/oauth2/token"))
@@ -49,4 +54,16 @@ async fn the_hello_example_serves_public_and_protected_functions() {
         .await
         .unwrap();
     assert_eq!(me["you"]["sub"], "demo");
+    let token = token["access_token"].as_str().unwrap();
+    let http = reqwest::Client::new();
+    let added = http
+        .post(node.url("/api/notes"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"id": "n1", "title": "first", "text": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 201, "{}", node.stderr());
+    let notes: Value = http.get(node.url("/api/notes")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(notes, serde_json::json!({"notes": [{"id": "n1", "title": "first", "text": "hi"}]}));
 }

@@ -5,10 +5,37 @@ app = nimbus.App()
 
 @app.http("/hello", methods=["GET"])
 async def hello(req, ctx):
-    return {"hello": req.query.get("name", "world")}
+    # Each name's greeting count lives in the document container "greetings" (partition = name).
+    name = req.query.get("name", "world")
+    try:
+        seen = await ctx.docs.patch("greetings", name, name, [{"op": "incr", "path": "/times", "value": 1}])
+    except nimbus.NotFound:
+        seen = await ctx.docs.create("greetings", {"id": name, "name": name, "times": 1})
+    return {"hello": name, "times": seen["times"]}
 
 
 @app.http("/api/me", methods=["GET"])
 async def me(req, ctx):
     # The gateway verified the bearer token; its claims arrive with the request.
     return {"you": req.claims}
+
+
+@app.http("/api/notes", methods=["POST"])
+async def add_note(req, ctx):
+    # A note's text goes to the blob container "notes"; its record, to the documents.
+    body = await req.json()
+    owner = req.claims["sub"]
+    note = await ctx.docs.create("notes", {"id": body["id"], "owner": owner, "title": body["title"]})
+    await ctx.blob.put("notes", "%s/%s.txt" % (owner, body["id"]), body.get("text", ""), content_type="text/plain")
+    return nimbus.Response(note, status=201)
+
+
+@app.http("/api/notes", methods=["GET"])
+async def list_notes(req, ctx):
+    owner = req.claims["sub"]
+    notes = await ctx.docs.query(
+        "notes", "SELECT c.id, c.title FROM c WHERE c.owner = @owner ORDER BY c.id", {"@owner": owner}
+    )
+    for note in notes:
+        note["text"] = (await ctx.blob.get("notes", "%s/%s.txt" % (owner, note["id"]))).decode()
+    return {"notes": notes}
