@@ -309,6 +309,10 @@ fn print_banner(
         banner.push_str(&format!("  OIDC discovery {issuer}/.well-known/openid-configuration\n"));
     }
     banner.push_str(&format!("  OpenAPI        {url}/_nimbus/openapi.json\n"));
+    let containers: Vec<&str> = config.manifest.docs.containers.keys().map(String::as_str).collect();
+    if !containers.is_empty() {
+        banner.push_str(&format!("  documents      {url}/_nimbus/docs/ ({})\n", containers.join(", ")));
+    }
     for f in functions {
         let methods = if f.methods.is_empty() { "*".to_owned() } else { f.methods.join(",") };
         banner.push_str(&format!(
