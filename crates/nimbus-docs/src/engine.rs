@@ -611,6 +611,10 @@ impl Docs {
             None => 0,
         };
         let candidates = self.candidates(&c, &q, params, pk).await?;
+        // How many items the storage handed the evaluator: a query no partition, id or index
+        // narrows shows here as the container's size.
+        metrics::histogram!("nimbus_docs_query_candidates", "container" => c.name.clone())
+            .record(candidates.len() as f64);
         let rows = q.execute(candidates.iter(), params)?;
         let end = (offset + max).min(rows.len());
         let items = rows.get(offset.min(rows.len())..end).unwrap_or_default().to_vec();

@@ -129,6 +129,8 @@ async fn refresh(
         }
     }
     set.refreshed = Some(Instant::now());
+    metrics::gauge!("nimbus_docs_vector_index_items", "container" => container.to_owned())
+        .set(set.vectors.len() as f64);
     Ok(())
 }
 

@@ -251,6 +251,9 @@ async fn queries_batches_and_feeds_over_http() {
     let changed =
         c.send(&node, "GET", &format!("/_nimbus/docs/conversations/feed?continuation={after}"), None, &[]).await;
     assert_eq!(changed.body["items"][0]["id"], "m2");
+    let metrics = c.send(&node, "GET", "/_nimbus/metrics", None, &[]).await;
+    let metrics = metrics.body.as_str().unwrap_or_default();
+    assert!(metrics.contains("nimbus_docs_query_candidates_count{container=\"conversations\"}"), "{metrics}");
     let listed = c.send(&node, "GET", "/_nimbus/docs/conversations/items?pk=u1&maxItems=2", None, &[]).await;
     assert_eq!((listed.body["items"].as_array().unwrap().len(), listed.body["continuation"].is_string()), (2, true));
 }
