@@ -41,6 +41,30 @@ impl Principal {
 /// Tells who a request's credentials belong to; `None` when it carries none that count here.
 pub type Authenticate = Arc<dyn Fn(&HeaderMap) -> Option<Principal> + Send + Sync>;
 
+/// Lets a request through to `name` of `component` (for writing, with `write`), or answers why
+/// not: 401 without credentials that count here, 403 naming the grant the caller lacks.
+pub fn authorize(
+    authenticate: &Authenticate,
+    headers: &HeaderMap,
+    component: &str,
+    name: &str,
+    write: bool,
+) -> Result<Principal, crate::ApiError> {
+    let Some(principal) = authenticate(headers) else {
+        return Err(crate::ApiError::unauthorized(
+            "this endpoint needs the admin token or a worker's token (`Authorization: Bearer <token>`)",
+        ));
+    };
+    if principal.may(component, name, write) {
+        return Ok(principal);
+    }
+    let (doing, access) = if write { ("write to", "rw") } else { ("read", "r") };
+    Err(crate::ApiError::forbidden(format!(
+        "{} may not {doing} {component} container \"{name}\" (grant it with \"{component}:{name}:{access}\")",
+        principal.describe()
+    )))
+}
+
 /// The token of an `Authorization: Bearer …` header.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-pub use access::{Authenticate, Grant, Principal, bearer};
+pub use access::{Authenticate, Grant, Principal, authorize, bearer};
 pub use trace_context::{TraceContext, hex};
 
 /// The request's id (the client's `x-request-id` if sane, else a new one), in the request's

@@ -100,27 +100,15 @@ struct Api {
 }
 
 impl Api {
-    /// `None` when the caller may go on; else the refusal: 401 without credentials, 403 when its
-    /// grants do not reach `container` (for writing, with `write`).
+    /// `None` when the caller may go on; else the refusal (see [`nimbus_api::authorize`]).
     fn refuse(&self, headers: &HeaderMap, container: &str, write: bool) -> Option<Response> {
-        let Some(principal) = (self.authenticate)(headers) else {
-            return Some(
-                ApiError::unauthorized(
-                    "this endpoint needs the admin token or a worker's token (`Authorization: Bearer <token>`), or a signed URL",
-                )
-                .into_response(),
-            );
-        };
-        if principal.may("blob", container, write) {
-            return None;
-        }
-        let access = if write { "write to" } else { "read" };
-        let message = format!(
-            "{} may not {access} container \"{container}\" (grant it with \"blob:{container}:{}\")",
-            principal.describe(),
-            if write { "rw" } else { "r" }
-        );
-        Some(ApiError::forbidden(message).into_response())
+        nimbus_api::authorize(&self.authenticate, headers, "blob", container, write).err().map(|e| {
+            let mut e = e;
+            if e.status == StatusCode::UNAUTHORIZED {
+                e.message.push_str(", or a signed URL");
+            }
+            e.into_response()
+        })
     }
 }
 

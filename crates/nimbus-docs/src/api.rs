@@ -34,25 +34,11 @@ struct Api {
 }
 
 impl Api {
+    /// `None` when the caller may go on; else the refusal (see [`nimbus_api::authorize`]).
     fn refuse(&self, headers: &HeaderMap, container: &str, write: bool) -> Option<Response> {
-        let Some(principal) = (self.authenticate)(headers) else {
-            return Some(
-                ApiError::unauthorized(
-                    "this endpoint needs the admin token or a worker's token (`Authorization: Bearer <token>`)",
-                )
-                .into_response(),
-            );
-        };
-        if principal.may("docs", container, write) {
-            return None;
-        }
-        let message = format!(
-            "{} may not {} container \"{container}\" (grant it with \"docs:{container}:{}\")",
-            principal.describe(),
-            if write { "write to" } else { "read" },
-            if write { "rw" } else { "r" }
-        );
-        Some(ApiError::forbidden(message).into_response())
+        nimbus_api::authorize(&self.authenticate, headers, "docs", container, write)
+            .err()
+            .map(IntoResponse::into_response)
     }
 
     fn refuse_admin(&self, headers: &HeaderMap) -> Option<Response> {
@@ -217,37 +203,32 @@ async fn create_item(
     respond(result.await)
 }
 
-async fn read_feed(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Path(container): Path<String>,
-    Query(q): Query<PageQuery>,
-) -> Response {
-    if let Some(refusal) = api.refuse(&headers, &container, false) {
-        return refusal;
-    }
-    let result = async {
-        let pk = q.pk.as_deref().map(parse_pk).transpose()?;
-        let page =
-            api.docs.read_feed(&container, pk.as_ref(), q.continuation.as_deref(), max_items(q.max_items)?).await?;
-        Ok(Json(page).into_response())
-    };
-    respond(result.await)
+async fn read_feed(state: State<Api>, headers: HeaderMap, path: Path<String>, q: Query<PageQuery>) -> Response {
+    feed(state, headers, path, q, false).await
 }
 
-async fn change_feed(
+async fn change_feed(state: State<Api>, headers: HeaderMap, path: Path<String>, q: Query<PageQuery>) -> Response {
+    feed(state, headers, path, q, true).await
+}
+
+/// The read feed (items in key order) or the change feed (in the order of their last change).
+async fn feed(
     State(api): State<Api>,
     headers: HeaderMap,
     Path(container): Path<String>,
     Query(q): Query<PageQuery>,
+    changes: bool,
 ) -> Response {
     if let Some(refusal) = api.refuse(&headers, &container, false) {
         return refusal;
     }
     let result = async {
         let pk = q.pk.as_deref().map(parse_pk).transpose()?;
-        let page =
-            api.docs.change_feed(&container, pk.as_ref(), q.continuation.as_deref(), max_items(q.max_items)?).await?;
+        let (continuation, max) = (q.continuation.as_deref(), max_items(q.max_items)?);
+        let page = match changes {
+            true => api.docs.change_feed(&container, pk.as_ref(), continuation, max).await?,
+            false => api.docs.read_feed(&container, pk.as_ref(), continuation, max).await?,
+        };
         Ok(Json(page).into_response())
     };
     respond(result.await)

@@ -523,10 +523,7 @@ impl Docs {
         max: usize,
     ) -> Result<Page, DocsError> {
         let c = self.container(container).await?;
-        let prefix = match pk {
-            Some(pk) => model::partition_prefix(&c.name, pk),
-            None => format!("{}/", c.name),
-        };
+        let prefix = model::scope_prefix(&c.name, pk);
         let after = continuation.map(|t| decode_token(t, "r")).transpose()?;
         let now = now();
         let mut items = Vec::new();
@@ -559,10 +556,7 @@ impl Docs {
         max: usize,
     ) -> Result<Page, DocsError> {
         let c = self.container(container).await?;
-        let prefix = match pk {
-            Some(pk) => model::partition_prefix(&c.name, pk),
-            None => format!("{}/", c.name),
-        };
+        let prefix = model::scope_prefix(&c.name, pk);
         let after: u64 = match continuation {
             Some(t) => decode_token(t, "f")?.parse().map_err(|_| bad_token())?,
             None => 0,

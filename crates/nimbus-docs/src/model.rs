@@ -156,6 +156,14 @@ pub fn partition_prefix(container: &str, pk: &Value) -> String {
     format!("{container}/{}/", enc(&canonical(pk)))
 }
 
+/// The keys of one partition's items, or of the whole container's.
+pub fn scope_prefix(container: &str, pk: Option<&Value>) -> String {
+    match pk {
+        Some(pk) => partition_prefix(container, pk),
+        None => format!("{container}/"),
+    }
+}
+
 pub fn index_prefix(container: &str, path: &str, value: &Value) -> String {
     format!("{container}/{}/{}/", enc(path), enc(&canonical(value)))
 }
