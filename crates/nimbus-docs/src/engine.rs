@@ -561,15 +561,26 @@ impl Docs {
             Some(t) => decode_token(t, "f")?.parse().map_err(|_| bad_token())?,
             None => 0,
         };
-        let records = self.store.changes(ITEMS, &prefix, after, max).await?;
-        let last = records.last().map_or(after, |r| r.version);
+        // The store examines up to `max` changes of all containers per call: read on while the
+        // page is empty and more are there (a few times; an empty page with a continuation that
+        // moved on is still a valid answer).
         let now = now();
-        let items = records
-            .iter()
-            .filter_map(decode)
-            .filter(|cur| live(&c, &cur.item, now))
-            .map(|cur| model::with_system(cur.item, cur.version))
-            .collect();
+        let mut last = after;
+        let mut items = Vec::new();
+        for _ in 0..8 {
+            let page = self.store.changes(ITEMS, &prefix, last, max).await?;
+            last = page.through;
+            items.extend(
+                page.records
+                    .iter()
+                    .filter_map(decode)
+                    .filter(|cur| live(&c, &cur.item, now))
+                    .map(|cur| model::with_system(cur.item, cur.version)),
+            );
+            if !items.is_empty() || page.caught_up {
+                break;
+            }
+        }
         // The feed never ends: the continuation always says where to resume.
         Ok(Page { items, continuation: Some(encode_token("f", &last.to_string())) })
     }
@@ -741,6 +752,7 @@ impl Docs {
             .store
             .changes(GONE, "", 0, limit)
             .await?
+            .records
             .into_iter()
             .take_while(|r| {
                 std::str::from_utf8(&r.value).ok().and_then(|t| t.parse::<i64>().ok()).is_some_and(|t| t < horizon)

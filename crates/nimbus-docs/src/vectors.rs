@@ -105,26 +105,26 @@ async fn refresh(
     let prefix = format!("{container}/");
     loop {
         let page = store.changes(ITEMS, &prefix, set.through, 2000).await?;
-        for record in &page {
-            set.through = set.through.max(record.version);
+        for record in &page.records {
             let vector = serde_json::from_slice::<Value>(&record.value)
                 .ok()
                 .and_then(|item| model::lookup(&item, path).and_then(as_vector));
             set.vectors.insert(record.key.clone(), (record.version, vector));
         }
-        if page.len() < 2000 {
+        set.through = page.through;
+        if page.caught_up {
             break;
         }
     }
     loop {
         let page = store.changes(GONE, &prefix, set.gone_through, 2000).await?;
-        for record in &page {
-            set.gone_through = set.gone_through.max(record.version);
+        for record in &page.records {
             if set.vectors.get(&record.key).is_some_and(|(v, _)| *v < record.version) {
                 set.vectors.remove(&record.key);
             }
         }
-        if page.len() < 2000 {
+        set.gone_through = page.through;
+        if page.caught_up {
             break;
         }
     }

@@ -62,7 +62,7 @@ impl<S: Store> Store for Instrumented<S> {
         self.observe("commit", self.inner.commit(writes)).await
     }
 
-    async fn changes(&self, ns: &str, prefix: &str, after: u64, limit: usize) -> Result<Vec<Record>> {
+    async fn changes(&self, ns: &str, prefix: &str, after: u64, limit: usize) -> Result<crate::Changes> {
         self.observe("changes", self.inner.changes(ns, prefix, after, limit)).await
     }
 

@@ -111,6 +111,26 @@ impl Write {
     }
 }
 
+/// One page of a change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// The records with the prefix, in version order.
+    pub records: Vec<Record>,
+    /// The highest version examined (the `after` of the next call).
+    pub through: u64,
+    /// Whether the namespace held nothing more above `through` when read.
+    pub caught_up: bool,
+}
+
+impl Changes {
+    /// From the rows examined, `(record if it has the prefix, version)`, in version order.
+    pub(crate) fn from_examined(rows: Vec<(Option<Record>, u64)>, after: u64, limit: usize) -> Self {
+        let caught_up = rows.len() < limit;
+        let through = rows.last().map_or(after, |(_, v)| *v);
+        Self { records: rows.into_iter().filter_map(|(r, _)| r).collect(), through, caught_up }
+    }
+}
+
 /// A named claim held by one holder until `expires_at`. `token` increases with every successful
 /// claim of the name, so work done under a lease can be fenced against a holder that lost it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,10 +172,13 @@ pub trait Store: Send + Sync + 'static {
     /// first write that failed. Returns the new version of each put (`None` for deletes and checks).
     async fn commit(&self, writes: Vec<Write>) -> Result<Vec<Option<u64>>>;
 
-    /// Records of `ns` whose key starts with `prefix` and whose version is above `after`, in
-    /// version order, at most `limit`: a change feed (the latest write of each key; deleted keys
-    /// drop out). Complete on PostgreSQL for records written with [`Store::commit_ordered`].
-    async fn changes(&self, ns: &str, prefix: &str, after: u64, limit: usize) -> Result<Vec<Record>>;
+    /// A change feed: the records of `ns` above version `after`, in version order (the latest
+    /// write of each key; deleted keys drop out), of which those whose key starts with `prefix`
+    /// are returned. At most `limit` records of the namespace are examined, matching or not, so
+    /// a reader of a quiet prefix in a busy namespace still moves on: resume from
+    /// [`Changes::through`]. Complete on PostgreSQL for records written with
+    /// [`Store::commit_ordered`].
+    async fn changes(&self, ns: &str, prefix: &str, after: u64, limit: usize) -> Result<Changes>;
 
     /// A [`Store::commit`] whose versions are visible in version order: a reader of
     /// [`Store::changes`] that saw version v never later finds a new record below v. SQLite commits
@@ -250,6 +273,21 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The least string above every string that starts with `prefix` (in byte order, which UTF-8
+/// shares with code point order); `None` when nothing bounds them (an empty prefix, or one of
+/// nothing but the last code point).
+pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (last as u32 + 1..=char::MAX as u32).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
 pub(crate) fn validate_namespace(ns: &str) -> Result<()> {
     if ns.is_empty() || ns.len() > MAX_NAMESPACE_LEN || ns.contains('\0') {
         return Err(StoreError::Invalid(format!("namespace must be 1 to {MAX_NAMESPACE_LEN} bytes, without NUL")));
@@ -315,6 +353,15 @@ mod tests {
         assert!(matches!(StoreUrl::parse("postgres://h/db", dir).unwrap(), StoreUrl::Postgres(_)));
         let e = StoreUrl::parse("mysql://u:pw@h/db", dir).unwrap_err().to_string();
         assert!(e.contains("unknown scheme") && !e.contains("pw"), "{e}");
+    }
+
+    #[test]
+    fn prefixes_end_where_their_keys_do() {
+        assert_eq!(prefix_end("a/"), Some("a0".into()));
+        assert_eq!(prefix_end("c/\"x\"/"), Some("c/\"x\"0".into()));
+        assert_eq!(prefix_end("a\u{D7FF}"), Some("a\u{E000}".into()), "surrogates are skipped");
+        assert_eq!(prefix_end("a\u{10FFFF}"), Some("b".into()));
+        assert_eq!(prefix_end(""), None);
     }
 
     #[test]

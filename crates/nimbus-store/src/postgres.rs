@@ -225,26 +225,39 @@ impl Store for PgStore {
         let stmt = client
             .prepare_cached(
                 "SELECT ns, key, value, version FROM nimbus_kv
-                 WHERE ns = $1 AND key >= $2 AND key > $3 ORDER BY key LIMIT $4",
+                 WHERE ns = $1 AND key >= $2 AND key > $3 AND ($5::text IS NULL OR key < $5) ORDER BY key LIMIT $4",
             )
             .await?;
         let limit = limit.min(i64::MAX as usize) as i64;
-        let rows = client.query(&stmt, &[&ns, &prefix, &after.unwrap_or(""), &limit]).await?;
+        // The first key past the prefix bounds the scan, so the server reads no rows beyond it.
+        let end = crate::prefix_end(prefix);
+        let rows = client.query(&stmt, &[&ns, &prefix, &after.unwrap_or(""), &limit, &end]).await?;
         Ok(rows.iter().map(to_record).take_while(|r| r.key.starts_with(prefix)).collect())
     }
 
-    async fn changes(&self, ns: &str, prefix: &str, after: u64, limit: usize) -> Result<Vec<Record>> {
+    async fn changes(&self, ns: &str, prefix: &str, after: u64, limit: usize) -> Result<crate::Changes> {
         validate_namespace(ns)?;
         let client = self.pool.get().await?;
+        // Every row of the namespace above `after` counts toward the limit; only those with the
+        // prefix carry their value over the wire.
         let stmt = client
             .prepare_cached(
-                "SELECT ns, key, value, version FROM nimbus_kv
-                 WHERE ns = $1 AND version > $2 AND left(key, length($3)) = $3 ORDER BY version LIMIT $4",
+                "SELECT key, version, CASE WHEN left(key, length($3)) = $3 THEN value END
+                 FROM nimbus_kv WHERE ns = $1 AND version > $2 ORDER BY version LIMIT $4",
             )
             .await?;
-        let (after, limit) = (after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64);
-        let rows = client.query(&stmt, &[&ns, &after, &prefix, &limit]).await?;
-        Ok(rows.iter().map(to_record).collect())
+        let (after_i, limit_i) = (after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64);
+        let rows = client.query(&stmt, &[&ns, &after_i, &prefix, &limit_i]).await?;
+        let examined = rows
+            .iter()
+            .map(|row| {
+                let (key, version): (String, i64) = (row.get(0), row.get(1));
+                let value: Option<Vec<u8>> = row.get(2);
+                let record = value.map(|value| Record { ns: ns.to_owned(), key, value, version: version as u64 });
+                (record, version as u64)
+            })
+            .collect();
+        Ok(crate::Changes::from_examined(examined, after, limit))
     }
 
     async fn commit_ordered(&self, writes: Vec<Write>) -> Result<Vec<Option<u64>>> {

@@ -212,20 +212,28 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn changes(&self, ns: &str, prefix: &str, after: u64, limit: usize) -> Result<Vec<Record>> {
+    async fn changes(&self, ns: &str, prefix: &str, after: u64, limit: usize) -> Result<crate::Changes> {
         validate_namespace(ns)?;
         let (ns, prefix) = (ns.to_owned(), prefix.to_owned());
-        let (after, limit) = (after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64);
-        self.read(move |c| {
-            // substr, not LIKE: a prefix may hold % and _.
-            let mut stmt = c.prepare_cached(
-                "SELECT ns, key, value, version FROM nimbus_kv
-                 WHERE ns = ?1 AND version > ?2 AND substr(key, 1, length(?3)) = ?3 ORDER BY version LIMIT ?4",
-            )?;
-            let rows = stmt.query_map(params![ns, after, prefix, limit], row_to_record)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(Into::into)
-        })
-        .await
+        let (after_i, limit_i) = (after.min(i64::MAX as u64) as i64, limit.min(i64::MAX as usize) as i64);
+        let rows = self
+            .read(move |c| {
+                // Every row of the namespace above `after` counts toward the limit; only those with
+                // the prefix (substr, not LIKE: a prefix may hold % and _) carry their value.
+                let mut stmt = c.prepare_cached(
+                    "SELECT key, version, CASE WHEN substr(key, 1, length(?3)) = ?3 THEN value END
+                     FROM nimbus_kv WHERE ns = ?1 AND version > ?2 ORDER BY version LIMIT ?4",
+                )?;
+                let rows = stmt.query_map(params![ns, after_i, prefix, limit_i], |row| {
+                    let (key, version): (String, i64) = (row.get(0)?, row.get(1)?);
+                    let value: Option<Vec<u8>> = row.get(2)?;
+                    let record = value.map(|value| Record { ns: ns.clone(), key, value, version: version as u64 });
+                    Ok((record, version as u64))
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(Into::into)
+            })
+            .await?;
+        Ok(crate::Changes::from_examined(rows, after, limit))
     }
 
     async fn commit(&self, writes: Vec<Write>) -> Result<Vec<Option<u64>>> {

@@ -285,7 +285,7 @@ async fn migrations_apply_once_and_refuse_a_newer_schema(db: &TestDb) {
 
 async fn changes_follow_versions(db: &TestDb) {
     let store = db.open().await;
-    let keys = |records: Vec<nimbus_store::Record>| records.into_iter().map(|r| r.key).collect::<Vec<_>>();
+    let keys = |page: nimbus_store::Changes| page.records.into_iter().map(|r| r.key).collect::<Vec<_>>();
     let v1 = store.put("f", "c1/b", b"1").await.unwrap();
     store.put("f", "c1/a", b"2").await.unwrap();
     store.put("f", "c2/x", b"3").await.unwrap();
@@ -298,8 +298,24 @@ async fn changes_follow_versions(db: &TestDb) {
     store.put("f", "c1/b", b"again").await.unwrap();
     assert_eq!(keys(store.changes("f", "c1/", 0, 100).await.unwrap()), ["c1/a", "c1/b"]);
     store.delete("f", "c1/a").await.unwrap();
-    let left = store.changes("f", "c1/", 0, 100).await.unwrap();
+    let left = store.changes("f", "c1/", 0, 100).await.unwrap().records;
     assert_eq!((left.len(), left[0].value.as_slice()), (1, &b"again"[..]));
+    // A quiet prefix in a busy namespace: the limit counts what is examined, and `through` moves on.
+    for i in 0..10 {
+        store.put("f", &format!("busy/{i}"), b"x").await.unwrap();
+    }
+    let page = store.changes("f", "quiet/", 0, 4).await.unwrap();
+    assert!(page.records.is_empty() && !page.caught_up && page.through > 0);
+    let mut after = page.through;
+    loop {
+        let page = store.changes("f", "quiet/", after, 4).await.unwrap();
+        assert!(page.records.is_empty() && page.through >= after);
+        after = page.through;
+        if page.caught_up {
+            break;
+        }
+    }
+    assert!(store.changes("f", "quiet/", after, 4).await.unwrap().caught_up);
     assert!(store.changes("", "", 0, 1).await.is_err());
 }
 
@@ -322,11 +338,12 @@ async fn ordered_commits_never_show_a_version_late(db: &TestDb) {
     let mut after = 0;
     let deadline = Instant::now() + Duration::from_secs(30);
     while seen.len() < 320 && Instant::now() < deadline {
-        for r in store.changes("o", "k/", after, 50).await.unwrap() {
+        let page = store.changes("o", "k/", after, 50).await.unwrap();
+        for r in page.records {
             assert!(r.version > after);
-            after = r.version;
             assert!(seen.insert(r.key), "seen twice");
         }
+        after = page.through;
     }
     for w in writers {
         w.await.unwrap();
