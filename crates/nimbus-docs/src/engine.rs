@@ -92,8 +92,13 @@ pub enum BatchOp {
 pub struct Docs {
     pub(crate) store: Arc<dyn Store>,
     declared: Arc<BTreeMap<String, Container>>,
+    /// Containers made through the API, as read in the last [`CONTAINER_TTL`] (another node's
+    /// create or delete shows within that time).
+    made: Arc<std::sync::Mutex<BTreeMap<String, (Option<Container>, std::time::Instant)>>>,
     vectors: crate::vectors::Vectors,
 }
+
+const CONTAINER_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// An item as stored: its JSON and its record's version.
 #[derive(Clone)]
@@ -108,7 +113,7 @@ fn now() -> i64 {
 
 impl Docs {
     pub fn new(store: Arc<dyn Store>, declared: BTreeMap<String, Container>) -> Self {
-        Self { store, declared: Arc::new(declared), vectors: Default::default() }
+        Self { store, declared: Arc::new(declared), made: Default::default(), vectors: Default::default() }
     }
 
     // ---- containers -------------------------------------------------------------------------
@@ -120,8 +125,26 @@ impl Docs {
         if !model::valid_name(name) {
             return Err(DocsError::NoContainer(name.to_owned()));
         }
-        let record = self.store.get(META, name).await?.ok_or_else(|| DocsError::NoContainer(name.to_owned()))?;
-        serde_json::from_slice(&record.value).map_err(|e| DocsError::Invalid(format!("unreadable container: {e}")))
+        let cached = self.made.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
+        let found = match cached {
+            Some((found, at)) if at.elapsed() < CONTAINER_TTL => found,
+            _ => {
+                let found = match self.store.get(META, name).await? {
+                    Some(record) => Some(
+                        serde_json::from_slice::<Container>(&record.value)
+                            .map_err(|e| DocsError::Invalid(format!("unreadable container: {e}")))?,
+                    ),
+                    None => None,
+                };
+                let mut made = self.made.lock().unwrap_or_else(|p| p.into_inner());
+                if made.len() > 10_000 {
+                    made.clear();
+                }
+                made.insert(name.to_owned(), (found.clone(), std::time::Instant::now()));
+                found
+            }
+        };
+        found.ok_or_else(|| DocsError::NoContainer(name.to_owned()))
     }
 
     pub async fn containers(&self) -> Result<Vec<Container>, DocsError> {
@@ -142,7 +165,10 @@ impl Docs {
         }
         let value = serde_json::to_vec(&c).expect("container serializes");
         match self.store.commit(vec![Write::put(META, &c.name, value).expect(Expect::Absent)]).await {
-            Ok(_) => Ok(c),
+            Ok(_) => {
+                self.made.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.name);
+                Ok(c)
+            }
             Err(StoreError::Conflict { .. }) => Err(DocsError::ContainerExists(c.name)),
             Err(e) => Err(e.into()),
         }
@@ -169,6 +195,7 @@ impl Docs {
         }
         // TTL records of the container's items are dropped by the purger when it meets them.
         self.store.commit(vec![Write::delete(META, &c.name)]).await?;
+        self.made.lock().unwrap_or_else(|p| p.into_inner()).remove(&c.name);
         Ok(())
     }
 
