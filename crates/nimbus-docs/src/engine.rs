@@ -94,11 +94,14 @@ pub struct Docs {
     declared: Arc<BTreeMap<String, Container>>,
     /// Containers made through the API, as read in the last [`CONTAINER_TTL`] (another node's
     /// create or delete shows within that time).
-    made: Arc<std::sync::Mutex<BTreeMap<String, (Option<Container>, std::time::Instant)>>>,
+    made: Arc<std::sync::Mutex<MadeContainers>>,
     vectors: crate::vectors::Vectors,
 }
 
 const CONTAINER_TTL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Name → the container (or its absence) and when that was read.
+type MadeContainers = BTreeMap<String, (Option<Container>, std::time::Instant)>;
 
 /// An item as stored: its JSON and its record's version.
 #[derive(Clone)]
