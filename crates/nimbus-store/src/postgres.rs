@@ -26,6 +26,18 @@ pub(crate) struct PgStore {
     location: String,
 }
 
+const PUT: &str = "INSERT INTO nimbus_kv (ns, key, value, version) VALUES ($1, $2, $3, nextval('nimbus_kv_version'))
+     ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version RETURNING version";
+const PUT_IF_ABSENT: &str =
+    "INSERT INTO nimbus_kv (ns, key, value, version) VALUES ($1, $2, $3, nextval('nimbus_kv_version'))
+     ON CONFLICT (ns, key) DO NOTHING RETURNING version";
+const PUT_IF_VERSION: &str = "UPDATE nimbus_kv SET value = $3, version = nextval('nimbus_kv_version')
+     WHERE ns = $1 AND key = $2 AND version = $4 RETURNING version";
+const DELETE: &str = "DELETE FROM nimbus_kv WHERE ns = $1 AND key = $2";
+const DELETE_IF_VERSION: &str = "DELETE FROM nimbus_kv WHERE ns = $1 AND key = $2 AND version = $3 RETURNING 1";
+const CHECK: &str = "SELECT version FROM nimbus_kv WHERE ns = $1 AND key = $2 FOR SHARE";
+const VERSION_OF: &str = "SELECT version FROM nimbus_kv WHERE ns = $1 AND key = $2";
+
 /// The advisory lock ordered commits take (an arbitrary constant: "nimbus" in ASCII).
 const FEED_LOCK: i64 = 0x6e696d627573;
 
@@ -36,51 +48,37 @@ impl PgStore {
         validate_writes(&writes)?;
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        // Statements come from the connection's cache: given as text, each would cost a round trip
+        // to prepare it, every time (and, for ordered commits, under the lock).
         if ordered {
-            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FEED_LOCK]).await?;
+            tx.execute(&tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await?, &[&FEED_LOCK]).await?;
         }
         let mut out = Vec::with_capacity(writes.len());
         for (index, w) in writes.into_iter().enumerate() {
             let (ns, key) = (w.ns.as_str(), w.key.as_str());
+            let version = |row: tokio_postgres::Row| row.get::<_, i64>(0) as u64;
             // Each statement applies only when its condition holds; `None` means it did not.
             let done: Option<Option<u64>> = match (&w.op, w.expect) {
-                (Op::Put(value), Expect::Any) => Some(Some(
-                    tx.query_one(
-                        "INSERT INTO nimbus_kv (ns, key, value, version) VALUES ($1, $2, $3, nextval('nimbus_kv_version'))
-                         ON CONFLICT (ns, key) DO UPDATE SET value = EXCLUDED.value, version = EXCLUDED.version
-                         RETURNING version",
-                        &[&ns, &key, value],
-                    )
-                    .await?
-                    .get::<_, i64>(0) as u64,
-                )),
-                (Op::Put(value), Expect::Absent) => tx
-                    .query_opt(
-                        "INSERT INTO nimbus_kv (ns, key, value, version) VALUES ($1, $2, $3, nextval('nimbus_kv_version'))
-                         ON CONFLICT (ns, key) DO NOTHING RETURNING version",
-                        &[&ns, &key, value],
-                    )
-                    .await?
-                    .map(|r| Some(r.get::<_, i64>(0) as u64)),
-                (Op::Put(value), Expect::Version(v)) => tx
-                    .query_opt(
-                        "UPDATE nimbus_kv SET value = $3, version = nextval('nimbus_kv_version')
-                         WHERE ns = $1 AND key = $2 AND version = $4 RETURNING version",
-                        &[&ns, &key, value, &(v as i64)],
-                    )
-                    .await?
-                    .map(|r| Some(r.get::<_, i64>(0) as u64)),
+                (Op::Put(value), Expect::Any) => {
+                    let st = tx.prepare_cached(PUT).await?;
+                    Some(Some(version(tx.query_one(&st, &[&ns, &key, value]).await?)))
+                }
+                (Op::Put(value), Expect::Absent) => {
+                    let st = tx.prepare_cached(PUT_IF_ABSENT).await?;
+                    tx.query_opt(&st, &[&ns, &key, value]).await?.map(|r| Some(version(r)))
+                }
+                (Op::Put(value), Expect::Version(v)) => {
+                    let st = tx.prepare_cached(PUT_IF_VERSION).await?;
+                    tx.query_opt(&st, &[&ns, &key, value, &(v as i64)]).await?.map(|r| Some(version(r)))
+                }
                 (Op::Delete, Expect::Any) => {
-                    tx.execute("DELETE FROM nimbus_kv WHERE ns = $1 AND key = $2", &[&ns, &key]).await?;
+                    tx.execute(&tx.prepare_cached(DELETE).await?, &[&ns, &key]).await?;
                     Some(None)
                 }
-                (Op::Delete, Expect::Version(v)) => tx
-                    .query_opt(
-                        "DELETE FROM nimbus_kv WHERE ns = $1 AND key = $2 AND version = $3 RETURNING 1",
-                        &[&ns, &key, &(v as i64)],
-                    )
-                    .await?
-                    .map(|_| None),
+                (Op::Delete, Expect::Version(v)) => {
+                    let st = tx.prepare_cached(DELETE_IF_VERSION).await?;
+                    tx.query_opt(&st, &[&ns, &key, &(v as i64)]).await?.map(|_| None)
+                }
                 (Op::Delete, Expect::Absent) => {
                     return Err(StoreError::Invalid("deleting a record that must be absent makes no sense".into()));
                 }
@@ -88,10 +86,8 @@ impl PgStore {
                 (Op::Check, expect) => {
                     // FOR SHARE holds the row's version until commit. An absent row cannot be
                     // locked: a concurrent insert may land after this check (see ARCHITECTURE.md).
-                    let actual = tx
-                        .query_opt("SELECT version FROM nimbus_kv WHERE ns = $1 AND key = $2 FOR SHARE", &[&ns, &key])
-                        .await?
-                        .map(|r| r.get::<_, i64>(0) as u64);
+                    let st = tx.prepare_cached(CHECK).await?;
+                    let actual = tx.query_opt(&st, &[&ns, &key]).await?.map(version);
                     let ok = match expect {
                         Expect::Absent => actual.is_none(),
                         Expect::Version(v) => actual == Some(v),
@@ -103,10 +99,8 @@ impl PgStore {
             match done {
                 Some(version) => out.push(version),
                 None => {
-                    let actual = tx
-                        .query_opt("SELECT version FROM nimbus_kv WHERE ns = $1 AND key = $2", &[&ns, &key])
-                        .await?
-                        .map(|r| r.get::<_, i64>(0) as u64);
+                    let st = tx.prepare_cached(VERSION_OF).await?;
+                    let actual = tx.query_opt(&st, &[&ns, &key]).await?.map(version);
                     return Err(StoreError::Conflict { index, ns: w.ns, key: w.key, expected: w.expect, actual });
                 }
             }
