@@ -1,15 +1,24 @@
 //! The embedded backend: one SQLite file in WAL mode. One writer connection serialises writes
 //! (SQLite allows one writer at a time anyway, and holding it makes read-check-write atomic);
-//! a few read-only connections serve reads beside it. Every call runs on tokio's blocking pool.
+//! a few read-only connections serve reads beside it.
+//!
+//! Each connection lives on a thread of its own: the writer thread takes jobs from the write queue
+//! one at a time, in the order they were queued; the reader threads share the read queue, each
+//! taking the next job when it is free. A job is a closure on the connection that answers on a
+//! oneshot channel. No task per call, no lock per call: a call costs one queue hand-off each way.
+//! Dropping the store closes the queues; each thread finishes the jobs already queued, closes its
+//! connection and exits, and the drop waits for that.
 
 use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use crossbeam_channel::{Receiver, Sender};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::oneshot;
 
 use crate::migrate::{Migration, pending};
 use crate::{
@@ -19,11 +28,85 @@ use crate::{
 
 const READERS: usize = 4;
 
+/// Work for a connection thread: it runs the call and answers the caller itself.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
 pub(crate) struct SqliteStore {
     location: String,
-    writer: Arc<Mutex<Connection>>,
-    readers: Arc<Vec<Mutex<Connection>>>,
-    next_reader: AtomicUsize,
+    // Field order is drop order: the readers close before the writer, so the writer is the last
+    // connection and checkpoints the WAL as it closes.
+    readers: Threads,
+    writer: Threads,
+}
+
+/// Threads that each own a connection and serve one shared queue.
+struct Threads {
+    /// `None` only while dropping: closing the queue is what tells the threads to exit.
+    queue: Option<Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Threads {
+    fn new() -> (Self, Receiver<Job>) {
+        let (queue, jobs) = crossbeam_channel::unbounded();
+        (Self { queue: Some(queue), threads: Vec::new() }, jobs)
+    }
+
+    fn spawn(&mut self, name: String, mut conn: Connection, jobs: Receiver<Job>) -> std::io::Result<()> {
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            // Ends once the store is dropped and the jobs queued before that are done.
+            for job in jobs {
+                // Jobs catch their own panics to answer them (`Threads::call`); this only keeps
+                // the thread serving whatever happens.
+                if catch_unwind(AssertUnwindSafe(|| job(&mut conn))).is_err() {
+                    tracing::error!("a sqlite job panicked outside its call");
+                }
+            }
+        })?;
+        self.threads.push(thread);
+        Ok(())
+    }
+
+    /// Runs `f` on the next free connection thread and waits for its result. A panic in `f` is
+    /// answered as a backend error; the thread and its connection go on serving (a transaction
+    /// left open by the panic was rolled back as it unwound). A read (`abandonable`) whose caller
+    /// has gone by the time a thread takes it is skipped; a write always runs, as it would if
+    /// the caller had waited.
+    async fn call<T: Send + 'static>(
+        &self,
+        abandonable: bool,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (answer, result) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            if abandonable && answer.is_closed() {
+                return;
+            }
+            let outcome = catch_unwind(AssertUnwindSafe(|| f(conn)))
+                .unwrap_or_else(|panic| Err(StoreError::Backend(format!("sqlite task failed: {}", panicked(&*panic)))));
+            // The caller may have gone meanwhile; then nobody needs the answer.
+            let _ = answer.send(outcome);
+        });
+        let queue = self.queue.as_ref().ok_or_else(|| StoreError::Backend("sqlite store is closed".into()))?;
+        queue.send(job).map_err(|_| StoreError::Backend("sqlite connection threads are gone".into()))?;
+        result.await.map_err(|_| StoreError::Backend("sqlite task failed: the connection thread is gone".into()))?
+    }
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.queue = None;
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn panicked(panic: &(dyn std::any::Any + Send)) -> String {
+    match panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str)) {
+        Some(message) => format!("panicked with message {message:?}"),
+        None => "panicked".to_owned(),
+    }
 }
 
 impl SqliteStore {
@@ -56,47 +139,35 @@ impl SqliteStore {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.execute_batch("PRAGMA busy_timeout = 5000;")?;
-                Ok(Mutex::new(c))
+                Ok(c)
             })
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(open_err)?;
-        Ok(Self {
-            location,
-            writer: Arc::new(Mutex::new(writer)),
-            readers: Arc::new(readers),
-            next_reader: AtomicUsize::new(0),
-        })
+        let spawn_err = |e: std::io::Error| StoreError::Open {
+            path: location.clone(),
+            reason: format!("cannot start a sqlite connection thread: {e}"),
+        };
+        // On an error, what was built so far drops: its threads see their queue closed and exit.
+        let (mut reader_threads, jobs) = Threads::new();
+        for (i, conn) in readers.into_iter().enumerate() {
+            reader_threads.spawn(format!("sqlite-reader-{i}"), conn, jobs.clone()).map_err(spawn_err)?;
+        }
+        let (mut writer_thread, jobs) = Threads::new();
+        writer_thread.spawn("sqlite-writer".into(), writer, jobs).map_err(spawn_err)?;
+        Ok(Self { location, readers: reader_threads, writer: writer_thread })
     }
 
+    /// Runs `f` on the writer connection, after every write queued before it.
     async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let writer = self.writer.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("sqlite task failed: {e}")))?
+        self.writer.call(false, f).await
     }
 
+    /// Runs `f` on the first free reader connection.
     async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
-        let readers = self.readers.clone();
-        let first = self.next_reader.fetch_add(1, Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || {
-            // Take a free reader if there is one, else wait for the one round-robin picked.
-            let n = readers.len();
-            for i in 0..n {
-                if let Ok(conn) = readers[(first + i) % n].try_lock() {
-                    return f(&conn);
-                }
-            }
-            let conn = readers[first % n].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&conn)
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("sqlite task failed: {e}")))?
+        self.readers.call(true, move |conn| f(conn)).await
     }
 }
 
@@ -342,5 +413,51 @@ impl Store for SqliteStore {
             Ok(n == 1)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store(dir: &Path) -> SqliteStore {
+        SqliteStore::open(&dir.join("store.db"), crate::CORE_MIGRATIONS).await.expect("open the store")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_call_answers_an_error_and_its_thread_goes_on_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        // More panics than readers: every reader thread panics at least once.
+        for _ in 0..2 * READERS {
+            let err = store.read(|_| -> Result<()> { panic!("boom") }).await.unwrap_err();
+            assert!(matches!(&err, StoreError::Backend(m) if m.contains("boom")), "{err:?}");
+            store.ping().await.unwrap();
+        }
+        // A panic in the middle of a transaction rolls it back.
+        let err = store
+            .write(|c| -> Result<()> {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.execute("UPDATE nimbus_sequence SET value = value + 1000 WHERE id = 1", [])?;
+                panic!("boom")
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, StoreError::Backend(m) if m.contains("boom")), "{err:?}");
+        let versions = store.commit(vec![Write::put("ns", "key", b"v".to_vec())]).await.unwrap();
+        assert_eq!(versions, vec![Some(1)]);
+        assert_eq!(store.get("ns", "key").await.unwrap().unwrap().version, 1);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_store_closes_its_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path()).await;
+        store.commit(vec![Write::put("ns", "key", b"v".to_vec())]).await.unwrap();
+        assert_eq!(store.get("ns", "key").await.unwrap().unwrap().version, 1);
+        assert!(dir.path().join("store.db-wal").exists());
+        drop(store);
+        // The last connection to close (the writer) checkpoints the WAL and removes it.
+        assert!(!dir.path().join("store.db-wal").exists());
     }
 }
