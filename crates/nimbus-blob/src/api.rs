@@ -84,7 +84,11 @@ pub(crate) fn respond(download: Download, partial: bool, head: bool) -> Response
             builder = builder.header(format!("x-nimbus-meta-{k}"), v);
         }
     }
-    let body = if head { Body::empty() } else { Body::from_stream(download.body) };
+    let body = match (head, download.whole) {
+        (true, _) => Body::empty(),
+        (false, Some(whole)) => Body::from(whole),
+        (false, None) => Body::from_stream(download.body),
+    };
     builder.body(body).unwrap_or_else(|_| ApiError::internal().into_response())
 }
 

@@ -119,6 +119,9 @@ pub struct Download {
     pub info: ObjectInfo,
     pub range: std::ops::Range<u64>,
     pub body: futures_util::stream::BoxStream<'static, Result<Bytes, object_store::Error>>,
+    /// The same bytes at hand when the object is small (kept in memory): a response can then send
+    /// them with its head in one write.
+    pub whole: Option<Bytes>,
 }
 
 #[derive(Clone)]
@@ -451,12 +454,16 @@ impl Blobs {
             None => 0..info.size,
         };
         if info.size == 0 {
-            return Ok(Download { info, range, body: futures_util::stream::empty().boxed() });
+            return Ok(Download { info, range, body: futures_util::stream::empty().boxed(), whole: Some(Bytes::new()) });
         }
         if info.size <= SMALL {
             let bytes = self.small_bytes(&data).await?;
             let part = bytes.slice(range.start as usize..range.end as usize);
-            return Ok(Download { info, range, body: futures_util::stream::once(async { Ok(part) }).boxed() });
+            let stream = futures_util::stream::once({
+                let part = part.clone();
+                async { Ok(part) }
+            });
+            return Ok(Download { info, range, body: stream.boxed(), whole: Some(part) });
         }
         let body = match &self.local_root {
             Some(root) => local_stream(root.join(&data), range.clone()).await?,
@@ -468,7 +475,7 @@ impl Blobs {
                 self.backend.get_opts(&ObjectPath::from(data.as_str()), options).await?.into_stream()
             }
         };
-        Ok(Download { info, range, body })
+        Ok(Download { info, range, body, whole: None })
     }
 
     fn uncache(&self, data: &str) {

@@ -102,11 +102,12 @@ impl Site {
 }
 
 async fn serve(State(site): State<Site>, req: Request) -> Response {
-    let (method, path, headers) = (req.method().clone(), req.uri().path().to_owned(), req.headers().clone());
+    let (parts, _) = req.into_parts();
+    let (method, path, headers) = (parts.method.clone(), parts.uri.path(), &parts.headers);
     if method != Method::GET && method != Method::HEAD {
         return ApiError::not_found(format!("no route or page matches {method} {path}")).into_response();
     }
-    let found = match site.resolve(&path).await {
+    let found = match site.resolve(path).await {
         Ok(found) => found,
         Err(e) => return error(e).into_response(),
     };
@@ -133,7 +134,7 @@ async fn serve(State(site): State<Site>, req: Request) -> Response {
             }
         }
     };
-    match page(&site, info, status, &headers, method == Method::HEAD).await {
+    match page(&site, info, status, headers, method == Method::HEAD).await {
         Ok(response) => response,
         Err(e) => error(e).into_response(),
     }
