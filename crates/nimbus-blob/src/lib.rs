@@ -454,7 +454,12 @@ impl Blobs {
             None => 0..info.size,
         };
         if info.size == 0 {
-            return Ok(Download { info, range, body: futures_util::stream::empty().boxed(), whole: Some(Bytes::new()) });
+            return Ok(Download {
+                info,
+                range,
+                body: futures_util::stream::empty().boxed(),
+                whole: Some(Bytes::new()),
+            });
         }
         if info.size <= SMALL {
             let bytes = self.small_bytes(&data).await?;
