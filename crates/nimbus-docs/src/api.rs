@@ -6,7 +6,8 @@
 //! - `POST /_nimbus/docs/{container}/query` with `{"query", "parameters", "partitionKey",
 //!   "continuation", "maxItems"}`;
 //! - `POST /_nimbus/docs/{container}/batch` with `{"partitionKey", "operations"}`;
-//! - `GET /_nimbus/docs/{container}/feed?pk=&continuation=&maxItems=` (change feed).
+//! - `GET /_nimbus/docs/{container}/feed?pk=&continuation=&maxItems=&startFrom=now|beginning` (change
+//!   feed).
 //!
 //! `pk` is the partition key value: JSON (`"a"`, `5`, `true`, `null`) or, when it does not parse
 //! as JSON, the string itself. Callers need the admin token or a function's grant
@@ -132,6 +133,9 @@ struct PageQuery {
     pk: Option<String>,
     continuation: Option<String>,
     max_items: Option<usize>,
+    /// Change feed only: `now` starts at the present (an empty page and its continuation);
+    /// `beginning`, the default, from the first change.
+    start_from: Option<String>,
 }
 
 fn max_items(requested: Option<usize>) -> Result<usize, DocsError> {
@@ -225,6 +229,18 @@ async fn feed(
     let result = async {
         let pk = q.pk.as_deref().map(parse_pk).transpose()?;
         let (continuation, max) = (q.continuation.as_deref(), max_items(q.max_items)?);
+        let now = match (changes, q.start_from.as_deref()) {
+            (_, None | Some("beginning")) => false,
+            (true, Some("now")) => continuation.is_none(),
+            (true, Some(other)) => {
+                return Err(DocsError::Invalid(format!("startFrom is \"now\" or \"beginning\", not \"{other}\"")));
+            }
+            (false, Some(_)) => return Err(DocsError::Invalid("startFrom is for the change feed (…/feed)".into())),
+        };
+        if now {
+            let continuation = Some(api.docs.feed_now(&container).await?);
+            return Ok(Json(crate::Page { items: Vec::new(), continuation }).into_response());
+        }
         let page = match changes {
             true => api.docs.change_feed(&container, pk.as_ref(), continuation, max).await?,
             false => api.docs.read_feed(&container, pk.as_ref(), continuation, max).await?,

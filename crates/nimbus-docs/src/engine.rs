@@ -577,6 +577,12 @@ impl Docs {
         Ok(Page { items: items.into_iter().map(|(_, v)| v).collect(), continuation })
     }
 
+    /// A change-feed continuation at the present: reading from it gives only what changes later.
+    pub async fn feed_now(&self, container: &str) -> Result<String, DocsError> {
+        self.container(container).await?;
+        Ok(encode_token("f", &self.store.feed_position().await?.to_string()))
+    }
+
     /// Items changed after the continuation, in the order of their last change (`_lsn`).
     pub async fn change_feed(
         &self,

@@ -62,6 +62,10 @@ impl<S: Store> Store for Instrumented<S> {
         self.observe("commit", self.inner.commit(writes)).await
     }
 
+    async fn feed_position(&self) -> Result<u64> {
+        self.observe("feed_position", self.inner.feed_position()).await
+    }
+
     async fn changes(&self, ns: &str, prefix: &str, after: u64, limit: usize) -> Result<crate::Changes> {
         self.observe("changes", self.inner.changes(ns, prefix, after, limit)).await
     }

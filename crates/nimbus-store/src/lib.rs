@@ -180,6 +180,10 @@ pub trait Store: Send + Sync + 'static {
     /// [`Store::commit_ordered`].
     async fn changes(&self, ns: &str, prefix: &str, after: u64, limit: usize) -> Result<Changes>;
 
+    /// Where a change feed that starts now resumes: a version that every later
+    /// [`Store::commit_ordered`] writes above, and that no ordered commit still in flight is below.
+    async fn feed_position(&self) -> Result<u64>;
+
     /// A [`Store::commit`] whose versions are visible in version order: a reader of
     /// [`Store::changes`] that saw version v never later finds a new record below v. SQLite commits
     /// one at a time anyway; PostgreSQL serialises these commits on an advisory lock.

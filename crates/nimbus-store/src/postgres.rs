@@ -229,6 +229,17 @@ impl Store for PgStore {
         Ok(rows.iter().map(to_record).take_while(|r| r.key.starts_with(prefix)).collect())
     }
 
+    async fn feed_position(&self) -> Result<u64> {
+        // Under the ordered commits' lock none of them is in flight: any later one draws above.
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(&tx.prepare_cached("SELECT pg_advisory_xact_lock($1)").await?, &[&FEED_LOCK]).await?;
+        let row = tx.query_one("SELECT last_value, is_called FROM nimbus_kv_version", &[]).await?;
+        tx.commit().await?;
+        let (last, called): (i64, bool) = (row.get(0), row.get(1));
+        Ok(if called { last as u64 } else { 0 })
+    }
+
     async fn changes(&self, ns: &str, prefix: &str, after: u64, limit: usize) -> Result<crate::Changes> {
         validate_namespace(ns)?;
         let client = self.pool.get().await?;

@@ -220,6 +220,14 @@ impl Store for SqliteStore {
         &self.location
     }
 
+    async fn feed_position(&self) -> Result<u64> {
+        // One writer at a time: whatever commits after this read draws a higher version.
+        self.read(|c| {
+            Ok(c.query_row("SELECT value FROM nimbus_sequence WHERE id = 1", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<()> {
         self.read(|c| Ok(c.query_row("SELECT count(*) FROM nimbus_schema", [], |_| Ok(()))?)).await
     }

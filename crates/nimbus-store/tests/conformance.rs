@@ -21,6 +21,7 @@ conformance_suite!(
     migrations_apply_once_and_refuse_a_newer_schema,
     changes_follow_versions,
     get_many_reads_what_exists,
+    a_feed_started_now_sees_only_what_comes_later,
     ordered_commits_never_show_a_version_late,
 );
 
@@ -368,4 +369,15 @@ async fn get_many_reads_what_exists(db: &TestDb) {
     assert!(found.iter().all(|r| r.ns == "m" && r.value == r.key.as_bytes()));
     assert!(store.get_many("m", &[]).await.unwrap().is_empty());
     assert!(store.get_many("m", &["".to_owned()]).await.is_err());
+}
+
+async fn a_feed_started_now_sees_only_what_comes_later(db: &TestDb) {
+    let store = db.open().await;
+    assert_eq!(store.feed_position().await.unwrap(), 0, "an empty store");
+    store.commit_ordered(vec![Write::put("n", "k/old", "1")]).await.unwrap();
+    let now = store.feed_position().await.unwrap();
+    assert!(store.changes("n", "k/", now, 10).await.unwrap().records.is_empty());
+    store.commit_ordered(vec![Write::put("n", "k/new", "2")]).await.unwrap();
+    let page = store.changes("n", "k/", now, 10).await.unwrap();
+    assert_eq!(page.records.into_iter().map(|r| r.key).collect::<Vec<_>>(), ["k/new"]);
 }

@@ -237,6 +237,11 @@ async fn queries_batches_and_feeds_over_http() {
     assert_eq!(every.body["items"], json!([4]));
     c.send(&node, "DELETE", "/_nimbus/docs/conversations/items/nil?pk=null", None, &[]).await;
 
+    let now = c.send(&node, "GET", "/_nimbus/docs/conversations/feed?startFrom=now", None, &[]).await;
+    assert_eq!(now.body["items"], json!([]));
+    let from_now = now.body["continuation"].as_str().unwrap().to_owned();
+    let bad_start = c.send(&node, "GET", "/_nimbus/docs/conversations/feed?startFrom=yesterday", None, &[]).await;
+    assert_eq!(bad_start.status, 400);
     let feed = c.send(&node, "GET", "/_nimbus/docs/conversations/feed", None, &[]).await;
     assert_eq!(feed.body["items"].as_array().unwrap().len(), 3);
     let after = feed.body["continuation"].as_str().unwrap().to_owned();
@@ -251,6 +256,11 @@ async fn queries_batches_and_feeds_over_http() {
     let changed =
         c.send(&node, "GET", &format!("/_nimbus/docs/conversations/feed?continuation={after}"), None, &[]).await;
     assert_eq!(changed.body["items"][0]["id"], "m2");
+    let since_now =
+        c.send(&node, "GET", &format!("/_nimbus/docs/conversations/feed?continuation={from_now}"), None, &[]).await;
+    let ids: Vec<&str> =
+        since_now.body["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["m2"], "only what changed after the feed started");
     let metrics = c.send(&node, "GET", "/_nimbus/metrics", None, &[]).await;
     let metrics = metrics.body.as_str().unwrap_or_default();
     assert!(metrics.contains("nimbus_docs_query_candidates_count{container=\"conversations\"}"), "{metrics}");

@@ -446,13 +446,16 @@ class Docs:
         body = {"partitionKey": partition_key, "operations": [_batch_op(op) for op in operations]}
         return (await self._json_call("POST", _container_path(container) + "/batch", body))["results"]
 
-    async def feed(self, container, continuation=None, partition_key=None, max_items=100):
-        """The change feed: items changed after `continuation` (None: from the beginning), in the
-        order of their last change, as (items, continuation). The continuation is never None: keep
-        it and ask again later for what changed since. Deletes do not appear."""
+    async def feed(self, container, continuation=None, partition_key=None, max_items=100, start_from_now=False):
+        """The change feed: items changed after `continuation` (None: from the beginning, or with
+        `start_from_now` from the present), in the order of their last change, as (items,
+        continuation). The continuation is never None: keep it and ask again later for what
+        changed since. Deletes do not appear."""
         query = {"maxItems": str(max_items)}
         if continuation:
             query["continuation"] = continuation
+        elif start_from_now:
+            query["startFrom"] = "now"
         path = "%s/feed?%s" % (_container_path(container), urlencode(query))
         if partition_key is not None:
             path += "&pk=" + _pk(partition_key)

@@ -303,9 +303,10 @@ class Docs {
   /** The change feed: items changed after `continuation` (absent: from the beginning), in the
    *  order of their last change, as { items, continuation }. The continuation is always there:
    *  keep it and ask again later for what changed since. Deletes do not appear. */
-  async feed(container, { continuation, partitionKey, maxItems = 100 } = {}) {
+  async feed(container, { continuation, partitionKey, maxItems = 100, startFromNow = false } = {}) {
     const q = new URLSearchParams({ maxItems: String(maxItems) });
     if (continuation) q.set("continuation", continuation);
+    else if (startFromNow) q.set("startFrom", "now");
     let path = `${containerPath(container)}/feed?${q}`;
     if (partitionKey != null) path += `&pk=${pkParam(partitionKey)}`;
     const page = await this.json("GET", path);
