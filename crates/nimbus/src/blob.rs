@@ -8,19 +8,29 @@ use futures_util::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::Failure;
-use crate::cli::{BlobArgs, BlobCommand, SiteArgs, SiteCommand};
+use crate::cli::{BlobArgs, BlobCommand, SiteArgs, SiteCommand, StoreArgs};
 use crate::keys::{time, with_store};
 
 /// Files larger than this get a progress bar.
 const BAR_FROM: u64 = 8 * 1024 * 1024;
 
-pub fn run(args: BlobArgs) -> Result<(), Failure> {
-    let data_dir = args.store.data_dir.clone();
-    with_store(&args.store, false, async |store, config| {
+/// Runs `work` on the app's blob store, opened as `nimbus up` opens it.
+fn with_blobs(
+    args: &StoreArgs,
+    work: impl AsyncFnOnce(nimbus_blob::Blobs) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let data_dir = args.data_dir.clone();
+    with_store(args, false, async |store, config| {
         let data_dir = data_dir.unwrap_or_else(|| config.dir.join(".nimbus"));
-        let blobs = crate::up::open_blobs(&config, &data_dir, store).await?;
-        let json = args.store.json;
-        match args.command {
+        work(crate::up::open_blobs(&config, &data_dir, store).await?).await
+    })
+}
+
+pub fn run(args: BlobArgs) -> Result<(), Failure> {
+    let BlobArgs { store, command } = args;
+    let json = store.json;
+    with_blobs(&store, async |blobs| {
+        match command {
             BlobCommand::Ls { path } => {
                 let (container, prefix) = path.split_once('/').unwrap_or((&path, ""));
                 let mut after: Option<String> = None;
@@ -113,12 +123,10 @@ pub fn run(args: BlobArgs) -> Result<(), Failure> {
 /// `nimbus site deploy|rollback|list`: straight to the app's store and blob backend, like
 /// `nimbus blob`; running nodes serve the switched site within a second.
 pub fn site(args: SiteArgs) -> Result<(), Failure> {
-    let data_dir = args.store.data_dir.clone();
-    with_store(&args.store, false, async |store, config| {
-        let data_dir = data_dir.unwrap_or_else(|| config.dir.join(".nimbus"));
-        let blobs = crate::up::open_blobs(&config, &data_dir, store).await?;
-        let json = args.store.json;
-        match args.command {
+    let SiteArgs { store, command } = args;
+    let json = store.json;
+    with_blobs(&store, async |blobs| {
+        match command {
             SiteCommand::Deploy { dir, prune, keep } => {
                 if !dir.is_dir() {
                     return Err(anyhow::anyhow!("{}: not a folder", dir.display()).into());
