@@ -726,10 +726,24 @@ fn vector_distance() {
     assert!(super::functions::approx(&got[0], 32.0 / (14f64.sqrt() * 77f64.sqrt())));
 }
 
+/// TOP k by VectorDistance keeps only the best rows while it scans: they must be a full sort's.
+#[test]
+fn vector_top_k_is_the_full_sort_s_best() {
+    vector_top_k(2_000, 16);
+}
+
+/// The same over 100k × 384 floats, timed: a measurement, not a test.
 /// `cargo test --release -p nimbus-docs -- --ignored vector --nocapture`
 #[test]
-#[ignore]
-fn vector_top_k_over_100k_items_is_fast() {
+#[ignore = "a measurement: run it in release with --ignored --nocapture"]
+fn vector_top_k_over_100k_items() {
+    let took = vector_top_k(100_000, 384);
+    println!("TOP 10 by VectorDistance over 100k × 384-dim items: {took:?}");
+}
+
+/// Runs a TOP 10 nearest-neighbour query over `n` random items of `dims` floats, checks it against
+/// a full sort, and says how long the query took.
+fn vector_top_k(n: usize, dims: usize) -> std::time::Duration {
     // A small xorshift, to need no random crate.
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut next = move || {
@@ -738,8 +752,7 @@ fn vector_top_k_over_100k_items_is_fast() {
         state ^= state << 17;
         (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
     };
-    let dims = 384;
-    let items: Vec<Value> = (0..100_000)
+    let items: Vec<Value> = (0..n)
         .map(|i| json!({ "id": i.to_string(), "embedding": (0..dims).map(|_| next()).collect::<Vec<f64>>() }))
         .collect();
     let q: Vec<f64> = (0..dims).map(|_| next()).collect();
@@ -751,11 +764,8 @@ fn vector_top_k_over_100k_items_is_fast() {
     let start = std::time::Instant::now();
     let rows = query.execute(&items, &params).unwrap();
     let took = start.elapsed();
-    println!("TOP 10 by VectorDistance over 100k × {dims}-dim items: {took:?}");
     assert_eq!(rows.len(), 10);
     let scores: Vec<f64> = rows.iter().map(|r| r["score"].as_f64().unwrap()).collect();
-    assert!(scores.windows(2).all(|w| w[0] >= w[1]));
-    // The same as a full sort would give.
     let mut all: Vec<f64> = items
         .iter()
         .map(|it| {
@@ -766,7 +776,5 @@ fn vector_top_k_over_100k_items_is_fast() {
         .collect();
     all.sort_by(|a, b| b.total_cmp(a));
     assert_eq!(scores, all[..10]);
-    if !cfg!(debug_assertions) {
-        assert!(took < std::time::Duration::from_secs(1), "{took:?}");
-    }
+    took
 }
