@@ -563,8 +563,8 @@ impl Docs {
             let done = page.len() < max + 1 - items.len();
             for record in &page {
                 cursor = Some(record.key.clone());
-                if let Some(cur) = decode(record).filter(|cur| live(&c, &cur.item, now)) {
-                    items.push((record.key.clone(), model::with_system(cur.item, cur.version)));
+                if let Some(item) = visible(&c, record, now) {
+                    items.push((record.key.clone(), item));
                 }
             }
             if done || items.len() > max {
@@ -606,13 +606,7 @@ impl Docs {
         for _ in 0..8 {
             let page = self.store.changes(ITEMS, &prefix, last, max).await?;
             last = page.through;
-            items.extend(
-                page.records
-                    .iter()
-                    .filter_map(decode)
-                    .filter(|cur| live(&c, &cur.item, now))
-                    .map(|cur| model::with_system(cur.item, cur.version)),
-            );
+            items.extend(page.records.iter().filter_map(|r| visible(&c, r, now)));
             if !items.is_empty() || page.caught_up {
                 break;
             }
@@ -714,12 +708,7 @@ impl Docs {
         // Key order, as a scan gives: pages of a query without ORDER BY must see one order.
         records.sort_by(|a, b| a.key.cmp(&b.key));
         records.dedup_by(|a, b| a.key == b.key);
-        Ok(records
-            .iter()
-            .filter_map(decode)
-            .filter(|cur| live(c, &cur.item, now))
-            .map(|cur| model::with_system(cur.item, cur.version))
-            .collect())
+        Ok(records.iter().filter_map(|r| visible(c, r, now)).collect())
     }
 
     /// For a nearest-neighbour query: its candidates from the node's vector index (twice as many
@@ -738,15 +727,8 @@ impl Docs {
             self.vectors.nearest(&self.store, &c.name, &n.path, &vector, n.distance, !n.descending, want).await?;
         let Some(keys) = found else { return Ok(None) };
         let now = now();
-        let items: Vec<Value> = self
-            .store
-            .get_many(ITEMS, &keys)
-            .await?
-            .iter()
-            .filter_map(decode)
-            .filter(|cur| live(c, &cur.item, now))
-            .map(|cur| model::with_system(cur.item, cur.version))
-            .collect();
+        let items: Vec<Value> =
+            self.store.get_many(ITEMS, &keys).await?.iter().filter_map(|r| visible(c, r, now)).collect();
         // Expired items the purger has not reached took places: only a full scan is exact then.
         Ok((items.len() >= n.want || keys.len() < want).then_some(items))
     }
@@ -890,6 +872,11 @@ fn changes(c: &Container, pk: &Value, id: &str, old: Option<&Current>, new: Opti
 
 fn decode(record: &Record) -> Option<Current> {
     serde_json::from_slice(&record.value).ok().map(|item| Current { item, version: record.version })
+}
+
+/// The item a record holds, as clients see it, unless its time is up.
+fn visible(c: &Container, record: &Record, now: i64) -> Option<Value> {
+    decode(record).filter(|cur| live(c, &cur.item, now)).map(|cur| model::with_system(cur.item, cur.version))
 }
 
 /// Whether an item is still alive (its TTL has not run out).
