@@ -124,14 +124,7 @@ pub async fn rollback(blobs: &Blobs) -> Result<u64, BlobError> {
     let Some((current_id, _)) = current else {
         return Err(BlobError::Invalid("nothing to roll back: the site has no deploys yet".into()));
     };
-    let earlier = blobs
-        .store
-        .list(SITE_NS, "deploy/", None, 10_000)
-        .await?
-        .into_iter()
-        .filter_map(|r| serde_json::from_slice::<Snapshot>(&r.value).ok())
-        .filter(|s| s.id < current_id)
-        .max_by_key(|s| s.id);
+    let earlier = snapshots(blobs).await?.into_iter().filter(|s| s.id < current_id).max_by_key(|s| s.id);
     let Some(target) = earlier else {
         return Err(BlobError::Invalid(format!("deploy {current_id} is the oldest one kept: nothing to roll back to")));
     };
@@ -145,21 +138,17 @@ pub async fn rollback(blobs: &Blobs) -> Result<u64, BlobError> {
 
 /// Every kept deploy, newest first.
 pub async fn list(blobs: &Blobs) -> Result<Vec<DeployInfo>, BlobError> {
-    let current =
-        blobs.store.get(SITE_NS, CURRENT).await?.and_then(|r| serde_json::from_slice::<Current>(&r.value).ok());
-    let mut out: Vec<DeployInfo> = blobs
-        .store
-        .list(SITE_NS, "deploy/", None, 10_000)
+    let current = current_deploy(blobs).await?.map(|(id, _)| id);
+    let mut out: Vec<DeployInfo> = snapshots(blobs)
         .await?
         .into_iter()
-        .filter_map(|r| serde_json::from_slice::<Snapshot>(&r.value).ok())
         .map(|s| DeployInfo {
             id: s.id,
             created: s.created,
             source: s.source,
             files: s.files.len(),
             bytes: s.files.values().map(|f| f.info.size).sum(),
-            current: current.as_ref().is_some_and(|c| c.id == s.id),
+            current: current == Some(s.id),
         })
         .collect();
     out.sort_by_key(|d| std::cmp::Reverse(d.id));
@@ -182,10 +171,15 @@ async fn snapshots(blobs: &Blobs) -> Result<Vec<Snapshot>, BlobError> {
         .collect())
 }
 
+/// The current deploy's id, with the version of the record that says so.
+async fn current_deploy(blobs: &Blobs) -> Result<Option<(u64, u64)>, BlobError> {
+    let record = blobs.store.get(SITE_NS, CURRENT).await?;
+    Ok(record.and_then(|r| serde_json::from_slice::<Current>(&r.value).ok().map(|c| (c.id, r.version))))
+}
+
 /// The live `$web` records, and the current deploy's id with the version of its record.
 async fn live_site(blobs: &Blobs) -> Result<(BTreeMap<String, Stored>, Option<(u64, u64)>), BlobError> {
-    let current = blobs.store.get(SITE_NS, CURRENT).await?;
-    let current = current.and_then(|r| serde_json::from_slice::<Current>(&r.value).ok().map(|c| (c.id, r.version)));
+    let current = current_deploy(blobs).await?;
     let prefix = format!("{SITE_CONTAINER}/");
     let mut live = BTreeMap::new();
     let mut after: Option<String> = None;
@@ -282,10 +276,9 @@ fn replaced(live: &BTreeMap<String, Stored>, files: &BTreeMap<String, Stored>) -
 async fn collect(blobs: &Blobs, keep: usize, mut candidates: Vec<String>) -> Result<(), BlobError> {
     let mut kept = snapshots(blobs).await?;
     kept.sort_by_key(|s| std::cmp::Reverse(s.id));
-    let current =
-        blobs.store.get(SITE_NS, CURRENT).await?.and_then(|r| serde_json::from_slice::<Current>(&r.value).ok());
+    let current = current_deploy(blobs).await?.map(|(id, _)| id);
     let mut dropped = kept.split_off(keep.max(1).min(kept.len()));
-    if let Some(at) = dropped.iter().position(|s| current.as_ref().is_some_and(|c| c.id == s.id)) {
+    if let Some(at) = dropped.iter().position(|s| current == Some(s.id)) {
         kept.push(dropped.remove(at));
     }
     if !dropped.is_empty() {
