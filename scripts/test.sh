@@ -119,10 +119,10 @@ stop_blob_servers() {
 }
 trap 'stop_blob_servers; stop_throwaway_postgres' EXIT
 
-# The SDK tests and the functions tests run real Python and Node.js workers.
+# The SDK tests and the functions tests run real Python and Node.js workers; Azurite needs npm.
 install_missing() { # COMMAND PACKAGE
   command -v "$1" >/dev/null 2>&1 && return 0
-  echo "test.sh: installing Debian's $2 package for the worker tests" >&2
+  echo "test.sh: installing Debian's $2 package (for $1)" >&2
   local sudo=""
   [[ $(id -u) -ne 0 ]] && sudo="sudo"
   $sudo apt-get update -qq
