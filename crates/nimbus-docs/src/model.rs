@@ -37,7 +37,7 @@ pub type Path = Vec<String>;
 
 /// A container's settings, from the manifest or the API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Container {
     pub name: String,
     /// e.g. `/userId`.

@@ -281,6 +281,8 @@ async fn containers_come_from_the_manifest_and_the_api_and_survive_restarts() {
     assert_eq!(bad.status, 400);
     let bad_path = c.json(&node, "PUT", "/_nimbus/docs/other", json!({"partitionKey": "owner"})).await;
     assert_eq!(bad_path.status, 400);
+    let typo = c.json(&node, "PUT", "/_nimbus/docs/other", json!({"partitionKey": "/x", "defaultTTL": 60})).await;
+    assert_eq!(typo.status, 400, "an unknown field is refused, not ignored: {}", typo.body);
     c.json(&node, "POST", "/_nimbus/docs/notes/items", json!({"id": "n1", "owner": "o"})).await;
     node.signal_and_wait("TERM", std::time::Duration::from_secs(10));
 
