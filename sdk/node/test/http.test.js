@@ -39,12 +39,6 @@ app.http("/boom-sync", function boomSync() { throw new TypeError("sync secret");
 app.http("/teapot", async () => { throw new HttpError(418, "teapot", "I am a teapot"); });
 app.http("/log", async (req, ctx) => { ctx.log.info("hello from", ctx.functionName); ctx.log.warn("careful"); return "ok"; });
 app.http("/files/*", { methods: ["GET"] }, async (req) => req.params);
-// No public non-HTTP triggers exist yet; the envelope path (PROTOCOL.md §4) is exercised through
-// the internal registration they will use.
-app._register({ name: "on-job", trigger: { type: "queue", queue: "jobs" }, handler: async (data, ctx) => {
-  if (data === "fail") throw new Error("job secret");
-  return data === "none" ? undefined : { doubled: data.n * 2, trigger: ctx.trigger, id: ctx.invocationId, fn: ctx.functionName };
-} });
 module.exports = app;
 `;
 
@@ -78,30 +72,10 @@ test("protocol endpoints: wrong method, unknown endpoint, invoke of unknown or h
   assert.equal(unknown.json().error.code, "not_found");
   const inv = await request(w, { method: "POST", path: "/_nimbus/worker/invoke/nope", body: "{}" });
   assert.equal(inv.status, 404);
-  assert.equal(inv.json().error.code, "not_found");
+  assert.equal(inv.json().error.code, "unknown_function");
   const httpFn = await request(w, { method: "POST", path: "/_nimbus/worker/invoke/hello", body: "{}" });
   assert.equal(httpFn.status, 404);
-});
-
-test("envelope invocations (PROTOCOL.md §4): JSON result, null, 500, bad JSON", async () => {
-  const ok = await request(w, {
-    method: "POST",
-    path: "/_nimbus/worker/invoke/on-job",
-    headers: { "content-type": "application/json", "x-nimbus-invocation-id": "job-1" },
-    body: JSON.stringify({ id: "job-1", trigger: { type: "queue", queue: "jobs" }, data: { n: 21 } }),
-  });
-  assert.equal(ok.status, 200);
-  assert.deepEqual(ok.json(), { doubled: 42, trigger: { type: "queue", queue: "jobs" }, id: "job-1", fn: "on-job" });
-  const none = await request(w, { method: "POST", path: "/_nimbus/worker/invoke/on-job", body: '{"id":"j2","data":"none"}' });
-  assert.equal(none.status, 200);
-  assert.equal(none.text, "null");
-  const failed = await request(w, { method: "POST", path: "/_nimbus/worker/invoke/on-job", body: '{"id":"j3","data":"fail"}' });
-  assert.equal(failed.status, 500);
-  assert.deepEqual(failed.json(), { error: { code: "handler_error", message: "the function raised an error" } });
-  const bad = await request(w, { method: "POST", path: "/_nimbus/worker/invoke/on-job", body: "{" });
-  assert.equal(bad.status, 400);
-  assert.equal(bad.json().error.code, "invalid_json");
-  assert.equal((await request(w, { path: "/_nimbus/worker/invoke/on-job" })).status, 405);
+  assert.equal(httpFn.json().error.code, "unknown_function");
 });
 
 test("query string, JSON result", async () => {

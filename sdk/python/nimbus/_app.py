@@ -214,22 +214,27 @@ class Route:
 
 
 class Function:
-    """One declared function: name, handler and trigger."""
+    """One declared function: name, handler and trigger (`trigger_type`, an HTTP function's `route` and
+    `methods`, the other triggers' fields in `config`)."""
 
-    __slots__ = ("name", "handler", "trigger_type", "route", "methods")
+    __slots__ = ("name", "handler", "trigger_type", "route", "methods", "config")
 
-    def __init__(self, name, handler, trigger_type, route=None, methods=()):
+    def __init__(self, name, handler, trigger_type, route=None, methods=(), config=None):
         self.name = name
         self.handler = handler
         self.trigger_type = trigger_type
         self.route = route
         self.methods = methods
+        self.config = config
 
     def trigger(self):
-        """The trigger as listed in the worker index (PROTOCOL.md section 2)."""
+        """The trigger as listed in the worker index (PROTOCOL.md section 2); a fresh dict each time."""
         if self.trigger_type == "http":
             return {"type": "http", "route": self.route.pattern, "methods": list(self.methods)}
-        return {"type": self.trigger_type}
+        trigger = {"type": self.trigger_type}
+        if self.config:
+            trigger.update(self.config)
+        return trigger
 
     def allows(self, method):
         methods = self.methods
@@ -237,6 +242,66 @@ class Function:
 
     def __repr__(self):
         return "Function(%r, %r)" % (self.name, self.trigger())
+
+
+# --- arguments of the non-HTTP decorators ----------------------------------------------------------------
+
+_QUEUE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+_BLOB_CONTAINER_CHARS = _QUEUE_CHARS
+_DOCS_CONTAINER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+_CO_ASYNC_GENERATOR = 0x200  # inspect.CO_ASYNC_GENERATOR, without importing inspect
+
+
+def _what(decorator, value):
+    """How an error names the decorator: `@app.queue('jobs')`, or `@app.queue` when the value is no string."""
+    return "%s(%r)" % (decorator, value) if isinstance(value, str) else decorator
+
+
+def _string_arg(value, what, argument, example):
+    if not isinstance(value, str):
+        hint = " (write %s)" % example if callable(value) else ""
+        raise TypeError("%s: %s must be a string, not %r%s" % (what, argument, value, hint))
+    return value
+
+
+def _int_arg(value, what, argument, low, high):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("%s: %s must be an int from %d to %d, not %r" % (what, argument, low, high, value))
+    if not low <= value <= high:
+        raise ValueError("%s: %s must be from %d to %d, not %r" % (what, argument, low, high, value))
+    return value
+
+
+def _docs_container(container, what):
+    _string_arg(container, what, "container", '@app.docs_changes("conversations")')
+    if not 1 <= len(container) <= 63 or not _DOCS_CONTAINER_CHARS.issuperset(container):
+        raise ValueError(
+            "%s: container %r is not a docs container name (1-63 lowercase letters, digits, '-' and '_')"
+            % (what, container)
+        )
+    return container
+
+
+def _blob_path(path, what):
+    _string_arg(path, what, "path", '@app.blob("uploads/{name}")')
+    container, slash, pattern = path.partition("/")
+    if not slash or not container:
+        raise ValueError('%s: path %r must be "<container>/<pattern>", like "uploads/{name}"' % (what, path))
+    if container != "$web" and (
+        not 3 <= len(container) <= 63
+        or not _BLOB_CONTAINER_CHARS.issuperset(container)
+        or container.startswith("-")
+        or container.endswith("-")
+    ):
+        raise ValueError(
+            "%s: %r is not a blob container name (3-63 lowercase letters, digits and '-', not starting or "
+            "ending with '-')" % (what, container)
+        )
+    if not pattern or pattern.startswith("/"):
+        raise ValueError(
+            '%s: path %r needs a pattern after "%s/", like "%s/{name}"' % (what, path, container, container)
+        )
+    return path
 
 
 def _methods(methods):
@@ -262,6 +327,13 @@ class App:
         @app.http("/hello", methods=["GET"])
         async def hello(req, ctx):
             return {"hello": req.query.get("name", "world")}
+
+        @app.queue("jobs")
+        async def on_job(data, ctx):       # data: the message; ctx.trigger: what delivered it
+            return {"done": data["id"]}
+
+    HTTP handlers take `(req, ctx)`; the others (`timer`, `queue`, `blob`, `docs_changes`, `activity`)
+    take `(data, ctx)` and return a JSON value (PROTOCOL.md section 4).
     """
 
     def __init__(self):
@@ -317,6 +389,85 @@ class App:
                 "a function named %r is already declared; function names are unique within an app "
                 "(pass name=\"...\" to declare %r under another name)" % (name, handler)
             )
+
+    def timer(self, schedule, name=None, run_on_startup=False, time_zone=None):
+        """Declare a function run on a schedule: six cron fields with seconds, as Azure's NCRONTAB
+        (`"0 */5 * * * *"`: every five minutes). `run_on_startup` also runs it when the app starts;
+        `time_zone` is an IANA name (None: UTC). The handler gets `(data, ctx)`."""
+        what = _what("@app.timer", schedule)
+        _string_arg(schedule, what, "schedule", '@app.timer("0 */5 * * * *")')
+        fields = schedule.split()
+        if len(fields) != 6:
+            raise ValueError(
+                "%s: schedule must be six space-separated fields (second minute hour day month day-of-week), "
+                'like "0 */5 * * * *"; it has %d' % (what, len(fields))
+            )
+        if not isinstance(run_on_startup, bool):
+            raise TypeError("%s: run_on_startup must be True or False, not %r" % (what, run_on_startup))
+        config = {"schedule": " ".join(fields), "run_on_startup": run_on_startup}
+        if time_zone is not None:
+            _string_arg(time_zone, what, "time_zone", '"Europe/Paris"')
+            if not time_zone or time_zone.strip() != time_zone or " " in time_zone:
+                raise ValueError('%s: time_zone must be an IANA name like "Europe/Paris", not %r' % (what, time_zone))
+            config["time_zone"] = time_zone
+        return self._declare("timer", what, config, name)
+
+    def queue(self, queue, name=None, batch_size=1):
+        """Declare a function run for the messages of `queue` (1-63 lowercase letters, digits and '-'),
+        up to `batch_size` (1 to 32) at a time. The handler gets `(data, ctx)`."""
+        what = _what("@app.queue", queue)
+        _string_arg(queue, what, "queue", '@app.queue("jobs")')
+        if not 1 <= len(queue) <= 63 or not _QUEUE_CHARS.issuperset(queue):
+            raise ValueError(
+                "%s: %r is not a queue name (1-63 lowercase letters, digits and '-')" % (what, queue)
+            )
+        _int_arg(batch_size, what, "batch_size", 1, 32)
+        return self._declare("queue", what, {"queue": queue, "batch_size": batch_size}, name)
+
+    def blob(self, path, name=None):
+        """Declare a function run when an object is created or updated under `path`,
+        `"<container>/<pattern>"` (`"uploads/{name}"`). The handler gets `(data, ctx)`."""
+        what = _what("@app.blob", path)
+        return self._declare("blob", what, {"path": _blob_path(path, what)}, name)
+
+    def docs_changes(self, container, name=None, batch_size=100, start="now"):
+        """Declare a function run for the change feed of the docs `container`, up to `batch_size` (1 to
+        1000) changes at a time, from `start`: "now" (changes made from now on) or "beginning". The
+        handler gets `(data, ctx)`."""
+        what = _what("@app.docs_changes", container)
+        _docs_container(container, what)
+        _int_arg(batch_size, what, "batch_size", 1, 1000)
+        if not isinstance(start, str):
+            raise TypeError('%s: start must be "now" or "beginning", not %r' % (what, start))
+        if start not in ("now", "beginning"):
+            raise ValueError('%s: start must be "now" or "beginning", not %r' % (what, start))
+        config = {"container": container, "batch_size": batch_size, "start": start}
+        return self._declare("docs_changes", what, config, name)
+
+    def activity(self, name=None):
+        """Declare an activity of the durable engine. `@app.activity` and `@app.activity(name="...")`
+        both work. The handler gets `(data, ctx)`."""
+        if callable(name) and not isinstance(name, str):
+            return self._declare("activity", "@app.activity", None, None)(name)
+        return self._declare("activity", "@app.activity(%r)" % (name,) if name else "@app.activity()", None, name)
+
+    def _declare(self, trigger_type, what, config, name):
+        """The decorator that registers a non-HTTP function (its handler takes `(data, ctx)`)."""
+
+        def register(handler):
+            if not callable(handler):
+                raise TypeError("%s decorates a function, not %r" % (what, handler))
+            code = getattr(handler, "__code__", None)
+            if getattr(code, "co_flags", 0) & _CO_ASYNC_GENERATOR:
+                raise TypeError(
+                    "%s: %r is an async generator; a %s function returns one JSON value" % (what, handler, trigger_type)
+                )
+            fname = name if name is not None else getattr(handler, "__name__", None)
+            self._check_name(fname, handler)
+            self._functions[fname] = Function(fname, handler, trigger_type, config=config)
+            return handler
+
+        return register
 
     def index(self):
         """The worker index (PROTOCOL.md section 2)."""

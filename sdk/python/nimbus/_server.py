@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
 
-from ._app import App, Event, HTTPError, Response, _unquote
+from ._app import App, Event, Function, HTTPError, Response, _unquote
 
 _HEAD_LIMIT = 64 * 1024  # request line + headers; beyond it: 431
 _READ_SIZE = 64 * 1024  # largest piece handed to req.stream()
@@ -305,17 +305,27 @@ class Request:
 
 class Context:
     """What a handler knows about its invocation: `function_name`, `invocation_id`, `traceparent`,
-    `timeout_ms` (None if the host gave none) and `log`, a logging.Logger writing to stderr; `blob`
-    and `docs` reach the platform's blob and docs containers the function is granted."""
+    `timeout_ms` (None if the host gave none), `trigger` (the envelope's trigger for a non-HTTP function,
+    the declared trigger for an HTTP one) and `log`, a logging.Logger writing to stderr; `blob` and `docs`
+    reach the platform's blob and docs containers the function is granted."""
 
-    __slots__ = ("function_name", "invocation_id", "traceparent", "timeout_ms", "log")
+    __slots__ = ("function_name", "invocation_id", "traceparent", "timeout_ms", "log", "_trigger")
 
-    def __init__(self, function_name, invocation_id, traceparent, timeout_ms, log):
+    def __init__(self, function_name, invocation_id, traceparent, timeout_ms, log, trigger=None):
         self.function_name = function_name
         self.invocation_id = invocation_id
         self.traceparent = traceparent
         self.timeout_ms = timeout_ms
         self.log = log
+        self._trigger = trigger  # a dict; or (HTTP) the Function, whose trigger dict is made when first asked
+
+    @property
+    def trigger(self):
+        """The trigger that fired this invocation (a dict with its `type`), or None."""
+        trigger = self._trigger
+        if isinstance(trigger, Function):
+            trigger = self._trigger = trigger.trigger()
+        return trigger
 
     @property
     def blob(self):
@@ -538,6 +548,30 @@ def _parse_head(head):
 
 
 # --- responses ------------------------------------------------------------------------------------------
+
+
+def _envelope_problem(envelope):
+    """Why a parsed body is not an invocation envelope, or None if it is one."""
+    if type(envelope) is not dict:
+        kind = _JSON_KINDS.get(type(envelope), "a JSON value")
+        return 'the invocation envelope must be a JSON object like {"id", "trigger", "data"}, not %s' % kind
+    invocation_id = envelope.get("id")
+    if invocation_id is not None and not isinstance(invocation_id, str):
+        return "the invocation envelope's id must be a string"
+    trigger = envelope.get("trigger")
+    if trigger is not None and type(trigger) is not dict:
+        return "the invocation envelope's trigger must be an object"
+    return None
+
+
+_JSON_KINDS = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 def _error_json(code, message):
@@ -841,14 +875,15 @@ class _Connection:
             if method != "POST":
                 await self._send_error(405, "method_not_allowed", "use POST", {"allow": "POST"})
             elif function is None:
-                await self._send_error(404, "not_found", "no function named %r in this worker" % name)
-            else:
-                # every trigger this SDK knows is HTTP, and HTTP functions are not invoked with an envelope
-                message = "function %r has an %s trigger: it is invoked over HTTP, not with an envelope" % (
+                await self._send_error(404, "unknown_function", "no function named %r in this worker" % name)
+            elif function.trigger_type == "http":
+                message = "function %r has an http trigger: it is invoked over HTTP at %s, not with an envelope" % (
                     name,
-                    function.trigger_type,
+                    function.route.pattern,
                 )
-                await self._send_error(404, "not_found", message)
+                await self._send_error(404, "unknown_function", message)
+            else:
+                await self._invoke_envelope(function, request)
         else:
             await self._send_error(404, "not_found", "no worker endpoint %s" % path)
 
@@ -869,7 +904,7 @@ class _Connection:
         timeout = first.get("x-nimbus-timeout-ms")
         timeout_ms = int(timeout) if timeout is not None and timeout.isdigit() else None
         name = function.name
-        ctx = Context(name, invocation_id, first.get("traceparent"), timeout_ms, self.worker.loggers[name])
+        ctx = Context(name, invocation_id, first.get("traceparent"), timeout_ms, self.worker.loggers[name], function)
         reader = self.reader
         self.invocation_id = invocation_id
         self.lost = False
@@ -914,6 +949,83 @@ class _Connection:
                 raise
         except _Lost:
             self._connection_lost(cancel=False)  # noticed while writing, in this task: nothing to cancel
+        finally:
+            reader.on_eof = None
+            _current_invocation.reset(token)
+
+    async def _invoke_envelope(self, function, request):
+        """Run one envelope invocation (PROTOCOL.md section 4): the JSON envelope in, the handler's JSON
+        result out. End-of-file on the connection meanwhile (while the envelope is read, too) cancels it."""
+        first = request.headers._first
+        invocation_id = first.get("x-nimbus-invocation-id")
+        timeout = first.get("x-nimbus-timeout-ms")
+        timeout_ms = int(timeout) if timeout is not None and timeout.isdigit() else None
+        name = function.name
+        reader = self.reader
+        self.invocation_id = invocation_id
+        self.lost = False
+        reader.on_eof = self.on_eof
+        if reader.eof_seen:
+            self._connection_lost()
+        token = _current_invocation.set(invocation_id)
+        try:
+            try:
+                body = await request.body()
+            except HTTPError as exc:  # a malformed chunked body
+                await self._send_error(400, "invalid_envelope", exc.message)
+                return
+            if not body.strip():
+                await self._send_error(400, "invalid_envelope", "the invocation envelope is empty")
+                return
+            try:
+                envelope = json.loads(body)
+            except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+                await self._send_error(400, "invalid_envelope", "the invocation envelope is not valid JSON: %s" % exc)
+                return
+            problem = _envelope_problem(envelope)
+            if problem is not None:
+                await self._send_error(400, "invalid_envelope", problem)
+                return
+            if invocation_id is None:
+                invocation_id = envelope.get("id") or "local-" + os.urandom(6).hex()
+                self.invocation_id = invocation_id
+                _current_invocation.set(invocation_id)
+            trigger = envelope.get("trigger")
+            if trigger is None:
+                trigger = function.trigger()
+            ctx = Context(name, invocation_id, first.get("traceparent"), timeout_ms, self.worker.loggers[name], trigger)
+            try:
+                result = function.handler(envelope.get("data"), ctx)
+                if hasattr(result, "__await__"):
+                    result = await result
+            except HTTPError as exc:
+                await self._send_error(exc.status, exc.code, exc.message, exc.headers)
+                return
+            except Exception as exc:
+                ctx.log.error("invocation %s failed: the function raised an error", invocation_id, exc_info=True)
+                message = "the function raised an error"
+                if self.worker.dev:
+                    message += ": %r" % (exc,)
+                await self._send_error(500, "handler_error", message)
+                return
+            if self.lost:
+                return  # the handler swallowed its cancellation: nobody is listening
+            try:
+                payload = _dumps(result).encode("utf-8")
+            except (TypeError, ValueError, RecursionError) as exc:
+                await _close_iterator(result)  # an async generator returned by mistake
+                ctx.log.error("invocation %s failed: the function's result is not JSON: %s", invocation_id, exc)
+                message = "the function's result is not JSON: %s" % (exc,)
+                await self._send_error(500, "handler_error", message)
+                return
+            if self._write(200, _JSON_LINES, payload):
+                await self._drain()
+        except asyncio.CancelledError:
+            if not self.lost:
+                _log.info("invocation %s cancelled: the worker is stopping", invocation_id)
+                raise
+        except _Lost:
+            self._connection_lost(cancel=False)
         finally:
             reader.on_eof = None
             _current_invocation.reset(token)

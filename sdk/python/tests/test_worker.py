@@ -371,9 +371,10 @@ class WorkerTest(unittest.TestCase):
         response, body = self.json_request("POST", "/_nimbus/worker/invoke/nope", b'{"id":"1","data":null}',
                                            {"content-type": "application/json"})
         self.assertEqual(response.status, 404)
-        self.assertEqual(body["error"]["code"], "not_found")
+        self.assertEqual(body["error"]["code"], "unknown_function")
         response, body = self.json_request("POST", "/_nimbus/worker/invoke/hello", b"{}")
         self.assertEqual(response.status, 404)
+        self.assertEqual(body["error"]["code"], "unknown_function")
 
     def test_unknown_worker_endpoint(self):
         response, body = self.json_request("GET", "/_nimbus/worker/nothing")

@@ -1,6 +1,7 @@
 "use strict";
 // App: the registry of an entry file's functions. Registration checks everything it can (names,
-// routes, methods, collisions) and throws at once, so a bad entry fails at start-up, not per request.
+// routes, methods, collisions, trigger fields) and throws at once, so a bad entry fails at start-up,
+// not per request. The index lists the triggers with PROTOCOL.md §2's snake_case fields.
 
 const { KIND } = require("./kind");
 const { compileRoute, matchRoute, compareSpecificity } = require("./routes");
@@ -36,6 +37,85 @@ function normalizeMethods(methods, route) {
     if (!out.includes(up)) out.push(up);
   }
   return out;
+}
+
+const QUEUE = /^[a-z0-9-]{1,63}$/;
+const DOCS_CONTAINER = /^[a-z0-9_-]{1,63}$/;
+const BLOB_CONTAINER = /^(?:\$web|[a-z0-9](?:[a-z0-9-]{1,61})[a-z0-9])$/;
+const STARTS = ["now", "beginning"];
+
+/** `app.queue("jobs", ...)`, or `app.queue(...)` when the first argument is no string. */
+function describe(method, value) {
+  return typeof value === "string" ? `app.${method}(${JSON.stringify(value)}, ...)` : `app.${method}(...)`;
+}
+
+function show(value) {
+  if (typeof value === "function") return `a function${value.name ? ` (${value.name})` : ""}`;
+  if (typeof value === "bigint") return `${value}n`;
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
+function stringArg(value, what, argument, example) {
+  if (typeof value !== "string") {
+    throw new TypeError(`nimbus: ${what}: ${argument} must be a string, like ${example}, not ${show(value)}`);
+  }
+  return value;
+}
+
+function intArg(value, what, argument, low, high) {
+  if (typeof value !== "number" || !Number.isInteger(value)) {
+    throw new TypeError(`nimbus: ${what}: ${argument} must be an integer from ${low} to ${high}, not ${show(value)}`);
+  }
+  if (value < low || value > high) {
+    throw new RangeError(`nimbus: ${what}: ${argument} must be from ${low} to ${high}, not ${value}`);
+  }
+  return value;
+}
+
+/** Splits `(options, handler)` or `(handler)` and checks the options' names against `allowed`. */
+function optionsAndHandler(what, options, handler, allowed) {
+  if (typeof options === "function" && handler === undefined) {
+    handler = options;
+    options = {};
+  }
+  if (typeof handler !== "function") {
+    throw new TypeError(`nimbus: ${what} needs a handler function as its last argument`);
+  }
+  if (options === undefined || options === null) options = {};
+  if (typeof options !== "object" || Array.isArray(options)) {
+    throw new TypeError(`nimbus: the options of ${what} must be an object like { ${allowed[allowed.length - 1]}: ... }`);
+  }
+  const unknown = Object.keys(options).filter((k) => !allowed.includes(k));
+  if (unknown.length) {
+    throw new TypeError(`nimbus: unknown option(s) ${unknown.join(", ")} for ${what} (expected ${allowed.join(", ")})`);
+  }
+  return { options, handler };
+}
+
+function checkName(name) {
+  if (typeof name !== "string" || !NAME.test(name)) {
+    throw new TypeError(
+      `nimbus: function name ${show(name)} must be 1 to 128 letters, digits, "_", "-" or ".", starting with a letter, digit or "_"`,
+    );
+  }
+  return name;
+}
+
+/** A non-HTTP function's name: `options.name`, else the handler's own name. */
+function functionName(what, options, handler) {
+  if (options.name !== undefined && options.name !== null) return checkName(options.name);
+  if (typeof handler.name === "string" && NAME.test(handler.name)) return handler.name;
+  throw new TypeError(
+    `nimbus: ${what} needs a function name: pass { name: "..." } or a named function (async function onJob(data, ctx) {})`,
+  );
+}
+
+function isAsyncGeneratorFunction(fn) {
+  return Object.prototype.toString.call(fn) === "[object AsyncGeneratorFunction]";
 }
 
 function overlaps(a, b) {
@@ -74,10 +154,8 @@ class App {
     let name = options.name;
     if (name === undefined || name === null) {
       name = typeof handler.name === "string" && NAME.test(handler.name) ? handler.name : nameFromRoute(route);
-    } else if (typeof name !== "string" || !NAME.test(name)) {
-      throw new TypeError(
-        `nimbus: function name ${JSON.stringify(name)} must be 1 to 128 letters, digits, "_", "-" or ".", starting with a letter, digit or "_"`,
-      );
+    } else {
+      checkName(name);
     }
     for (const other of this._functions) {
       if (other.compiled && other.compiled.shape === compiled.shape && overlaps(other.trigger.methods, methods)) {
@@ -86,12 +164,131 @@ class App {
         );
       }
     }
-    this._register({ name, trigger: { type: "http", route, methods }, handler, compiled });
+    // frozen: ctx.trigger hands the same object to every invocation
+    const trigger = Object.freeze({ type: "http", route, methods: Object.freeze(methods) });
+    this._register({ name, trigger, handler, compiled });
     return this;
   }
 
-  /** Registers a function with any trigger. Internal: non-HTTP triggers get their own public
-   *  methods as the platform grows them; this is where they land. */
+  // Declares a function run on a schedule: six cron fields with seconds, as Azure's NCRONTAB.
+  //   app.timer("0 */5 * * * *", { name, runOnStartup, timeZone }, async (data, ctx) => ...)
+  timer(schedule, options, handler) {
+    const what = describe("timer", schedule);
+    stringArg(schedule, what, "schedule", '"0 */5 * * * *"');
+    ({ options, handler } = optionsAndHandler(what, options, handler, ["name", "runOnStartup", "timeZone"]));
+    const fields = schedule.trim().split(/\s+/).filter(Boolean);
+    if (fields.length !== 6) {
+      throw new RangeError(
+        `nimbus: ${what}: schedule must be six space-separated fields (second minute hour day month day-of-week), like "0 */5 * * * *"; it has ${fields.length}`,
+      );
+    }
+    const runOnStartup = options.runOnStartup ?? false;
+    if (typeof runOnStartup !== "boolean") {
+      throw new TypeError(`nimbus: ${what}: runOnStartup must be true or false, not ${show(runOnStartup)}`);
+    }
+    const trigger = { type: "timer", schedule: fields.join(" "), run_on_startup: runOnStartup };
+    if (options.timeZone !== undefined && options.timeZone !== null) {
+      stringArg(options.timeZone, what, "timeZone", '"Europe/Paris"');
+      if (options.timeZone === "" || /\s/.test(options.timeZone)) {
+        throw new RangeError(`nimbus: ${what}: timeZone must be an IANA name like "Europe/Paris", not ${show(options.timeZone)}`);
+      }
+      trigger.time_zone = options.timeZone;
+    }
+    return this._declare(what, trigger, options, handler);
+  }
+
+  /**
+   * Declares a function run for the messages of a queue, up to `batchSize` (1 to 32) at a time.
+   *   app.queue("jobs", { name, batchSize }, async (data, ctx) => ...)
+   */
+  queue(queue, options, handler) {
+    const what = describe("queue", queue);
+    stringArg(queue, what, "queue", '"jobs"');
+    ({ options, handler } = optionsAndHandler(what, options, handler, ["name", "batchSize"]));
+    if (!QUEUE.test(queue)) {
+      throw new RangeError(`nimbus: ${what}: ${show(queue)} is not a queue name (1-63 lowercase letters, digits and "-")`);
+    }
+    const batchSize = intArg(options.batchSize ?? 1, what, "batchSize", 1, 32);
+    return this._declare(what, { type: "queue", queue, batch_size: batchSize }, options, handler);
+  }
+
+  /**
+   * Declares a function run when an object is created or updated under `"<container>/<pattern>"`.
+   *   app.blob("uploads/{name}", { name }, async (data, ctx) => ...)
+   */
+  blob(path, options, handler) {
+    const what = describe("blob", path);
+    stringArg(path, what, "path", '"uploads/{name}"');
+    ({ options, handler } = optionsAndHandler(what, options, handler, ["name"]));
+    const slash = path.indexOf("/");
+    const container = slash < 0 ? "" : path.slice(0, slash);
+    const pattern = slash < 0 ? "" : path.slice(slash + 1);
+    if (!container) {
+      throw new RangeError(`nimbus: ${what}: path ${show(path)} must be "<container>/<pattern>", like "uploads/{name}"`);
+    }
+    if (!BLOB_CONTAINER.test(container)) {
+      throw new RangeError(
+        `nimbus: ${what}: ${show(container)} is not a blob container name (3-63 lowercase letters, digits and "-", not starting or ending with "-")`,
+      );
+    }
+    if (!pattern || pattern.startsWith("/")) {
+      throw new RangeError(`nimbus: ${what}: path ${show(path)} needs a pattern after "${container}/", like "${container}/{name}"`);
+    }
+    return this._declare(what, { type: "blob", path }, options, handler);
+  }
+
+  /**
+   * Declares a function run for the change feed of a docs container, up to `batchSize` (1 to 1000)
+   * changes at a time, from `start`: "now" (default) or "beginning".
+   *   app.docsChanges("conversations", { name, batchSize, start }, async (data, ctx) => ...)
+   */
+  docsChanges(container, options, handler) {
+    const what = describe("docsChanges", container);
+    stringArg(container, what, "container", '"conversations"');
+    ({ options, handler } = optionsAndHandler(what, options, handler, ["name", "batchSize", "start"]));
+    if (!DOCS_CONTAINER.test(container)) {
+      throw new RangeError(
+        `nimbus: ${what}: ${show(container)} is not a docs container name (1-63 lowercase letters, digits, "-" and "_")`,
+      );
+    }
+    const batchSize = intArg(options.batchSize ?? 100, what, "batchSize", 1, 1000);
+    const start = options.start ?? "now";
+    if (typeof start !== "string") {
+      throw new TypeError(`nimbus: ${what}: start must be "now" or "beginning", not ${show(start)}`);
+    }
+    if (!STARTS.includes(start)) {
+      throw new RangeError(`nimbus: ${what}: start must be "now" or "beginning", not ${show(start)}`);
+    }
+    return this._declare(what, { type: "docs_changes", container, batch_size: batchSize, start }, options, handler);
+  }
+
+  /**
+   * Declares an activity of the durable engine.
+   *   app.activity("charge-card", async (data, ctx) => ...)   // or app.activity(async function chargeCard() {})
+   */
+  activity(name, options, handler) {
+    if (typeof name === "function" && options === undefined && handler === undefined) {
+      return this._declare("app.activity(...)", { type: "activity" }, {}, name);
+    }
+    const what = describe("activity", name);
+    ({ options, handler } = optionsAndHandler(what, options, handler, ["name"]));
+    if (options.name !== undefined && options.name !== null && options.name !== name) {
+      throw new TypeError(`nimbus: ${what}: the name is given twice (${show(name)} and { name: ${show(options.name)} })`);
+    }
+    return this._declare(what, { type: "activity" }, { name: checkName(name) }, handler);
+  }
+
+  /** Registers a non-HTTP function (its handler takes `(data, ctx)`). */
+  _declare(what, trigger, options, handler) {
+    if (isAsyncGeneratorFunction(handler)) {
+      throw new TypeError(`nimbus: ${what}: the handler is an async generator; a ${trigger.type} function returns one JSON value`);
+    }
+    const name = functionName(what, options, handler);
+    this._register({ name, trigger: Object.freeze(trigger), handler });
+    return this;
+  }
+
+  /** Registers a function with any trigger. */
   _register(fn) {
     if (this._functions.some((f) => f.name === fn.name)) {
       const route = fn.trigger.route ? ` (route "${fn.trigger.route}")` : "";

@@ -14,6 +14,7 @@ const { version } = require("../package.json");
 
 const SDK = `node/${version}`;
 const CANCELLED = Symbol("cancelled");
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
 // Response headers of a fetch() Response that describe its old framing, not the body we send.
 const FETCH_DROP = new Set(["content-encoding", "content-length", "transfer-encoding", "connection", "keep-alive"]);
 
@@ -291,34 +292,101 @@ async function readAll(req) {
   return Buffer.concat(chunks);
 }
 
-/** POST /_nimbus/worker/invoke/{function}: a JSON envelope in, the JSON result out (§4). */
+function isPlainObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+function jsonKind(value) {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  return `a ${typeof value}`;
+}
+
+/** Why a parsed body is not an invocation envelope, or null if it is one. */
+function envelopeProblem(envelope) {
+  if (!isPlainObject(envelope)) {
+    return `the invocation envelope must be a JSON object like {"id", "trigger", "data"}, not ${jsonKind(envelope)}`;
+  }
+  if (envelope.id !== undefined && envelope.id !== null && typeof envelope.id !== "string") {
+    return "the invocation envelope's id must be a string";
+  }
+  if (envelope.trigger !== undefined && envelope.trigger !== null && !isPlainObject(envelope.trigger)) {
+    return "the invocation envelope's trigger must be an object";
+  }
+  return null;
+}
+
+/** The JSON text of an envelope handler's result (undefined → null), or throws a TypeError saying why
+ *  it is not JSON. */
+function resultJson(result) {
+  const kind = kindOf(result);
+  if (kind === "response" || kind === "stream" || isFetchResponse(result) || isAsyncIterable(result) || isGenerator(result)) {
+    const what = kind === "response" || isFetchResponse(result) ? "an HTTP Response" : "a stream";
+    throw new TypeError(`the function's result is not JSON: it is ${what}; a non-HTTP function returns one JSON value`);
+  }
+  let json;
+  try {
+    json = JSON.stringify(result === undefined ? null : result);
+  } catch (err) {
+    throw new TypeError(`the function's result is not JSON: ${err && err.message}`);
+  }
+  if (json === undefined) throw new TypeError(`the function's result is not JSON: it is ${jsonKind(result)}`);
+  return json;
+}
+
+/** POST /_nimbus/worker/invoke/{function}: a JSON envelope in, the handler's JSON result out (§4).
+ *  The handler gets `(data, ctx)`; closing the connection (while the envelope is read, too) cancels it. */
 async function invokeEnvelope(fn, req, res, dev) {
+  const idHeader = req.headers["x-nimbus-invocation-id"];
+  const inv = new Invocation(res, idHeader || randomUUID());
+  let body;
+  try {
+    body = await readAll(req);
+  } catch {
+    inv.cancel(); // the connection went away before the envelope ended
+    res.destroy();
+    return;
+  }
+  if (inv.cancelled) return;
   let envelope;
   try {
-    envelope = JSON.parse((await readAll(req)).toString("utf8"));
+    const text = UTF8.decode(body);
+    if (text.trim() === "") return sendError(res, 400, "invalid_envelope", "the invocation envelope is empty");
+    envelope = JSON.parse(text);
   } catch (err) {
-    return sendError(res, 400, "invalid_json", `the invocation envelope is not valid JSON: ${err.message}`);
+    return sendError(res, 400, "invalid_envelope", `the invocation envelope is not valid JSON: ${err.message}`);
   }
-  if (envelope === null || typeof envelope !== "object" || Array.isArray(envelope)) {
-    return sendError(res, 400, "invalid_json", "the invocation envelope must be a JSON object");
-  }
-  const id = req.headers["x-nimbus-invocation-id"] || (typeof envelope.id === "string" && envelope.id) || randomUUID();
-  const inv = new Invocation(res, id);
+  const problem = envelopeProblem(envelope);
+  if (problem) return sendError(res, 400, "invalid_envelope", problem);
+  if (!idHeader && envelope.id) inv.id = envelope.id;
   const ctx = new Context({
     functionName: fn.name,
-    invocationId: id,
+    invocationId: inv.id,
     traceparent: req.headers.traceparent ?? null,
     timeoutMs: timeoutOf(req),
     signal: inv.controller.signal,
-    trigger: envelope.trigger ?? fn.trigger,
+    // the envelope's trigger, else (invoked by name) the declared one, as a copy the handler may keep
+    trigger: envelope.trigger ?? { ...fn.trigger },
   });
+  let result;
   try {
-    const result = await fn.handler(envelope.data, ctx);
-    if (inv.cancelled) return;
-    sendJson(res, 200, result === undefined ? null : result);
+    result = await fn.handler(envelope.data === undefined ? null : envelope.data, ctx);
   } catch (err) {
-    fail(err, fn, inv, res, dev);
+    return fail(err, fn, inv, res, dev);
   }
+  if (inv.cancelled) return discard(result);
+  let json;
+  try {
+    json = resultJson(result);
+  } catch (err) {
+    discard(result);
+    log(`function "${fn.name}" failed (invocation ${inv.id}): ${err.message}`);
+    return sendError(res, 500, "handler_error", err.message);
+  }
+  if (res.headersSent || res.destroyed) return;
+  const bytes = Buffer.from(json, "utf8");
+  res.writeHead(200, { "content-type": "application/json", "content-length": bytes.length });
+  res.end(bytes);
 }
 
 async function protocol(app, req, res, path, dev) {
@@ -342,7 +410,7 @@ async function protocol(app, req, res, path, dev) {
     const fn = app._find(name);
     if (!fn || fn.trigger.type === "http") {
       const why = fn ? ` (it has an http trigger: it is invoked over HTTP at ${fn.trigger.route})` : "";
-      return sendError(res, 404, "not_found", `no function "${name}" to invoke with an envelope${why}`);
+      return sendError(res, 404, "unknown_function", `no function "${name}" to invoke with an envelope${why}`);
     }
     return invokeEnvelope(fn, req, res, dev);
   }
