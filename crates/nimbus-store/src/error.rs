@@ -1,5 +1,6 @@
-//! The store's error kinds. Callers act on `Conflict` (retry or report 409/412) and `Invalid`
-//! (report 400); the rest are operational failures reported as 5xx with the detail logged.
+//! The store's error kinds. Callers act on `Conflict` (retry or report 409/412), `LeaseLost` (stop
+//! the work: another holder has the lease) and `Invalid` (report 400); the rest are operational
+//! failures reported as 5xx with the detail logged.
 
 use crate::Expect;
 
@@ -14,6 +15,10 @@ pub enum StoreError {
     SchemaTooNew { component: String, found: i64, supported: i64 },
     #[error("condition failed on {ns}/{key} (write {index}): expected {expected:?}, found {}", match .actual { Some(v) => format!("version {v}"), None => "no record".into() })]
     Conflict { index: usize, ns: String, key: String, expected: Expect, actual: Option<u64> },
+    /// A commit fenced by a lease ([`crate::Write::holding`]) found it released, expired or taken
+    /// over; nothing was written.
+    #[error("lease `{name}` is no longer held (the write at index {index} is fenced by it)")]
+    LeaseLost { index: usize, name: String },
     #[error("{0}")]
     Invalid(String),
     #[error("cannot open {path}: {reason}")]
@@ -29,6 +34,7 @@ impl StoreError {
             Self::Unreachable { .. } => "unreachable",
             Self::SchemaTooNew { .. } => "schema_too_new",
             Self::Conflict { .. } => "conflict",
+            Self::LeaseLost { .. } => "lease_lost",
             Self::Invalid(_) => "invalid",
             Self::Open { .. } => "open",
             Self::Backend(_) => "backend",

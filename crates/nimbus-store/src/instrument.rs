@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::{BackendKind, Lease, Record, Result, Store, Write};
+use crate::{BackendKind, Clock, Lease, Record, Result, Store, Write};
 
 pub(crate) struct Instrumented<S> {
     inner: S,
@@ -36,6 +36,10 @@ impl<S: Store> Instrumented<S> {
 impl<S: Store> Store for Instrumented<S> {
     fn kind(&self) -> BackendKind {
         self.inner.kind()
+    }
+
+    fn clock(&self) -> &Clock {
+        self.inner.clock()
     }
 
     fn location(&self) -> &str {
@@ -84,5 +88,9 @@ impl<S: Store> Store for Instrumented<S> {
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
         self.observe("release", self.inner.release(lease)).await
+    }
+
+    async fn add(&self, ns: &str, key: &str, delta: i64, max: Option<i64>) -> Result<Option<i64>> {
+        self.observe("add", self.inner.add(ns, key, delta, max)).await
     }
 }

@@ -9,11 +9,18 @@
 //!   per-write conditions ([`Store::commit`]);
 //! - a change feed of a namespace in version order ([`Store::changes`]);
 //! - leases: named, expiring claims with fencing tokens ([`Store::claim`]), safe under
-//!   concurrency on both backends, for work that one node at a time must do.
+//!   concurrency on both backends, for work that one node at a time must do;
+//! - fenced writes: [`Write::holding`] makes a commit require, inside its transaction, that a
+//!   lease is still held with its token, so a holder that lost the lease cannot write late;
+//! - counters: [`Store::add`] adds to a decimal record in one statement, refusing past an
+//!   optional maximum (quotas, token budgets);
+//! - a [`Clock`] per store ([`Store::clock`]): the wall clock plus an offset that tests move
+//!   forward ([`Clock::advance`]) to expire leases without sleeping.
 //!
 //! Both backends pass one conformance suite (`tests/conformance.rs`); the `testing` feature
 //! exposes the harness so components with their own tables can do the same.
 
+mod clock;
 mod error;
 mod instrument;
 mod migrate;
@@ -28,6 +35,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
+pub use clock::Clock;
 pub use error::StoreError;
 pub use migrate::{CORE_MIGRATIONS, Migration};
 
@@ -81,7 +89,18 @@ pub enum Op {
     Delete,
     /// Only checks the condition; lets a commit depend on records it does not change.
     Check,
+    /// Changes nothing; requires that the lease named by the write's `key` (its `ns` is
+    /// [`LEASE_NAMESPACE`], its `expect` is [`Expect::Any`]) is held by `holder` with exactly
+    /// `token` and not expired by the store's clock when the commit applies. Otherwise the commit
+    /// fails with [`StoreError::LeaseLost`]. Built by [`Write::holding`].
+    Holding {
+        holder: String,
+        token: u64,
+    },
 }
+
+/// The `ns` of an [`Op::Holding`] write (the namespace lease names are validated in).
+pub const LEASE_NAMESPACE: &str = "lease";
 
 /// One write of a [`Store::commit`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +122,19 @@ impl Write {
 
     pub fn check(ns: &str, key: &str, expect: Expect) -> Self {
         Self { ns: ns.into(), key: key.into(), op: Op::Check, expect }
+    }
+
+    /// Fences a commit by `lease`: a write that changes nothing and requires that the lease is
+    /// still held by `lease.holder` with exactly `lease.token` and not expired (by the store's
+    /// clock) when the commit applies, so work done under a lease cannot land after another holder
+    /// took it over. Fails the whole commit with [`StoreError::LeaseLost`] otherwise.
+    pub fn holding(lease: &Lease) -> Self {
+        Self {
+            ns: LEASE_NAMESPACE.into(),
+            key: lease.name.clone(),
+            op: Op::Holding { holder: lease.holder.clone(), token: lease.token },
+            expect: Expect::Any,
+        }
     }
 
     pub fn expect(mut self, expect: Expect) -> Self {
@@ -131,8 +163,9 @@ impl Changes {
     }
 }
 
-/// A named claim held by one holder until `expires_at`. `token` increases with every successful
-/// claim of the name, so work done under a lease can be fenced against a holder that lost it.
+/// A named claim held by one holder until `expires_at` (by the store's [`Clock`]). `token`
+/// increases with every successful claim of the name, so work done under a lease can be fenced
+/// against a holder that lost it ([`Write::holding`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub name: String,
@@ -145,6 +178,10 @@ pub struct Lease {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     fn kind(&self) -> BackendKind;
+
+    /// This store's notion of now, used by every lease and fenced write; tests move it forward
+    /// with [`Clock::advance`] instead of sleeping.
+    fn clock(&self) -> &Clock;
 
     /// Where the data lives, safe to log (no password).
     fn location(&self) -> &str;
@@ -168,8 +205,9 @@ pub trait Store: Send + Sync + 'static {
     /// `limit` of them, in key order. Pass the last key seen as `after` to read the next page.
     async fn list(&self, ns: &str, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Record>>;
 
-    /// Applies every write or none. A failed condition answers [`StoreError::Conflict`] naming the
-    /// first write that failed. Returns the new version of each put (`None` for deletes and checks).
+    /// Applies every write or none, in order. A failed condition answers [`StoreError::Conflict`]
+    /// naming the first write that failed; a lease no longer held ([`Write::holding`]) answers
+    /// [`StoreError::LeaseLost`]. Returns the new version of each put (`None` for the others).
     async fn commit(&self, writes: Vec<Write>) -> Result<Vec<Option<u64>>>;
 
     /// A change feed: the records of `ns` above version `after`, in version order (the latest
@@ -200,6 +238,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Gives a lease up; `false` when it was no longer held.
     async fn release(&self, lease: &Lease) -> Result<bool>;
+
+    /// Adds `delta` to the counter at (`ns`, `key`) atomically and returns the new value. A counter
+    /// is an ordinary record whose value is the decimal text of an i64 (an optional `-` and 1 to 19
+    /// ASCII digits); an absent record counts as 0. Each add draws a new version like a put (it is
+    /// not an ordered commit: see [`Store::changes`]). With `max`, an add whose result would exceed
+    /// it changes nothing and answers `None`: `add(ns, key, n, Some(limit))` takes `n` of a quota.
+    /// A record that is not a counter, or a result beyond i64, answers [`StoreError::Invalid`] and
+    /// changes nothing.
+    async fn add(&self, ns: &str, key: &str, delta: i64, max: Option<i64>) -> Result<Option<i64>>;
 
     /// Writes one record without condition; returns its new version.
     async fn put(&self, ns: &str, key: &str, value: &[u8]) -> Result<u64> {
@@ -314,6 +361,18 @@ pub(crate) fn validate_writes(writes: &[Write]) -> Result<()> {
     for w in writes {
         validate_key(&w.ns, &w.key)?;
         match (&w.op, w.expect) {
+            (Op::Holding { holder, .. }, expect) => {
+                if w.ns != LEASE_NAMESPACE {
+                    return Err(StoreError::Invalid(format!(
+                        "a write fenced by a lease names the lease in namespace \"{LEASE_NAMESPACE}\", not \"{}\"",
+                        w.ns
+                    )));
+                }
+                if expect != Expect::Any {
+                    return Err(StoreError::Invalid("a write fenced by a lease takes no other condition".into()));
+                }
+                validate_holder(holder)?;
+            }
             (Op::Put(v), _) if v.len() > MAX_VALUE_LEN => {
                 return Err(StoreError::Invalid(format!(
                     "value of {} bytes is over the {MAX_VALUE_LEN}-byte limit",
@@ -329,11 +388,16 @@ pub(crate) fn validate_writes(writes: &[Write]) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn validate_lease(name: &str, holder: &str, ttl: Duration) -> Result<()> {
-    validate_key("lease", name)?;
+fn validate_holder(holder: &str) -> Result<()> {
     if holder.is_empty() || holder.len() > MAX_KEY_LEN {
         return Err(StoreError::Invalid(format!("lease holder must be 1 to {MAX_KEY_LEN} bytes")));
     }
+    Ok(())
+}
+
+pub(crate) fn validate_lease(name: &str, holder: &str, ttl: Duration) -> Result<()> {
+    validate_key(LEASE_NAMESPACE, name)?;
+    validate_holder(holder)?;
     if ttl.is_zero() || ttl > Duration::from_secs(365 * 86400) {
         return Err(StoreError::Invalid("lease ttl must be between 1ms and one year".into()));
     }
@@ -342,6 +406,40 @@ pub(crate) fn validate_lease(name: &str, holder: &str, ttl: Duration) -> Result<
 
 pub(crate) fn millis_to_time(ms: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+/// The number a counter record holds: an optional `-` and 1 to 19 ASCII digits, within i64.
+/// (PostgreSQL's `add` accepts exactly the same text: `^-?[0-9]{1,19}$` within the bigint range.)
+pub(crate) fn parse_counter(value: &[u8]) -> Option<i64> {
+    let digits = value.strip_prefix(b"-").unwrap_or(value);
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// What adding `delta` (at most `max`) to a counter whose record holds `current` gives: the new
+/// value, `None` when `max` refuses it, or why the add is invalid. Both backends decide with this
+/// (PostgreSQL to explain why its statement changed nothing).
+pub(crate) fn add_to_counter(
+    ns: &str,
+    key: &str,
+    current: Option<&[u8]>,
+    delta: i64,
+    max: Option<i64>,
+) -> Result<Option<i64>> {
+    let current = match current {
+        None => 0,
+        Some(value) => parse_counter(value).ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "the record {ns}/{key} is not a counter (the decimal text of a 64-bit integer)"
+            ))
+        })?,
+    };
+    let new = current.checked_add(delta).ok_or_else(|| {
+        StoreError::Invalid(format!("adding {delta} to the counter {ns}/{key} ({current}) overflows a 64-bit integer"))
+    })?;
+    Ok(max.is_none_or(|max| new <= max).then_some(new))
 }
 
 #[cfg(test)]
@@ -366,6 +464,36 @@ mod tests {
         assert_eq!(prefix_end("a\u{D7FF}"), Some("a\u{E000}".into()), "surrogates are skipped");
         assert_eq!(prefix_end("a\u{10FFFF}"), Some("b".into()));
         assert_eq!(prefix_end(""), None);
+    }
+
+    #[test]
+    fn counters_are_decimal_i64_text() {
+        for (text, n) in [("0", 0), ("-0", 0), ("42", 42), ("-7", -7), ("007", 7)] {
+            assert_eq!(parse_counter(text.as_bytes()), Some(n), "{text}");
+        }
+        assert_eq!(parse_counter(i64::MAX.to_string().as_bytes()), Some(i64::MAX));
+        assert_eq!(parse_counter(i64::MIN.to_string().as_bytes()), Some(i64::MIN));
+        for text in [
+            "",
+            "-",
+            "+1",
+            " 1",
+            "1 ",
+            "1\n",
+            "1.5",
+            "1e3",
+            "0x10",
+            "1_000",
+            "9223372036854775808",
+            "00000000000000000001",
+        ] {
+            assert_eq!(parse_counter(text.as_bytes()), None, "{text:?}");
+        }
+        assert_eq!(parse_counter(&[0xff, b'1']), None);
+        assert_eq!(add_to_counter("c", "k", None, 5, Some(5)).unwrap(), Some(5));
+        assert_eq!(add_to_counter("c", "k", None, 6, Some(5)).unwrap(), None);
+        assert!(add_to_counter("c", "k", Some(b"x"), 1, None).is_err());
+        assert!(add_to_counter("c", "k", Some(i64::MAX.to_string().as_bytes()), 1, Some(i64::MAX)).is_err());
     }
 
     #[test]

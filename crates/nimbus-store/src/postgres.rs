@@ -1,7 +1,8 @@
 //! The PostgreSQL backend (and PostgreSQL-compatible databases), for several nodes sharing one
 //! database. Conditional writes are single statements whose `WHERE` carries the condition, so
 //! they stay correct under concurrency at READ COMMITTED; lease times come from the database's
-//! clock so that nodes with skewed clocks still agree on who holds what.
+//! clock so that nodes with skewed clocks still agree on who holds what, plus the store's
+//! [`Clock`] offset (passed in milliseconds) so that tests can move time forward.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,18 +13,25 @@ use tokio_postgres::NoTls;
 
 use crate::migrate::{Migration, pending};
 use crate::{
-    BackendKind, Expect, Lease, Op, Record, Result, Store, StoreError, Write, millis_to_time, redact, validate_key,
-    validate_lease, validate_namespace, validate_writes,
+    BackendKind, Clock, Expect, Lease, Op, Record, Result, Store, StoreError, Write, add_to_counter, millis_to_time,
+    redact, validate_key, validate_lease, validate_namespace, validate_writes,
 };
 
 const POOL_SIZE: usize = 16;
 /// Serialises migrations of nodes starting at once (an arbitrary, fixed advisory-lock key).
 const MIGRATION_LOCK: i64 = 0x6e69_6d62_7573; // "nimbus"
-const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+/// The database's clock in milliseconds since the epoch; statements add the store's clock offset
+/// to it (`now_ms!() + $n`, the offset in milliseconds).
+macro_rules! now_ms {
+    () => {
+        "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+    };
+}
 
 pub(crate) struct PgStore {
     pool: Pool,
     location: String,
+    clock: Clock,
 }
 
 const PUT: &str = "INSERT INTO nimbus_kv (ns, key, value, version) VALUES ($1, $2, $3, nextval('nimbus_kv_version'))
@@ -37,6 +45,85 @@ const DELETE: &str = "DELETE FROM nimbus_kv WHERE ns = $1 AND key = $2";
 const DELETE_IF_VERSION: &str = "DELETE FROM nimbus_kv WHERE ns = $1 AND key = $2 AND version = $3 RETURNING 1";
 const CHECK: &str = "SELECT version FROM nimbus_kv WHERE ns = $1 AND key = $2 FOR SHARE";
 const VERSION_OF: &str = "SELECT version FROM nimbus_kv WHERE ns = $1 AND key = $2";
+/// $1 name, $2 holder, $3 token, $4 clock offset (ms). See `commit_with` for why FOR SHARE.
+const HOLDING: &str = concat!(
+    "SELECT 1 FROM nimbus_leases WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > ",
+    now_ms!(),
+    " + $4 FOR SHARE"
+);
+
+/// $1 name, $2 holder, $3 ttl (ms), $4 clock offset (ms).
+const CLAIM: &str = concat!(
+    "INSERT INTO nimbus_leases (name, holder, token, expires_at) VALUES ($1, $2, 1, ",
+    now_ms!(),
+    " + $4 + $3)
+     ON CONFLICT (name) DO UPDATE
+        SET holder = EXCLUDED.holder, token = nimbus_leases.token + 1, expires_at = EXCLUDED.expires_at
+        WHERE nimbus_leases.expires_at <= ",
+    now_ms!(),
+    " + $4 OR nimbus_leases.holder = EXCLUDED.holder
+     RETURNING token, expires_at"
+);
+/// $1 name, $2 holder, $3 token, $4 ttl (ms), $5 clock offset (ms).
+const RENEW: &str = concat!(
+    "UPDATE nimbus_leases SET expires_at = ",
+    now_ms!(),
+    " + $5 + $4 WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > ",
+    now_ms!(),
+    " + $5 RETURNING expires_at"
+);
+/// $1 name, $2 holder, $3 token, $4 clock offset (ms).
+const RELEASE: &str = concat!(
+    "UPDATE nimbus_leases SET expires_at = 0 WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > ",
+    now_ms!(),
+    " + $4"
+);
+
+/// The counter a record holds, as numeric, or NULL when its bytes are not `^-?[0-9]{1,19}$` (the
+/// text `parse_counter` accepts; the bigint range is checked on the sum). `encode(…, 'escape')`
+/// never fails (non-ASCII and NUL bytes become `\nnn`, which the pattern refuses), unlike
+/// `convert_from` on bytes that are not UTF-8; CASE makes sure the cast only sees digits.
+macro_rules! counter_sum {
+    () => {
+        "(CASE WHEN encode(kv.value, 'escape') ~ '^-?[0-9]{1,19}$'
+               THEN encode(kv.value, 'escape')::numeric END + $3::bigint)"
+    };
+}
+/// The condition of an add on an existing record: a counter, a sum within bigint, at most $4.
+macro_rules! counter_fits {
+    () => {
+        concat!(
+            counter_sum!(),
+            " BETWEEN -9223372036854775808 AND 9223372036854775807 AND ($4::bigint IS NULL OR ",
+            counter_sum!(),
+            " <= $4::bigint)"
+        )
+    };
+}
+/// $1 ns, $2 key, $3 delta, $4 max (NULL for none), $5 delta's text (the value of a new record,
+/// which is within `max`). One statement: ON CONFLICT locks the existing row and then checks the
+/// condition on its latest version, so concurrent adds serialise on the row and none is lost.
+const ADD: &str = concat!(
+    "INSERT INTO nimbus_kv AS kv (ns, key, value, version) VALUES ($1, $2, $5, nextval('nimbus_kv_version'))
+     ON CONFLICT (ns, key) DO UPDATE
+        SET value = convert_to(",
+    counter_sum!(),
+    "::bigint::text, 'UTF8'), version = EXCLUDED.version
+        WHERE ",
+    counter_fits!(),
+    " RETURNING kv.value"
+);
+/// For an add whose delta alone exceeds `max`: an absent record (0) must stay absent, so only an
+/// existing one may change. Parameters as for [`ADD`], without $5.
+const ADD_EXISTING: &str = concat!(
+    "UPDATE nimbus_kv AS kv SET value = convert_to(",
+    counter_sum!(),
+    "::bigint::text, 'UTF8'), version = nextval('nimbus_kv_version')
+     WHERE kv.ns = $1 AND kv.key = $2 AND ",
+    counter_fits!(),
+    " RETURNING kv.value"
+);
+const VALUE_OF: &str = "SELECT value FROM nimbus_kv WHERE ns = $1 AND key = $2";
 
 /// The advisory lock ordered commits take (an arbitrary constant: "nimbus" in ASCII).
 const FEED_LOCK: i64 = 0x6e696d627573;
@@ -81,6 +168,26 @@ impl PgStore {
                 }
                 (Op::Delete, Expect::Absent) => {
                     return Err(StoreError::Invalid("deleting a record that must be absent makes no sense".into()));
+                }
+                (Op::Holding { holder, token }, _) => {
+                    // Fencing at READ COMMITTED: the check and the lock are one step. FOR SHARE
+                    // waits for a claim, renew or release of the row in flight, then re-checks the
+                    // row as that transaction left it (the WHERE is re-evaluated on the newest
+                    // version), so a takeover committed before this point fails the commit. Once
+                    // the row is share-locked, every claim, renew or release of it (each updates
+                    // the row, which conflicts with FOR SHARE) waits until this transaction ends:
+                    // no takeover can commit between the check and our commit, so these writes
+                    // land while the lease is held — if its time runs out meanwhile, the takeover
+                    // is ordered after them. Fenced commits of one holder share the lock and do
+                    // not wait for each other. Where the check sits in the commit does not matter:
+                    // the writes before it are invisible to others until the commit.
+                    let st = tx.prepare_cached(HOLDING).await?;
+                    let held =
+                        tx.query_opt(&st, &[&key, holder, &(*token as i64), &self.clock.offset_ms()]).await?.is_some();
+                    if !held {
+                        return Err(StoreError::LeaseLost { index, name: w.key });
+                    }
+                    Some(None)
                 }
                 (Op::Check, Expect::Any) => Some(None),
                 (Op::Check, expect) => {
@@ -134,7 +241,7 @@ impl PgStore {
         })?;
         migrate(&mut client, migrations).await?;
         drop(client);
-        Ok(Self { pool, location })
+        Ok(Self { pool, location, clock: Clock::new() })
     }
 }
 
@@ -183,6 +290,10 @@ fn to_record(r: &tokio_postgres::Row) -> Record {
 impl Store for PgStore {
     fn kind(&self) -> BackendKind {
         BackendKind::Postgres
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     fn location(&self) -> &str {
@@ -276,18 +387,8 @@ impl Store for PgStore {
     async fn claim(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<Lease>> {
         validate_lease(name, holder, ttl)?;
         let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                &format!(
-                    "INSERT INTO nimbus_leases (name, holder, token, expires_at) VALUES ($1, $2, 1, {NOW_MS} + $3)
-                     ON CONFLICT (name) DO UPDATE
-                        SET holder = EXCLUDED.holder, token = nimbus_leases.token + 1, expires_at = EXCLUDED.expires_at
-                        WHERE nimbus_leases.expires_at <= {NOW_MS} OR nimbus_leases.holder = EXCLUDED.holder
-                     RETURNING token, expires_at"
-                ),
-                &[&name, &holder, &ttl_ms(ttl)],
-            )
-            .await?;
+        let st = client.prepare_cached(CLAIM).await?;
+        let row = client.query_opt(&st, &[&name, &holder, &ttl_ms(ttl), &self.clock.offset_ms()]).await?;
         Ok(row.map(|r| Lease {
             name: name.to_owned(),
             holder: holder.to_owned(),
@@ -299,29 +400,52 @@ impl Store for PgStore {
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Option<Lease>> {
         validate_lease(&lease.name, &lease.holder, ttl)?;
         let client = self.pool.get().await?;
-        let row = client
-            .query_opt(
-                &format!(
-                    "UPDATE nimbus_leases SET expires_at = {NOW_MS} + $4
-                     WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > {NOW_MS} RETURNING expires_at"
-                ),
-                &[&lease.name, &lease.holder, &(lease.token as i64), &ttl_ms(ttl)],
-            )
-            .await?;
+        let st = client.prepare_cached(RENEW).await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+            [&lease.name, &lease.holder, &(lease.token as i64), &ttl_ms(ttl), &self.clock.offset_ms()];
+        let row = client.query_opt(&st, &params).await?;
         Ok(row.map(|r| Lease { expires_at: millis_to_time(r.get(0)), ..lease.clone() }))
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
         let client = self.pool.get().await?;
-        let n = client
-            .execute(
-                &format!(
-                    "UPDATE nimbus_leases SET expires_at = 0
-                     WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > {NOW_MS}"
-                ),
-                &[&lease.name, &lease.holder, &(lease.token as i64)],
-            )
-            .await?;
+        let st = client.prepare_cached(RELEASE).await?;
+        let n =
+            client.execute(&st, &[&lease.name, &lease.holder, &(lease.token as i64), &self.clock.offset_ms()]).await?;
         Ok(n == 1)
+    }
+
+    async fn add(&self, ns: &str, key: &str, delta: i64, max: Option<i64>) -> Result<Option<i64>> {
+        validate_key(ns, key)?;
+        let client = self.pool.get().await?;
+        let row = if max.is_some_and(|max| delta > max) {
+            let st = client.prepare_cached(ADD_EXISTING).await?;
+            client.query_opt(&st, &[&ns, &key, &delta, &max]).await?
+        } else {
+            let st = client.prepare_cached(ADD).await?;
+            client.query_opt(&st, &[&ns, &key, &delta, &max, &delta.to_string().into_bytes()]).await?
+        };
+        if let Some(row) = row {
+            let value: Vec<u8> = row.get(0);
+            return crate::parse_counter(&value)
+                .map(Some)
+                .ok_or_else(|| StoreError::Backend(format!("the counter {ns}/{key} was written as {value:?}")));
+        }
+        // Nothing changed: the record was not a counter, or the sum was beyond i64 or above `max`.
+        // Which one is read back from the record as it is now (a write racing in between can
+        // change the explanation, never the outcome: nothing was written either way).
+        let st = client.prepare_cached(VALUE_OF).await?;
+        let current: Option<Vec<u8>> = client.query_opt(&st, &[&ns, &key]).await?.map(|r| r.get(0));
+        match add_to_counter(ns, key, current.as_deref(), delta, max)? {
+            None => Ok(None),
+            // It would fit now, so the record changed since the statement refused it: `max` is
+            // the likely reason when there is one; without one, only a non-counter or an
+            // overflow refuses.
+            Some(_) if max.is_some() => Ok(None),
+            Some(_) => Err(StoreError::Invalid(format!(
+                "the record {ns}/{key} was not a counter or adding {delta} to it overflowed (it has changed since); \
+                 nothing was added"
+            ))),
+        }
     }
 }

@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
@@ -22,8 +23,8 @@ use tokio::sync::oneshot;
 
 use crate::migrate::{Migration, pending};
 use crate::{
-    BackendKind, Expect, Lease, Op, Record, Result, Store, StoreError, Write, millis_to_time, validate_key,
-    validate_lease, validate_namespace, validate_writes,
+    BackendKind, Clock, Expect, Lease, Op, Record, Result, Store, StoreError, Write, add_to_counter, millis_to_time,
+    validate_key, validate_lease, validate_namespace, validate_writes,
 };
 
 const READERS: usize = 4;
@@ -33,6 +34,8 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 pub(crate) struct SqliteStore {
     location: String,
+    /// Shared with the jobs on the writer thread, which read now when they run.
+    clock: Arc<Clock>,
     // Field order is drop order: the readers close before the writer, so the writer is the last
     // connection and checkpoints the WAL as it closes.
     readers: Threads,
@@ -154,7 +157,7 @@ impl SqliteStore {
         }
         let (mut writer_thread, jobs) = Threads::new();
         writer_thread.spawn("sqlite-writer".into(), writer, jobs).map_err(spawn_err)?;
-        Ok(Self { location, readers: reader_threads, writer: writer_thread })
+        Ok(Self { location, clock: Arc::new(Clock::new()), readers: reader_threads, writer: writer_thread })
     }
 
     /// Runs `f` on the writer connection, after every write queued before it.
@@ -198,6 +201,7 @@ fn migrate(conn: &mut Connection, migrations: &[Migration]) -> Result<()> {
     Ok(())
 }
 
+/// The wall clock, for bookkeeping (when a migration was applied); leases use the store's clock.
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
@@ -214,6 +218,10 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
 impl Store for SqliteStore {
     fn kind(&self) -> BackendKind {
         BackendKind::Sqlite
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     fn location(&self) -> &str {
@@ -317,10 +325,27 @@ impl Store for SqliteStore {
 
     async fn commit(&self, writes: Vec<Write>) -> Result<Vec<Option<u64>>> {
         validate_writes(&writes)?;
+        let clock = self.clock.clone();
         self.write(move |conn| {
+            // IMMEDIATE takes the write lock up front, and this connection is the only writer:
+            // no claim, renew or release of a lease can run between a fenced write's check and
+            // the commit.
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut out = Vec::with_capacity(writes.len());
             for (index, w) in writes.into_iter().enumerate() {
+                if let Op::Holding { holder, token } = &w.op {
+                    let held = tx
+                        .prepare_cached(
+                            "SELECT 1 FROM nimbus_leases
+                             WHERE name = ?1 AND holder = ?2 AND token = ?3 AND expires_at > ?4",
+                        )?
+                        .exists(params![w.key, holder, *token as i64, clock.now_ms()])?;
+                    if !held {
+                        return Err(StoreError::LeaseLost { index, name: w.key });
+                    }
+                    out.push(None);
+                    continue;
+                }
                 let actual: Option<u64> = tx
                     .prepare_cached("SELECT version FROM nimbus_kv WHERE ns = ?1 AND key = ?2")?
                     .query_row(params![w.ns, w.key], |r| r.get::<_, i64>(0))
@@ -353,7 +378,7 @@ impl Store for SqliteStore {
                             .execute(params![w.ns, w.key])?;
                         out.push(None);
                     }
-                    Op::Check => out.push(None),
+                    Op::Check | Op::Holding { .. } => out.push(None),
                 }
             }
             tx.commit()?;
@@ -365,8 +390,9 @@ impl Store for SqliteStore {
     async fn claim(&self, name: &str, holder: &str, ttl: Duration) -> Result<Option<Lease>> {
         validate_lease(name, holder, ttl)?;
         let (name, holder) = (name.to_owned(), holder.to_owned());
+        let clock = self.clock.clone();
         self.write(move |c| {
-            let now = now_ms();
+            let now = clock.now_ms();
             let row = c
                 .prepare_cached(
                     "INSERT INTO nimbus_leases (name, holder, token, expires_at) VALUES (?1, ?2, 1, ?3)
@@ -392,8 +418,9 @@ impl Store for SqliteStore {
     async fn renew(&self, lease: &Lease, ttl: Duration) -> Result<Option<Lease>> {
         validate_lease(&lease.name, &lease.holder, ttl)?;
         let lease = lease.clone();
+        let clock = self.clock.clone();
         self.write(move |c| {
-            let now = now_ms();
+            let now = clock.now_ms();
             let expires = c
                 .prepare_cached(
                     "UPDATE nimbus_leases SET expires_at = ?1
@@ -411,14 +438,43 @@ impl Store for SqliteStore {
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
         let lease = lease.clone();
+        let clock = self.clock.clone();
         self.write(move |c| {
             let n = c
                 .prepare_cached(
                     "UPDATE nimbus_leases SET expires_at = 0
                      WHERE name = ?1 AND holder = ?2 AND token = ?3 AND expires_at > ?4",
                 )?
-                .execute(params![lease.name, lease.holder, lease.token as i64, now_ms()])?;
+                .execute(params![lease.name, lease.holder, lease.token as i64, clock.now_ms()])?;
             Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn add(&self, ns: &str, key: &str, delta: i64, max: Option<i64>) -> Result<Option<i64>> {
+        validate_key(ns, key)?;
+        let (ns, key) = (ns.to_owned(), key.to_owned());
+        // Read, decide and write in one transaction of the only writer: nothing runs in between.
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let current: Option<Vec<u8>> = tx
+                .prepare_cached("SELECT value FROM nimbus_kv WHERE ns = ?1 AND key = ?2")?
+                .query_row(params![ns, key], |r| r.get(0))
+                .optional()?;
+            let Some(new) = add_to_counter(&ns, &key, current.as_deref(), delta, max)? else {
+                return Ok(None);
+            };
+            let version: i64 =
+                tx.query_row("UPDATE nimbus_sequence SET value = value + 1 WHERE id = 1 RETURNING value", [], |r| {
+                    r.get(0)
+                })?;
+            tx.prepare_cached(
+                "INSERT INTO nimbus_kv (ns, key, value, version) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, version = excluded.version",
+            )?
+            .execute(params![ns, key, new.to_string().into_bytes(), version])?;
+            tx.commit()?;
+            Ok(Some(new))
         })
         .await
     }
