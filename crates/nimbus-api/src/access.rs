@@ -65,11 +65,11 @@ pub fn authorize(
     )))
 }
 
-/// The token of an `Authorization: Bearer …` header.
+/// The token of an `Authorization: Bearer …` header (none when empty).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 #[cfg(test)]
@@ -86,6 +86,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("authorization", "bearer  abc ".parse().unwrap());
         assert_eq!(bearer(&h), Some("abc"));
+        h.insert("authorization", "Bearer  ".parse().unwrap());
+        assert_eq!(bearer(&h), None);
         h.insert("authorization", "Basic abc".parse().unwrap());
         assert_eq!(bearer(&h), None);
     }

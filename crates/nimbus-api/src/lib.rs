@@ -4,8 +4,15 @@
 //!
 //! Each component keeps its own typed error enum and converts it into an [`ApiError`] at its edge,
 //! so the status map of a component lives in one function.
+//!
+//! Ports, implemented by one component and handed to others by the binary, so that no component
+//! depends on another: [`Authenticate`] (who calls a platform API) and [`Invoke`] (run a function
+//! by name, with the [`Trigger`] types every component shares).
 
 mod access;
+pub mod body;
+mod invoke;
+mod tasks;
 mod trace_context;
 
 use std::sync::Arc;
@@ -15,6 +22,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 pub use access::{Authenticate, Grant, Principal, authorize, bearer};
+pub use invoke::{Call, Declared, FeedStart, Invoke, InvokeError, InvokeFuture, Invoker, Trigger};
+pub use tasks::Tasks;
 pub use trace_context::{TraceContext, hex};
 
 /// The request's id (the client's `x-request-id` if sane, else a new one), in the request's
@@ -33,15 +42,19 @@ pub struct RouteLabel(pub Arc<str>);
 #[derive(Debug, Clone)]
 pub struct Caller(pub Arc<serde_json::Value>);
 
-/// What the gateway's matching `[[routes]]` entry asks of the component that serves a request.
-#[derive(Debug, Clone, Default)]
+/// What the gateway's matching `[[routes]]` entry asks of the component that serves a request,
+/// computed once when the route is compiled.
+#[derive(Debug, Clone, Copy)]
 pub struct RoutePolicy {
-    /// The route's own timeout, when it sets one.
-    pub timeout: Option<std::time::Duration>,
+    /// How long a request may run: the route's `timeout`, else `[server] request_timeout`.
+    pub timeout: std::time::Duration,
+    /// The route's own `timeout`, when it sets one: it bounds asynchronous runs too, which the
+    /// gateway's default does not.
+    pub own_timeout: Option<std::time::Duration>,
     /// Answer `202 Accepted` at once and run in the background.
     pub respond_async: bool,
-    /// The route's own request body limit, when it sets one.
-    pub max_body: Option<u64>,
+    /// The largest request body: the route's `max_body`, capped by `[server] max_request_body`.
+    pub max_body: u64,
 }
 
 /// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded by a proxy.

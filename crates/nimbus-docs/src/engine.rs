@@ -96,6 +96,8 @@ pub struct Docs {
     /// create or delete shows within that time).
     made: Arc<std::sync::Mutex<MadeContainers>>,
     vectors: crate::vectors::Vectors,
+    /// The TTL purger, when started by [`Docs::start`].
+    pub(crate) tasks: nimbus_api::Tasks,
 }
 
 const CONTAINER_TTL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -116,7 +118,13 @@ fn now() -> i64 {
 
 impl Docs {
     pub fn new(store: Arc<dyn Store>, declared: BTreeMap<String, Container>) -> Self {
-        Self { store, declared: Arc::new(declared), made: Default::default(), vectors: Default::default() }
+        Self {
+            store,
+            declared: Arc::new(declared),
+            made: Default::default(),
+            vectors: Default::default(),
+            tasks: nimbus_api::Tasks::new("docs"),
+        }
     }
 
     // ---- containers -------------------------------------------------------------------------

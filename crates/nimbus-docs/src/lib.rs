@@ -31,32 +31,39 @@ use std::time::Duration;
 
 impl Docs {
     /// The component for the manifest's `[docs]`, with its TTL purger running in the background
-    /// (one node at a time, under a lease).
+    /// (one node at a time, under a lease) until [`Docs::shutdown`].
     pub fn start(manifest: &nimbus_config::Manifest, store: std::sync::Arc<dyn nimbus_store::Store>) -> Self {
         let docs = Docs::new(store, from_manifest(&manifest.docs));
         let purger = docs.clone();
-        tokio::spawn(async move {
-            let holder = nimbus_api::hex(&rand::random::<[u8; 8]>());
-            let mut tick = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                match purger.store.claim("docs-ttl-purge", &holder, Duration::from_secs(30)).await {
-                    Ok(Some(_lease)) => {
-                        while let Ok(n) = purger.purge_expired(500).await {
-                            if n == 0 {
-                                break;
-                            }
-                            tracing::debug!(purged = n, "expired items purged");
-                        }
-                        if let Err(e) = purger.purge_tombstones(500).await {
-                            tracing::warn!(error = %e, "cannot purge tombstones");
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot claim the TTL purge lease"),
-                }
-            }
+        let holder = nimbus_api::hex(&rand::random::<[u8; 8]>());
+        docs.tasks.every("ttl-purger", Duration::from_secs(5), move || {
+            let (purger, holder) = (purger.clone(), holder.clone());
+            async move { purger.purge_round(&holder).await }
         });
         docs
+    }
+
+    /// Stops the TTL purger (a round in progress finishes) within `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.tasks.shutdown(grace).await;
+    }
+
+    /// One purge round, if this node holds the purge lease.
+    async fn purge_round(&self, holder: &str) {
+        match self.store.claim("docs-ttl-purge", holder, Duration::from_secs(30)).await {
+            Ok(Some(_lease)) => {
+                while let Ok(n) = self.purge_expired(500).await {
+                    if n == 0 {
+                        break;
+                    }
+                    tracing::debug!(purged = n, "expired items purged");
+                }
+                if let Err(e) = self.purge_tombstones(500).await {
+                    tracing::warn!(error = %e, "cannot purge tombstones");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot claim the TTL purge lease"),
+        }
     }
 }

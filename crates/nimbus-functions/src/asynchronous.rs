@@ -71,10 +71,10 @@ pub(crate) async fn accept(
     function: String,
     params: serde_json::Map<String, serde_json::Value>,
     req: Request,
-    timeout: Duration,
+    policy: crate::Policy,
 ) -> Response {
+    let (timeout, max) = (policy.async_timeout, policy.max_body);
     let (parts, body) = req.into_parts();
-    let max = inner.max_request_body;
     let body = match http_body_util::Limited::new(body, max as usize).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -105,7 +105,7 @@ pub(crate) async fn accept(
     tokio::spawn(async move {
         let _running = running;
         let req = Request::from_parts(parts, Body::from(body));
-        let response = crate::invoke::run(&task_inner, &function, params, req, timeout).await;
+        let response = crate::invoke::run(&task_inner, &function, params, req, timeout, max).await;
         let (head, body) = response.into_parts();
         let body = match http_body_util::Limited::new(body, MAX_RESULT).collect().await {
             Ok(collected) => collected.to_bytes().to_vec(),

@@ -57,9 +57,7 @@ impl InvokeError {
                 (StatusCode::BAD_GATEWAY, format!("the worker of `{function}` exited before completing the response"))
             }
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, format!("function `{function}` did not answer in time")),
-            Self::BodyTooLarge(limit) => {
-                (StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than the {limit}-byte limit"))
-            }
+            Self::BodyTooLarge(limit) => return nimbus_api::body::payload_too_large(*limit),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down".to_owned()),
         };
         ApiError::new(status, self.kind(), message)

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use nimbus_api::{Declared, Trigger};
 use nimbus_config::{AppConfig, FunctionSection, Runtime, WorkerSection};
 use nimbus_store::Store;
 
@@ -69,19 +70,26 @@ pub(crate) async fn build(
     }
     for (name, (_, worker)) in &specs {
         match worker.runtime {
+            // A command worker is one function: the HTTP server serving the manifest's routes.
             Runtime::Command => list.push(FunctionInfo {
                 name: name.clone(),
                 worker: name.clone(),
                 runtime: "command",
-                route: worker.routes.join(", "),
-                methods: Vec::new(),
+                trigger: Trigger::Http { route: worker.routes.first().cloned().unwrap_or_default(), methods: Vec::new() },
+                routes: worker.routes.clone(),
             }),
             runtime => {
-                for f in indexed.remove(name).unwrap_or_default() {
+                for declared in indexed.remove(name).unwrap_or_default() {
+                    let routes = match &declared.trigger {
+                        Trigger::Http { route, .. } => vec![route.clone()],
+                        _ => Vec::new(),
+                    };
                     list.push(FunctionInfo {
-                        runtime: if runtime == Runtime::Python { "python" } else { "node" },
+                        name: declared.name,
                         worker: name.clone(),
-                        ..f
+                        runtime: if runtime == Runtime::Python { "python" } else { "node" },
+                        trigger: declared.trigger,
+                        routes,
                     });
                 }
             }
@@ -91,13 +99,22 @@ pub(crate) async fn build(
 
     for info in &list {
         let (spec, worker) = &specs[&info.worker];
-        let route_patterns: Vec<&str> = if worker.runtime == Runtime::Command {
-            worker.routes.iter().map(String::as_str).collect()
-        } else {
-            vec![info.route.as_str()]
+        let methods = match &info.trigger {
+            Trigger::Http { methods, .. } => methods.as_slice(),
+            _ => &[],
         };
-        for pattern in route_patterns {
-            routes.add(pattern, &info.methods, &info.name).map_err(FunctionsError::Config)?;
+        for pattern in &info.routes {
+            routes.add(pattern, methods, &info.name).map_err(FunctionsError::Config)?;
+        }
+        if !matches!(info.trigger, Trigger::Http { .. } | Trigger::Activity {}) {
+            tracing::warn!(
+                function = %info.name,
+                trigger = info.trigger.kind(),
+                "nothing in this version fires {} triggers by themselves; invoke the function by name \
+                 (POST /_nimbus/admin/functions/{}/invoke)",
+                info.trigger.kind(),
+                info.name
+            );
         }
         if functions.contains_key(&info.name) {
             return Err(FunctionsError::Config(format!("function `{}` is declared twice", info.name)));
@@ -105,7 +122,7 @@ pub(crate) async fn build(
         let settings = manifest.functions.get(&info.name);
         let limits = limits(settings, worker.runtime);
         let timeout = settings.and_then(|s| s.timeout).map_or(DEFAULT_TIMEOUT, |t| t.get());
-        let grants = settings.map(|s| s.grants.iter().filter_map(|g| nimbus_api::Grant::parse(g).ok()).collect());
+        let grants: Option<Arc<[nimbus_api::Grant]>> = settings.map(|s| s.grants.clone().into());
         let access =
             Access { tokens: tokens.clone(), socket: platform_socket(&socket_dir), grants: grants.unwrap_or_default() };
         let pool = Pool::new(info.name.clone(), spec.clone(), access, limits, ids.clone());
@@ -302,41 +319,12 @@ async fn interpreter(
 }
 
 /// Starts a short-lived instance and asks it which functions it declares (PROTOCOL.md §2).
-async fn index(spec: &LaunchSpec, worker: &str, id: &str) -> Result<Vec<FunctionInfo>, FunctionsError> {
+async fn index(spec: &LaunchSpec, worker: &str, id: &str) -> Result<Vec<Declared>, FunctionsError> {
     let instance = Instance::start(spec, id, None)
         .await
         .map_err(|e| FunctionsError::Start { worker: worker.to_owned(), reason: e.to_string() })?;
     let answer = instance.get_json("/_nimbus/worker/index").await;
     instance.stop().await;
     let answer = answer.map_err(|reason| FunctionsError::Index { worker: worker.to_owned(), reason })?;
-    let bad = |reason: String| FunctionsError::Index { worker: worker.to_owned(), reason };
-    if answer.get("protocol").and_then(|p| p.as_u64()) != Some(1) {
-        return Err(bad(format!("unsupported protocol {:?} (this host speaks 1)", answer.get("protocol"))));
-    }
-    let functions =
-        answer.get("functions").and_then(|f| f.as_array()).ok_or_else(|| bad("no `functions` list".into()))?;
-    let mut out = Vec::new();
-    for f in functions {
-        let name = f.get("name").and_then(|n| n.as_str()).ok_or_else(|| bad("a function without a name".into()))?;
-        let trigger = f.get("trigger").ok_or_else(|| bad(format!("function `{name}` has no trigger")))?;
-        if trigger.get("type").and_then(|t| t.as_str()) != Some("http") {
-            tracing::warn!(worker, function = name, "trigger type not served yet; skipping");
-            continue;
-        }
-        let route =
-            trigger.get("route").and_then(|r| r.as_str()).ok_or_else(|| bad(format!("`{name}` has no route")))?;
-        let methods = trigger
-            .get("methods")
-            .and_then(|m| m.as_array())
-            .map(|m| m.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default();
-        out.push(FunctionInfo {
-            name: name.to_owned(),
-            worker: worker.to_owned(),
-            runtime: "",
-            route: route.to_owned(),
-            methods,
-        });
-    }
-    Ok(out)
+    crate::index::parse(answer).map_err(|reason| FunctionsError::Index { worker: worker.to_owned(), reason })
 }

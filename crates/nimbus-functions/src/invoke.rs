@@ -49,9 +49,9 @@ pub(crate) async fn handle(State(shared): State<Arc<crate::Shared>>, req: Reques
     };
     let policy = inner.policy(target, req.extensions().get::<nimbus_api::RoutePolicy>());
     if policy.respond_async || crate::asynchronous::requested(req.headers()) {
-        return crate::asynchronous::accept(inner.clone(), function, params, req, policy.async_timeout).await;
+        return crate::asynchronous::accept(inner.clone(), function, params, req, policy).await;
     }
-    run(&inner, &function, params, req, policy.timeout).await
+    run(&inner, &function, params, req, policy.timeout, policy.max_body).await
 }
 
 /// Runs one invocation and answers with the worker's streamed response, or the JSON error that
@@ -62,25 +62,17 @@ pub(crate) async fn run(
     params: serde_json::Map<String, serde_json::Value>,
     req: Request,
     timeout: std::time::Duration,
+    max_body: u64,
 ) -> Response {
     let Some(target) = inner.functions.get(function) else {
         return ApiError::internal().into_response();
     };
     let started = Instant::now();
-    let route_limit = req.extensions().get::<nimbus_api::RoutePolicy>().and_then(|p| p.max_body);
-    let max_body = route_limit.map_or(inner.max_request_body, |l| l.min(inner.max_request_body));
     let result = invoke(target, function, params, req, max_body, timeout).await;
     let mut response = match result {
         Ok(response) => response,
         Err(e) => {
-            metrics::counter!("nimbus_function_errors_total", "function" => function.to_owned(), "kind" => e.kind())
-                .increment(1);
-            match e {
-                InvokeError::WorkerCrashed | InvokeError::Unavailable => {
-                    tracing::warn!(function = %function, error = e.kind(), "invocation failed")
-                }
-                _ => tracing::info!(function = %function, error = e.kind(), "invocation refused"),
-            }
+            note_failure(function, &e);
             let mut response = e.to_api(function).into_response();
             if response.status() == StatusCode::SERVICE_UNAVAILABLE {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
@@ -88,9 +80,7 @@ pub(crate) async fn run(
             response
         }
     };
-    metrics::counter!("nimbus_function_invocations_total", "function" => function.to_owned(), "status" => response.status().as_str().to_owned())
-        .increment(1);
-    target.duration.record(started.elapsed().as_secs_f64());
+    note_outcome(target, function, response.status(), started);
     response.extensions_mut().insert(RouteLabel(target.label.clone()));
     response
 }
@@ -103,16 +93,13 @@ async fn invoke(
     max_body: u64,
     timeout: std::time::Duration,
 ) -> Result<Response, InvokeError> {
-    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max_body) {
+    if nimbus_api::body::declared_length(req.headers()).is_some_and(|n| n > max_body) {
         return Err(InvokeError::BodyTooLarge(max_body));
     }
     let deadline = tokio::time::Instant::now() + timeout;
-    let slot = tokio::time::timeout_at(deadline, target.pool.acquire()).await.map_err(|_| InvokeError::Timeout)??;
-
     let trace =
         req.extensions().get::<TraceContext>().copied().unwrap_or_else(|| TraceContext::continue_or_start(None));
-    let invocation_id = nimbus_api::hex(&rand::rng().random::<[u8; 16]>());
+    let invocation_id = new_invocation_id();
     let (parts, body) = req.into_parts();
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_owned();
     let mut builder = axum::http::Request::builder().method(parts.method).uri(path_and_query);
@@ -121,48 +108,113 @@ async fn invoke(
     if !headers.contains_key(header::HOST) {
         headers.insert(header::HOST, HeaderValue::from_static("localhost"));
     }
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.insert(HeaderName::from_static(name), v);
-        }
-    };
-    set("x-nimbus-function", function.to_owned());
-    set("x-nimbus-invocation-id", invocation_id.clone());
-    set(
-        "x-nimbus-params",
-        if params.is_empty() { "{}".to_owned() } else { header_json(&serde_json::Value::Object(params)) },
+    protocol_headers(headers, function, &invocation_id, timeout, &trace);
+    headers.insert(
+        HeaderName::from_static("x-nimbus-params"),
+        header_value(if params.is_empty() { "{}".to_owned() } else { header_json(&serde_json::Value::Object(params)) }),
     );
-    set("x-nimbus-timeout-ms", timeout.as_millis().to_string());
     if let Some(caller) = parts.extensions.get::<nimbus_api::Caller>() {
-        set("x-nimbus-claims", header_json(&caller.0));
+        headers.insert(HeaderName::from_static("x-nimbus-claims"), header_value(header_json(&caller.0)));
     }
-    set("traceparent", trace.traceparent());
     let limited = http_body_util::Limited::new(body, max_body as usize);
     let uploaded = Arc::new(AtomicBool::new(limited.is_end_stream()));
     let tracked = Tracked { inner: limited, done: uploaded.clone() };
     let request = builder.body(Body::new(tracked)).map_err(|_| InvokeError::WorkerCrashed)?;
 
-    let mut conn = match tokio::time::timeout_at(deadline, slot.instance.connection()).await {
-        Err(_) => return Err(InvokeError::Timeout),
-        Ok(conn) => conn.map_err(|_| InvokeError::WorkerCrashed)?,
-    };
-    let sent = tokio::time::timeout_at(deadline, conn.send_request(request)).await;
-    let response = match sent {
-        Err(_) => {
-            tracing::info!(function, invocation = %invocation_id, "timed out; cancelling the invocation");
-            return Err(InvokeError::Timeout);
+    let exchange = exchange(target, function, &invocation_id, request, deadline).await;
+    let (response, slot, conn) = match exchange {
+        Err(Failure::Refused(e)) => return Err(e),
+        Err(Failure::Connection(e)) if nimbus_api::body::is_too_large(&e) => {
+            return Err(InvokeError::BodyTooLarge(max_body));
         }
-        Ok(Err(e)) if body_too_large(&e) => return Err(InvokeError::BodyTooLarge(max_body)),
-        Ok(Err(e)) => {
-            tracing::warn!(function, invocation = %invocation_id, instance = %slot.instance.id, error = %e, "worker connection failed");
-            return Err(InvokeError::WorkerCrashed);
-        }
-        Ok(Ok(response)) => response,
+        Err(Failure::Connection(_)) => return Err(InvokeError::WorkerCrashed),
+        Ok(exchanged) => exchanged,
     };
     let (mut parts, incoming) = response.into_parts();
     nimbus_api::strip_hop_by_hop(&mut parts.headers);
     let body = StreamBack::new(incoming, slot, conn, deadline, uploaded);
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+/// Why [`exchange`] got no response head.
+pub(crate) enum Failure {
+    /// No slot, no connection or no answer in time.
+    Refused(InvokeError),
+    /// The worker connection failed while sending the request or awaiting the head.
+    Connection(hyper::Error),
+}
+
+/// The step every invocation shares: a slot in the function's pool, a connection to its instance,
+/// the request sent and the response head received, all before `deadline`. The caller owns the
+/// slot and the connection until the response body has been read (then gives the connection back).
+pub(crate) async fn exchange(
+    target: &crate::Target,
+    function: &str,
+    invocation_id: &str,
+    request: axum::http::Request<Body>,
+    deadline: tokio::time::Instant,
+) -> Result<(axum::http::Response<Incoming>, Slot, SendRequest<Body>), Failure> {
+    let slot = match tokio::time::timeout_at(deadline, target.pool.acquire()).await {
+        Err(_) => return Err(Failure::Refused(InvokeError::Timeout)),
+        Ok(slot) => slot.map_err(Failure::Refused)?,
+    };
+    let mut conn = match tokio::time::timeout_at(deadline, slot.instance.connection()).await {
+        Err(_) => return Err(Failure::Refused(InvokeError::Timeout)),
+        Ok(conn) => conn.map_err(|_| Failure::Refused(InvokeError::WorkerCrashed))?,
+    };
+    match tokio::time::timeout_at(deadline, conn.send_request(request)).await {
+        Err(_) => {
+            tracing::info!(function, invocation = %invocation_id, "timed out; cancelling the invocation");
+            Err(Failure::Refused(InvokeError::Timeout))
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(function, invocation = %invocation_id, instance = %slot.instance.id, error = %e, "worker connection failed");
+            Err(Failure::Connection(e))
+        }
+        Ok(Ok(response)) => Ok((response, slot, conn)),
+    }
+}
+
+/// A fresh invocation id: 128 random bits in hex.
+pub(crate) fn new_invocation_id() -> String {
+    nimbus_api::hex(&rand::rng().random::<[u8; 16]>())
+}
+
+/// The `x-nimbus-*` headers and trace context of PROTOCOL.md §3 and §4 that every invocation carries.
+pub(crate) fn protocol_headers(
+    headers: &mut HeaderMap,
+    function: &str,
+    invocation_id: &str,
+    timeout: std::time::Duration,
+    trace: &TraceContext,
+) {
+    headers.insert(HeaderName::from_static("x-nimbus-function"), header_value(function.to_owned()));
+    headers.insert(HeaderName::from_static("x-nimbus-invocation-id"), header_value(invocation_id.to_owned()));
+    headers.insert(HeaderName::from_static("x-nimbus-timeout-ms"), header_value(timeout.as_millis().to_string()));
+    headers.insert(HeaderName::from_static("traceparent"), header_value(trace.traceparent()));
+}
+
+/// Every value given here is ASCII (function names, ids, numbers, [`header_json`]).
+fn header_value(value: String) -> HeaderValue {
+    HeaderValue::try_from(value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Counts and logs an invocation that got no response from its handler.
+pub(crate) fn note_failure(function: &str, e: &InvokeError) {
+    metrics::counter!("nimbus_function_errors_total", "function" => function.to_owned(), "kind" => e.kind()).increment(1);
+    match e {
+        InvokeError::WorkerCrashed | InvokeError::Unavailable => {
+            tracing::warn!(function = %function, error = e.kind(), "invocation failed")
+        }
+        _ => tracing::info!(function = %function, error = e.kind(), "invocation refused"),
+    }
+}
+
+/// Counts an invocation by the status it answered, and records how long it took.
+pub(crate) fn note_outcome(target: &crate::Target, function: &str, status: StatusCode, started: Instant) {
+    metrics::counter!("nimbus_function_invocations_total", "function" => function.to_owned(), "status" => status.as_str().to_owned())
+        .increment(1);
+    target.duration.record(started.elapsed().as_secs_f64());
 }
 
 /// JSON for a header value: header values are ASCII, so every other character is written as a
@@ -183,17 +235,6 @@ fn header_json(value: &serde_json::Value) -> String {
         }
     }
     out
-}
-
-fn body_too_large(e: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
 }
 
 /// The client's end-to-end headers; hop-by-hop ones and any `x-nimbus-*` a client tried to forge stay behind.

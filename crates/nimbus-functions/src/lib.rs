@@ -7,8 +7,10 @@
 
 mod access;
 mod asynchronous;
+mod by_name;
 mod error;
 mod generation;
+mod index;
 mod instance;
 mod invoke;
 mod pool;
@@ -36,8 +38,21 @@ pub struct FunctionInfo {
     pub name: String,
     pub worker: String,
     pub runtime: &'static str,
-    pub route: String,
-    pub methods: Vec<String>,
+    /// What fires it. A command worker is one HTTP function whose trigger names its first route.
+    pub trigger: nimbus_api::Trigger,
+    /// The route patterns it serves: its HTTP trigger's, every `routes` entry of a command
+    /// worker, none for other triggers.
+    pub routes: Vec<String>,
+}
+
+impl FunctionInfo {
+    /// The methods its HTTP trigger takes (empty: all, or not an HTTP function).
+    pub fn methods(&self) -> &[String] {
+        match &self.trigger {
+            nimbus_api::Trigger::Http { methods, .. } => methods,
+            _ => &[],
+        }
+    }
 }
 
 pub(crate) struct Target {
@@ -63,11 +78,13 @@ pub(crate) struct Inner {
 }
 
 /// What the `[[routes]]` entry of a request asks of its invocation.
+#[derive(Clone, Copy)]
 pub(crate) struct Policy {
     pub timeout: Duration,
     /// For asynchronous invocations the gateway's HTTP timeout does not apply; the function's does.
     pub async_timeout: Duration,
     pub respond_async: bool,
+    pub max_body: u64,
 }
 
 impl Inner {
@@ -90,14 +107,20 @@ impl Inner {
         })
     }
 
-    /// The route's settings: the function's own timeout capped by the route's (the gateway's
-    /// `[[routes]]` decision, else the gateway default), and whether the route answers asynchronously.
+    /// The route's settings (the gateway's, else the server's defaults) applied to the function:
+    /// its own timeout capped by the route's.
     fn policy(&self, target: &Target, route: Option<&nimbus_api::RoutePolicy>) -> Policy {
-        let route_timeout = route.and_then(|r| r.timeout);
+        let route = route.copied().unwrap_or(nimbus_api::RoutePolicy {
+            timeout: self.request_timeout,
+            own_timeout: None,
+            respond_async: false,
+            max_body: self.max_request_body,
+        });
         Policy {
-            timeout: target.timeout.min(route_timeout.unwrap_or(self.request_timeout)),
-            async_timeout: target.timeout.min(route_timeout.unwrap_or(target.timeout)),
-            respond_async: route.is_some_and(|r| r.respond_async),
+            timeout: target.timeout.min(route.timeout),
+            async_timeout: target.timeout.min(route.own_timeout.unwrap_or(target.timeout)),
+            respond_async: route.respond_async,
+            max_body: route.max_body,
         }
     }
 }
@@ -108,7 +131,8 @@ pub struct Functions {
     store: Arc<dyn Store>,
     ids: Arc<AtomicU64>,
     tokens: access::Tokens,
-    reaper: tokio::task::JoinHandle<()>,
+    /// The reaper (scale-in), the sweeper of asynchronous results, and reloads' drains.
+    tasks: nimbus_api::Tasks,
     reloading: tokio::sync::Mutex<()>,
     /// Replaced generations, possibly still draining; closed at shutdown.
     retired: std::sync::Mutex<Vec<Arc<Inner>>>,
@@ -132,21 +156,18 @@ impl Functions {
         let tokens = access::Tokens::default();
         let inner = Arc::new(generation::build(app, data_dir, store.clone(), ids.clone(), &tokens, true).await?);
         let shared = Arc::new(Shared { current: RwLock::new(inner) });
+        let tasks = nimbus_api::Tasks::new("functions");
         let ticking = shared.clone();
-        let reaper = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
-            let mut ticks: u64 = 0;
-            loop {
-                tick.tick().await;
-                let inner = ticking.current();
-                for target in inner.functions.values() {
-                    target.pool.scale_in();
-                }
-                ticks += 1;
-                if ticks % 240 == 1 {
-                    tokio::spawn(async move { asynchronous::sweep(&inner).await });
-                }
+        tasks.every("reaper", Duration::from_millis(250), move || {
+            for target in ticking.current().functions.values() {
+                target.pool.scale_in();
             }
+            std::future::ready(())
+        });
+        let sweeping = shared.clone();
+        tasks.every("async-sweeper", Duration::from_secs(60), move || {
+            let inner = sweeping.current();
+            async move { asynchronous::sweep(&inner).await }
         });
         Ok(Self {
             shared,
@@ -154,7 +175,7 @@ impl Functions {
             store,
             ids,
             tokens,
-            reaper,
+            tasks,
             reloading: tokio::sync::Mutex::new(()),
             retired: std::sync::Mutex::new(Vec::new()),
         })
@@ -179,6 +200,12 @@ impl Functions {
     /// Serves function routes; answers a JSON 404/405 for paths and methods no function takes.
     pub fn router(&self) -> Router {
         Router::new().fallback(invoke::handle).with_state(self.shared.clone())
+    }
+
+    /// Invokes functions by name (the [`nimbus_api::Invoke`] port), for the binary to hand to
+    /// other components. Follows reloads.
+    pub fn invoker(&self) -> nimbus_api::Invoker {
+        Arc::new(by_name::ByName { shared: self.shared.clone() })
     }
 
     /// `GET /_nimbus/invocations/{id}`: the status, then the stored response, of an asynchronous
@@ -213,8 +240,8 @@ impl Functions {
                                 "name": f.name,
                                 "worker": f.worker,
                                 "runtime": f.runtime,
-                                "route": f.route,
-                                "methods": f.methods,
+                                "trigger": f.trigger,
+                                "routes": f.routes,
                                 "timeoutSeconds": target.map(|t| t.timeout.as_secs_f64()),
                                 "pool": target.map(|t| t.pool.stats()),
                             })
@@ -241,7 +268,7 @@ impl Functions {
             retired.retain(|generation| generation.functions.values().any(|t| !t.pool.is_closed()));
             retired.push(old.clone());
         }
-        tokio::spawn(async move {
+        self.tasks.spawn_to_end(async move {
             // Requests that read the old generation just before the swap (and asynchronous
             // invocations) hold it: wait until only the retired list and this task do.
             let longest = old.functions.values().map(|t| t.timeout).max().unwrap_or_default();
@@ -250,38 +277,26 @@ impl Functions {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let drains: Vec<_> = old
-                .functions
-                .values()
-                .map(|t| {
-                    let pool = t.pool.clone();
-                    tokio::spawn(async move { pool.drain(remaining).await })
-                })
-                .collect();
-            for drain in drains {
-                let _ = drain.await;
-            }
+            let drains = old.functions.values().map(|t| t.pool.drain(remaining));
+            futures_util::future::join_all(drains).await;
         });
         Ok(list)
     }
 
     /// Stops every instance, once the server has drained its requests and the asynchronous
-    /// invocations still running have finished (at most `grace`).
+    /// invocations still running have finished (at most `grace` in all); then the background
+    /// tasks (reaper, sweeper, reloads' drains, which the closed pools end).
     pub async fn shutdown(&self, grace: Duration) {
-        self.reaper.abort();
+        let deadline = tokio::time::Instant::now() + grace;
         let mut generations = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
         generations.push(self.shared.current());
-        let deadline = tokio::time::Instant::now() + grace;
         while generations.iter().any(|g| g.background.load(std::sync::atomic::Ordering::Acquire) > 0)
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let closing: Vec<Arc<Pool>> =
-            generations.iter().flat_map(|g| g.functions.values().map(|t| t.pool.clone())).collect();
-        let handles: Vec<_> = closing.into_iter().map(|p| tokio::spawn(async move { p.close().await })).collect();
-        for handle in handles {
-            let _ = handle.await;
-        }
+        let closing = generations.iter().flat_map(|g| g.functions.values().map(|t| t.pool.close()));
+        futures_util::future::join_all(closing).await;
+        self.tasks.shutdown(deadline.saturating_duration_since(tokio::time::Instant::now())).await;
     }
 }

@@ -85,10 +85,17 @@ pub(crate) struct Verifier {
     leeway: u64,
     client: HttpClient,
     cache: Mutex<HashMap<String, Cached>>,
+    /// The gateway's: background refreshes of issuers' keys.
+    tasks: nimbus_api::Tasks,
 }
 
 impl Verifier {
-    pub fn new(manifest: &nimbus_config::Manifest, local: Option<LocalIssuer>, client: HttpClient) -> Self {
+    pub fn new(
+        manifest: &nimbus_config::Manifest,
+        local: Option<LocalIssuer>,
+        client: HttpClient,
+        tasks: nimbus_api::Tasks,
+    ) -> Self {
         let default_audience = manifest.identity.as_ref().and_then(|i| i.audience.clone());
         let issuers = manifest
             .gateway
@@ -119,7 +126,8 @@ impl Verifier {
                 })
             }))
             .collect();
-        Self { issuers, leeway: manifest.gateway.leeway.get().as_secs(), client, cache: Mutex::new(HashMap::new()) }
+        let leeway = manifest.gateway.leeway.get().as_secs();
+        Self { issuers, leeway, client, cache: Mutex::new(HashMap::new()), tasks }
     }
 
     pub fn issuers(&self) -> &[Arc<Issuer>] {
@@ -213,7 +221,7 @@ impl Verifier {
     fn refresh_in_background(&self, issuer: &Arc<Issuer>) {
         let issuer = issuer.clone();
         let client = self.client.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(e) = fetch_into(&client, &issuer, Some(REFETCH_FLOOR)).await {
                 tracing::warn!(issuer = %issuer.issuer, error = %e, "cannot refresh the issuer's signing keys; keeping the old ones");
             }

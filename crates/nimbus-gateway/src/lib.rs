@@ -12,6 +12,7 @@ mod admin;
 mod client;
 mod gateway;
 mod health;
+mod invoke;
 mod jwt;
 mod keys;
 mod limit;
@@ -32,6 +33,7 @@ use nimbus_api::ApiError;
 use nimbus_store::Store;
 
 pub use admin::{AdminToken, AdminTokenError, admin_only};
+pub use invoke::admin_router as invoke_admin_router;
 pub use gateway::{Backends, Gateway, GatewayError, Operation};
 pub use jwt::LocalIssuer;
 pub use keys::{ApiKeyInfo, ApiKeys, KeyError, admin_router as keys_admin_router};

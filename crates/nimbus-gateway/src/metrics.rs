@@ -10,20 +10,17 @@ pub type MetricsHandle = PrometheusHandle;
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
 
-/// Installs the process-wide recorder. Call once, inside a tokio runtime (it spawns the upkeep
-/// task that bounds histogram memory).
-pub fn install_metrics() -> Result<MetricsHandle, String> {
+/// Installs the process-wide recorder. Call once; `tasks` runs the upkeep that bounds histogram
+/// memory.
+pub fn install_metrics(tasks: &nimbus_api::Tasks) -> Result<MetricsHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets(LATENCY_BUCKETS)
         .and_then(|b| b.install_recorder())
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     let upkeep = handle.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            upkeep.run_upkeep();
-        }
+    tasks.every("metrics-upkeep", Duration::from_secs(5), move || {
+        upkeep.run_upkeep();
+        std::future::ready(())
     });
     metrics::describe_counter!("nimbus_http_requests_total", "HTTP requests answered, by route, method and status");
     metrics::describe_histogram!(

@@ -74,6 +74,8 @@ pub struct Identity {
     /// Outbound HTTP (federated providers).
     http: reqwest::Client,
     smtp: Option<Arc<mail::Smtp>>,
+    /// Rereading the signing keys; mails being sent.
+    pub(crate) tasks: nimbus_api::Tasks,
 }
 
 impl Identity {
@@ -136,15 +138,17 @@ impl Identity {
                 .build()
                 .map_err(|e| StartError::Http(e.to_string()))?,
             issuer,
+            tasks: nimbus_api::Tasks::new("identity"),
         });
+        // Every node rereads the keys, so a rotation made by another node or the CLI reaches it.
         let weak = Arc::downgrade(&identity);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(KEY_RELOAD);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let Some(identity) = weak.upgrade() else { return };
-                if let Err(e) = identity.keys.reload().await {
+        let mut first = true;
+        identity.tasks.every("key-reload", KEY_RELOAD, move || {
+            let (weak, skip) = (weak.clone(), std::mem::take(&mut first));
+            async move {
+                if let Some(identity) = weak.upgrade().filter(|_| !skip)
+                    && let Err(e) = identity.keys.reload().await
+                {
                     tracing::warn!(error = %e, "cannot reread the signing keys");
                 }
             }
@@ -158,6 +162,11 @@ impl Identity {
             Some(c) => Some(c.clone()),
             None => clients::load(self.store.as_ref(), id).await,
         }
+    }
+
+    /// Stops rereading the keys and waits for mails being sent, within `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.tasks.shutdown(grace).await;
     }
 
     pub fn users(&self) -> &Users {

@@ -58,7 +58,7 @@ pub(crate) async fn send(identity: &Identity, to: &str, subject: &str, body: &st
         return;
     };
     let store = identity.store.clone();
-    tokio::spawn(async move {
+    identity.tasks.spawn_to_end(async move {
         let message = mail.to.parse::<Mailbox>().map_err(|e| e.to_string()).and_then(|to| {
             Message::builder()
                 .from(smtp.from.clone())

@@ -11,11 +11,12 @@ use notify::{EventKind, RecursiveMode, Watcher};
 
 const SETTLE: Duration = Duration::from_millis(200);
 
-/// Keeps watching while the returned watcher lives.
+/// Keeps watching while the returned watcher lives and `tasks` runs.
 pub fn start(
     app_dir: PathBuf,
     data_dir: PathBuf,
     functions: Arc<nimbus_functions::Functions>,
+    tasks: &nimbus_api::Tasks,
 ) -> anyhow::Result<notify::RecommendedWatcher> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
     let ignored_dir = data_dir.clone();
@@ -32,7 +33,7 @@ pub fn start(
     })
     .context("cannot watch the app's files")?;
     watcher.watch(&app_dir, RecursiveMode::Recursive).with_context(|| format!("cannot watch {}", app_dir.display()))?;
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         while let Some(first) = rx.recv().await {
             tokio::time::sleep(SETTLE).await;
             while rx.try_recv().is_ok() {}

@@ -178,7 +178,8 @@ async fn python_functions_answer_stream_and_fail_cleanly() {
     assert_eq!(client().get(node.url("/_nimbus/admin/functions")).send().await.unwrap().status(), 401);
     let admin: Value = support::admin_get(&node, &app, "/_nimbus/admin/functions").await.json().await.unwrap();
     let hello = admin["functions"].as_array().unwrap().iter().find(|f| f["name"] == "hello").unwrap().clone();
-    assert_eq!(hello["route"], "/hello");
+    assert_eq!(hello["trigger"], serde_json::json!({"type": "http", "route": "/hello", "methods": ["GET"]}));
+    assert_eq!(hello["routes"], serde_json::json!(["/hello"]));
     assert_eq!(hello["runtime"], "python");
     assert_eq!(hello["pool"]["instances"], 1);
     assert_eq!(hello["pool"]["concurrency"], 1);

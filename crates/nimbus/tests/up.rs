@@ -242,3 +242,26 @@ async fn the_manifest_can_choose_the_store() {
     assert!(app.data_dir().join("custom.db").exists());
     assert!(node.stdout.contains("custom.db"), "{}", node.stdout);
 }
+
+#[tokio::test]
+async fn a_stopping_node_stops_its_components_in_order_within_the_grace() {
+    let manifest = "[server]\nshutdown_grace = \"5s\"\n\n[identity]\naudience = \"api://t\"\n\n\
+                    [docs.containers.notes]\npartition_key = \"/user\"\n\n\
+                    [workers.main]\nruntime = \"python\"\nentry = \"app.py\"\n\n[functions.hello]\nmin_instances = 1\n";
+    let app = App::new(Some(manifest));
+    std::fs::write(
+        app.path().join("app.py"),
+        "import nimbus\napp = nimbus.App()\n\n@app.http('/hello')\nasync def hello(req, ctx):\n    return 'hi'\n",
+    )
+    .unwrap();
+    let mut node = app.start(&[]);
+    let (status, took) = node.signal_and_wait("TERM", Duration::from_secs(10));
+    assert!(status.success(), "exit {status}\n{}", node.stderr());
+    assert!(took < Duration::from_secs(5), "an idle node stops well within its grace, took {took:?}");
+    let log = node.stderr();
+    let at = |component: &str| {
+        log.find(&format!("component=\"{component}\"")).unwrap_or_else(|| panic!("no stop of {component}:\n{log}"))
+    };
+    let order = ["functions", "gateway", "docs", "identity", "node"].map(at);
+    assert!(order.is_sorted(), "components stop in the stated order: {order:?}\n{log}");
+}
