@@ -69,6 +69,8 @@ pub struct Gateway {
     max_request_body: u64,
     pub(crate) app: String,
     pub(crate) openid_configuration: Vec<String>,
+    /// Fetching issuers' keys, forgetting idle rate-limit state, purging old quota periods.
+    tasks: nimbus_api::Tasks,
 }
 
 type Svc = BoxCloneSyncService<Request, Response, Infallible>;
@@ -98,7 +100,8 @@ impl Gateway {
         }
         // Most specific first; among equals, the order of the manifest.
         routes.sort_by_key(|r| r.pattern.as_ref().map(|p| p.specificity()));
-        let verifier = Arc::new(Verifier::new(manifest, own_issuer, client.clone()));
+        let tasks = nimbus_api::Tasks::new("gateway");
+        let verifier = Arc::new(Verifier::new(manifest, own_issuer, client.clone(), tasks.clone()));
         let gateway = Arc::new(Self {
             default_route: Arc::new(Route::default_for_functions(manifest)),
             routes,
@@ -113,15 +116,27 @@ impl Gateway {
             request_timeout: manifest.server.request_timeout.get(),
             max_request_body: manifest.server.max_request_body.0,
             app: app.to_owned(),
+            tasks: tasks.clone(),
         });
+        let warming = gateway.verifier.clone();
+        tasks.spawn(async move { warming.warm().await });
         let weak = Arc::downgrade(&gateway);
-        tokio::spawn(async move {
-            if let Some(g) = weak.upgrade() {
-                g.verifier.warm().await;
+        let mut rounds: u64 = 0;
+        tasks.every("housekeeping", Duration::from_secs(60), move || {
+            let (weak, round) = (weak.clone(), rounds);
+            rounds += 1;
+            async move {
+                if let Some(gateway) = weak.upgrade() {
+                    gateway.housekeep(round).await;
+                }
             }
-            housekeep(weak).await;
         });
         Ok(gateway)
+    }
+
+    /// Stops the background work (key fetches, housekeeping) within `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.tasks.shutdown(grace).await;
     }
 
     /// `[gateway] cors` as a layer, for other components' browser-facing routes (the identity
@@ -345,9 +360,10 @@ async fn run(gateway: &Gateway, route: &Route, backends: &Backends, mut req: Req
     let mut response = match &route.backend {
         Backend::Function | Backend::Site => {
             req.extensions_mut().insert(RoutePolicy {
-                timeout: route.timeout,
+                timeout: route.timeout.unwrap_or(gateway.request_timeout),
+                own_timeout: route.timeout,
                 respond_async: route.respond_async,
-                max_body: route.max_body,
+                max_body: route.max_body.map_or(gateway.max_request_body, |l| l.min(gateway.max_request_body)),
             });
             if path != req.uri().path() {
                 let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
@@ -468,25 +484,20 @@ fn store_unavailable() -> Response {
 
 /// Every minute: forget rate-limit state of idle clients; every hour: delete quota counters of
 /// periods that are over. Ends when the gateway is dropped.
-async fn housekeep(gateway: std::sync::Weak<Gateway>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(60));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut rounds: u64 = 0;
-    loop {
-        tick.tick().await;
-        let Some(g) = gateway.upgrade() else { return };
-        for route in &g.routes {
+impl Gateway {
+    /// Every minute: idle rate-limit state forgotten; every hour: old quota periods purged.
+    async fn housekeep(&self, round: u64) {
+        for route in &self.routes {
             if let Some(rate) = &route.rate {
                 rate.housekeep();
             }
-            if rounds.is_multiple_of(60)
+            if round.is_multiple_of(60)
                 && let Some(quota) = &route.quota
                 && let Err(e) = quota.housekeep().await
             {
                 tracing::warn!(route = %route.label, error = %e, "cannot purge old quota counters");
             }
         }
-        rounds += 1;
     }
 }
 

@@ -44,15 +44,17 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     let listener = bind(&host, port).await?;
     let addr = listener.local_addr()?;
 
-    let store_url = args.store.clone().or_else(|| manifest.store.url.as_ref().map(|u| u.value().to_owned()));
+    let store_url = args.store.clone().or_else(|| manifest.store.url.as_ref().map(|u| u.url()));
     let store_url = store_url.unwrap_or_else(|| "sqlite".into());
     let store = nimbus_store::open(&store_url, &data_dir.path, &migrations()).await?;
     let (admin_token, token_path, token_created) = AdminToken::load_or_create(&data_dir.path)?;
-    let metrics = nimbus_gateway::install_metrics().map_err(anyhow::Error::msg)?;
+    // The node's own background work: metrics upkeep, the platform socket, the file watcher.
+    let node_tasks = nimbus_api::Tasks::new("node");
+    let metrics = nimbus_gateway::install_metrics(&node_tasks).map_err(anyhow::Error::msg)?;
 
     let functions = Arc::new(nimbus_functions::Functions::start(&config, &data_dir.path, store.clone()).await?);
     let _watcher = match args.watch {
-        true => Some(crate::watch::start(config.dir.clone(), data_dir.path.clone(), functions.clone())?),
+        true => Some(crate::watch::start(config.dir.clone(), data_dir.path.clone(), functions.clone(), &node_tasks)?),
         false => None,
     };
 
@@ -101,7 +103,11 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         site: site.router(),
         operations: Arc::new(move || operations(&listed.list())),
     };
-    let mut admin = functions.admin_router().merge(nimbus_gateway::keys_admin_router(gateway.keys().clone()));
+    let invoker = functions.invoker();
+    let mut admin = functions
+        .admin_router()
+        .merge(nimbus_gateway::keys_admin_router(gateway.keys().clone()))
+        .merge(nimbus_gateway::invoke_admin_router(invoker));
     // On the public port only the admin token opens the platform API; on the private platform
     // socket, workers' scoped tokens do too.
     let admin_auth: nimbus_api::Authenticate = {
@@ -120,8 +126,8 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     let component_apis =
         nimbus_blob::api_router(blobs.clone(), admin_auth.clone()).merge(nimbus_docs::router(docs.clone(), admin_auth));
     let platform_api =
-        nimbus_blob::api_router(blobs, worker_auth.clone()).merge(nimbus_docs::router(docs, worker_auth));
-    let platform_server = serve_platform(functions.platform_socket(), platform_api, addr)?;
+        nimbus_blob::api_router(blobs, worker_auth.clone()).merge(nimbus_docs::router(docs.clone(), worker_auth));
+    serve_platform(functions.platform_socket(), platform_api, addr, &node_tasks)?;
     if let Some(identity) = &identity {
         admin = admin.merge(identity.admin_router());
     }
@@ -156,10 +162,25 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
 
     let grace = manifest.server.shutdown_grace.get();
     let outcome = nimbus_gateway::serve(listener, app, shutdown_signal(), grace).await?;
-    // One grace period in all: what the HTTP drain left of it goes to asynchronous invocations.
-    let left = SIGNALLED.get().map_or(grace, |at| grace.saturating_sub(at.elapsed()));
-    functions.shutdown(left).await;
-    platform_server.abort();
+    // One grace period in all, from the signal, shared in this order: the HTTP drain (above);
+    // the file watcher (no reload while stopping); functions (asynchronous invocations finish,
+    // then workers stop); the components' background work; the node's own (platform socket,
+    // metrics upkeep); last, the store closes as it is dropped.
+    let deadline = SIGNALLED.get().copied().unwrap_or_else(Instant::now) + grace;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    drop(_watcher);
+    functions.shutdown(left()).await;
+    tracing::info!(component = "functions", "stopped");
+    gateway.shutdown(left()).await;
+    tracing::info!(component = "gateway", "stopped");
+    docs.shutdown(left()).await;
+    tracing::info!(component = "docs", "stopped");
+    if let Some(identity) = &identity {
+        identity.shutdown(left()).await;
+        tracing::info!(component = "identity", "stopped");
+    }
+    node_tasks.shutdown(left()).await;
+    tracing::info!(component = "node", "stopped");
     match outcome {
         ShutdownOutcome::Drained => tracing::info!("stopped"),
         ShutdownOutcome::GraceExpired => tracing::warn!("stopped after the grace period with requests unfinished"),
@@ -174,7 +195,8 @@ fn serve_platform(
     socket: std::path::PathBuf,
     api: axum::Router,
     addr: SocketAddr,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    tasks: &nimbus_api::Tasks,
+) -> anyhow::Result<()> {
     if let Some(dir) = socket.parent() {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
@@ -194,11 +216,13 @@ fn serve_platform(
             req
         }
     }));
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+    let stopping = tasks.stopping();
+    tasks.spawn_to_end(async move {
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopping).await {
             tracing::error!(error = %e, "the platform socket stopped serving");
         }
-    }))
+    });
+    Ok(())
 }
 
 /// Function routes as the OpenAPI document lists them (a command worker serves several).
@@ -206,9 +230,9 @@ fn operations(functions: &[nimbus_functions::FunctionInfo]) -> Vec<nimbus_gatewa
     functions
         .iter()
         .flat_map(|f| {
-            f.route.split(", ").map(|route| nimbus_gateway::Operation {
-                path: route.to_owned(),
-                methods: f.methods.clone(),
+            f.routes.iter().map(|route| nimbus_gateway::Operation {
+                path: route.clone(),
+                methods: f.methods().to_vec(),
                 function: f.name.clone(),
             })
         })
@@ -229,28 +253,21 @@ pub(crate) async fn open_blobs(
     data_dir: &std::path::Path,
     store: Arc<dyn nimbus_store::Store>,
 ) -> anyhow::Result<nimbus_blob::Blobs> {
-    let setting = config.manifest.store.blobs.as_ref();
-    let url = setting.map(|u| u.value().to_owned());
-    let dir = match url.as_deref() {
-        None | Some("file") => data_dir.join("blobs"),
-        Some(u) if u.starts_with("file://") => std::path::PathBuf::from(&u["file://".len()..]),
-        Some(u) => {
-            let written = setting.map_or(u, |s| s.written());
-            let hint = match u.split_once("://").map(|(scheme, _)| scheme) {
-                Some("s3") => S3_ENV,
-                Some("az") => AZURE_ENV,
-                _ => "",
-            };
-            let blobs = nimbus_blob::Blobs::remote(u, store)
-                .map_err(|e| anyhow::anyhow!("[store] blobs = \"{written}\": {e}{hint}"))?;
-            blobs
-                .check(std::time::Duration::from_secs(20))
-                .await
-                .map_err(|e| anyhow::anyhow!("[store] blobs = \"{written}\": cannot write to it: {e}{hint}"))?;
-            return Ok(blobs);
-        }
+    use nimbus_config::BlobsUrl;
+    let (url, hint) = match &config.manifest.store.blobs {
+        None | Some(BlobsUrl::File) => return Ok(nimbus_blob::Blobs::local(&data_dir.join("blobs"), store)?),
+        Some(BlobsUrl::Dir(dir)) => return Ok(nimbus_blob::Blobs::local(dir, store)?),
+        Some(BlobsUrl::S3(url)) => (url, S3_ENV),
+        Some(BlobsUrl::Azure(url)) => (url, AZURE_ENV),
     };
-    Ok(nimbus_blob::Blobs::local(&dir, store)?)
+    let written = url.written();
+    let blobs = nimbus_blob::Blobs::remote(url.value(), store)
+        .map_err(|e| anyhow::anyhow!("[store] blobs = \"{written}\": {e}{hint}"))?;
+    blobs
+        .check(std::time::Duration::from_secs(20))
+        .await
+        .map_err(|e| anyhow::anyhow!("[store] blobs = \"{written}\": cannot write to it: {e}{hint}"))?;
+    Ok(blobs)
 }
 
 /// This node's URL as clients on this machine reach it: the issuer of its tokens unless
@@ -314,11 +331,15 @@ fn print_banner(
         banner.push_str(&format!("  documents      {url}/_nimbus/docs/ ({})\n", containers.join(", ")));
     }
     for f in functions {
-        let methods = if f.methods.is_empty() { "*".to_owned() } else { f.methods.join(",") };
-        banner.push_str(&format!(
-            "  function       {} {methods} {url}{} ({}, worker {})\n",
-            f.name, f.route, f.runtime, f.worker
-        ));
+        let serves = match &f.trigger {
+            nimbus_api::Trigger::Http { .. } => {
+                let methods = if f.methods().is_empty() { "*".to_owned() } else { f.methods().join(",") };
+                let routes: Vec<String> = f.routes.iter().map(|r| format!("{url}{r}")).collect();
+                format!("{methods} {}", routes.join(" "))
+            }
+            trigger => format!("{} trigger", trigger.kind()),
+        };
+        banner.push_str(&format!("  function       {} {serves} ({}, worker {})\n", f.name, f.runtime, f.worker));
     }
     match &config.manifest_path {
         Some(p) => banner.push_str(&format!("  manifest       {}\n", p.display())),
