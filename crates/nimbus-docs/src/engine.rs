@@ -112,9 +112,7 @@ struct Current {
     version: u64,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
+
 
 impl Docs {
     pub fn new(store: Arc<dyn Store>, declared: BTreeMap<String, Container>) -> Self {
@@ -125,6 +123,12 @@ impl Docs {
             vectors: Default::default(),
             tasks: nimbus_api::Tasks::new("docs"),
         }
+    }
+
+    /// Now, in seconds, by the store's clock (which tests move to expire items).
+    fn now(&self) -> i64 {
+        let now = self.store.clock().now();
+        now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
     }
 
     // ---- containers -------------------------------------------------------------------------
@@ -246,7 +250,7 @@ impl Docs {
 
     /// The item unless its time is up (an expired item is gone, even before the purger comes).
     async fn live(&self, c: &Container, pk: &Value, id: &str) -> Result<Option<Current>, DocsError> {
-        Ok(self.current(c, pk, id).await?.filter(|cur| live(c, &cur.item, now())))
+        Ok(self.current(c, pk, id).await?.filter(|cur| live(c, &cur.item, self.now())))
     }
 
     pub async fn read(&self, container: &str, id: &str, pk: &Value) -> Result<Value, DocsError> {
@@ -260,14 +264,14 @@ impl Docs {
     pub async fn create(&self, container: &str, item: Value) -> Result<Value, DocsError> {
         let c = self.container(container).await?;
         let (id, pk) = self.identify(&c, &item)?;
-        let new = prepared(item)?;
-        let writes = changes(&c, &pk, &id, None, Some(&new));
+        let new = prepared(item, self.now())?;
+        let writes = changes(&c, &pk, &id, None, Some(&new), self.now());
         match self.commit(writes, &id, &pk).await {
             Ok(version) => Ok(model::with_system(new, version)),
             // The id may belong to an expired item the purger has not reached: that one is gone.
             Err(DocsError::Exists { .. }) => match self.current(&c, &pk, &id).await? {
-                Some(old) if !live(&c, &old.item, now()) => {
-                    let writes = changes(&c, &pk, &id, Some(&old), Some(&new));
+                Some(old) if !live(&c, &old.item, self.now()) => {
+                    let writes = changes(&c, &pk, &id, Some(&old), Some(&new), self.now());
                     let version = self.commit(writes, &id, &pk).await.map_err(|e| match e {
                         DocsError::Precondition(_) => DocsError::Exists { id: id.clone(), pk: model::canonical(&pk) },
                         e => e,
@@ -284,12 +288,12 @@ impl Docs {
     pub async fn upsert(&self, container: &str, item: Value) -> Result<(Value, bool), DocsError> {
         let c = self.container(container).await?;
         let (id, pk) = self.identify(&c, &item)?;
-        let new = prepared(item)?;
+        let new = prepared(item, self.now())?;
         for attempt in 0..RETRIES {
             pause(attempt).await;
             let old = self.current(&c, &pk, &id).await?;
-            let created = old.as_ref().is_none_or(|o| !live(&c, &o.item, now()));
-            let writes = changes(&c, &pk, &id, old.as_ref(), Some(&new));
+            let created = old.as_ref().is_none_or(|o| !live(&c, &o.item, self.now()));
+            let writes = changes(&c, &pk, &id, old.as_ref(), Some(&new), self.now());
             match self.commit(writes, &id, &pk).await {
                 Err(DocsError::Exists { .. } | DocsError::Precondition(_)) => continue,
                 result => return result.map(|v| (model::with_system(new.clone(), v), created)),
@@ -314,7 +318,7 @@ impl Docs {
                     .into(),
             ));
         }
-        let new = prepared(item)?;
+        let new = prepared(item, self.now())?;
         self.rewrite(&c, id, pk, if_match, |_| Ok(new.clone())).await
     }
 
@@ -332,7 +336,7 @@ impl Docs {
             let mut item = old.clone();
             patch::apply(&mut item, ops).map_err(DocsError::Invalid)?;
             check_patched(&c, &pk_path, id, pk, &item)?;
-            prepared(item)
+            prepared(item, self.now())
         })
         .await
     }
@@ -352,7 +356,7 @@ impl Docs {
             let old = self.live(c, pk, id).await?.ok_or_else(|| not_found(id, pk))?;
             check_match(if_match, old.version)?;
             let new = change(&old.item)?;
-            let writes = changes(c, pk, id, Some(&old), Some(&new));
+            let writes = changes(c, pk, id, Some(&old), Some(&new), self.now());
             match self.commit(writes, id, pk).await {
                 Err(DocsError::Precondition(_)) if if_match.is_none() => continue,
                 Err(DocsError::Precondition(_)) => {
@@ -370,7 +374,7 @@ impl Docs {
             pause(attempt).await;
             let old = self.live(&c, pk, id).await?.ok_or_else(|| not_found(id, pk))?;
             check_match(if_match, old.version)?;
-            let writes = changes(&c, pk, id, Some(&old), None);
+            let writes = changes(&c, pk, id, Some(&old), None, self.now());
             match self.commit(writes, id, pk).await {
                 Err(DocsError::Precondition(_)) if if_match.is_none() => continue,
                 result => return result.map(|_| ()),
@@ -431,7 +435,7 @@ impl Docs {
             original.insert(id.clone(), self.current(&c, pk, id).await?);
         }
         // Apply the operations in order to a working copy, where expired items are gone.
-        let now = now();
+        let now = self.now();
         let mut state: BTreeMap<String, Option<Value>> = original
             .iter()
             .map(|(k, v)| (k.clone(), v.as_ref().filter(|cur| live(&c, &cur.item, now)).map(|cur| cur.item.clone())))
@@ -449,7 +453,7 @@ impl Docs {
                     if state.get(&id).is_some_and(Option::is_some) {
                         Err(DocsError::Exists { id, pk: model::canonical(pk) })
                     } else {
-                        prepared(item).map(|new| {
+                        prepared(item, self.now()).map(|new| {
                             state.insert(id, Some(new.clone()));
                             (201, new)
                         })
@@ -458,7 +462,7 @@ impl Docs {
                 BatchOp::Upsert { item } => {
                     let id = item["id"].as_str().unwrap_or_default().to_owned();
                     let existed = state.get(&id).is_some_and(Option::is_some);
-                    prepared(item).map(|new| {
+                    prepared(item, self.now()).map(|new| {
                         state.insert(id, Some(new.clone()));
                         (if existed { 200 } else { 201 }, new)
                     })
@@ -473,7 +477,7 @@ impl Docs {
                         None => Err(not_found(&id, pk)),
                         Some(_) => batch_match(if_match.as_deref(), version_of(&id, &state)),
                     };
-                    check.and_then(|()| prepared(item)).map(|new| {
+                    check.and_then(|()| prepared(item, self.now())).map(|new| {
                         state.insert(id, Some(new.clone()));
                         (200, new)
                     })
@@ -490,7 +494,7 @@ impl Docs {
                     Some(mut item) => batch_match(if_match.as_deref(), version_of(&id, &state))
                         .and_then(|()| patch::apply(&mut item, &operations).map_err(DocsError::Invalid))
                         .and_then(|()| check_patched(&c, &pk_path, &id, pk, &item))
-                        .and_then(|()| prepared(item))
+                        .and_then(|()| prepared(item, self.now()))
                         .map(|new| {
                             state.insert(id, Some(new.clone()));
                             (200, new)
@@ -508,7 +512,7 @@ impl Docs {
             if old.as_ref().map(|c| &c.item) == new.as_ref() {
                 continue;
             }
-            for w in changes(&c, pk, id, old.as_ref(), new.as_ref()) {
+            for w in changes(&c, pk, id, old.as_ref(), new.as_ref(), self.now()) {
                 let owner = (first_op[id], id.clone());
                 if matches!(w.op, nimbus_store::Op::Delete) { deletes.push((w, owner)) } else { puts.push((w, owner)) }
             }
@@ -563,7 +567,7 @@ impl Docs {
         let c = self.container(container).await?;
         let prefix = model::scope_prefix(&c.name, pk);
         let after = continuation.map(|t| decode_token(t, "r")).transpose()?;
-        let now = now();
+        let now = self.now();
         let mut items = Vec::new();
         let mut cursor = after;
         loop {
@@ -608,7 +612,7 @@ impl Docs {
         // The store examines up to `max` changes of all containers per call: read on while the
         // page is empty and more are there (a few times; an empty page with a continuation that
         // moved on is still a valid answer).
-        let now = now();
+        let now = self.now();
         let mut last = after;
         let mut items = Vec::new();
         for _ in 0..8 {
@@ -683,7 +687,7 @@ impl Docs {
             Some(pk) => Some(vec![pk.clone()]),
             None => values_of(&c.pk_path()),
         };
-        let now = now();
+        let now = self.now();
         let mut records = Vec::new();
         if let Some(partitions) = &partitions {
             let ids = values_of(&["id".to_owned()]);
@@ -734,7 +738,7 @@ impl Docs {
         let found =
             self.vectors.nearest(&self.store, &c.name, &n.path, &vector, n.distance, !n.descending, want).await?;
         let Some(keys) = found else { return Ok(None) };
-        let now = now();
+        let now = self.now();
         let items: Vec<Value> =
             self.store.get_many(ITEMS, &keys).await?.iter().filter_map(|r| visible(c, r, now)).collect();
         // Expired items the purger has not reached took places: only a full scan is exact then.
@@ -773,7 +777,7 @@ impl Docs {
 
     /// Deletes tombstones older than [`crate::vectors::TOMBSTONE_LIFE`], oldest first.
     pub async fn purge_tombstones(&self, limit: usize) -> Result<usize, DocsError> {
-        let horizon = now() - crate::vectors::TOMBSTONE_LIFE.as_secs() as i64;
+        let horizon = self.now() - crate::vectors::TOMBSTONE_LIFE.as_secs() as i64;
         let old: Vec<Write> = self
             .store
             .changes(GONE, "", 0, limit)
@@ -798,7 +802,7 @@ impl Docs {
     /// Deletes items whose time is up (reads already hide them); at most `limit` per call.
     /// Answers how many went.
     pub async fn purge_expired(&self, limit: usize) -> Result<usize, DocsError> {
-        let now = now();
+        let now = self.now();
         let due = self.store.list(TTL, "", None, limit).await?;
         let mut purged = 0;
         for entry in due {
@@ -821,7 +825,7 @@ impl Docs {
                 Some(cur) if model::expiry(&c, &cur.item).is_some_and(|e| e <= now) => {
                     let id = cur.item.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
                     let pk = model::lookup(&cur.item, &c.pk_path()).cloned().unwrap_or(Value::Null);
-                    let writes = changes(&c, &pk, &id, Some(&cur), None);
+                    let writes = changes(&c, &pk, &id, Some(&cur), None, self.now());
                     match self.store.commit_ordered(writes).await {
                         Ok(_) => purged += 1,
                         Err(StoreError::Conflict { .. }) => {} // rewritten meanwhile: its new TTL record rules
@@ -843,7 +847,7 @@ impl Docs {
 
 /// The writes that take an item from `old` to `new` (either may be absent), with its index,
 /// unique-key and TTL records; conditional on `old`'s version.
-fn changes(c: &Container, pk: &Value, id: &str, old: Option<&Current>, new: Option<&Value>) -> Vec<Write> {
+fn changes(c: &Container, pk: &Value, id: &str, old: Option<&Current>, new: Option<&Value>, now: i64) -> Vec<Write> {
     let key = model::item_key(&c.name, pk, id);
     let expect = old.map_or(Expect::Absent, |o| Expect::Version(o.version));
     let mut writes = vec![match new {
@@ -851,7 +855,7 @@ fn changes(c: &Container, pk: &Value, id: &str, old: Option<&Current>, new: Opti
         None => Write::delete(ITEMS, &key).expect(expect),
     }];
     if new.is_none() {
-        writes.push(Write::put(GONE, &key, now().to_string()));
+        writes.push(Write::put(GONE, &key, now.to_string()));
     }
     let set = |item: Option<&Value>, f: &dyn Fn(&Value) -> Vec<String>| -> BTreeSet<String> {
         item.map(f).unwrap_or_default().into_iter().collect()
@@ -892,9 +896,9 @@ fn live(c: &Container, item: &Value, now: i64) -> bool {
     model::expiry(c, item).is_none_or(|e| e > now)
 }
 
-fn prepared(item: Value) -> Result<Value, DocsError> {
+fn prepared(item: Value, now: i64) -> Result<Value, DocsError> {
     let Value::Object(map) = item else { return Err(DocsError::Invalid("an item is a JSON object".into())) };
-    let new = model::prepare(map, now());
+    let new = model::prepare(map, now);
     let size = serde_json::to_vec(&new).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > MAX_ITEM_BYTES {
         return Err(DocsError::TooLarge(size));
