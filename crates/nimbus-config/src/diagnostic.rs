@@ -85,6 +85,8 @@ pub(crate) fn explain(message: &str) -> String {
         .replace("expected u16", "expected a whole number from 0 to 65535")
         .replace("expected u32", "expected a whole number from 0 to 4294967295")
         .replace("expected u64", "expected a whole number, 0 or more")
+        .replace("expected a nonzero u32", "expected a whole number from 1 to 4294967295")
+        .replace("expected a nonzero u64", "expected a whole number, 1 or more")
         .replace("expected a boolean", "expected true or false")
 }
 
@@ -124,9 +126,62 @@ pub(crate) fn offset_of(doc: &toml::Spanned<toml::de::DeTable<'_>>, path: &[Seg]
     best
 }
 
+/// The key path of what sits at byte `offset`: the deepest value whose span holds it, or, when the
+/// offset is on a key (an unknown key), the table that key is in. Header tables (`[a.b]`) span
+/// only their header, so every table is searched, not just the ones whose span holds the offset.
+pub(crate) fn path_at(doc: &toml::Spanned<toml::de::DeTable<'_>>, offset: usize) -> Vec<Seg> {
+    use toml::de::{DeTable, DeValue};
+    fn in_table(table: &DeTable<'_>, offset: usize, path: &mut Vec<Seg>, best: &mut Vec<Seg>) {
+        for (key, value) in table.iter() {
+            if key.span().contains(&offset) {
+                if path.len() > best.len() {
+                    *best = path.clone();
+                }
+                continue;
+            }
+            path.push(Seg::Key(key.get_ref().to_string()));
+            in_value(value, offset, path, best);
+            path.pop();
+        }
+    }
+    fn in_value(value: &toml::Spanned<DeValue<'_>>, offset: usize, path: &mut Vec<Seg>, best: &mut Vec<Seg>) {
+        if value.span().contains(&offset) && path.len() > best.len() {
+            *best = path.clone();
+        }
+        match value.get_ref() {
+            DeValue::Table(t) => in_table(t, offset, path, best),
+            DeValue::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    path.push(Seg::Index(i));
+                    in_value(item, offset, path, best);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut best = Vec::new();
+    in_table(doc.get_ref(), offset, &mut Vec::new(), &mut best);
+    best
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_the_key_path_of_an_offset() {
+        let text = "[functions.x]\ntimeout = \"forever\"\n\n[[routes]]\npath = \"/a\"\n\n[[routes]]\n\
+                    rate_limit = { key = \"everyone\", requests = 1 }\nzz = 1\n";
+        let doc = toml::de::DeTable::parse(text).unwrap();
+        let at = |needle: &str| crate::validate::path_string(&path_at(&doc, text.find(needle).unwrap()));
+        assert_eq!(at("\"forever"), "functions.x.timeout");
+        assert_eq!(at("[functions.x]"), "functions.x");
+        assert_eq!(at("\"everyone"), "routes[1].rate_limit.key");
+        assert_eq!(at("requests"), "routes[1].rate_limit", "a key is placed in its table");
+        assert_eq!(at("zz"), "routes[1]");
+        assert_eq!(at("\"/a"), "routes[0].path");
+    }
 
     #[test]
     fn suggests_the_closest_key() {

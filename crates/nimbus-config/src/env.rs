@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, de};
+use serde::{Deserialize, Deserializer};
 
 /// A string whose `${NAME}` references are replaced by environment variables when the manifest is
 /// read. `$${` writes a literal `${`. `Debug` shows what the author wrote, never the resolved value.
@@ -72,8 +72,7 @@ impl fmt::Debug for EnvString {
 
 impl<'de> Deserialize<'de> for EnvString {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let written = String::deserialize(deserializer)?;
-        EnvString::resolve(&written).map_err(de::Error::custom)
+        crate::from_str(deserializer, EnvString::resolve)
     }
 }
 

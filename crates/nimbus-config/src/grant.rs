@@ -1,34 +1,37 @@
 //! A function's grants (`[functions.<name>] grants`): what its worker instances may reach through
-//! the platform API with their scoped token. `docs:<container>:r|rw`, `blob:<container>:r|rw`,
-//! `queues:<name>`, `ai:<model>`, `durable:<orchestration>`; `*` as the name means any.
+//! the platform API with their scoped token. `docs:<container>:r|rw` and `blob:<container>:r|rw`;
+//! `*` as the name means any. Grants for components this version does not have (`queues:<name>`,
+//! `ai:<model>`, `durable:<orchestration>`) are refused rather than kept and never honoured.
 
-/// One parsed grant.
-#[derive(Debug, Clone, PartialEq, Eq)]
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+
+/// One parsed grant; `Display` and `Debug` write it as in the manifest.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Grant {
-    /// `docs`, `blob`, `queues`, `ai` or `durable`.
+    /// `docs` or `blob`.
     pub component: String,
-    /// The container, queue, model or orchestration; `*` for any.
+    /// The container; `*` for any.
     pub name: String,
-    /// Writes allowed too (`rw`); grants without an access suffix allow everything.
+    /// Writes allowed too (`rw`), not only reads (`r`).
     pub write: bool,
 }
 
 impl Grant {
     pub fn parse(grant: &str) -> Result<Self, String> {
         let parts: Vec<&str> = grant.split(':').collect();
-        let parsed = match parts.as_slice() {
+        if let [component, ..] = parts.as_slice()
+            && let Some(missing) = crate::unbuilt(component)
+        {
+            return Err(format!("grant \"{grant}\": {missing}"));
+        }
+        match parts.as_slice() {
             [component @ ("docs" | "blob"), name, access @ ("r" | "rw")] if !name.is_empty() => {
-                Some((component, name, *access == "rw"))
+                Ok(Self { component: (*component).to_owned(), name: (*name).to_owned(), write: *access == "rw" })
             }
-            [component @ ("queues" | "ai" | "durable"), name] if !name.is_empty() => Some((component, name, true)),
-            _ => None,
-        };
-        match parsed {
-            Some((component, name, write)) => {
-                Ok(Self { component: (*component).to_owned(), name: (*name).to_owned(), write })
-            }
-            None => Err(format!(
-                "invalid grant \"{grant}\": expected \"docs:<container>:r|rw\", \"blob:<container>:r|rw\", \"queues:<name>\", \"ai:<model>\" or \"durable:<name>\""
+            _ => Err(format!(
+                "invalid grant \"{grant}\": expected \"docs:<container>:r|rw\" or \"blob:<container>:r|rw\""
             )),
         }
     }
@@ -36,6 +39,24 @@ impl Grant {
     /// Whether this grant lets its holder read (or, with `write`, change) `name` of `component`.
     pub fn allows(&self, component: &str, name: &str, write: bool) -> bool {
         self.component == component && (self.name == "*" || self.name == name) && (self.write || !write)
+    }
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.component, self.name, if self.write { "rw" } else { "r" })
+    }
+}
+
+impl fmt::Debug for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+impl<'de> Deserialize<'de> for Grant {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::from_str(deserializer, Grant::parse)
     }
 }
 
@@ -52,9 +73,13 @@ mod tests {
         assert!(!g.allows("docs", "uploads", false));
         let any = Grant::parse("docs:*:rw").unwrap();
         assert!(any.allows("docs", "conversations", true));
-        assert!(Grant::parse("ai:chat").unwrap().allows("ai", "chat", true));
-        for bad in ["blob:uploads", "blob::rw", "docs:x:w", "files:x:r", "ai", "ai:", "queues:a:b"] {
-            assert!(Grant::parse(bad).is_err(), "{bad}");
+        assert_eq!(any.to_string(), "docs:*:rw");
+        assert_eq!(format!("{g:?}"), "\"blob:uploads:r\"");
+        for bad in ["blob:uploads", "blob::rw", "docs:x:w", "files:x:r", "docs:x:rw:y", ""] {
+            assert!(Grant::parse(bad).unwrap_err().starts_with("invalid grant"), "{bad}");
+        }
+        for unbuilt in ["ai:chat", "queues:jobs", "durable:order", "ai"] {
+            assert!(Grant::parse(unbuilt).unwrap_err().contains("not in this version"), "{unbuilt}");
         }
     }
 }

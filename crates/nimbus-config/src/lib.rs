@@ -1,26 +1,38 @@
-//! `nimbus.toml`: the app manifest. Read once at start into a validated [`AppConfig`], or a list of
-//! every problem found, each naming the file, line and column (and the closest valid key when a key
-//! is unknown). Components receive typed sections; none of them parses TOML.
+//! `nimbus.toml`: the app manifest. Read once at start into a validated [`AppConfig`], or the
+//! problems found, each naming the file, line, column and key path (and the closest valid key when
+//! a key is unknown). Every value is read into its type here (grants, methods, path patterns, limit
+//! keys, backends, header names, store URLs, JSON paths); components take the types and parse
+//! nothing again. Sections of components this version does not have are refused, not ignored.
 
 mod diagnostic;
 mod duration;
 mod env;
 mod grant;
+mod json_path;
 mod pattern;
+mod policy;
 mod schema;
 mod size;
+mod store;
 mod validate;
+mod web;
 
 use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
 
 pub use diagnostic::{ConfigError, Diagnostic};
 pub use duration::Duration;
 pub use env::EnvString;
 pub use grant::Grant;
+pub use json_path::JsonPath;
 pub use pattern::{PathPattern, Segment};
+pub use policy::{Backend, LimitKey};
 pub use schema::*;
 pub use size::ByteSize;
+pub use store::{BlobsUrl, StoreUrl};
 pub use validate::TOKEN_ALGORITHMS;
+pub use web::{METHODS, Origins, parse_method};
 
 /// The manifest's file name inside an app folder.
 pub const MANIFEST_FILE: &str = "nimbus.toml";
@@ -65,23 +77,82 @@ pub fn load(dir: &Path) -> Result<AppConfig, ConfigError> {
 }
 
 /// Parses and validates manifest text; `path` is only used to name the file in errors.
+///
+/// Three stages, each reporting before the next runs: sections this version does not have (every
+/// one), then the values (the first that does not read, with its key path), then the cross-field
+/// rules (every one).
 pub fn parse(path: &Path, text: &str) -> Result<Manifest, ConfigError> {
-    let manifest: Manifest = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        ConfigError::Invalid(vec![Diagnostic::at(path, text, span.start, diagnostic::explain(e.message()))])
+    let located = |offset: usize, at: &[validate::Seg], message: String| {
+        let message = match at.is_empty() {
+            true => message,
+            false => format!("{}: {message}", validate::path_string(at)),
+        };
+        Diagnostic::at(path, text, offset, message)
+    };
+    let doc = toml::de::DeTable::parse(text).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        ConfigError::Invalid(vec![located(offset, &[], diagnostic::explain(e.message()))])
+    })?;
+    let unbuilt: Vec<Diagnostic> = doc
+        .get_ref()
+        .iter()
+        .filter_map(|(key, _)| {
+            let missing = unbuilt(key.get_ref())?;
+            let at = [validate::Seg::Key(key.get_ref().to_string())];
+            Some(located(key.span().start, &at, format!("{missing}; remove the `[{}]` section", key.get_ref())))
+        })
+        .collect();
+    if !unbuilt.is_empty() {
+        return Err(ConfigError::Invalid(sorted(unbuilt)));
+    }
+    let manifest = Manifest::deserialize(toml::de::Deserializer::from(doc.clone())).map_err(|e| {
+        let offset = e.span().map_or(0, |s| s.start);
+        let at = diagnostic::path_at(&doc, offset);
+        ConfigError::Invalid(vec![located(offset, &at, diagnostic::explain(e.message()))])
     })?;
     let problems = validate::check(&manifest);
     if problems.is_empty() {
         return Ok(manifest);
     }
-    let doc = toml::de::DeTable::parse(text).ok();
-    let mut diagnostics: Vec<Diagnostic> = problems
+    let diagnostics = problems
         .into_iter()
-        .map(|p| {
-            let offset = doc.as_ref().and_then(|d| diagnostic::offset_of(d, &p.path)).unwrap_or(0);
-            Diagnostic::at(path, text, offset, format!("`{}`: {}", p.path_string(), p.message))
-        })
+        .map(|p| located(diagnostic::offset_of(&doc, &p.path).unwrap_or(0), &p.path, p.message))
         .collect();
+    Err(ConfigError::Invalid(sorted(diagnostics)))
+}
+
+fn sorted(mut diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
     diagnostics.sort_by_key(|d| (d.line, d.column));
-    Err(ConfigError::Invalid(diagnostics))
+    diagnostics
+}
+
+/// Reads a string through `parse` inside the deserializer's visit, so that an error carries the
+/// string's own span (an array element's, not the whole array's) and so its key path.
+pub(crate) fn from_str<'de, D, T, F>(deserializer: D, parse: F) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    F: FnOnce(&str) -> Result<T, String>,
+{
+    struct Visitor<F>(F);
+    impl<T, F: FnOnce(&str) -> Result<T, String>> serde::de::Visitor<'_> for Visitor<F> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+            (self.0)(v).map_err(E::custom)
+        }
+    }
+    deserializer.deserialize_str(Visitor(parse))
+}
+
+/// What a manifest may name before this version of nimbus has it: a top-level section of that
+/// name and grants for it are refused (nothing would read them).
+pub(crate) fn unbuilt(component: &str) -> Option<&'static str> {
+    match component {
+        "ai" => Some("the AI gateway is not in this version of nimbus yet"),
+        "queues" => Some("queues are not in this version of nimbus yet"),
+        "durable" => Some("durable orchestrations are not in this version of nimbus yet"),
+        _ => None,
+    }
 }

@@ -2,13 +2,18 @@
 //! `{param}` segments, and an optional trailing `*` that matches the rest of the path (possibly
 //! empty: `/files/*` matches `/files`, `/files/` and `/files/a/b`).
 
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Segment {
     Literal(String),
     Param(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed pattern; `Display` writes it back as it was written.
+#[derive(Clone, PartialEq, Eq)]
 pub struct PathPattern {
     pub segments: Vec<Segment>,
     pub wildcard: bool,
@@ -94,6 +99,34 @@ impl PathPattern {
     }
 }
 
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(lit) => write!(f, "/{lit}")?,
+                Segment::Param(name) => write!(f, "/{{{name}}}")?,
+            }
+        }
+        match (self.wildcard, self.segments.is_empty()) {
+            (true, _) => f.write_str("/*"),
+            (false, true) => f.write_str("/"),
+            (false, false) => Ok(()),
+        }
+    }
+}
+
+impl fmt::Debug for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+impl<'de> Deserialize<'de> for PathPattern {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::from_str(deserializer, PathPattern::parse)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +139,13 @@ mod tests {
         assert_eq!(PathPattern::parse("/*").unwrap(), PathPattern { segments: vec![], wildcard: true });
         for bad in ["hello", "/a*", "/a/*/b", "/a/{b c}", "/a/x{b}", "/a/{}"] {
             assert!(PathPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn displays_as_written() {
+        for written in ["/", "/*", "/hello", "/items/{id}/*", "/a/", "/a//b", "/files/*", "/{x}"] {
+            assert_eq!(PathPattern::parse(written).unwrap().to_string(), written);
         }
     }
 

@@ -1,14 +1,22 @@
-//! The shape of `nimbus.toml`, section by section. Every table refuses unknown keys; defaults live
-//! here so that a folder without a manifest runs with the same values a manifest would get.
+//! The shape of `nimbus.toml`, section by section. Every table refuses unknown keys; every value
+//! is read into the type its consumers use (a grant, a method, a path pattern, a URL…), so a
+//! component takes it as it is and never parses it again. Defaults live here so that a folder
+//! without a manifest runs with the same values a manifest would get.
 
 use std::collections::BTreeMap;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::path::PathBuf;
 
+use http::{HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 
-use crate::{ByteSize, Duration, EnvString};
+use crate::{
+    Backend, BlobsUrl, ByteSize, Duration, EnvString, Grant, JsonPath, LimitKey, Origins, PathPattern, StoreUrl,
+};
 
-/// The whole manifest as written. Cross-field rules are checked by [`crate::validate`].
+/// The whole manifest as written. Cross-field rules are checked by [`crate::validate`]. `[ai]`
+/// and `[queues]` are refused before this is read (see [`crate::parse`]): this version has
+/// neither.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -31,9 +39,6 @@ pub struct Manifest {
     pub gateway: GatewaySection,
     #[serde(default)]
     pub docs: DocsSection,
-    #[serde(default)]
-    pub queues: BTreeMap<String, QueueSection>,
-    pub ai: Option<AiSection>,
     #[serde(default)]
     pub store: StoreSection,
 }
@@ -196,7 +201,8 @@ pub struct WorkerSection {
     /// For `runtime = "command"`: argv of an HTTP server; `{socket}` is replaced by its socket path.
     #[serde(default)]
     pub command: Vec<String>,
-    /// For `runtime = "command"`: the routes the server answers.
+    /// For `runtime = "command"`: the routes the server answers, each a path pattern (checked by
+    /// [`crate::validate`]; kept as written because the functions' route table takes them so).
     #[serde(default)]
     pub routes: Vec<String>,
     /// Environment given to the worker (it gets nothing else but `NIMBUS_*` and `PATH`).
@@ -221,7 +227,7 @@ pub struct FunctionSection {
     pub queue_timeout: Option<Duration>,
     /// What the function may reach through the platform API, e.g. `docs:conversations:rw`.
     #[serde(default)]
-    pub grants: Vec<String>,
+    pub grants: Vec<Grant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -236,9 +242,10 @@ pub enum AuthMode {
 #[serde(deny_unknown_fields)]
 pub struct RouteSection {
     /// Path pattern: `/api/items/{id}`, with an optional trailing `*`.
-    pub path: String,
-    #[serde(default)]
-    pub methods: Vec<String>,
+    pub path: PathPattern,
+    /// Empty means every method.
+    #[serde(default, deserialize_with = "crate::web::methods")]
+    pub methods: Vec<Method>,
     pub auth: Option<AuthMode>,
     #[serde(default)]
     pub scopes: Vec<String>,
@@ -261,7 +268,8 @@ pub struct RouteSection {
     pub respond_async: bool,
     /// Where the request goes after the policies: `function` (the default), `site`, or an upstream
     /// `http(s)://` base URL (reverse proxy).
-    pub backend: Option<String>,
+    #[serde(default)]
+    pub backend: Backend,
     /// Replaces the part of the path that `path` matches before its trailing `*`: with
     /// `path = "/legacy/*"` and `rewrite_prefix = "/v1"`, `/legacy/a` reaches the backend as `/v1/a`.
     pub rewrite_prefix: Option<String>,
@@ -275,10 +283,11 @@ pub struct RouteSection {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderTransform {
-    #[serde(default)]
-    pub set: BTreeMap<String, String>,
-    #[serde(default)]
-    pub remove: Vec<String>,
+    /// In the manifest's order; a name appears once.
+    #[serde(default, deserialize_with = "crate::web::header_map")]
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    #[serde(default, deserialize_with = "crate::web::header_names")]
+    pub remove: Vec<HeaderName>,
 }
 
 /// A number of requests per calendar period (UTC), counted in the store so that it survives
@@ -287,8 +296,8 @@ pub struct HeaderTransform {
 #[serde(deny_unknown_fields)]
 pub struct Quota {
     /// What the quota is counted per, as for `rate_limit`.
-    pub key: String,
-    pub requests: u64,
+    pub key: LimitKey,
+    pub requests: NonZeroU64,
     pub per: QuotaPeriod,
 }
 
@@ -304,16 +313,16 @@ pub enum QuotaPeriod {
 pub struct CorsSection {
     /// Allowed origins (`https://app.example.com`), or `["*"]` for any (not with `credentials`).
     #[serde(default)]
-    pub origins: Vec<String>,
+    pub origins: Origins,
     /// Allowed methods; defaults to the route's methods, else the common ones.
-    #[serde(default)]
-    pub methods: Vec<String>,
+    #[serde(default, deserialize_with = "crate::web::methods")]
+    pub methods: Vec<Method>,
     /// Request headers a browser may send; defaults to `authorization` and `content-type`.
-    #[serde(default)]
-    pub headers: Vec<String>,
+    #[serde(default, deserialize_with = "crate::web::header_names")]
+    pub headers: Vec<HeaderName>,
     /// Response headers a script may read.
-    #[serde(default)]
-    pub expose_headers: Vec<String>,
+    #[serde(default, deserialize_with = "crate::web::header_names")]
+    pub expose_headers: Vec<HeaderName>,
     #[serde(default)]
     pub credentials: bool,
     /// How long a browser may cache a preflight answer.
@@ -324,8 +333,8 @@ pub struct CorsSection {
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
     /// What a limit is counted per: `ip`, `sub`, `api_key`, `header:<name>` or `claim:<name>`.
-    pub key: String,
-    pub requests: u32,
+    pub key: LimitKey,
+    pub requests: NonZeroU32,
     pub per: Duration,
 }
 
@@ -375,54 +384,21 @@ pub struct DocsSection {
 #[serde(deny_unknown_fields)]
 pub struct ContainerSection {
     /// JSON path of the partition key, e.g. `/userId`.
-    pub partition_key: String,
+    pub partition_key: JsonPath,
     pub default_ttl: Option<Duration>,
     /// Each entry is a set of paths whose values are unique together within a partition.
     #[serde(default)]
-    pub unique_keys: Vec<Vec<String>>,
+    pub unique_keys: Vec<Vec<JsonPath>>,
     /// Paths indexed for query narrowing, e.g. `/status`.
     #[serde(default)]
-    pub indexes: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QueueSection {
-    pub visibility_timeout: Option<Duration>,
-    pub max_attempts: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AiSection {
-    pub token_limit: Option<TokenLimit>,
-    #[serde(default)]
-    pub backends: Vec<AiBackend>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenLimit {
-    pub key: String,
-    pub tokens: u64,
-    pub per: Duration,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AiBackend {
-    pub name: String,
-    pub url: String,
-    pub api_key: Option<EnvString>,
-    #[serde(default)]
-    pub models: Vec<String>,
+    pub indexes: Vec<JsonPath>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     /// `sqlite` (default: a file in the data dir), `sqlite:///path/to/file.db` or `postgres://…`.
-    pub url: Option<EnvString>,
-    /// `file` (default: the data dir), `s3://…` or `az://…`.
-    pub blobs: Option<EnvString>,
+    pub url: Option<StoreUrl>,
+    /// `file` (default: the data dir), `file:///path`, `s3://…` or `az://…`.
+    pub blobs: Option<BlobsUrl>,
 }

@@ -252,18 +252,20 @@ pub fn prepare(mut map: Map<String, Value>, now: i64) -> Value {
     Value::Object(map)
 }
 
-/// The manifest's containers.
+/// The manifest's containers; their paths were checked by `nimbus-config` (`JsonPath`), so they
+/// are taken as written.
 pub fn from_manifest(section: &nimbus_config::DocsSection) -> BTreeMap<String, Container> {
+    let written = |paths: &[nimbus_config::JsonPath]| paths.iter().map(|p| p.as_str().to_owned()).collect();
     section
         .containers
         .iter()
         .map(|(name, c)| {
             let container = Container {
                 name: name.clone(),
-                partition_key: c.partition_key.clone(),
+                partition_key: c.partition_key.as_str().to_owned(),
                 default_ttl: c.default_ttl.map(|d| d.get().as_secs().max(1) as i64),
-                unique_keys: c.unique_keys.clone(),
-                indexes: c.indexes.clone(),
+                unique_keys: c.unique_keys.iter().map(|set| written(set)).collect(),
+                indexes: written(&c.indexes),
                 declared: true,
             };
             (name.clone(), container)

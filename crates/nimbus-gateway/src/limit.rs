@@ -10,37 +10,11 @@ use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota as GcraQuota, RateLimiter};
-use nimbus_config::QuotaPeriod;
+use nimbus_config::{LimitKey, QuotaPeriod};
 use nimbus_store::{Expect, Store, StoreError, Write};
 use sha2::{Digest, Sha256};
 
 const NS: &str = "gateway";
-
-/// What a limit is counted per.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum LimitKey {
-    Ip,
-    Sub,
-    ApiKey,
-    Header(axum::http::HeaderName),
-    Claim(String),
-}
-
-impl LimitKey {
-    /// Parses a validated `key`; `None` for anything validation would refuse.
-    pub fn parse(key: &str) -> Option<Self> {
-        Some(match key {
-            "ip" => Self::Ip,
-            "sub" => Self::Sub,
-            "api_key" => Self::ApiKey,
-            other => match (other.strip_prefix("header:"), other.strip_prefix("claim:")) {
-                (Some(h), _) => Self::Header(h.to_ascii_lowercase().parse().ok()?),
-                (_, Some(c)) => Self::Claim(c.to_owned()),
-                _ => return None,
-            },
-        })
-    }
-}
 
 /// One request's facts a limit key is taken from.
 pub(crate) struct Subject<'a> {
@@ -110,16 +84,17 @@ pub(crate) struct RateLimit {
 }
 
 impl RateLimit {
-    pub fn new(section: &nimbus_config::RateLimit) -> Option<Self> {
-        let requests = NonZeroU32::new(section.requests)?;
-        let period = section.per.get() / requests.get();
-        let quota = GcraQuota::with_period(period.max(Duration::from_nanos(1)))?.allow_burst(requests);
-        Some(Self {
-            key: LimitKey::parse(&section.key)?,
-            limiter: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>(),
+    pub fn new(section: &nimbus_config::RateLimit) -> Self {
+        let requests: NonZeroU32 = section.requests;
+        // At least a nanosecond: `with_period` refuses only a zero period.
+        let period = (section.per.get() / requests.get()).max(Duration::from_nanos(1));
+        let quota = GcraQuota::with_period(period).expect("a period of 1ns or more is a quota");
+        Self {
+            key: section.key.clone(),
+            limiter: RateLimiter::keyed(quota.allow_burst(requests)).with_middleware::<StateInformationMiddleware>(),
             requests: requests.get(),
             window: section.per.get().as_secs().max(1),
-        })
+        }
     }
 
     /// Takes one request from `key`'s allowance.
@@ -158,14 +133,14 @@ pub(crate) struct Quota {
 }
 
 impl Quota {
-    pub fn new(route: &str, section: &nimbus_config::Quota, store: Arc<dyn Store>) -> Option<Self> {
-        Some(Self {
-            key: LimitKey::parse(&section.key)?,
+    pub fn new(route: &str, section: &nimbus_config::Quota, store: Arc<dyn Store>) -> Self {
+        Self {
+            key: section.key.clone(),
             route: route.to_owned(),
-            requests: section.requests,
+            requests: section.requests.get(),
             period: section.per,
             store,
-        })
+        }
     }
 
     /// Counts one request against `key`'s quota for the current period.
@@ -300,24 +275,26 @@ mod tests {
 
     #[test]
     fn limit_keys() {
-        assert_eq!(LimitKey::parse("ip"), Some(LimitKey::Ip));
-        assert_eq!(LimitKey::parse("claim:tid"), Some(LimitKey::Claim("tid".into())));
-        assert!(matches!(LimitKey::parse("header:X-Client"), Some(LimitKey::Header(h)) if h == "x-client"));
-        assert_eq!(LimitKey::parse("nonsense"), None);
-        let headers = axum::http::HeaderMap::new();
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-client", axum::http::HeaderValue::from_static("c1"));
         let claims = serde_json::json!({"sub": "u1", "n": 5});
         let subject = Subject { ip: [10, 0, 0, 1].into(), headers: &headers, claims: Some(&claims), api_key: None };
         assert_eq!(subject.key(&LimitKey::Sub), "k:u1");
         assert_eq!(subject.key(&LimitKey::Claim("n".into())), "k:5");
         assert_eq!(subject.key(&LimitKey::ApiKey), "ip:10.0.0.1");
         assert_eq!(subject.key(&LimitKey::Ip), "ip:10.0.0.1");
+        assert_eq!(subject.key(&"header:X-Client".parse().unwrap()), "k:c1");
+        assert_eq!(subject.key(&"header:x-other".parse().unwrap()), "ip:10.0.0.1");
     }
 
     #[test]
     fn rate_limit_counts_down_and_refuses() {
-        let section =
-            nimbus_config::RateLimit { key: "ip".into(), requests: 2, per: nimbus_config::Duration::from_secs(60) };
-        let limit = RateLimit::new(&section).unwrap();
+        let section = nimbus_config::RateLimit {
+            key: LimitKey::Ip,
+            requests: NonZeroU32::new(2).unwrap(),
+            per: nimbus_config::Duration::from_secs(60),
+        };
+        let limit = RateLimit::new(&section);
         let mut h = LimitHeaders::default();
         assert!(limit.check("a".into(), &mut h).is_ok());
         assert_eq!(h.state, ["\"rate\";r=1;t=30"]);

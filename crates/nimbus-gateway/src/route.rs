@@ -1,12 +1,13 @@
 //! `[[routes]]` entries compiled for the request path: pattern, methods, and each policy in the
-//! form it runs in. Matching picks the most specific pattern whose methods fit.
+//! form it runs in. Matching picks the most specific pattern whose methods fit. The manifest's
+//! values arrive typed (`nimbus-config` parsed and checked them); nothing here parses them again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, Method};
-use nimbus_config::{AuthMode, CorsSection, HeaderTransform, Manifest, PathPattern, RouteSection};
+use nimbus_config::{AuthMode, CorsSection, HeaderTransform, Manifest, Origins, PathPattern, RouteSection};
 use nimbus_store::Store;
 use serde_json::Value;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -51,14 +52,7 @@ pub(crate) struct Transform {
 
 impl Transform {
     fn new(t: &HeaderTransform) -> Self {
-        Self {
-            set: t
-                .set
-                .iter()
-                .filter_map(|(n, v)| Some((n.to_ascii_lowercase().parse().ok()?, v.parse().ok()?)))
-                .collect(),
-            remove: t.remove.iter().filter_map(|n| n.to_ascii_lowercase().parse().ok()).collect(),
-        }
+        Self { set: t.set.clone(), remove: t.remove.clone() }
     }
 
     pub fn apply(&self, headers: &mut axum::http::HeaderMap) {
@@ -102,30 +96,26 @@ impl RouteMetrics {
 
 impl Route {
     pub fn compile(section: &RouteSection, manifest: &Manifest, store: &Arc<dyn Store>) -> Result<Self, String> {
-        let label: Arc<str> = section.path.as_str().into();
-        let methods = section
-            .methods
-            .iter()
-            .map(|m| Method::from_bytes(m.as_bytes()).map_err(|_| format!("invalid method \"{m}\"")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let backend = match section.backend.as_deref() {
-            None | Some("function") => Backend::Function,
-            Some("site") => Backend::Site,
-            Some(url) => {
-                Backend::Upstream(Upstream::parse(url).ok_or_else(|| format!("backend \"{url}\" is not a URL"))?)
-            }
+        let label: Arc<str> = section.path.to_string().into();
+        let backend = match &section.backend {
+            nimbus_config::Backend::Function => Backend::Function,
+            nimbus_config::Backend::Site => Backend::Site,
+            // `nimbus-config` checked that the URL is also an `http::Uri`.
+            nimbus_config::Backend::Upstream(url) => Backend::Upstream(
+                Upstream::parse(url.as_str()).ok_or_else(|| format!("backend \"{url}\" is not a URL"))?,
+            ),
         };
         let cors = section.cors.as_ref().or(manifest.gateway.cors.as_ref()).map(|c| cors_layer(c, &section.methods));
         Ok(Self {
-            pattern: Some(PathPattern::parse(&section.path)?),
-            methods,
+            pattern: Some(section.path.clone()),
+            methods: section.methods.clone(),
             // A route that says nothing about authentication requires a token, like the default.
             auth: section.auth.unwrap_or(AuthMode::Jwt),
             scopes: section.scopes.clone(),
             roles: section.roles.clone(),
             claims: section.claims.clone(),
-            rate: section.rate_limit.as_ref().and_then(RateLimit::new),
-            quota: section.quota.as_ref().and_then(|q| Quota::new(&section.path, q, store.clone())),
+            rate: section.rate_limit.as_ref().map(RateLimit::new),
+            quota: section.quota.as_ref().map(|q| Quota::new(&label, q, store.clone())),
             cors,
             max_body: section.max_body.map(|b| b.0),
             timeout: section.timeout.map(|t| t.get()),
@@ -185,28 +175,25 @@ impl Route {
     }
 }
 
-fn cors_layer(c: &CorsSection, route_methods: &[String]) -> CorsLayer {
-    let origin = if c.origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(c.origins.iter().filter_map(|o| o.parse().ok()))
+fn cors_layer(c: &CorsSection, route_methods: &[Method]) -> CorsLayer {
+    let origin = match &c.origins {
+        Origins::Any => AllowOrigin::any(),
+        Origins::List(origins) => AllowOrigin::list(origins.iter().cloned()),
     };
     let methods: Vec<Method> = match (c.methods.is_empty(), route_methods.is_empty()) {
-        (false, _) => c.methods.iter().filter_map(|m| m.parse().ok()).collect(),
-        (true, false) => route_methods.iter().filter_map(|m| m.parse().ok()).collect(),
+        (false, _) => c.methods.clone(),
+        (true, false) => route_methods.to_vec(),
         (true, true) => vec![Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE],
     };
     let headers: Vec<HeaderName> = match c.headers.is_empty() {
         true => vec![axum::http::header::AUTHORIZATION, axum::http::header::CONTENT_TYPE],
-        false => c.headers.iter().filter_map(|h| h.to_ascii_lowercase().parse().ok()).collect(),
+        false => c.headers.clone(),
     };
     let mut layer = CorsLayer::new()
         .allow_origin(origin)
         .allow_methods(methods)
         .allow_headers(headers)
-        .expose_headers(
-            c.expose_headers.iter().filter_map(|h| h.to_ascii_lowercase().parse().ok()).collect::<Vec<HeaderName>>(),
-        )
+        .expose_headers(c.expose_headers.clone())
         .allow_credentials(c.credentials);
     if let Some(max_age) = c.max_age {
         layer = layer.max_age(max_age.get());

@@ -1,0 +1,150 @@
+//! Values of `[[routes]]` policies that are more than a string: what a limit counts per, and where
+//! a route sends its requests.
+
+use std::fmt;
+use std::str::FromStr;
+
+use http::HeaderName;
+use serde::{Deserialize, Deserializer};
+
+/// What a rate limit or quota is counted per: `ip`, `sub`, `api_key`, `header:<name>` or
+/// `claim:<name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitKey {
+    /// The client's address.
+    Ip,
+    /// The token's subject.
+    Sub,
+    /// The API key's id.
+    ApiKey,
+    /// A request header's value.
+    Header(HeaderName),
+    /// A claim of the token.
+    Claim(String),
+}
+
+impl FromStr for LimitKey {
+    type Err = String;
+
+    fn from_str(key: &str) -> Result<Self, String> {
+        let refused = || format!("\"{key}\" is not a limit key: use ip, sub, api_key, header:<name> or claim:<name>");
+        Ok(match key {
+            "ip" => Self::Ip,
+            "sub" => Self::Sub,
+            "api_key" => Self::ApiKey,
+            other => match (other.strip_prefix("header:"), other.strip_prefix("claim:")) {
+                (Some(h), _) if !h.is_empty() => {
+                    Self::Header(crate::web::parse_header_name(h).map_err(|e| format!("\"{key}\": {e}"))?)
+                }
+                (_, Some(c)) if !c.is_empty() => Self::Claim(c.to_owned()),
+                _ => return Err(refused()),
+            },
+        })
+    }
+}
+
+impl fmt::Display for LimitKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ip => f.write_str("ip"),
+            Self::Sub => f.write_str("sub"),
+            Self::ApiKey => f.write_str("api_key"),
+            Self::Header(name) => write!(f, "header:{name}"),
+            Self::Claim(name) => write!(f, "claim:{name}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for LimitKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::from_str(d, str::parse)
+    }
+}
+
+/// Where a route's requests go after its policies.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The function whose route matches (`function`, the default).
+    #[default]
+    Function,
+    /// The published site (`site`).
+    Site,
+    /// A reverse proxy to this `http(s)://` base URL (no query or fragment; it is also a valid
+    /// `http::Uri`).
+    Upstream(url::Url),
+}
+
+impl fmt::Debug for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Function => f.write_str("Function"),
+            Self::Site => f.write_str("Site"),
+            Self::Upstream(url) => write!(f, "Upstream({:?})", url.as_str()),
+        }
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "function" => return Ok(Self::Function),
+            "site" => return Ok(Self::Site),
+            "ai" => return Err(format!("\"ai\": {}", crate::unbuilt("ai").unwrap_or_default())),
+            _ => {}
+        }
+        let refused = || format!("\"{s}\" is not a backend: use \"function\", \"site\" or an http(s):// upstream URL");
+        let url = url::Url::parse(s).map_err(|_| refused())?;
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return Err(refused());
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!("\"{s}\": an upstream URL takes no query or fragment"));
+        }
+        if url.as_str().parse::<http::Uri>().is_err() {
+            return Err(format!("\"{s}\" is not a URL an HTTP request can be sent to"));
+        }
+        Ok(Self::Upstream(url))
+    }
+}
+
+impl<'de> Deserialize<'de> for Backend {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::from_str(d, str::parse)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_keys() {
+        assert_eq!("ip".parse(), Ok(LimitKey::Ip));
+        assert_eq!("api_key".parse(), Ok(LimitKey::ApiKey));
+        assert_eq!("claim:tid".parse(), Ok(LimitKey::Claim("tid".into())));
+        assert_eq!("header:X-Client".parse(), Ok(LimitKey::Header(HeaderName::from_static("x-client"))));
+        for bad in ["everyone", "claim:", "header:", "IP", "route"] {
+            assert!(bad.parse::<LimitKey>().unwrap_err().contains("is not a limit key"), "{bad}");
+        }
+        assert!("header:bad header".parse::<LimitKey>().unwrap_err().contains("is not a header name"));
+        for key in ["ip", "sub", "api_key", "header:x-client", "claim:tid"] {
+            assert_eq!(key.parse::<LimitKey>().unwrap().to_string(), key);
+        }
+    }
+
+    #[test]
+    fn backends() {
+        assert_eq!("function".parse(), Ok(Backend::Function));
+        assert_eq!("site".parse(), Ok(Backend::Site));
+        let Ok(Backend::Upstream(url)) = "http://127.0.0.1:9000/base/".parse() else { panic!() };
+        assert_eq!(url.as_str(), "http://127.0.0.1:9000/base/");
+        assert!("ai".parse::<Backend>().unwrap_err().contains("AI gateway"));
+        assert!("http://x/?q=1".parse::<Backend>().unwrap_err().contains("no query or fragment"));
+        assert!("http://x/#f".parse::<Backend>().unwrap_err().contains("no query or fragment"));
+        for bad in ["ftp://example.com", "functions", "/local", "http://", "unix:/tmp/s"] {
+            assert!(bad.parse::<Backend>().unwrap_err().contains("is not a backend"), "{bad}");
+        }
+    }
+}
