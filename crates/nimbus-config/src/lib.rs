@@ -27,11 +27,10 @@ pub use env::EnvString;
 pub use grant::Grant;
 pub use json_path::JsonPath;
 pub use pattern::{PathPattern, Segment};
-pub use policy::{Backend, LimitKey};
+pub use policy::{Backend, LimitKey, TokenAlgorithm};
 pub use schema::*;
 pub use size::ByteSize;
 pub use store::{BlobsUrl, StoreUrl};
-pub use validate::TOKEN_ALGORITHMS;
 pub use web::{METHODS, Origins, parse_method};
 
 /// The manifest's file name inside an app folder.

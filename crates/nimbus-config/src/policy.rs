@@ -1,5 +1,5 @@
-//! Values of `[[routes]]` policies that are more than a string: what a limit counts per, and where
-//! a route sends its requests.
+//! Values of gateway policies that are more than a string: what a limit counts per, where a route
+//! sends its requests, and which signature algorithms an issuer's tokens may use.
 
 use std::fmt;
 use std::str::FromStr;
@@ -146,5 +146,72 @@ mod tests {
         for bad in ["ftp://example.com", "functions", "/local", "http://", "unix:/tmp/s"] {
             assert!(bad.parse::<Backend>().unwrap_err().contains("is not a backend"), "{bad}");
         }
+    }
+}
+
+/// A signature algorithm an issuer may be pinned to: asymmetric only, so that a public key can
+/// never be used as an HMAC secret (`none` and `HS*` are refused with the reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenAlgorithm {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl TokenAlgorithm {
+    pub const ALL: [Self; 9] = [
+        Self::RS256,
+        Self::RS384,
+        Self::RS512,
+        Self::PS256,
+        Self::PS384,
+        Self::PS512,
+        Self::ES256,
+        Self::ES384,
+        Self::EdDSA,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RS256 => "RS256",
+            Self::RS384 => "RS384",
+            Self::RS512 => "RS512",
+            Self::PS256 => "PS256",
+            Self::PS384 => "PS384",
+            Self::PS512 => "PS512",
+            Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
+            Self::EdDSA => "EdDSA",
+        }
+    }
+}
+
+impl FromStr for TokenAlgorithm {
+    type Err = String;
+
+    fn from_str(alg: &str) -> Result<Self, String> {
+        if let Some(found) = Self::ALL.into_iter().find(|a| a.as_str() == alg) {
+            return Ok(found);
+        }
+        Err(if alg.eq_ignore_ascii_case("none") {
+            "`none` is never an allowed algorithm".to_owned()
+        } else if alg.to_ascii_uppercase().starts_with("HS") {
+            format!("\"{alg}\": shared-secret algorithms are never accepted from an issuer")
+        } else {
+            let all: Vec<&str> = Self::ALL.iter().map(|a| a.as_str()).collect();
+            format!("\"{alg}\" is not one of {}", all.join(", "))
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenAlgorithm {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::from_str(d, str::parse)
     }
 }

@@ -201,10 +201,9 @@ pub struct WorkerSection {
     /// For `runtime = "command"`: argv of an HTTP server; `{socket}` is replaced by its socket path.
     #[serde(default)]
     pub command: Vec<String>,
-    /// For `runtime = "command"`: the routes the server answers, each a path pattern (checked by
-    /// [`crate::validate`]; kept as written because the functions' route table takes them so).
+    /// For `runtime = "command"`: the routes the server answers.
     #[serde(default)]
-    pub routes: Vec<String>,
+    pub routes: Vec<crate::PathPattern>,
     /// Environment given to the worker (it gets nothing else but `NIMBUS_*` and `PATH`).
     #[serde(default)]
     pub env: BTreeMap<String, EnvString>,
@@ -370,7 +369,7 @@ pub struct IssuerSection {
     pub jwks_uri: Option<String>,
     /// Allowed signing algorithms; defaults to what the issuer's keys declare (never `none`).
     #[serde(default)]
-    pub algorithms: Vec<String>,
+    pub algorithms: Vec<crate::TokenAlgorithm>,
 }
 
 #[derive(Debug, Default, Deserialize)]

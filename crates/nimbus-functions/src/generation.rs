@@ -75,8 +75,11 @@ pub(crate) async fn build(
                 name: name.clone(),
                 worker: name.clone(),
                 runtime: "command",
-                trigger: Trigger::Http { route: worker.routes.first().cloned().unwrap_or_default(), methods: Vec::new() },
-                routes: worker.routes.clone(),
+                trigger: Trigger::Http {
+                    route: worker.routes.first().map(ToString::to_string).unwrap_or_default(),
+                    methods: Vec::new(),
+                },
+                routes: worker.routes.iter().map(ToString::to_string).collect(),
             }),
             runtime => {
                 for declared in indexed.remove(name).unwrap_or_default() {
@@ -103,7 +106,20 @@ pub(crate) async fn build(
             Trigger::Http { methods, .. } => methods.as_slice(),
             _ => &[],
         };
-        for pattern in &info.routes {
+        // A command worker's routes arrive parsed from the manifest; an SDK worker's from its index.
+        let patterns = match worker.runtime {
+            Runtime::Command => worker.routes.clone(),
+            _ => info
+                .routes
+                .iter()
+                .map(|r| nimbus_config::PathPattern::parse(r))
+                .collect::<Result<_, _>>()
+                .map_err(|e| FunctionsError::Index {
+                    worker: info.worker.clone(),
+                    reason: format!("function `{}`: route {e}", info.name),
+                })?,
+        };
+        for pattern in patterns {
             routes.add(pattern, methods, &info.name).map_err(FunctionsError::Config)?;
         }
         if !matches!(info.trigger, Trigger::Http { .. } | Trigger::Activity {}) {

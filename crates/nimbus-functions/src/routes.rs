@@ -28,8 +28,11 @@ pub(crate) enum Match<'a> {
 
 impl RouteTable {
     /// Adds a route; refuses malformed patterns and a second function on the same pattern and method.
-    pub fn add(&mut self, pattern: &str, methods: &[String], function: &str) -> Result<(), String> {
-        let parsed = parse(pattern)?;
+    pub fn add(&mut self, parsed: PathPattern, methods: &[String], function: &str) -> Result<(), String> {
+        let pattern = parsed.to_string();
+        if pattern.starts_with("/_nimbus/") || pattern == "/_nimbus" {
+            return Err(format!("route \"{pattern}\" of `{function}`: paths under /_nimbus/ belong to the platform"));
+        }
         let methods = methods
             .iter()
             .map(|m| {
@@ -53,7 +56,7 @@ impl RouteTable {
                 ));
             }
         }
-        self.routes.push(Route { pattern: pattern.to_owned(), parsed, methods, function: function.to_owned() });
+        self.routes.push(Route { pattern, parsed, methods, function: function.to_owned() });
         // Most specific first: no wildcard, then more literal segments, then longer patterns.
         self.routes.sort_by_key(|r| r.parsed.specificity());
         Ok(())
@@ -90,24 +93,21 @@ fn decode(s: &str) -> String {
     percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
-fn parse(pattern: &str) -> Result<PathPattern, String> {
-    if pattern.starts_with("/_nimbus/") || pattern == "/_nimbus" {
-        return Err(format!("route \"{pattern}\": paths under /_nimbus/ belong to the platform"));
-    }
-    PathPattern::parse(pattern).map_err(|e| format!("route {e}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn pat(p: &str) -> PathPattern {
+        PathPattern::parse(p).unwrap()
+    }
+
     fn table() -> RouteTable {
         let mut t = RouteTable::default();
-        t.add("/hello", &["GET".into()], "hello").unwrap();
-        t.add("/items/{id}", &["GET".into(), "PUT".into()], "item").unwrap();
-        t.add("/items/new", &[], "new-item").unwrap();
-        t.add("/files/*", &[], "files").unwrap();
-        t.add("/*", &["GET".into()], "catch-all").unwrap();
+        t.add(pat("/hello"), &["GET".into()], "hello").unwrap();
+        t.add(pat("/items/{id}"), &["GET".into(), "PUT".into()], "item").unwrap();
+        t.add(pat("/items/new"), &[], "new-item").unwrap();
+        t.add(pat("/files/*"), &[], "files").unwrap();
+        t.add(pat("/*"), &["GET".into()], "catch-all").unwrap();
         t
     }
 
@@ -139,7 +139,7 @@ mod tests {
         assert_eq!(found(&t, Method::HEAD, "/hello").0, "hello");
         assert_eq!(t.find(&Method::DELETE, "/items/42"), Match::MethodNotAllowed);
         let mut strict = RouteTable::default();
-        strict.add("/hello", &[], "hello").unwrap();
+        strict.add(pat("/hello"), &[], "hello").unwrap();
         assert_eq!(strict.find(&Method::GET, "/hello/"), Match::NotFound);
         assert_eq!(strict.find(&Method::GET, "/items//"), Match::NotFound);
     }
@@ -147,13 +147,13 @@ mod tests {
     #[test]
     fn refuses_bad_and_overlapping_routes() {
         let mut t = table();
-        assert!(t.add("/items/{other}", &["GET".into()], "dup").unwrap_err().contains("overlaps"));
-        t.add("/items/{other}", &["DELETE".into()], "remover").unwrap();
-        assert!(t.add("hello", &[], "x").is_err());
-        assert!(t.add("/_nimbus/x", &[], "x").is_err());
-        assert!(t.add("/a*", &[], "x").is_err());
-        assert!(t.add("/a/*/b", &[], "x").is_err());
-        assert!(t.add("/a/{b c}", &[], "x").is_err());
-        assert!(t.add("/a/x{b}", &[], "x").is_err());
+        assert!(t.add(pat("/items/{other}"), &["GET".into()], "dup").unwrap_err().contains("overlaps"));
+        t.add(pat("/items/{other}"), &["DELETE".into()], "remover").unwrap();
+        assert!(t.add(pat("/_nimbus/x"), &[], "x").unwrap_err().contains("belong to the platform"));
+        assert!(t.add(pat("/x"), &["G ET".into()], "x").unwrap_err().contains("invalid method"));
+        // Malformed patterns never reach the table: parsing them fails first.
+        for bad in ["hello", "/a*", "/a/*/b", "/a/{b c}", "/a/x{b}"] {
+            assert!(PathPattern::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -89,6 +89,22 @@ pub(crate) struct Verifier {
     tasks: nimbus_api::Tasks,
 }
 
+/// jsonwebtoken's name for an algorithm the manifest allows.
+fn algorithm(alg: nimbus_config::TokenAlgorithm) -> Algorithm {
+    use nimbus_config::TokenAlgorithm as T;
+    match alg {
+        T::RS256 => Algorithm::RS256,
+        T::RS384 => Algorithm::RS384,
+        T::RS512 => Algorithm::RS512,
+        T::PS256 => Algorithm::PS256,
+        T::PS384 => Algorithm::PS384,
+        T::PS512 => Algorithm::PS512,
+        T::ES256 => Algorithm::ES256,
+        T::ES384 => Algorithm::ES384,
+        T::EdDSA => Algorithm::EdDSA,
+    }
+}
+
 impl Verifier {
     pub fn new(
         manifest: &nimbus_config::Manifest,
@@ -103,13 +119,13 @@ impl Verifier {
             .iter()
             .map(|section| {
                 let algorithms = match section.algorithms.is_empty() {
-                    true => nimbus_config::TOKEN_ALGORITHMS.to_vec(),
-                    false => section.algorithms.iter().map(String::as_str).collect(),
+                    true => nimbus_config::TokenAlgorithm::ALL.to_vec(),
+                    false => section.algorithms.clone(),
                 };
                 Arc::new(Issuer {
                     issuer: section.issuer.clone(),
                     audience: section.audience.clone().or_else(|| default_audience.clone()).unwrap_or_default(),
-                    algorithms: algorithms.into_iter().filter_map(|a| a.parse().ok()).collect(),
+                    algorithms: algorithms.into_iter().map(algorithm).collect(),
                     source: KeySource::Remote { jwks_uri: section.jwks_uri.clone() },
                     keys: RwLock::default(),
                     refresh: tokio::sync::Mutex::new(()),
