@@ -16,7 +16,8 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use nimbus_api::{ApiError, Caller, RouteLabel, RoutePolicy};
+use nimbus_api::body::Watched;
+use nimbus_api::{ApiError, Caller, RouteLabel};
 use nimbus_config::{AuthMode, Manifest};
 use nimbus_store::Store;
 use serde_json::{Value, json};
@@ -27,7 +28,7 @@ use crate::client::HttpClient;
 use crate::jwt::Verifier;
 use crate::keys::{ApiKeys, KeyRejection};
 use crate::limit::{LimitHeaders, Subject};
-use crate::route::{Backend, Route};
+use crate::route::{Backend, Delivered, Route};
 
 /// The components a route can lead to, as the binary wires them.
 #[derive(Clone)]
@@ -65,8 +66,6 @@ pub struct Gateway {
     verifier: Arc<Verifier>,
     keys: ApiKeys,
     client: HttpClient,
-    request_timeout: Duration,
-    max_request_body: u64,
     pub(crate) app: String,
     pub(crate) openid_configuration: Vec<String>,
     /// Fetching issuers' keys, forgetting idle rate-limit state, purging old quota periods.
@@ -113,8 +112,6 @@ impl Gateway {
             verifier,
             keys: ApiKeys::new(store),
             client,
-            request_timeout: manifest.server.request_timeout.get(),
-            max_request_body: manifest.server.max_request_body.0,
             app: app.to_owned(),
             tasks: tasks.clone(),
         });
@@ -231,7 +228,8 @@ fn pipeline(gateway: Arc<Gateway>, route: Arc<Route>, backends: Backends) -> Svc
             if response.extensions().get::<RouteLabel>().is_none() {
                 response.extensions_mut().insert(RouteLabel(route.label.clone()));
             }
-            Ok::<_, Infallible>(response)
+            let watched = Delivered::new(route.clone());
+            Ok::<_, Infallible>(response.map(|body| axum::body::Body::new(Watched::new(body, watched))))
         }
     });
     match cors {
@@ -240,31 +238,50 @@ fn pipeline(gateway: Arc<Gateway>, route: Arc<Route>, backends: Backends) -> Svc
     }
 }
 
+/// The route's policies in their fixed order, each one function that passes the request on or
+/// answers for it.
 async fn run(gateway: &Gateway, route: &Route, backends: &Backends, mut req: Request) -> Result<Response, Response> {
-    // Size limit.
-    if let Some(limit) = route.max_body {
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            route.metrics.rejected("size");
-            return Err(too_large(limit));
-        }
-    }
+    check_size(route, &req)?;
+    let caller = authenticate(gateway, route, &mut req).await?;
+    authorize(route, &caller)?;
+    let limit_headers = limit(route, client_ip(&req), req.headers(), &caller).await?;
+    let path = transform_request(route, &mut req, caller);
+    let mut response = forward(gateway, route, backends, req, &path).await?;
+    route.response_headers.apply(response.headers_mut());
+    limit_headers.apply(response.headers_mut());
+    Ok(response)
+}
 
-    // Authentication.
-    let mut claims: Option<Arc<Value>> = None;
-    let mut api_key: Option<String> = None;
+/// Who a request comes from, once its credentials are checked.
+#[derive(Default)]
+struct Authenticated {
+    claims: Option<Arc<Value>>,
+    api_key: Option<String>,
+}
+
+/// A body the request declares larger than the route takes is refused before anything else.
+fn check_size(route: &Route, req: &Request) -> Result<(), Response> {
+    let limit = route.policy.max_body;
+    if nimbus_api::body::declared_length(req.headers()).is_some_and(|n| n > limit) {
+        route.metrics.rejected("size");
+        return Err(nimbus_api::body::payload_too_large(limit).into_response());
+    }
+    Ok(())
+}
+
+async fn authenticate(gateway: &Gateway, route: &Route, req: &mut Request) -> Result<Authenticated, Response> {
     match route.auth {
-        AuthMode::Anonymous => {}
+        AuthMode::Anonymous => Ok(Authenticated::default()),
         AuthMode::Jwt => {
-            let Some(token) = bearer(req.headers()) else {
+            let Some(token) = nimbus_api::bearer(req.headers()) else {
                 route.metrics.rejected("authentication");
                 return Err(unauthorized("unauthorized", "this route requires a bearer token", None));
             };
             match gateway.verifier.verify(token).await {
-                Ok(verified) => claims = Some(verified),
+                Ok(claims) => Ok(Authenticated { claims: Some(claims), api_key: None }),
                 Err(e) => {
                     route.metrics.rejected("authentication");
-                    return Err(unauthorized("invalid_token", &e.0, Some("invalid_token")));
+                    Err(unauthorized("invalid_token", &e.0, Some("invalid_token")))
                 }
             }
         }
@@ -295,105 +312,107 @@ async fn run(gateway: &Gateway, route: &Route, backends: &Backends, mut req: Req
             };
             if !info.routes.is_empty() && !info.routes.iter().any(|r| **r == *route.label) {
                 route.metrics.rejected("authorization");
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "forbidden",
-                    "the API key is not valid for this route",
-                )
-                .into_response());
+                let refusal = ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the API key is not valid for this route");
+                return Err(refusal.into_response());
             }
             // The key is a secret between the client and the gateway: it goes no further.
             req.headers_mut().remove("x-api-key");
             req.headers_mut().remove("ocp-apim-subscription-key");
-            claims = Some(Arc::new(json!({"api_key": {"id": info.id, "name": info.name}})));
-            api_key = Some(info.id);
+            let claims = Arc::new(json!({"api_key": {"id": info.id, "name": info.name}}));
+            Ok(Authenticated { claims: Some(claims), api_key: Some(info.id) })
         }
     }
+}
 
-    // Authorization.
+/// Scopes, roles and claim values a token must carry.
+fn authorize(route: &Route, caller: &Authenticated) -> Result<(), Response> {
     if route.auth == AuthMode::Jwt
-        && let Some(c) = &claims
-        && let Err(why) = crate::route::authorize(route, c)
+        && let Some(claims) = &caller.claims
+        && let Err(why) = crate::route::authorize(route, claims)
     {
         route.metrics.rejected("authorization");
         return Err(forbidden_scope(&why, &route.scopes));
     }
+    Ok(())
+}
 
-    // Rate limit, then quota.
-    let mut limit_headers = LimitHeaders::default();
-    if route.rate.is_some() || route.quota.is_some() {
-        let ip = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-        let subject = Subject { ip, headers: req.headers(), claims: claims.as_deref(), api_key: api_key.as_deref() };
-        if let Some(rate) = &route.rate
-            && let Err(exceeded) = rate.check(subject.key(&rate.key), &mut limit_headers)
-        {
-            route.metrics.rejected("rate_limit");
-            return Err(too_many("rate_limited", "too many requests; slow down", exceeded));
-        }
-        if let Some(quota) = &route.quota {
-            let key = subject.key(&quota.key);
-            match quota.take(&key, &mut limit_headers).await {
-                Ok(Ok(())) => {}
-                Ok(Err(exceeded)) => {
-                    route.metrics.rejected("quota");
-                    return Err(too_many("quota_exceeded", "the quota for this period is used up", exceeded));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot count the quota");
-                    return Err(store_unavailable());
-                }
+/// The rate limit, then the quota; the headers that tell the client where it stands.
+async fn limit(
+    route: &Route,
+    ip: std::net::IpAddr,
+    request_headers: &axum::http::HeaderMap,
+    caller: &Authenticated,
+) -> Result<LimitHeaders, Response> {
+    let mut headers = LimitHeaders::default();
+    if route.rate.is_none() && route.quota.is_none() {
+        return Ok(headers);
+    }
+    let subject =
+        Subject { ip, headers: request_headers, claims: caller.claims.as_deref(), api_key: caller.api_key.as_deref() };
+    if let Some(rate) = &route.rate
+        && let Err(exceeded) = rate.check(subject.key(&rate.key), &mut headers)
+    {
+        route.metrics.rejected("rate_limit");
+        return Err(too_many("rate_limited", "too many requests; slow down", exceeded));
+    }
+    if let Some(quota) = &route.quota {
+        match quota.take(&subject.key(&quota.key), &mut headers).await {
+            Ok(Ok(())) => {}
+            Ok(Err(exceeded)) => {
+                route.metrics.rejected("quota");
+                return Err(too_many("quota_exceeded", "the quota for this period is used up", exceeded));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot count the quota");
+                return Err(store_unavailable());
             }
         }
     }
+    Ok(headers)
+}
 
-    // Request transforms.
+fn client_ip(req: &Request) -> std::net::IpAddr {
+    req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
+/// The route's header changes, the caller's claims for the backend; answers the path the
+/// backend sees.
+fn transform_request(route: &Route, req: &mut Request, caller: Authenticated) -> String {
     route.request_headers.apply(req.headers_mut());
-    let path = route.backend_path(req.uri().path()).into_owned();
-    if let Some(caller) = claims {
-        req.extensions_mut().insert(Caller(caller));
+    if let Some(claims) = caller.claims {
+        req.extensions_mut().insert(Caller(claims));
     }
+    route.backend_path(req.uri().path()).into_owned()
+}
 
-    // Backend.
-    let mut response = match &route.backend {
-        Backend::Function | Backend::Site => {
-            req.extensions_mut().insert(RoutePolicy {
-                timeout: route.timeout.unwrap_or(gateway.request_timeout),
-                own_timeout: route.timeout,
-                respond_async: route.respond_async,
-                max_body: route.max_body.map_or(gateway.max_request_body, |l| l.min(gateway.max_request_body)),
-            });
-            if path != req.uri().path() {
-                let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-                if let Ok(uri) = format!("{path}{query}").parse() {
-                    *req.uri_mut() = uri;
-                }
-            }
-            let backend = match route.backend {
-                Backend::Site => backends.site.clone(),
-                _ => backends.functions.clone(),
-            };
-            backend.oneshot(req).await.unwrap_or_else(|e| match e {})
-        }
+/// Hands the request to the route's backend: a component with the route's policy in the
+/// request's extensions, or an upstream URL.
+async fn forward(
+    gateway: &Gateway,
+    route: &Route,
+    backends: &Backends,
+    mut req: Request,
+    path: &str,
+) -> Result<Response, Response> {
+    let backend = match &route.backend {
         Backend::Upstream(upstream) => {
-            let limit = route.max_body.map_or(gateway.max_request_body, |l| l.min(gateway.max_request_body));
-            let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > limit) {
+            let req = nimbus_api::body::limit_body(req, route.policy.max_body).map_err(|e| {
                 route.metrics.rejected("size");
-                return Err(too_large(limit));
-            }
-            req = req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, limit as usize)));
-            let timeout = route.timeout.unwrap_or(gateway.request_timeout);
-            upstream.forward(&gateway.client, req, &path, timeout).await
+                e.into_response()
+            })?;
+            return Ok(upstream.forward(&gateway.client, req, path, route.policy.timeout).await);
         }
+        Backend::Site => backends.site.clone(),
+        Backend::Function => backends.functions.clone(),
     };
-
-    // Response transforms.
-    route.response_headers.apply(response.headers_mut());
-    limit_headers.apply(response.headers_mut());
-    Ok(response)
+    req.extensions_mut().insert(route.policy);
+    if path != req.uri().path() {
+        let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        if let Ok(uri) = format!("{path}{query}").parse() {
+            *req.uri_mut() = uri;
+        }
+    }
+    Ok(backend.oneshot(req).await.unwrap_or_else(|e| match e {}))
 }
 
 /// Refuses paths that could mean another path to a backend than to the route matcher: `.` and
@@ -409,12 +428,6 @@ fn check_path(path: &str) -> Result<(), &'static str> {
         }
     }
     Ok(())
-}
-
-fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
 
 /// A 401 with RFC 6750's `WWW-Authenticate` (the error code only when a token was presented).
@@ -460,15 +473,6 @@ fn too_many(code: &'static str, message: &str, exceeded: crate::limit::Exceeded)
     response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(exceeded.retry_after));
     exceeded.headers.apply(response.headers_mut());
     response
-}
-
-fn too_large(limit: u64) -> Response {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "payload_too_large",
-        format!("the request body is larger than this route accepts ({limit} bytes)"),
-    )
-    .into_response()
 }
 
 fn store_unavailable() -> Response {

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, Method};
 use nimbus_config::{AuthMode, CorsSection, HeaderTransform, Manifest, Origins, PathPattern, RouteSection};
+use nimbus_api::RoutePolicy;
+use nimbus_api::body::{End, Watch};
 use nimbus_store::Store;
 use serde_json::Value;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -34,9 +36,9 @@ pub(crate) struct Route {
     pub rate: Option<RateLimit>,
     pub quota: Option<Quota>,
     pub cors: Option<CorsLayer>,
-    pub max_body: Option<u64>,
-    pub timeout: Option<Duration>,
-    pub respond_async: bool,
+    /// The effective timeout and body limit (the route's, else the server's), computed once and
+    /// handed to the backend with the request.
+    pub policy: RoutePolicy,
     pub backend: Backend,
     pub rewrite_prefix: Option<String>,
     pub request_headers: Transform,
@@ -70,6 +72,32 @@ pub(crate) struct RouteMetrics {
     label: Arc<str>,
     by_class: [metrics::Counter; 5],
     duration: metrics::Histogram,
+    bytes: metrics::Counter,
+    /// By how response bodies ended: complete, failed, abandoned.
+    ends: [metrics::Counter; 3],
+}
+
+/// Watches a route's response body on its way to the client (frame by frame, nothing held back)
+/// and records, at its end, the bytes delivered and how it ended.
+pub(crate) struct Delivered {
+    route: Arc<Route>,
+    bytes: u64,
+}
+
+impl Delivered {
+    pub fn new(route: Arc<Route>) -> Self {
+        Self { route, bytes: 0 }
+    }
+}
+
+impl Watch for Delivered {
+    fn frame(&mut self, data: &bytes::Bytes) {
+        self.bytes += data.len() as u64;
+    }
+
+    fn end(&mut self, end: End) {
+        self.route.metrics.delivered(self.bytes, end);
+    }
 }
 
 impl RouteMetrics {
@@ -79,7 +107,22 @@ impl RouteMetrics {
             label: label.clone(),
             by_class: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
             duration: metrics::histogram!("nimbus_gateway_request_duration_seconds", "route" => label.to_string()),
+            bytes: metrics::counter!("nimbus_gateway_response_bytes_total", "route" => label.to_string()),
+            ends: ["complete", "failed", "abandoned"].map(|end| {
+                metrics::counter!("nimbus_gateway_responses_ended_total", "route" => label.to_string(), "end" => end)
+            }),
         }
+    }
+
+    /// A response body's end: how many bytes it delivered, and how it ended.
+    fn delivered(&self, bytes: u64, end: End) {
+        self.bytes.increment(bytes);
+        let i = match end {
+            End::Complete => 0,
+            End::Failed => 1,
+            End::Abandoned => 2,
+        };
+        self.ends[i].increment(1);
     }
 
     pub fn record(&self, status: axum::http::StatusCode, elapsed: Duration) {
@@ -91,6 +134,18 @@ impl RouteMetrics {
     pub fn rejected(&self, policy: &'static str) {
         metrics::counter!("nimbus_gateway_rejections_total", "route" => self.label.to_string(), "policy" => policy)
             .increment(1);
+    }
+}
+
+/// A route's effective settings: its own timeout and body limit, else the server's; a body limit
+/// never above `[server] max_request_body`.
+fn policy(manifest: &Manifest, timeout: Option<Duration>, max_body: Option<u64>, respond_async: bool) -> RoutePolicy {
+    let server = &manifest.server;
+    RoutePolicy {
+        timeout: timeout.unwrap_or(server.request_timeout.get()),
+        own_timeout: timeout,
+        respond_async,
+        max_body: max_body.map_or(server.max_request_body.0, |limit| limit.min(server.max_request_body.0)),
     }
 }
 
@@ -117,9 +172,7 @@ impl Route {
             rate: section.rate_limit.as_ref().map(RateLimit::new),
             quota: section.quota.as_ref().map(|q| Quota::new(&label, q, store.clone())),
             cors,
-            max_body: section.max_body.map(|b| b.0),
-            timeout: section.timeout.map(|t| t.get()),
-            respond_async: section.respond_async,
+            policy: policy(manifest, section.timeout.map(|t| t.get()), section.max_body.map(|b| b.0), section.respond_async),
             backend,
             rewrite_prefix: section.rewrite_prefix.clone(),
             request_headers: Transform::new(&section.request_headers),
@@ -142,9 +195,7 @@ impl Route {
             rate: None,
             quota: None,
             cors: manifest.gateway.cors.as_ref().map(|c| cors_layer(c, &[])),
-            max_body: None,
-            timeout: None,
-            respond_async: false,
+            policy: policy(manifest, None, None, false),
             backend: Backend::Function,
             rewrite_prefix: None,
             request_headers: Transform::default(),

@@ -294,6 +294,13 @@ async fn streams_reach_the_client_as_they_are_produced_and_disconnects_cancel() 
     let _ = resp.chunk().await.unwrap();
     drop(resp);
     wait_until("the worker's generator was closed", Duration::from_secs(5), async || marker.exists()).await;
+
+    // The gateway saw each stream go by, frame by frame, and how it ended.
+    let m = metrics(&node, &app).await;
+    let delivered = metric_value(&m, r#"nimbus_gateway_response_bytes_total{route="/*"}"#).unwrap_or(0.0);
+    assert!(delivered >= (first.len() + rest.len()) as f64, "{delivered}\n{m}");
+    assert_eq!(metric_value(&m, r#"nimbus_gateway_responses_ended_total{route="/*",end="complete"}"#), Some(1.0));
+    assert_eq!(metric_value(&m, r#"nimbus_gateway_responses_ended_total{route="/*",end="abandoned"}"#), Some(1.0));
 }
 
 #[tokio::test]
