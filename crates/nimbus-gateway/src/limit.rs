@@ -4,7 +4,7 @@
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -143,41 +143,36 @@ impl Quota {
         }
     }
 
+    /// Unix seconds by the store's clock, which every node and test agrees on.
+    fn now(&self) -> u64 {
+        self.store.clock().now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    }
+
     /// Counts one request against `key`'s quota for the current period.
     pub async fn take(&self, key: &str, headers: &mut LimitHeaders) -> Result<Result<(), Exceeded>, StoreError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = self.now();
         let (period_id, start, end) = period_bounds(self.period, now);
         let left_secs = end.saturating_sub(now);
         headers.policy.push(format!("\"quota\";q={};w={}", self.requests, end - start));
         let record_key = format!("quota/{}/{period_id}/{}", digest(&self.route), digest(key));
-        loop {
-            let current = self.store.get(NS, &record_key).await?;
-            let (count, expect) = match &current {
-                Some(r) => (
-                    std::str::from_utf8(&r.value).ok().and_then(|s| s.parse().ok()).unwrap_or(0),
-                    Expect::Version(r.version),
-                ),
-                None => (0u64, Expect::Absent),
-            };
-            if count >= self.requests {
-                headers.state.push(format!("\"quota\";r=0;t={left_secs}"));
-                return Ok(Err(Exceeded { retry_after: left_secs.max(1), headers: std::mem::take(headers) }));
+        // One atomic add that refuses to pass the limit: no read-then-write race between nodes.
+        let limit = i64::try_from(self.requests).unwrap_or(i64::MAX);
+        match self.store.add(NS, &record_key, 1, Some(limit)).await? {
+            Some(count) => {
+                let left = limit.saturating_sub(count);
+                headers.state.push(format!("\"quota\";r={left};t={left_secs}"));
+                Ok(Ok(()))
             }
-            let write = Write::put(NS, &record_key, (count + 1).to_string()).expect(expect);
-            match self.store.commit(vec![write]).await {
-                Ok(_) => {
-                    headers.state.push(format!("\"quota\";r={};t={left_secs}", self.requests - count - 1));
-                    return Ok(Ok(()));
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e),
+            None => {
+                headers.state.push(format!("\"quota\";r=0;t={left_secs}"));
+                Ok(Err(Exceeded { retry_after: left_secs.max(1), headers: std::mem::take(headers) }))
             }
         }
     }
 
     /// Deletes the counters of periods that are over.
     pub async fn housekeep(&self) -> Result<(), StoreError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = self.now();
         let (current, _, _) = period_bounds(self.period, now);
         let prefix = format!("quota/{}/", digest(&self.route));
         let mut after: Option<String> = None;
