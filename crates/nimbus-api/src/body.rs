@@ -156,7 +156,9 @@ mod tests {
     }
 
     fn stream(parts: Vec<Result<&'static str, &'static str>>) -> axum::body::Body {
-        let frames = parts.into_iter().map(|p| p.map(|s: &'static str| Bytes::from_static(s.as_bytes())).map_err(std::io::Error::other));
+        let frames = parts
+            .into_iter()
+            .map(|p| p.map(|s: &'static str| Bytes::from_static(s.as_bytes())).map_err(std::io::Error::other));
         axum::body::Body::from_stream(futures_util::stream::iter(frames))
     }
 

@@ -112,8 +112,6 @@ struct Current {
     version: u64,
 }
 
-
-
 impl Docs {
     pub fn new(store: Arc<dyn Store>, declared: BTreeMap<String, Container>) -> Self {
         Self {

@@ -74,7 +74,10 @@ async fn invoke(inner: &Inner, call: Call) -> Result<Value, nimbus_api::InvokeEr
 enum Outcome {
     Refused(InvokeError),
     /// The handler's error, or an answer that is no result.
-    Failed { code: String, message: String },
+    Failed {
+        code: String,
+        message: String,
+    },
 }
 
 async fn send(

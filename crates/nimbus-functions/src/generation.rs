@@ -109,15 +109,12 @@ pub(crate) async fn build(
         // A command worker's routes arrive parsed from the manifest; an SDK worker's from its index.
         let patterns = match worker.runtime {
             Runtime::Command => worker.routes.clone(),
-            _ => info
-                .routes
-                .iter()
-                .map(|r| nimbus_config::PathPattern::parse(r))
-                .collect::<Result<_, _>>()
-                .map_err(|e| FunctionsError::Index {
+            _ => info.routes.iter().map(|r| nimbus_config::PathPattern::parse(r)).collect::<Result<_, _>>().map_err(
+                |e| FunctionsError::Index {
                     worker: info.worker.clone(),
                     reason: format!("function `{}`: route {e}", info.name),
-                })?,
+                },
+            )?,
         };
         for pattern in patterns {
             routes.add(pattern, methods, &info.name).map_err(FunctionsError::Config)?;

@@ -201,7 +201,8 @@ fn header_value(value: String) -> HeaderValue {
 
 /// Counts and logs an invocation that got no response from its handler.
 pub(crate) fn note_failure(function: &str, e: &InvokeError) {
-    metrics::counter!("nimbus_function_errors_total", "function" => function.to_owned(), "kind" => e.kind()).increment(1);
+    metrics::counter!("nimbus_function_errors_total", "function" => function.to_owned(), "kind" => e.kind())
+        .increment(1);
     match e {
         InvokeError::WorkerCrashed | InvokeError::Unavailable => {
             tracing::warn!(function = %function, error = e.kind(), "invocation failed")

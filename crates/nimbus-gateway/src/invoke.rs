@@ -20,9 +20,7 @@ struct Body {
 
 /// The route; the binary puts it behind the admin token.
 pub fn admin_router(invoker: Invoker) -> Router {
-    Router::new()
-        .route("/_nimbus/admin/functions/{name}/invoke", axum::routing::post(invoke))
-        .with_state(invoker)
+    Router::new().route("/_nimbus/admin/functions/{name}/invoke", axum::routing::post(invoke)).with_state(invoker)
 }
 
 async fn invoke(

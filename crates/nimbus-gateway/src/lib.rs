@@ -33,8 +33,8 @@ use nimbus_api::ApiError;
 use nimbus_store::Store;
 
 pub use admin::{AdminToken, AdminTokenError, admin_only};
-pub use invoke::admin_router as invoke_admin_router;
 pub use gateway::{Backends, Gateway, GatewayError, Operation};
+pub use invoke::admin_router as invoke_admin_router;
 pub use jwt::LocalIssuer;
 pub use keys::{ApiKeyInfo, ApiKeys, KeyError, admin_router as keys_admin_router};
 pub use metrics::{MetricsHandle, install_metrics};

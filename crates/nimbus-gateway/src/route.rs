@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, Method};
-use nimbus_config::{AuthMode, CorsSection, HeaderTransform, Manifest, Origins, PathPattern, RouteSection};
 use nimbus_api::RoutePolicy;
 use nimbus_api::body::{End, Watch};
+use nimbus_config::{AuthMode, CorsSection, HeaderTransform, Manifest, Origins, PathPattern, RouteSection};
 use nimbus_store::Store;
 use serde_json::Value;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -172,7 +172,12 @@ impl Route {
             rate: section.rate_limit.as_ref().map(RateLimit::new),
             quota: section.quota.as_ref().map(|q| Quota::new(&label, q, store.clone())),
             cors,
-            policy: policy(manifest, section.timeout.map(|t| t.get()), section.max_body.map(|b| b.0), section.respond_async),
+            policy: policy(
+                manifest,
+                section.timeout.map(|t| t.get()),
+                section.max_body.map(|b| b.0),
+                section.respond_async,
+            ),
             backend,
             rewrite_prefix: section.rewrite_prefix.clone(),
             request_headers: Transform::new(&section.request_headers),
