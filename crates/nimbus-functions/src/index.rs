@@ -21,7 +21,7 @@ struct Entry {
 /// The functions a worker's index declares, or why the index is unusable.
 pub(crate) fn parse(answer: Value) -> Result<Vec<Declared>, String> {
     let index: Index = serde_json::from_value(answer).map_err(|e| format!("not an index: {e}"))?;
-    if index.protocol != Value::from(1) {
+    if index.protocol != 1 {
         return Err(format!("unsupported protocol {} (this host speaks 1)", index.protocol));
     }
     index.functions.into_iter().map(entry).collect()

@@ -114,7 +114,7 @@ impl Upstream {
                     );
                 }
                 Ok(Err(e)) => {
-                    if body_too_large(&e) {
+                    if nimbus_api::body::is_too_large(&e) {
                         return ApiError::new(
                             StatusCode::PAYLOAD_TOO_LARGE,
                             "payload_too_large",
@@ -142,17 +142,6 @@ fn stream_back(response: Response<hyper::body::Incoming>) -> Response {
 
 fn upstream_error(status: StatusCode, code: &'static str, message: &str) -> Response {
     ApiError::new(status, code, message).into_response()
-}
-
-fn body_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(e);
-    while let Some(err) = source {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
 }
 
 fn is_idempotent(method: &Method) -> bool {

@@ -21,7 +21,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http_body_util::BodyExt as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use support::{App, Node, admin_token};
+use support::{App, Node, admin_token, wait_until};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
@@ -377,14 +377,6 @@ async fn create_key(node: &Node, app: &App, body: Value) -> (String, String) {
 
 async fn get_with_key(node: &Node, path: &str, key: &str) -> Reply {
     call(client().get(node.url(path)).header("x-api-key", key)).await
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Asserts a 401 for a presented but invalid token: RFC 6750's challenge with `invalid_token`

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{App, admin_token, nimbus, text};
+use support::{App, admin_token, nimbus, text, wait_until};
 
 const APP_PY: &str = r#"
 import asyncio, os
@@ -75,14 +75,6 @@ async fn invoke(node: &support::Node, app: &App, function: &str, body: Value) ->
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test]
 async fn python_functions_are_invoked_by_name_with_typed_errors() {
     let app = python_app("[functions.wait]\ntimeout = \"2s\"\n");
@@ -130,7 +122,7 @@ async fn python_functions_are_invoked_by_name_with_typed_errors() {
     let (status, body) = invoke(&node, &app, "wait", json!({"data": {"s": 30, "marker": marker}})).await;
     assert_eq!((status, body["error"]["code"].as_str()), (504, Some("timeout")), "{body}");
     assert!(started.elapsed() < Duration::from_secs(10));
-    wait_for("the worker saw the timeout's cancellation", || marker.exists()).await;
+    wait_until("the worker saw the timeout's cancellation", Duration::from_secs(10), async || marker.exists()).await;
 
     // A caller that goes away cancels it too.
     let marker = app.path().join("abandoned.txt");
@@ -144,7 +136,7 @@ async fn python_functions_are_invoked_by_name_with_typed_errors() {
         .send()
         .await;
     assert!(abandoned.is_err());
-    wait_for("the worker saw the caller leave", || marker.exists()).await;
+    wait_until("the worker saw the caller leave", Duration::from_secs(10), async || marker.exists()).await;
     assert!(started.elapsed() < Duration::from_secs(20));
 
     // A crash is reported as such, and the function serves again on a new instance.

@@ -887,6 +887,15 @@ class _Connection:
         else:
             await self._send_error(404, "not_found", "no worker endpoint %s" % path)
 
+    async def _handler_failed(self, ctx, invocation_id, exc):
+        """The handler raised: the details go to the log, a 500 handler_error to the host."""
+        trace = (type(exc), exc, exc.__traceback__)
+        ctx.log.error("invocation %s failed: the function raised an error", invocation_id, exc_info=trace)
+        message = "the function raised an error"
+        if self.worker.dev:
+            message += ": %r" % (exc,)
+        await self._send_error(500, "handler_error", message)
+
     def _connection_lost(self, cancel=True):
         """End-of-file (or a lost connection) during an invocation: cancel it, once."""
         if not self.lost:
@@ -927,11 +936,7 @@ class _Connection:
                 await self._send_error(exc.status, exc.code, exc.message, exc.headers)
                 return
             except Exception as exc:
-                ctx.log.error("invocation %s failed: the function raised an error", invocation_id, exc_info=True)
-                message = "the function raised an error"
-                if self.worker.dev:
-                    message += ": %r" % (exc,)
-                await self._send_error(500, "handler_error", message)
+                await self._handler_failed(ctx, invocation_id, exc)
                 return
             if self.lost:
                 return  # the handler swallowed its cancellation: nobody is listening
@@ -1002,11 +1007,7 @@ class _Connection:
                 await self._send_error(exc.status, exc.code, exc.message, exc.headers)
                 return
             except Exception as exc:
-                ctx.log.error("invocation %s failed: the function raised an error", invocation_id, exc_info=True)
-                message = "the function raised an error"
-                if self.worker.dev:
-                    message += ": %r" % (exc,)
-                await self._send_error(500, "handler_error", message)
+                await self._handler_failed(ctx, invocation_id, exc)
                 return
             if self.lost:
                 return  # the handler swallowed its cancellation: nobody is listening

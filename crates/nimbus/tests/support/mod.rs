@@ -208,3 +208,12 @@ pub fn admin_token(app: &App) -> String {
 pub async fn admin_get(node: &Node, app: &App, path: &str) -> reqwest::Response {
     reqwest::Client::new().get(node.url(path)).bearer_auth(admin_token(app)).send().await.expect("admin request")
 }
+
+/// Waits until `check` holds, polling, or panics after `timeout` naming `what`.
+pub async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
