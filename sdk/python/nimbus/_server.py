@@ -887,6 +887,17 @@ class _Connection:
         else:
             await self._send_error(404, "not_found", "no worker endpoint %s" % path)
 
+    def _begin(self, invocation_id):
+        """An invocation starts on this connection: end-of-file from now on cancels it (PROTOCOL.md
+        section 3). Answers the reader and the context-variable token to reset at its end."""
+        reader = self.reader
+        self.invocation_id = invocation_id
+        self.lost = False
+        reader.on_eof = self.on_eof
+        if reader.eof_seen:
+            self._connection_lost()
+        return reader, _current_invocation.set(invocation_id)
+
     async def _handler_failed(self, ctx, invocation_id, exc):
         """The handler raised: the details go to the log, a 500 handler_error to the host."""
         trace = (type(exc), exc, exc.__traceback__)
@@ -914,13 +925,7 @@ class _Connection:
         timeout_ms = int(timeout) if timeout is not None and timeout.isdigit() else None
         name = function.name
         ctx = Context(name, invocation_id, first.get("traceparent"), timeout_ms, self.worker.loggers[name], function)
-        reader = self.reader
-        self.invocation_id = invocation_id
-        self.lost = False
-        reader.on_eof = self.on_eof
-        if reader.eof_seen:
-            self._connection_lost()
-        token = _current_invocation.set(invocation_id)
+        reader, token = self._begin(invocation_id)
         try:
             # the handler's result; the common cases are answered here without a detour
             try:
@@ -966,13 +971,7 @@ class _Connection:
         timeout = first.get("x-nimbus-timeout-ms")
         timeout_ms = int(timeout) if timeout is not None and timeout.isdigit() else None
         name = function.name
-        reader = self.reader
-        self.invocation_id = invocation_id
-        self.lost = False
-        reader.on_eof = self.on_eof
-        if reader.eof_seen:
-            self._connection_lost()
-        token = _current_invocation.set(invocation_id)
+        reader, token = self._begin(invocation_id)
         try:
             try:
                 body = await request.body()
