@@ -31,24 +31,18 @@ type RecordCache =
 const RECORD_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Site {
-    pub fn new(blobs: Blobs, section: Option<&nimbus_config::SiteSection>) -> Result<Self, String> {
-        let mut rules = Vec::new();
-        if let Some(section) = section {
-            for (glob, value) in &section.cache_control {
-                let matcher = globset::Glob::new(glob).map_err(|e| format!("[site] cache_control \"{glob}\": {e}"))?;
-                let value = HeaderValue::from_str(value)
-                    .map_err(|_| format!("[site] cache_control \"{glob}\": not a header value"))?;
-                rules.push((matcher.compile_matcher(), value));
-            }
-        }
-        Ok(Self {
+    pub fn new(blobs: Blobs, section: Option<&nimbus_config::SiteSection>) -> Self {
+        let rules = section
+            .map(|s| s.cache_control.iter().map(|(glob, value)| (glob.compile_matcher(), value.clone())).collect())
+            .unwrap_or_default();
+        Self {
             blobs,
             index: section.map_or_else(|| "index.html".to_owned(), |s| s.index_document.clone()),
             error_document: section.and_then(|s| s.error_document.clone()),
             spa: section.is_some_and(|s| s.spa),
             cache_rules: std::sync::Arc::new(rules),
             records: std::sync::Arc::default(),
-        })
+        }
     }
 
     pub fn router(self) -> axum::Router {

@@ -31,7 +31,7 @@ pub use policy::{Backend, LimitKey, TokenAlgorithm};
 pub use schema::*;
 pub use size::ByteSize;
 pub use store::{BlobsUrl, StoreUrl};
-pub use web::{METHODS, Origins, parse_method};
+pub use web::{ListenHost, METHODS, Origins, parse_method};
 
 /// The manifest's file name inside an app folder.
 pub const MANIFEST_FILE: &str = "nimbus.toml";

@@ -69,9 +69,8 @@ pub enum Backend {
     Function,
     /// The published site (`site`).
     Site,
-    /// A reverse proxy to this `http(s)://` base URL (no query or fragment; it is also a valid
-    /// `http::Uri`).
-    Upstream(url::Url),
+    /// A reverse proxy to this `http(s)://` base URL (with a host; no query or fragment).
+    Upstream(http::Uri),
 }
 
 impl fmt::Debug for Backend {
@@ -79,7 +78,7 @@ impl fmt::Debug for Backend {
         match self {
             Self::Function => f.write_str("Function"),
             Self::Site => f.write_str("Site"),
-            Self::Upstream(url) => write!(f, "Upstream({:?})", url.as_str()),
+            Self::Upstream(uri) => write!(f, "Upstream({:?})", uri.to_string()),
         }
     }
 }
@@ -102,10 +101,10 @@ impl FromStr for Backend {
         if url.query().is_some() || url.fragment().is_some() {
             return Err(format!("\"{s}\": an upstream URL takes no query or fragment"));
         }
-        if url.as_str().parse::<http::Uri>().is_err() {
-            return Err(format!("\"{s}\" is not a URL an HTTP request can be sent to"));
+        match url.as_str().parse::<http::Uri>() {
+            Ok(uri) if uri.authority().is_some() => Ok(Self::Upstream(uri)),
+            _ => Err(format!("\"{s}\" is not a URL an HTTP request can be sent to")),
         }
-        Ok(Self::Upstream(url))
     }
 }
 
@@ -139,7 +138,7 @@ mod tests {
         assert_eq!("function".parse(), Ok(Backend::Function));
         assert_eq!("site".parse(), Ok(Backend::Site));
         let Ok(Backend::Upstream(url)) = "http://127.0.0.1:9000/base/".parse() else { panic!() };
-        assert_eq!(url.as_str(), "http://127.0.0.1:9000/base/");
+        assert_eq!(url.to_string(), "http://127.0.0.1:9000/base/");
         assert!("ai".parse::<Backend>().unwrap_err().contains("AI gateway"));
         assert!("http://x/?q=1".parse::<Backend>().unwrap_err().contains("no query or fragment"));
         assert!("http://x/#f".parse::<Backend>().unwrap_err().contains("no query or fragment"));

@@ -54,7 +54,7 @@ pub struct AppSection {
 #[serde(deny_unknown_fields, default)]
 pub struct ServerSection {
     /// Address to listen on; `127.0.0.1` unless the app is meant to be reached from elsewhere.
-    pub host: String,
+    pub host: crate::ListenHost,
     /// Defaults to 7071; `--port` and `NIMBUS_PORT` override it.
     pub port: Option<u16>,
     /// How long in-flight requests may run on after SIGINT/SIGTERM before the server stops anyway.
@@ -70,7 +70,7 @@ pub struct ServerSection {
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
-            host: "127.0.0.1".into(),
+            host: crate::ListenHost(std::net::Ipv4Addr::LOCALHOST.into()),
             port: None,
             shutdown_grace: Duration::from_secs(30),
             max_request_body: ByteSize::mb(100),
@@ -91,9 +91,10 @@ pub struct SiteSection {
     #[serde(default = "default_index_document")]
     pub index_document: String,
     pub error_document: Option<String>,
-    /// `Cache-Control` values by glob, e.g. `"assets/**" = "public, max-age=31536000, immutable"`.
-    #[serde(default)]
-    pub cache_control: BTreeMap<String, String>,
+    /// `Cache-Control` values by glob, e.g. `"assets/**" = "public, max-age=31536000, immutable"`,
+    /// in the manifest's order: the first glob that matches a path gives its header.
+    #[serde(default, deserialize_with = "crate::web::cache_rules")]
+    pub cache_control: Vec<(globset::Glob, http::HeaderValue)>,
 }
 
 fn default_index_document() -> String {

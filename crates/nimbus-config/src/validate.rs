@@ -76,12 +76,6 @@ pub(crate) fn check(m: &Manifest) -> Vec<Problem> {
             "must be 1-63 characters of lowercase letters, digits, `-` and `_`, starting with a letter or digit",
         );
     }
-    if m.server.host.parse::<std::net::IpAddr>().is_err() && m.server.host != "localhost" {
-        c.fail(
-            p!["server", "host"],
-            format!("\"{}\" is not an IP address (e.g. \"127.0.0.1\" or \"0.0.0.0\")", m.server.host),
-        );
-    }
     for (key, d) in [("request_timeout", m.server.request_timeout), ("async_retention", m.server.async_retention)] {
         if d.get().is_zero() {
             c.fail(p!["server", key], "must be longer than 0s");

@@ -6,6 +6,30 @@ use std::fmt;
 use http::{HeaderName, HeaderValue, Method};
 use serde::{Deserialize, Deserializer, de};
 
+/// The address a node listens on: an IP address, or `localhost` (127.0.0.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenHost(pub std::net::IpAddr);
+
+impl std::str::FromStr for ListenHost {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "localhost" => Ok(Self(std::net::Ipv4Addr::LOCALHOST.into())),
+            other => other
+                .parse()
+                .map(Self)
+                .map_err(|_| format!("\"{other}\" is not an IP address (e.g. \"127.0.0.1\" or \"0.0.0.0\")")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenHost {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::from_str(d, str::parse)
+    }
+}
+
 /// The methods a route or a CORS policy may name: upper-case, as HTTP writes them.
 pub const METHODS: [Method; 7] =
     [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS];
@@ -43,6 +67,7 @@ macro_rules! item {
 item!(Method, parse_method);
 item!(HeaderName, parse_header_name);
 item!(HeaderValue, parse_header_value);
+item!(globset::Glob, parse_glob);
 
 /// `methods = ["GET", "POST"]`.
 pub(crate) fn methods<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Method>, D::Error> {
@@ -56,24 +81,50 @@ pub(crate) fn header_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Header
 
 /// `set = { x-added = "yes" }`, in the manifest's order.
 pub(crate) fn header_map<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(HeaderName, HeaderValue)>, D::Error> {
-    struct Visitor;
-    impl<'de> de::Visitor<'de> for Visitor {
-        type Value = Vec<(HeaderName, HeaderValue)>;
+    ordered_map(d, "a table of header names and values", "header")
+}
+
+/// `[site] cache_control = { "assets/**" = "public, max-age=31536000, immutable" }`, in the
+/// manifest's order (the first glob that matches a path gives its header).
+pub(crate) fn cache_rules<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(globset::Glob, HeaderValue)>, D::Error> {
+    ordered_map(d, "a table of path globs and Cache-Control values", "glob")
+}
+
+fn parse_glob(s: &str) -> Result<globset::Glob, String> {
+    globset::Glob::new(s).map_err(|e| format!("\"{s}\" is not a glob: {}", e.kind()))
+}
+
+/// A TOML table read into its pairs, each key and value parsed by its type, a key given twice refused.
+fn ordered_map<'de, D, K, V>(d: D, expecting: &'static str, key: &'static str) -> Result<Vec<(K, V)>, D::Error>
+where
+    D: Deserializer<'de>,
+    K: PartialEq + fmt::Display,
+    Item<K>: Deserialize<'de>,
+    Item<V>: Deserialize<'de>,
+{
+    struct Visitor<K, V>(&'static str, &'static str, std::marker::PhantomData<(K, V)>);
+    impl<'de, K, V> de::Visitor<'de> for Visitor<K, V>
+    where
+        K: PartialEq + fmt::Display,
+        Item<K>: Deserialize<'de>,
+        Item<V>: Deserialize<'de>,
+    {
+        type Value = Vec<(K, V)>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a table of header names and values")
+            f.write_str(self.0)
         }
         fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out: Self::Value = Vec::new();
-            while let Some((Item(name), Item(value))) = map.next_entry::<Item<HeaderName>, Item<HeaderValue>>()? {
-                if out.iter().any(|(n, _)| *n == name) {
-                    return Err(de::Error::custom(format!("header \"{name}\" is set twice")));
+            while let Some((Item(k), Item(v))) = map.next_entry::<Item<K>, Item<V>>()? {
+                if out.iter().any(|(seen, _)| *seen == k) {
+                    return Err(de::Error::custom(format!("{} \"{k}\" is given twice", self.1)));
                 }
-                out.push((name, value));
+                out.push((k, v));
             }
             Ok(out)
         }
     }
-    d.deserialize_map(Visitor)
+    d.deserialize_map(Visitor(expecting, key, std::marker::PhantomData))
 }
 
 /// CORS `origins`: any (`["*"]`), or a list of `scheme://host[:port]` origins as header values.

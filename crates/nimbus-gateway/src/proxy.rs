@@ -23,8 +23,8 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    pub fn parse(url: &str) -> Option<Self> {
-        let uri: Uri = url.parse().ok()?;
+    /// The upstream at `uri` (the manifest's, already checked); `None` without a scheme or host.
+    pub fn new(uri: &Uri) -> Option<Self> {
         Some(Self {
             scheme: uri.scheme()?.clone(),
             authority: uri.authority()?.clone(),
@@ -156,10 +156,10 @@ mod tests {
 
     #[test]
     fn parses_upstreams_and_strips_hop_by_hop() {
-        let up = Upstream::parse("http://127.0.0.1:9000/base/").unwrap();
+        let up = Upstream::new(&"http://127.0.0.1:9000/base/".parse().unwrap()).unwrap();
         assert_eq!(up.base_path, "/base");
         assert_eq!(up.authority.as_str(), "127.0.0.1:9000");
-        assert!(Upstream::parse("not a url").is_none());
+        assert!(Upstream::new(&"/relative".parse().unwrap()).is_none());
         let mut h = HeaderMap::new();
         h.insert("connection", HeaderValue::from_static("close, x-private"));
         h.insert("x-private", HeaderValue::from_static("1"));

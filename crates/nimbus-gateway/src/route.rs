@@ -155,10 +155,10 @@ impl Route {
         let backend = match &section.backend {
             nimbus_config::Backend::Function => Backend::Function,
             nimbus_config::Backend::Site => Backend::Site,
-            // `nimbus-config` checked that the URL is also an `http::Uri`.
-            nimbus_config::Backend::Upstream(url) => Backend::Upstream(
-                Upstream::parse(url.as_str()).ok_or_else(|| format!("backend \"{url}\" is not a URL"))?,
-            ),
+            // `nimbus-config` checked that it has a scheme and a host.
+            nimbus_config::Backend::Upstream(uri) => {
+                Backend::Upstream(Upstream::new(uri).ok_or_else(|| format!("backend \"{uri}\" has no scheme or host"))?)
+            }
         };
         let cors = section.cors.as_ref().or(manifest.gateway.cors.as_ref()).map(|c| cors_layer(c, &section.methods));
         Ok(Self {

@@ -286,9 +286,9 @@ pub struct UpArgs {
     /// Port to listen on; 0 picks a free one and prints it. [default: [server] port, else 7071]
     #[arg(long, env = "NIMBUS_PORT")]
     pub port: Option<u16>,
-    /// Address to listen on. [default: [server] host, else 127.0.0.1]
+    /// Address to listen on: an IP address or localhost. [default: [server] host, else 127.0.0.1]
     #[arg(long, env = "NIMBUS_HOST")]
-    pub host: Option<String>,
+    pub host: Option<nimbus_config::ListenHost>,
     /// Where the node keeps its data (store file, admin token, lock). [default: DIR/.nimbus]
     #[arg(long, env = "NIMBUS_DATA_DIR")]
     pub data_dir: Option<PathBuf>,

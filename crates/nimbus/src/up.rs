@@ -39,9 +39,9 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     let manifest = &config.manifest;
     let data_dir = DataDir::open(&args.data_dir.clone().unwrap_or_else(|| config.dir.join(".nimbus")))?;
 
-    let host = args.host.clone().unwrap_or_else(|| manifest.server.host.clone());
+    let host = args.host.unwrap_or(manifest.server.host);
     let port = args.port.or(manifest.server.port).unwrap_or(DEFAULT_PORT);
-    let listener = bind(&host, port).await?;
+    let listener = bind(host.0, port).await?;
     let addr = listener.local_addr()?;
 
     let store_url = args.store.clone().or_else(|| manifest.store.url.as_ref().map(|u| u.url()));
@@ -95,7 +95,7 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         }
         None => None,
     };
-    let site = nimbus_blob::Site::new(blobs.clone(), manifest.site.as_ref()).map_err(anyhow::Error::msg)?;
+    let site = nimbus_blob::Site::new(blobs.clone(), manifest.site.as_ref());
     let listed = functions.clone();
     let backends = nimbus_gateway::Backends {
         functions: functions.router(),
@@ -279,11 +279,7 @@ fn node_url(addr: SocketAddr) -> String {
     }
 }
 
-async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
-    let ip: std::net::IpAddr = match host {
-        "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
-        other => other.parse().with_context(|| format!("--host \"{other}\" is not an IP address"))?,
-    };
+async fn bind(ip: std::net::IpAddr, port: u16) -> anyhow::Result<TcpListener> {
     let addr = SocketAddr::new(ip, port);
     TcpListener::bind(addr).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => anyhow::anyhow!(

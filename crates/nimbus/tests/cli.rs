@@ -18,7 +18,10 @@ fn bad_manifests_name_file_line_and_column() {
     assert!(err.contains("nimbus.toml:2:13:"), "malformed TOML: {err}");
 
     let err = up_fails_with("[functions.chat]\nmin_instance = 2\n");
-    assert!(err.contains("nimbus.toml:2:1: functions.chat: unknown key `min_instance`; did you mean `min_instances`?"), "{err}");
+    assert!(
+        err.contains("nimbus.toml:2:1: functions.chat: unknown key `min_instance`; did you mean `min_instances`?"),
+        "{err}"
+    );
 
     let err = up_fails_with("[server]\nport = \"seventy\"\n");
     assert!(err.contains("nimbus.toml:2:8: server.port: invalid type: string \"seventy\""), "wrong type: {err}");
@@ -27,7 +30,10 @@ fn bad_manifests_name_file_line_and_column() {
     assert!(err.contains("nimbus.toml:2:18: server.shutdown_grace: invalid duration \"soon\""), "bad duration: {err}");
 
     let err = up_fails_with("[store]\nurl = \"${NIMBUS_IT_SURELY_UNSET}\"\n");
-    assert!(err.contains("nimbus.toml:2:7: store.url: environment variable `NIMBUS_IT_SURELY_UNSET` is not set"), "{err}");
+    assert!(
+        err.contains("nimbus.toml:2:7: store.url: environment variable `NIMBUS_IT_SURELY_UNSET` is not set"),
+        "{err}"
+    );
 
     let err = up_fails_with("[functions.chat]\nmin_instances = 3\nmax_instances = 1\n");
     assert!(
