@@ -104,6 +104,8 @@ impl Instance {
             cmd.pre_exec(move || {
                 // Its own process group, so stopping it reaches the helpers it forks.
                 nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+                // The host keeps a private umask for its data dir; user code gets the usual one.
+                nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
                 // Killed by the kernel when the host dies, even by SIGKILL.
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
                 if nix::unistd::getppid().as_raw() as u32 != host {

@@ -167,21 +167,50 @@ impl Gateway {
         )
     }
 
-    /// The route that governs `method path`: a `[[routes]]` entry, else the default when a
-    /// function serves the path, else none (the site's paths are public).
-    /// A route whose backend is a function but where no function serves the path leaves it to the
-    /// site too, so that a broad pattern like `/*` does not hide the site.
-    fn find(&self, method: &Method, path: &str, serves_function: &dyn Fn(&str) -> bool) -> Option<usize> {
+    /// What governs `method path`: the most specific `[[routes]]` pattern that matches the path
+    /// claims it for every method — the entry of that pattern whose methods fit, else `405` (a
+    /// method never falls through to a less specific, weaker route). No entry: the default policy
+    /// when a function serves the path, else the site (its paths are public). A function-backed
+    /// entry where no function serves the path leaves it to the site, so that a broad pattern like
+    /// `/*` does not hide the site.
+    fn find(&self, method: &Method, path: &str, serves_function: &dyn Fn(&str) -> bool) -> Governs {
         let serves = std::cell::OnceCell::new();
         let serves = || *serves.get_or_init(|| serves_function(path));
-        match self.routes.iter().position(|r| r.matches(method, path)) {
-            Some(i) if matches!(self.routes[i].backend, Backend::Function) => {
-                let rewritten = self.routes[i].backend_path(path);
-                let serves = if rewritten == path { serves() } else { serves_function(&rewritten) };
-                serves.then_some(i)
+        let Some(first) = self.routes.iter().position(|r| r.claims(path)) else {
+            return if serves() { Governs::Default } else { Governs::Site };
+        };
+        let label = &self.routes[first].label;
+        let claimants = || self.routes.iter().enumerate().filter(|(_, r)| r.label == *label);
+        let function_serves = |route: &Route| {
+            let rewritten = route.backend_path(path);
+            if rewritten == path { serves() } else { serves_function(&rewritten) }
+        };
+        match claimants().find(|(_, r)| r.allows(method)) {
+            Some((i, route)) if matches!(route.backend, Backend::Function) => {
+                if function_serves(route) {
+                    Governs::Route(i)
+                } else {
+                    Governs::Site
+                }
             }
-            Some(i) => Some(i),
-            None => serves().then_some(usize::MAX),
+            Some((i, _)) => Governs::Route(i),
+            None if claimants().all(|(_, r)| matches!(r.backend, Backend::Function) && !function_serves(r)) => {
+                Governs::Site
+            }
+            None => {
+                let mut allow: Vec<Method> = Vec::new();
+                for (_, route) in claimants() {
+                    for m in &route.methods {
+                        if !allow.contains(m) {
+                            allow.push(m.clone());
+                        }
+                    }
+                }
+                if allow.contains(&Method::GET) && !allow.contains(&Method::HEAD) {
+                    allow.push(Method::HEAD);
+                }
+                Governs::MethodNotAllowed(allow)
+            }
         }
     }
 
@@ -192,6 +221,29 @@ impl Gateway {
     pub(crate) fn default_route(&self) -> &Route {
         &self.default_route
     }
+}
+
+/// What governs a request's path and method.
+enum Governs {
+    /// The `[[routes]]` entry at this index.
+    Route(usize),
+    /// The default policy of function routes.
+    Default,
+    /// Nothing: the site serves it.
+    Site,
+    /// An entry claims the path but allows other methods: these.
+    MethodNotAllowed(Vec<Method>),
+}
+
+/// `405` with `Allow`, in the JSON error shape.
+fn method_not_allowed(method: &Method, path: &str, allow: &[Method]) -> Response {
+    let allowed: Vec<&str> = allow.iter().map(Method::as_str).collect();
+    let message = format!("{method} is not allowed on {path} (allowed: {})", allowed.join(", "));
+    let mut response = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message).into_response();
+    if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
 }
 
 async fn dispatch_request(State(d): State<Arc<Dispatch>>, req: Request) -> Response {
@@ -206,9 +258,10 @@ async fn dispatch_request(State(d): State<Arc<Dispatch>>, req: Request) -> Respo
         (m, _) => m.clone(),
     };
     let service = match d.gateway.find(&method, req.uri().path(), d.backends.serves_function.as_ref()) {
-        Some(usize::MAX) => d.default_service.clone(),
-        Some(i) => d.services[i].clone(),
-        None => return d.backends.site.clone().oneshot(req).await.unwrap_or_else(|e| match e {}),
+        Governs::Default => d.default_service.clone(),
+        Governs::Route(i) => d.services[i].clone(),
+        Governs::Site => return d.backends.site.clone().oneshot(req).await.unwrap_or_else(|e| match e {}),
+        Governs::MethodNotAllowed(allow) => return method_not_allowed(&method, req.uri().path(), &allow),
     };
     service.oneshot(req).await.unwrap_or_else(|e| match e {})
 }

@@ -65,11 +65,14 @@ pub(crate) fn document(gateway: &Gateway, functions: &[Operation]) -> Value {
     })
 }
 
-/// The `[[routes]]` entry that governs `method` on a function pattern: the most specific one that
-/// matches the pattern written as a path, for that method, else the default.
+/// The `[[routes]]` entry that governs `method` on a function pattern, as requests find it: the
+/// most specific pattern that matches the pattern written as a path, its entry for that method (or
+/// its first, which refuses the method), else the default.
 fn governing<'g>(gateway: &'g Gateway, method: &str, path: &str) -> &'g Route {
     let method = axum::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap_or_default();
-    gateway.routes().iter().find(|r| r.matches(&method, path)).map_or(gateway.default_route(), |r| r.as_ref())
+    let Some(first) = gateway.routes().iter().find(|r| r.claims(path)) else { return gateway.default_route() };
+    let claimants = gateway.routes().iter().filter(|r| r.label == first.label);
+    claimants.clone().find(|r| r.allows(&method)).unwrap_or(first)
 }
 
 fn operation(route: &Route, pattern: &PathPattern, id: &str, summary: &str) -> Value {

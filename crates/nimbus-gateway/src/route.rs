@@ -210,11 +210,16 @@ impl Route {
         }
     }
 
-    pub fn matches(&self, method: &Method, path: &str) -> bool {
-        let method_fits = self.methods.is_empty()
+    /// Whether the route's pattern matches `path`, whatever the method.
+    pub fn claims(&self, path: &str) -> bool {
+        self.pattern.as_ref().is_some_and(|p| p.capture(path).is_some())
+    }
+
+    /// Whether the route takes `method` (HEAD wherever GET is).
+    pub fn allows(&self, method: &Method) -> bool {
+        self.methods.is_empty()
             || self.methods.contains(method)
-            || (method == Method::HEAD && self.methods.contains(&Method::GET));
-        method_fits && self.pattern.as_ref().is_some_and(|p| p.capture(path).is_some())
+            || (method == Method::HEAD && self.methods.contains(&Method::GET))
     }
 
     /// The path the backend sees: the matched prefix replaced when the route rewrites it.
@@ -348,7 +353,7 @@ mod tests {
             route("[[routes]]\npath = \"/legacy/*\"\nrewrite_prefix = \"/\"\nbackend = \"http://127.0.0.1:1\"\n");
         assert_eq!(root.backend_path("/legacy/a"), "/a");
         assert_eq!(root.backend_path("/legacy"), "/");
-        assert!(root.matches(&Method::POST, "/legacy/x"));
+        assert!(root.claims("/legacy/x") && root.allows(&Method::POST));
         assert_eq!(root.auth, AuthMode::Jwt);
     }
 }

@@ -170,7 +170,7 @@ pub(crate) async fn open_store(
     config: &nimbus_config::AppConfig,
 ) -> anyhow::Result<std::sync::Arc<dyn nimbus_store::Store>> {
     let data_dir = args.data_dir.clone().unwrap_or_else(|| config.dir.join(".nimbus"));
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    crate::data_dir::prepare(&data_dir)?;
     let url = args.store.clone().or_else(|| config.manifest.store.url.as_ref().map(|u| u.url()));
     Ok(nimbus_store::open(url.as_deref().unwrap_or("sqlite"), &data_dir, &crate::up::migrations()).await?)
 }

@@ -1,0 +1,127 @@
+//! Attacks from the hardening review (issue 14) performed through the real binary: each is
+//! refused or contained.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::Value;
+use support::{App, admin_token};
+
+const APP_PY: &str = r#"
+import asyncio, os
+import nimbus
+
+app = nimbus.App()
+
+@app.http("/secure/{x}")
+async def secure(req, ctx):
+    return {"secure": req.params["x"], "method": req.method}
+
+@app.http("/open")
+async def open_(req, ctx):
+    return {"open": True}
+
+@app.http("/upload", methods=["POST"])
+async def upload(req, ctx):
+    return {"size": len(await req.body())}
+
+@app.http("/touch", methods=["POST"])
+async def touch(req, ctx):
+    with open("made-by-worker.txt", "w") as f:
+        f.write("hello")
+    return {"ok": True}
+
+@app.http("/sleepy", methods=["GET"])
+async def sleepy(req, ctx):
+    try:
+        await asyncio.sleep(float(req.query.get("s", "5")))
+        return {"slept": True}
+    except asyncio.CancelledError:
+        raise
+"#;
+
+fn python_app(extra: &str) -> App {
+    let manifest = format!("[workers.main]\nruntime = \"python\"\nentry = \"app.py\"\n\n{extra}");
+    let app = App::new(Some(&manifest));
+    std::fs::write(app.path().join("app.py"), APP_PY).unwrap();
+    app
+}
+
+#[tokio::test]
+async fn a_method_a_route_does_not_allow_never_falls_through_to_a_weaker_route() {
+    let app = python_app(
+        "[[routes]]\npath = \"/secure/*\"\nmethods = [\"GET\"]\nauth = \"jwt\"\nscopes = [\"admin\"]\n\n\
+         [[routes]]\npath = \"/*\"\nauth = \"anonymous\"\n",
+    );
+    let node = app.start(&[]);
+    let client = reqwest::Client::new();
+    // The attack: POST is not on /secure/*'s list, and /* is anonymous.
+    let resp = client.post(node.url("/secure/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET, HEAD");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+    // The route's own method still needs its token; the weaker route still serves its own paths.
+    assert_eq!(client.get(node.url("/secure/x")).send().await.unwrap().status(), 401);
+    assert_eq!(client.get(node.url("/open")).send().await.unwrap().status(), 200);
+    assert_eq!(client.post(node.url("/open")).send().await.unwrap().status(), 200);
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Everything in the data dir but sockets and the socket folder's contents.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            out.push(path.clone());
+            out.extend(files_under(&path));
+        } else if meta.is_file() {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_data_dir_and_its_secrets_are_private_to_the_node() {
+    // A data dir an earlier version left readable by everyone, with the store in it.
+    let app = python_app("[[routes]]\npath = \"/*\"\nauth = \"anonymous\"\n");
+    let first = app.start(&[]);
+    drop(first);
+    let data = app.data_dir();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(data.join("nimbus.db"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(data.join("admin-token"), std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let node = app.start(&[]);
+    assert!(node.stderr().contains("made them private"), "{}", node.stderr());
+    assert_eq!(mode(&data), 0o700);
+    let files = files_under(&data);
+    for name in ["nimbus.db", "nimbus.db-wal", "nimbus.db-shm", "admin-token"] {
+        assert!(files.contains(&data.join(name)), "{name} exists: {files:?}");
+    }
+    for path in &files {
+        assert_eq!(mode(path) & 0o077, 0, "{} is private", path.display());
+    }
+    // A blob written now lands private too, and the admin token still works.
+    let resp = reqwest::Client::new()
+        .put(node.url("/_nimbus/blob/uploads/a.txt"))
+        .bearer_auth(admin_token(&app))
+        .body("secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
+    for path in files_under(&data) {
+        assert_eq!(mode(&path) & 0o077, 0, "{} is private", path.display());
+    }
+    // User code keeps the usual umask for what it writes in the app folder.
+    assert_eq!(reqwest::Client::new().post(node.url("/touch")).send().await.unwrap().status(), 200);
+    assert_eq!(mode(&app.path().join("made-by-worker.txt")), 0o644);
+}
