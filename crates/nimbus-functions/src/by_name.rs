@@ -112,7 +112,10 @@ async fn send(
     let status = response.status();
     let body = http_body_util::Limited::new(response.into_body(), RESULT_LIMIT);
     let bytes = match tokio::time::timeout_at(deadline, body.collect()).await {
-        Err(_) => return Err(Outcome::Refused(InvokeError::Timeout)),
+        Err(_) => {
+            slot.retire();
+            return Err(Outcome::Refused(InvokeError::Timeout));
+        }
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(Outcome::Failed {
                 code: "result_too_large".into(),
@@ -153,5 +156,6 @@ fn port_error(e: InvokeError, function: String, timeout: Duration) -> nimbus_api
         InvokeError::BodyTooLarge(limit) => {
             Port::Refused { function, reason: format!("the call is larger than the {limit}-byte limit") }
         }
+        InvokeError::IncompleteBody => Port::Refused { function, reason: "the call was cut off".into() },
     }
 }

@@ -24,6 +24,8 @@ pub(crate) enum InvokeError {
     WorkerCrashed,
     Timeout,
     BodyTooLarge(u64),
+    /// The client's request body was cut off or malformed.
+    IncompleteBody,
     ShuttingDown,
 }
 
@@ -36,6 +38,7 @@ impl InvokeError {
             Self::WorkerCrashed => "worker_crashed",
             Self::Timeout => "timeout",
             Self::BodyTooLarge(_) => "payload_too_large",
+            Self::IncompleteBody => "incomplete_body",
             Self::ShuttingDown => "shutting_down",
         }
     }
@@ -58,6 +61,9 @@ impl InvokeError {
             }
             Self::Timeout => (StatusCode::GATEWAY_TIMEOUT, format!("function `{function}` did not answer in time")),
             Self::BodyTooLarge(limit) => return nimbus_api::body::payload_too_large(*limit),
+            Self::IncompleteBody => {
+                (StatusCode::BAD_REQUEST, "the request body was cut off or is malformed".to_owned())
+            }
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "the node is shutting down".to_owned()),
         };
         ApiError::new(status, self.kind(), message)

@@ -127,6 +127,7 @@ async fn invoke(
         Err(Failure::Connection(e)) if nimbus_api::body::is_too_large(&e) => {
             return Err(InvokeError::BodyTooLarge(max_body));
         }
+        Err(Failure::Connection(e)) if e.is_user() => return Err(InvokeError::IncompleteBody),
         Err(Failure::Connection(_)) => return Err(InvokeError::WorkerCrashed),
         Ok(exchanged) => exchanged,
     };
@@ -159,13 +160,22 @@ pub(crate) async fn exchange(
         Ok(slot) => slot.map_err(Failure::Refused)?,
     };
     let mut conn = match tokio::time::timeout_at(deadline, slot.instance.connection()).await {
-        Err(_) => return Err(Failure::Refused(InvokeError::Timeout)),
+        Err(_) => {
+            slot.retire();
+            return Err(Failure::Refused(InvokeError::Timeout));
+        }
         Ok(conn) => conn.map_err(|_| Failure::Refused(InvokeError::WorkerCrashed))?,
     };
     match tokio::time::timeout_at(deadline, conn.send_request(request)).await {
         Err(_) => {
             tracing::info!(function, invocation = %invocation_id, "timed out; cancelling the invocation");
+            slot.retire();
             Err(Failure::Refused(InvokeError::Timeout))
+        }
+        // The client's request body failed (cut off, malformed, too large): not the worker's doing.
+        Ok(Err(e)) if e.is_user() => {
+            tracing::info!(function, invocation = %invocation_id, error = %e, "the request body failed");
+            Err(Failure::Connection(e))
         }
         Ok(Err(e)) => {
             tracing::warn!(function, invocation = %invocation_id, instance = %slot.instance.id, error = %e, "worker connection failed");
@@ -337,7 +347,9 @@ impl HttpBody for StreamBack {
         }
         if this.deadline.as_mut().poll(cx).is_ready() {
             this.conn.take();
-            this.slot.take();
+            if let Some(slot) = this.slot.take() {
+                slot.retire();
+            }
             return Poll::Ready(Some(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "function timed out"))));
         }
         match this.inner.as_mut().poll_frame(cx) {

@@ -70,6 +70,9 @@ struct Member {
     instance: Arc<Instance>,
     in_flight: u32,
     idle_since: Instant,
+    /// Takes no new invocations and stops once those in flight end: an invocation timed out on it,
+    /// and its handler may still be running (a handler that does not yield to cancellation).
+    retiring: bool,
 }
 
 struct Waiter {
@@ -93,6 +96,15 @@ pub(crate) struct Slot {
     pub instance: Arc<Instance>,
     /// False for a slot that was never counted (a hand-over that failed under the lock).
     armed: bool,
+}
+
+impl Slot {
+    /// Gives the slot back and retires its instance: for an invocation that timed out, whose handler
+    /// may still be running there. The instance takes no new invocations and stops once the others
+    /// in flight on it end; the pool starts a replacement as needed.
+    pub fn retire(self) {
+        self.pool.retire(&self.instance);
+    }
 }
 
 impl Drop for Slot {
@@ -133,7 +145,7 @@ impl Pool {
             }
             st.waiters.retain(|w| !w.tx.is_closed());
             // The queue bounds the waiters beyond the capacity that is starting or may still start.
-            let startable = self.limits.max.saturating_sub(st.members.len() as u32);
+            let startable = self.limits.max.saturating_sub(live(&st.members));
             let coming = startable as usize * self.limits.concurrency as usize;
             if st.waiters.len() >= self.limits.queue_limit as usize + coming {
                 return Err(InvokeError::QueueFull);
@@ -166,13 +178,35 @@ impl Pool {
     fn release(self: &Arc<Self>, instance: &Arc<Instance>) {
         // Stays correct for instances already removed (crashed, scaled in): they are not found.
         let mut st = self.lock();
-        if let Some(m) = st.members.iter_mut().find(|m| Arc::ptr_eq(&m.instance, instance)) {
+        let mut done = None;
+        if let Some(pos) = st.members.iter().position(|m| Arc::ptr_eq(&m.instance, instance)) {
+            let m = &mut st.members[pos];
             m.in_flight = m.in_flight.saturating_sub(1);
             if m.in_flight == 0 {
                 m.idle_since = Instant::now();
+                if m.retiring {
+                    done = Some(st.members.remove(pos).instance);
+                }
             }
         }
         self.dispatch(&mut st);
+        self.publish(&st);
+        drop(st);
+        if let Some(instance) = done {
+            tracing::info!(function = %self.function, instance = %instance.id, "stopping an instance retired after a timeout");
+            tokio::spawn(async move { instance.stop().await });
+        }
+    }
+
+    /// Marks `instance` retiring (see [`Slot::retire`]), then releases the slot.
+    fn retire(self: &Arc<Self>, instance: &Arc<Instance>) {
+        let mut st = self.lock();
+        if let Some(m) = st.members.iter_mut().find(|m| Arc::ptr_eq(&m.instance, instance)) {
+            m.retiring = true;
+        }
+        // Its capacity is gone: replacements for the waiters and for `min_instances`.
+        self.ensure_min(&mut st);
+        self.scale_out(&mut st);
         self.publish(&st);
     }
 
@@ -195,8 +229,7 @@ impl Pool {
     /// Starts instances for the waiters that the running and starting ones cannot take.
     fn scale_out(self: &Arc<Self>, st: &mut State) {
         let per = self.limits.concurrency.max(1) as usize;
-        while st.starting as usize * per < st.waiters.len() && (st.members.len() as u32 + st.starting) < self.limits.max
-        {
+        while st.starting as usize * per < st.waiters.len() && (live(&st.members) + st.starting) < self.limits.max {
             st.starting += 1;
             tokio::spawn(self.clone().start_one(st.failures));
         }
@@ -204,7 +237,7 @@ impl Pool {
 
     /// Keeps `min_instances` running.
     fn ensure_min(self: &Arc<Self>, st: &mut State) {
-        while !st.closed && (st.members.len() as u32 + st.starting) < self.limits.min {
+        while !st.closed && (live(&st.members) + st.starting) < self.limits.min {
             st.starting += 1;
             tokio::spawn(self.clone().start_one(st.failures));
         }
@@ -244,6 +277,7 @@ impl Pool {
                             instance: instance.clone(),
                             in_flight: 0,
                             idle_since: Instant::now(),
+                            retiring: false,
                         });
                         self.dispatch(&mut st);
                         self.publish(&st);
@@ -283,8 +317,8 @@ impl Pool {
     fn on_exit(self: &Arc<Self>, instance: &Arc<Instance>) {
         let mut st = self.lock();
         let Some(pos) = st.members.iter().position(|m| Arc::ptr_eq(&m.instance, instance)) else { return };
-        st.members.remove(pos);
-        if st.closed {
+        let retiring = st.members.remove(pos).retiring;
+        if st.closed || retiring {
             return;
         }
         tracing::warn!(function = %self.function, instance = %instance.id, "instance exited unexpectedly");
@@ -308,7 +342,7 @@ impl Pool {
             while i < st.members.len() {
                 let m = &st.members[i];
                 let idle = m.in_flight == 0 && m.idle_since.elapsed() >= self.limits.idle_timeout;
-                if idle && st.members.len() as u32 > self.limits.min {
+                if idle && !m.retiring && live(&st.members) > self.limits.min {
                     victims.push(st.members.remove(i).instance);
                 } else {
                     i += 1;
@@ -366,7 +400,8 @@ impl Pool {
         let st = self.lock();
         let l = &self.limits;
         serde_json::json!({
-            "instances": st.members.len(),
+            "instances": live(&st.members),
+            "retiring": st.members.len() as u32 - live(&st.members),
             "starting": st.starting,
             "inFlight": st.members.iter().map(|m| m.in_flight).sum::<u32>(),
             "queued": st.waiters.len(),
@@ -385,11 +420,16 @@ impl Pool {
 
     fn publish(&self, st: &State) {
         let m = &self.metrics;
-        m.instances.set(st.members.len() as f64);
+        m.instances.set(live(&st.members) as f64);
         m.starting.set(st.starting as f64);
         m.in_flight.set(st.members.iter().map(|m| m.in_flight).sum::<u32>() as f64);
         m.queue_depth.set(st.waiters.len() as f64);
     }
+}
+
+/// The instances that take invocations (not retiring).
+fn live(members: &[Member]) -> u32 {
+    members.iter().filter(|m| !m.retiring).count() as u32
 }
 
 /// The least busy live instance with a free slot.
@@ -397,7 +437,7 @@ fn pick(members: &[Member], concurrency: u32) -> Option<usize> {
     members
         .iter()
         .enumerate()
-        .filter(|(_, m)| m.in_flight < concurrency && !m.instance.has_exited())
+        .filter(|(_, m)| m.in_flight < concurrency && !m.retiring && !m.instance.has_exited())
         .min_by_key(|(_, m)| m.in_flight)
         .map(|(i, _)| i)
 }

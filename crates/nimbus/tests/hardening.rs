@@ -4,12 +4,13 @@
 mod support;
 
 use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
 
 use serde_json::Value;
 use support::{App, admin_token};
 
 const APP_PY: &str = r#"
-import asyncio, os
+import os, time
 import nimbus
 
 app = nimbus.App()
@@ -32,13 +33,10 @@ async def touch(req, ctx):
         f.write("hello")
     return {"ok": True}
 
-@app.http("/sleepy", methods=["GET"])
-async def sleepy(req, ctx):
-    try:
-        await asyncio.sleep(float(req.query.get("s", "5")))
-        return {"slept": True}
-    except asyncio.CancelledError:
-        raise
+@app.http("/stuck", methods=["GET"])
+async def stuck(req, ctx):
+    time.sleep(float(req.query.get("s", "0")))  # blocks its event loop: cancellation cannot reach it
+    return {"pid": os.getpid()}
 "#;
 
 fn python_app(extra: &str) -> App {
@@ -124,4 +122,44 @@ async fn the_data_dir_and_its_secrets_are_private_to_the_node() {
     // User code keeps the usual umask for what it writes in the app folder.
     assert_eq!(reqwest::Client::new().post(node.url("/touch")).send().await.unwrap().status(), 200);
     assert_eq!(mode(&app.path().join("made-by-worker.txt")), 0o644);
+}
+
+#[tokio::test]
+async fn a_timed_out_handler_that_keeps_running_does_not_block_the_next_call() {
+    let app = python_app(
+        "[functions.stuck]\ntimeout = \"500ms\"\nmin_instances = 1\nmax_instances = 2\n\n\
+         [[routes]]\npath = \"/*\"\nauth = \"anonymous\"\n",
+    );
+    let node = app.start(&[]);
+    let client = reqwest::Client::new();
+    let resp = client.get(node.url("/stuck?s=4")).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    // The instance still runs the first handler for seconds; the next call goes elsewhere.
+    let started = std::time::Instant::now();
+    let resp = client.get(node.url("/stuck?s=0")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    assert!(started.elapsed() < Duration::from_millis(2500), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn a_client_that_sends_a_broken_body_gets_400_not_a_worker_crash() {
+    use std::io::{Read, Write};
+    let app = python_app("[[routes]]\npath = \"/*\"\nauth = \"anonymous\"\n");
+    let node = app.start(&[]);
+    let addr = node.url("").trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    conn.write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("incomplete_body"), "{answer}");
+    let metrics = support::admin_get(&node, &app, "/_nimbus/metrics").await.text().await.unwrap();
+    assert!(!metrics.contains(r#"kind="worker_crashed""#), "{metrics}");
+    assert!(
+        metrics.contains(r#"nimbus_function_errors_total{function="upload",kind="incomplete_body"} 1"#),
+        "{metrics}"
+    );
 }
