@@ -382,4 +382,96 @@ mod tests {
         let no_iss = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"x"}"#);
         assert!(unverified_issuer(&format!("x.{no_iss}.y")).unwrap_err().0.contains("iss"));
     }
+
+    /// Forged and malformed tokens against an issuer with a real RSA key: none verifies, none panics.
+    mod forged {
+        use base64::Engine as _;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const ISSUER: &str = "http://127.0.0.1:1";
+        const JWK: &str = include_str!("../../nimbus/tests/fixtures/jwt/rsa1.jwk.json");
+
+        /// One verifier and runtime for every case (building the HTTP client per case is slow).
+        static SHARED: std::sync::LazyLock<(tokio::runtime::Runtime, Verifier)> = std::sync::LazyLock::new(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            (runtime, verifier())
+        });
+
+        fn rejects(token: &str) -> bool {
+            let (runtime, verifier) = &*SHARED;
+            runtime.block_on(verifier.verify(token)).is_err()
+        }
+
+        fn verifier() -> Verifier {
+            let manifest = nimbus_config::parse(std::path::Path::new("nimbus.toml"), "").unwrap();
+            let jwk: Value = serde_json::from_str(JWK).unwrap();
+            let jwks = Arc::new(move || serde_json::json!({ "keys": [jwk.clone()] }));
+            let local = LocalIssuer { issuer: ISSUER.into(), audience: "api://t".into(), jwks };
+            Verifier::new(&manifest, Some(local), crate::client::build(), nimbus_api::Tasks::new("test"))
+        }
+
+        fn b64(bytes: &[u8]) -> String {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        }
+
+        fn token(header: &Value, claims: &Value, signature: &[u8]) -> String {
+            format!("{}.{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()), b64(signature))
+        }
+
+        #[test]
+        fn the_setup_verifies_a_genuine_token() {
+            let key = jsonwebtoken::EncodingKey::from_rsa_der(include_bytes!(
+                "../../nimbus/tests/fixtures/jwt/rsa1.pkcs1.der"
+            ));
+            let header =
+                jsonwebtoken::Header { kid: Some("rsa-key-1".into()), ..jsonwebtoken::Header::new(Algorithm::RS256) };
+            let exp = jsonwebtoken::get_current_timestamp() + 600;
+            let claims = serde_json::json!({"iss": ISSUER, "aud": "api://t", "sub": "x", "exp": exp});
+            let genuine = jsonwebtoken::encode(&header, &claims, &key).unwrap();
+            let (runtime, verifier) = &*SHARED;
+            assert_eq!(runtime.block_on(verifier.verify(&genuine)).unwrap()["sub"], "x");
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn garbage_never_verifies(raw in ".{0,300}") {
+                prop_assert!(rejects(&raw));
+            }
+
+            #[test]
+            fn forged_tokens_never_verify(
+                alg in prop_oneof![
+                    Just("none".to_owned()),
+                    Just("HS256".to_owned()),
+                    Just("RS256".to_owned()),
+                    Just("ES256".to_owned()),
+                    Just("PS256".to_owned()),
+                    "[A-Za-z0-9]{0,8}",
+                ],
+                kid in prop_oneof![Just("rsa-key-1".to_owned()), "[a-z0-9-]{0,12}"],
+                exp_offset in -100_000i64..100_000,
+                aud in prop_oneof![Just("api://t".to_owned()), Just("api://other".to_owned())],
+                signature in proptest::collection::vec(any::<u8>(), 0..300),
+            ) {
+                let now = jsonwebtoken::get_current_timestamp() as i64;
+                let header = serde_json::json!({"alg": alg, "typ": "JWT", "kid": kid});
+                let claims = serde_json::json!({"iss": ISSUER, "aud": aud, "sub": "x", "exp": now + exp_offset});
+                let forged = token(&header, &claims, &signature);
+                prop_assert!(rejects(&forged), "{forged}");
+                // A public key used as an HMAC secret (key confusion) is refused too.
+                let confused = jsonwebtoken::encode(
+                    &jsonwebtoken::Header { alg: Algorithm::HS256, kid: Some(kid.clone()), ..Default::default() },
+                    &claims,
+                    &jsonwebtoken::EncodingKey::from_secret(JWK.as_bytes()),
+                );
+                if let Ok(confused) = confused {
+                    prop_assert!(rejects(&confused));
+                }
+            }
+        }
+    }
 }
