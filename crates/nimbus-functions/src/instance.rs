@@ -19,6 +19,10 @@ use tokio::sync::watch;
 const STDERR_TAIL: usize = 20;
 /// Longer output lines are split.
 const MAX_LINE: u64 = 16 * 1024;
+/// Lines a second each of an instance's streams may put in the node's log (with a burst of
+/// [`LOG_BURST`]); a worker printing in a loop cannot flood the log or starve the node.
+const LOG_RATE: u32 = 200;
+const LOG_BURST: u32 = 1000;
 /// How long a worker gets between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -280,6 +284,10 @@ async fn pump(
     let mut reader = BufReader::new(stream);
     let function = function.unwrap_or_else(|| "-".into());
     let mut buf = Vec::new();
+    let quota = governor::Quota::per_second(std::num::NonZeroU32::new(LOG_RATE).unwrap_or(std::num::NonZeroU32::MIN))
+        .allow_burst(std::num::NonZeroU32::new(LOG_BURST).unwrap_or(std::num::NonZeroU32::MIN));
+    let limiter = governor::RateLimiter::direct(quota);
+    let mut dropped: u64 = 0;
     loop {
         buf.clear();
         // Bytes, not UTF-8 lines: a worker printing binary must not lose its pipe (and then die of SIGPIPE).
@@ -288,7 +296,16 @@ async fn pump(
             Ok(_) => {}
         }
         let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned();
-        tracing::info!(target: "worker", worker = %worker, function = %function, instance = %instance, stream = which, "{line}");
+        // Over the rate, lines are still read (the worker never blocks on its pipe) but not logged.
+        if limiter.check().is_err() {
+            dropped += 1;
+        } else {
+            if dropped > 0 {
+                tracing::warn!(target: "worker", worker = %worker, function = %function, instance = %instance, stream = which, dropped, "the worker wrote more than {LOG_RATE} lines a second; {dropped} were not logged");
+                dropped = 0;
+            }
+            tracing::info!(target: "worker", worker = %worker, function = %function, instance = %instance, stream = which, "{line}");
+        }
         if let Some(tail) = &tail {
             let mut tail = tail.lock().unwrap_or_else(|p| p.into_inner());
             if tail.len() == STDERR_TAIL {
@@ -296,5 +313,8 @@ async fn pump(
             }
             tail.push_back(line);
         }
+    }
+    if dropped > 0 {
+        tracing::warn!(target: "worker", worker = %worker, function = %function, instance = %instance, stream = which, dropped, "the worker wrote more than {LOG_RATE} lines a second; {dropped} were not logged");
     }
 }

@@ -33,6 +33,15 @@ async def touch(req, ctx):
         f.write("hello")
     return {"ok": True}
 
+@app.http("/chatty", methods=["GET"])
+async def chatty(req, ctx):
+    for i in range(20000):
+        print("chatty line", i)
+    import asyncio
+    await asyncio.sleep(1.2)
+    print("chatty done")
+    return {"ok": True}
+
 @app.http("/stuck", methods=["GET"])
 async def stuck(req, ctx):
     time.sleep(float(req.query.get("s", "0")))  # blocks its event loop: cancellation cannot reach it
@@ -162,4 +171,17 @@ async fn a_client_that_sends_a_broken_body_gets_400_not_a_worker_crash() {
         metrics.contains(r#"nimbus_function_errors_total{function="upload",kind="incomplete_body"} 1"#),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn a_worker_printing_in_a_loop_cannot_flood_the_log() {
+    let app = python_app("[[routes]]\npath = \"/*\"\nauth = \"anonymous\"\n");
+    let node = app.start(&[]);
+    let resp = reqwest::Client::new().get(node.url("/chatty")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    node.wait_for_log(|log| log.contains("chatty done"), Duration::from_secs(10));
+    let log = node.stderr();
+    let logged = log.lines().filter(|l| l.contains("chatty line")).count();
+    assert!((1000..5000).contains(&logged), "{logged} of 20000 lines logged");
+    assert!(log.contains("were not logged"), "the drop is reported");
 }
