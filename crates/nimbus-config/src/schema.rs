@@ -41,6 +41,8 @@ pub struct Manifest {
     pub docs: DocsSection,
     #[serde(default)]
     pub store: StoreSection,
+    #[serde(default)]
+    pub blob: BlobSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -65,6 +67,9 @@ pub struct ServerSection {
     pub request_timeout: Duration,
     /// How long the results of asynchronous invocations stay readable.
     pub async_retention: Duration,
+    /// The proxies in front of the node (CIDR networks): only a peer in one of them may name the
+    /// client's address in `X-Forwarded-For`; from any other peer the header is ignored.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Default for ServerSection {
@@ -76,6 +81,7 @@ impl Default for ServerSection {
             max_request_body: ByteSize::mb(100),
             request_timeout: Duration::from_secs(5 * 60),
             async_retention: Duration::from_secs(24 * 3600),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -401,4 +407,191 @@ pub struct StoreSection {
     pub url: Option<StoreUrl>,
     /// `file` (default: the data dir), `file:///path`, `s3://…` or `az://…`.
     pub blobs: Option<BlobsUrl>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlobSection {
+    /// Largest object a `PUT` through the blob API (token or signed URL) may upload; 413 beyond it.
+    #[serde(deserialize_with = "positive_size")]
+    pub max_object_size: ByteSize,
+    /// Containers whose objects are public web content: served inline whatever their type. Objects
+    /// of other containers with an active type (HTML, SVG, script…) are served as attachments.
+    /// Every object under `/_nimbus/blob/` is sandboxed (`Content-Security-Policy: sandbox`) anyway;
+    /// `$web`, served by the site, needs no entry.
+    pub web_containers: Vec<BlobContainer>,
+}
+
+impl Default for BlobSection {
+    fn default() -> Self {
+        Self { max_object_size: ByteSize(5_000_000_000), web_containers: Vec::new() }
+    }
+}
+
+fn positive_size<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<ByteSize, D::Error> {
+    let size = ByteSize::deserialize(deserializer)?;
+    match size.0 {
+        0 => Err(serde::de::Error::custom("the size must be at least 1 byte")),
+        _ => Ok(size),
+    }
+}
+
+/// A blob container's name, as S3 names buckets: 3-63 lowercase letters, digits and `-`, not
+/// starting or ending with `-`. (`$web`, the site's container, is not one a manifest lists.)
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BlobContainer(String);
+
+impl BlobContainer {
+    /// Whether `name` is a container name by the rule above (the blob API checks the names in
+    /// its paths with this too).
+    pub fn is_valid(name: &str) -> bool {
+        (3..=63).contains(&name.len())
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !name.starts_with('-')
+            && !name.ends_with('-')
+    }
+
+    pub fn parse(name: &str) -> Result<Self, String> {
+        if name == "$web" {
+            return Err("\"$web\" is the site's container, served by the site: it needs no entry here".into());
+        }
+        match Self::is_valid(name) {
+            true => Ok(Self(name.to_owned())),
+            false => Err(format!(
+                "\"{}\" is not a container name (3-63 of a-z, 0-9 and -, not starting or ending with -)",
+                name.escape_debug()
+            )),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for BlobContainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for BlobContainer {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::from_str(deserializer, BlobContainer::parse)
+    }
+}
+
+/// An IP network in CIDR notation (`10.0.0.0/8`, `fd00::/8`); a bare address is a network of one
+/// (`/32`, `/128`). Bits beyond the prefix must be zero: `10.0.0.1/8` is refused, not guessed at.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    network: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        use std::net::IpAddr;
+        let (address, prefix) = match s.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (s, None),
+        };
+        let network: IpAddr = address.parse().map_err(|_| {
+            format!(
+                "\"{}\" is not an IP network (e.g. \"10.0.0.0/8\", \"fd00::/8\" or \"192.0.2.7\")",
+                s.escape_debug()
+            )
+        })?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max && p.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => return Err(format!("\"{}\": the prefix length must be 0 to {max}", s.escape_debug())),
+            },
+        };
+        let cidr = Self { network, prefix };
+        let masked = cidr.masked(network);
+        if masked != network {
+            return Err(format!(
+                "\"{s}\" has bits set beyond its /{prefix} prefix: did you mean \"{masked}/{prefix}\"?"
+            ));
+        }
+        Ok(cidr)
+    }
+
+    /// `ip` with the bits beyond this network's prefix cleared.
+    fn masked(&self, ip: std::net::IpAddr) -> std::net::IpAddr {
+        use std::net::IpAddr;
+        match ip {
+            IpAddr::V4(a) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        }
+    }
+
+    /// Whether `ip` is in this network. An IPv4-mapped IPv6 address (`::ffff:10.1.2.3`, as a
+    /// dual-stack socket reports IPv4 peers) counts as the IPv4 address it maps.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.network.is_ipv4() && self.masked(ip) == self.network
+    }
+
+    pub fn network(&self) -> std::net::IpAddr {
+        self.network
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+impl std::fmt::Debug for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        crate::from_str(deserializer, Cidr::parse)
+    }
+}
+
+#[cfg(test)]
+mod cidr_tests {
+    use super::Cidr;
+
+    #[test]
+    fn parses_networks_and_matches_addresses() {
+        let net = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(net.contains([10, 200, 1, 2].into()));
+        assert!(!net.contains([11, 0, 0, 1].into()));
+        assert!(net.contains("::ffff:10.1.2.3".parse().unwrap()), "IPv4-mapped");
+        assert!(!net.contains("fd00::1".parse().unwrap()));
+        let one = Cidr::parse("192.0.2.7").unwrap();
+        assert_eq!((one.to_string(), one.contains([192, 0, 2, 7].into())), ("192.0.2.7/32".into(), true));
+        assert!(!one.contains([192, 0, 2, 8].into()));
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fdff::1".parse().unwrap()) && !v6.contains("fe80::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains([8, 8, 8, 8].into()));
+        assert!(Cidr::parse("::/0").unwrap().contains("2001:db8::1".parse().unwrap()));
+        for bad in
+            ["", "10.0.0.0/", "10.0.0.0/33", "10.0.0.0/+8", "fd00::/129", "10.0.0/8", "example.com", "10.0.0.1/8"]
+        {
+            assert!(Cidr::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Cidr::parse("10.0.0.1/8").unwrap_err().contains("did you mean \"10.0.0.0/8\""));
+    }
 }

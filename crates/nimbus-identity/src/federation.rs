@@ -6,10 +6,11 @@
 //! e-mail address (linking them), else a new user.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine as _;
 use nimbus_store::{Expect, Write};
@@ -18,11 +19,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::Identity;
-use crate::keys::now;
 use crate::web::digest;
 
 const NS: &str = "identity";
-const STATE_TTL: u64 = 600;
+pub(crate) const STATE_TTL: u64 = 600;
 
 pub(crate) struct Provider {
     pub name: String,
@@ -98,12 +98,22 @@ fn callback_uri(id: &Identity, provider: &str) -> String {
 /// `GET /account/federate/{name}?request=…`: to the provider's authorization endpoint.
 pub(crate) async fn start(
     State(id): State<Arc<Identity>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Path(name): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(provider) = id.providers.iter().find(|p| p.name == name) else {
         return id.error_page(StatusCode::NOT_FOUND, "No such sign-in provider.");
     };
+    // Each start keeps a record for a while: bounded per source, with authorization requests.
+    if id.pending_rate.hit(&id.source(peer, &headers), id.clock()).is_err() {
+        metrics::counter!("nimbus_identity_requests_limited_total", "what" => "federate").increment(1);
+        return id.error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many sign-ins were started from this network; try again later.",
+        );
+    }
     let metadata = match provider.metadata(&id.http).await {
         Ok(m) => m,
         Err(e) => {
@@ -118,7 +128,7 @@ pub(crate) async fn start(
         request: q.get("request").cloned().unwrap_or_default(),
         nonce: nimbus_api::hex(&rand::random::<[u8; 16]>()),
         verifier: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>()),
-        created: now(),
+        created: id.now(),
     };
     let value = serde_json::to_vec(&pending).expect("serializes");
     if let Err(e) = id.store.commit(vec![Write::put(NS, &format!("fed/{}", digest(&state)), value)]).await {
@@ -163,7 +173,7 @@ pub(crate) async fn callback(
         return fail("state already used");
     }
     let Ok(pending) = serde_json::from_slice::<Pending>(&record.value) else { return fail("unreadable state") };
-    if pending.provider != name || pending.created + STATE_TTL <= now() {
+    if pending.provider != name || pending.created + STATE_TTL <= id.now() {
         return fail("state expired or for another provider");
     }
     if let Some(error) = q.get("error") {

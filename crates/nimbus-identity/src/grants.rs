@@ -61,7 +61,7 @@ pub(crate) async fn authorization_code(
         let _ = id.store.commit(vec![Write::delete(NS, &key)]).await;
         return Err(invalid_grant("the code was already used; the tokens issued from it are revoked"));
     }
-    if grant.expires <= now() {
+    if grant.expires <= id.now() {
         return Err(invalid_grant("the code has expired"));
     }
     if grant.request.client_id != client.id {
@@ -134,7 +134,7 @@ pub(crate) async fn refresh(
     let Some(record) = record else { return Err(invalid_grant("the refresh token is not valid")) };
     let mut family: Family =
         serde_json::from_slice(&record.value).map_err(|e| server_error("unreadable refresh token", e))?;
-    if family.revoked || family.expires <= now() {
+    if family.revoked || family.expires <= id.now() {
         return Err(invalid_grant("the refresh token is revoked or expired"));
     }
     if family.client_id != client.id {
@@ -180,7 +180,7 @@ fn new_family(
         scope: scope.to_owned(),
         auth_time,
         secret: digest(&secret),
-        expires: now() + id.refresh_ttl,
+        expires: id.now() + id.refresh_ttl,
         revoked: false,
     };
     let value = serde_json::to_vec(&record).expect("a family serializes");
@@ -348,7 +348,7 @@ pub(crate) async fn revoke(
     form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, OAuthError> {
     let axum::Form(form) = form.map_err(|r| OAuthError::rejected(&r))?;
-    let client = crate::token::authenticate(&id, peer.ip(), &headers, &form).await?;
+    let client = crate::token::authenticate(&id, peer, &headers, &form).await?;
     let token = form.get("token").ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?;
     if let Some((family_id, secret)) = parse_refresh(token)
         && let Ok(Some(record)) = id.store.get(NS, &format!("refresh/{family_id}")).await

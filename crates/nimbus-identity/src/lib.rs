@@ -7,7 +7,10 @@
 //!   RP-initiated logout;
 //! - `token.rs` + `grants.rs`: the token endpoint (authorization code, refresh with rotation and
 //!   reuse detection, client credentials), userinfo, revocation, introspection;
-//! - `throttle.rs`: lockouts after failed sign-ins per account and per IP;
+//! - `throttle.rs`: lockouts after failed sign-ins (per account, per source address), back-off
+//!   after wrong client secrets (per client and source), limits on what one source may create;
+//! - `source.rs`: the client's address (`X-Forwarded-For` only from `[server] trusted_proxies`);
+//! - `purge.rs`: deletes expired requests, codes, sessions, links and refresh families;
 //! - `mail.rs`: verification and reset mail, by SMTP when configured, else into an outbox.
 //!
 //! Discovery is at `/.well-known/openid-configuration`. The gateway trusts this issuer in process
@@ -23,12 +26,15 @@ mod grants;
 mod keys;
 mod mail;
 mod pages;
+mod purge;
+mod source;
 mod throttle;
 mod token;
 pub mod users;
 mod web;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,6 +54,19 @@ const ID_TTL: u64 = 3600;
 const REFRESH_TTL: u64 = 14 * 86_400;
 /// How often each node rereads the signing keys (a rotation on another node, or by the CLI).
 const KEY_RELOAD: Duration = Duration::from_secs(30);
+/// Failed sign-ins: 5 per account, 50 per source address, each within 15 minutes, lock 15 minutes.
+const LOCKOUT: Duration = Duration::from_secs(15 * 60);
+/// Wrong client secrets per client and source: 5 free, then 30 s, 1 min, 2 min … at most 15 min.
+const CLIENT_FREE_FAILURES: u32 = 5;
+const CLIENT_BACKOFF: Duration = Duration::from_secs(30);
+/// What one source address may start without signing in, per 10 minutes (a pending request
+/// lives 10 minutes, so this bounds the live ones): authorization requests and federated sign-ins.
+const PENDING_PER_SOURCE: u32 = 60;
+/// Sign-ups and password-reset requests per source address and 10 minutes.
+const FORMS_PER_SOURCE: u32 = 30;
+const SOURCE_WINDOW: Duration = Duration::from_secs(600);
+/// Mail nobody signed in asked for (reset links, sign-up notices) per address and hour.
+const MAIL_PER_ADDRESS: u32 = 3;
 
 pub struct Identity {
     issuer: String,
@@ -65,16 +84,25 @@ pub struct Identity {
     theme: pages::Theme,
     css: Option<String>,
     signup: bool,
-    /// Failed sign-ins: 5 per account, 50 per IP address, each within 15 minutes, lock 15 minutes.
-    signin_throttle: throttle::Throttle,
-    ip_throttle: throttle::Throttle,
-    /// Failed client authentications at the token endpoint: 20 per IP within 15 minutes.
-    client_throttle: throttle::Throttle,
+    /// Failed sign-ins per account and per source (see [`LOCKOUT`]).
+    signin_throttle: throttle::Lockout,
+    ip_throttle: throttle::Lockout,
+    /// Wrong client secrets per (client, source): exponential back-off.
+    client_throttle: throttle::Backoff,
+    /// Pending authorization requests and federation states stored per source.
+    pending_rate: throttle::Rate,
+    /// Sign-ups and reset requests per source (keyed with the form's name).
+    form_rate: throttle::Rate,
+    /// Unasked-for mail per address.
+    mail_rate: throttle::Rate,
+    /// `[server] trusted_proxies`: the peers whose `X-Forwarded-For` names the client.
+    trusted_proxies: Vec<nimbus_config::Cidr>,
+    purger: purge::Purger,
     providers: Vec<federation::Provider>,
     /// Outbound HTTP (federated providers).
     http: reqwest::Client,
     smtp: Option<Arc<mail::Smtp>>,
-    /// Rereading the signing keys; mails being sent.
+    /// Rereading the signing keys; purging what expired; mails being sent.
     pub(crate) tasks: nimbus_api::Tasks,
 }
 
@@ -105,7 +133,6 @@ impl Identity {
             Some(smtp) => Some(Arc::new(mail::Smtp::new(smtp).map_err(StartError::Smtp)?)),
             None => None,
         };
-        let lockout = Duration::from_secs(15 * 60);
         let identity = Arc::new(Self {
             audience: section.and_then(|s| s.audience.clone()).unwrap_or_else(|| default_audience(&app.name())),
             access_ttl,
@@ -125,9 +152,14 @@ impl Identity {
             },
             css,
             signup: section.is_none_or(|s| s.signup),
-            signin_throttle: throttle::Throttle::new(5, lockout, lockout),
-            ip_throttle: throttle::Throttle::new(50, lockout, lockout),
-            client_throttle: throttle::Throttle::new(20, lockout, lockout),
+            signin_throttle: throttle::Lockout::new(5, LOCKOUT, LOCKOUT),
+            ip_throttle: throttle::Lockout::new(50, LOCKOUT, LOCKOUT),
+            client_throttle: throttle::Backoff::new(CLIENT_FREE_FAILURES, CLIENT_BACKOFF, LOCKOUT, LOCKOUT),
+            pending_rate: throttle::Rate::new(PENDING_PER_SOURCE, SOURCE_WINDOW),
+            form_rate: throttle::Rate::new(FORMS_PER_SOURCE, SOURCE_WINDOW),
+            mail_rate: throttle::Rate::new(MAIL_PER_ADDRESS, Duration::from_secs(3600)),
+            trusted_proxies: manifest.server.trusted_proxies.clone(),
+            purger: purge::Purger::new(),
             providers: section
                 .map(|s| s.providers.iter().map(federation::Provider::from_section).collect())
                 .unwrap_or_default(),
@@ -153,7 +185,32 @@ impl Identity {
                 }
             }
         });
+        // One node at a time deletes what expired (under a store lease).
+        let weak = Arc::downgrade(&identity);
+        identity.tasks.every("purge", purge::PURGE_EVERY, move || {
+            let weak = weak.clone();
+            async move {
+                if let Some(identity) = weak.upgrade() {
+                    identity.purge_round().await;
+                }
+            }
+        });
         Ok(identity)
+    }
+
+    /// Now, by the store's clock (which tests move forward to expire records).
+    pub(crate) fn clock(&self) -> Duration {
+        self.store.clock().now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+    }
+
+    /// [`Identity::clock`] in whole seconds, as records keep their times.
+    pub(crate) fn now(&self) -> u64 {
+        self.clock().as_secs()
+    }
+
+    /// The key of the request's source address (see `source.rs`).
+    pub(crate) fn source(&self, peer: SocketAddr, headers: &axum::http::HeaderMap) -> String {
+        source::key(source::client_ip(peer.ip(), headers, &self.trusted_proxies))
     }
 
     /// A client by id: the manifest's, else one registered in the store.
@@ -164,7 +221,7 @@ impl Identity {
         }
     }
 
-    /// Stops rereading the keys and waits for mails being sent, within `grace`.
+    /// Stops rereading the keys and purging, and waits for mails being sent, within `grace`.
     pub async fn shutdown(&self, grace: Duration) {
         self.tasks.shutdown(grace).await;
     }

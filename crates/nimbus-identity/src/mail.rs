@@ -3,7 +3,7 @@
 //! implicit TLS, a relay on this machine (`localhost`, `127.0.0.1`) plain SMTP, anything else
 //! STARTTLS, required. Without it (local development), and for any message SMTP fails to take,
 //! they go into an outbox in the store (`outbox/…`), readable by `nimbus identity outbox` and
-//! `GET /_nimbus/admin/outbox`.
+//! `GET /_nimbus/admin/outbox` for a week (then `purge.rs` deletes them: their links are dead).
 
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
@@ -12,7 +12,6 @@ use nimbus_store::{Store, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::Identity;
-use crate::keys::now;
 
 const NS: &str = "identity";
 
@@ -52,7 +51,7 @@ impl Smtp {
 /// Sends a message: by SMTP in the background when configured (the outbox keeps what it refuses),
 /// else into the outbox.
 pub(crate) async fn send(identity: &Identity, to: &str, subject: &str, body: &str) {
-    let mail = Mail { to: to.to_owned(), subject: subject.to_owned(), body: body.to_owned(), created: now() };
+    let mail = Mail { to: to.to_owned(), subject: subject.to_owned(), body: body.to_owned(), created: identity.now() };
     let Some(smtp) = identity.smtp.clone() else {
         keep(identity.store.as_ref(), &mail, "no SMTP configured").await;
         return;

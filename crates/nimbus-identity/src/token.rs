@@ -7,6 +7,7 @@
 //! `{"error": "invalid_client", "error_description": "…"}`.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -28,11 +29,19 @@ pub(crate) struct OAuthError {
     pub description: String,
     /// The client used HTTP Basic: a 401 then carries a `WWW-Authenticate: Basic` challenge.
     basic: bool,
+    /// Seconds for `Retry-After`.
+    retry_after: Option<u64>,
 }
 
 impl OAuthError {
     pub fn new(error: &'static str, description: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, error, description: description.into(), basic: false }
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            error,
+            description: description.into(),
+            basic: false,
+            retry_after: None,
+        }
     }
 
     /// A body the form extractor refused: too large (413) or not a form (400).
@@ -52,6 +61,7 @@ impl OAuthError {
             error: "server_error",
             description: description.to_owned(),
             basic: false,
+            retry_after: None,
         }
     }
 
@@ -61,6 +71,19 @@ impl OAuthError {
             error: "invalid_client",
             description: "client authentication failed".into(),
             basic,
+            retry_after: None,
+        }
+    }
+
+    /// Too many wrong secrets from this source for this client: 429 until `wait` has passed.
+    fn throttled(wait: std::time::Duration) -> Self {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            error: "invalid_client",
+            description: format!("too many failed attempts; retry in {seconds} s"),
+            basic: false,
+            retry_after: Some(seconds),
         }
     }
 }
@@ -73,6 +96,9 @@ impl IntoResponse for OAuthError {
         no_store(response.headers_mut());
         if self.basic {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"nimbus\""));
+        }
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -152,18 +178,10 @@ impl Client {
 /// `client_id` + `client_secret` in the body; never both.
 pub(crate) async fn authenticate(
     identity: &Identity,
-    peer: std::net::IpAddr,
+    peer: SocketAddr,
     headers: &HeaderMap,
     form: &HashMap<String, String>,
 ) -> Result<Arc<Client>, OAuthError> {
-    // Guessing client secrets is throttled per address: after 20 failures in 15 minutes, 429.
-    let throttle_key = peer.to_string();
-    if let Some(wait) = identity.client_throttle.locked(&throttle_key) {
-        let mut e =
-            OAuthError::new("invalid_client", format!("too many failed attempts; retry in {} s", wait.as_secs() + 1));
-        e.status = StatusCode::TOO_MANY_REQUESTS;
-        return Err(e);
-    }
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -196,11 +214,21 @@ pub(crate) async fn authenticate(
             };
         }
     };
-    match identity.client(&id).await {
+    let client = identity.client(&id).await;
+    // Guessing is braked per client and source address (unknown client ids share one key per
+    // source): a few wrong secrets are free, then each one makes that source wait twice as long
+    // (30 s … 15 min). The right secret from another source, or from this one once the wait is
+    // over, still works: one guesser cannot lock a client out for everyone behind its proxy.
+    let key = format!("{}|{}", client.as_ref().map_or("?", |c| c.id.as_str()), identity.source(peer, headers));
+    if let Some(wait) = identity.client_throttle.locked(&key, identity.clock()) {
+        metrics::counter!("nimbus_identity_client_auth_failures_total", "outcome" => "throttled").increment(1);
+        return Err(OAuthError::throttled(wait));
+    }
+    match client {
         Some(client) if client.secret_matches(&secret) => Ok(client),
         _ => {
-            identity.client_throttle.failed(&throttle_key);
-            metrics::counter!("nimbus_identity_client_auth_failures_total").increment(1);
+            identity.client_throttle.failed(&key, identity.clock());
+            metrics::counter!("nimbus_identity_client_auth_failures_total", "outcome" => "wrong").increment(1);
             Err(OAuthError::invalid_client(via_basic))
         }
     }
@@ -240,7 +268,7 @@ pub(crate) async fn token(
     let grant = form.get("grant_type").ok_or_else(|| OAuthError::new("invalid_request", "grant_type is missing"))?;
     match grant.as_str() {
         "client_credentials" => {
-            let client = authenticate(&identity, peer.ip(), &headers, &form).await?;
+            let client = authenticate(&identity, peer, &headers, &form).await?;
             if !client.grants.client_credentials {
                 return Err(OAuthError::new("unauthorized_client", "this client may not use client_credentials"));
             }
@@ -258,11 +286,11 @@ pub(crate) async fn token(
             Ok(response)
         }
         "authorization_code" => {
-            let client = authenticate(&identity, peer.ip(), &headers, &form).await?;
+            let client = authenticate(&identity, peer, &headers, &form).await?;
             crate::grants::authorization_code(&identity, &client, &form).await
         }
         "refresh_token" => {
-            let client = authenticate(&identity, peer.ip(), &headers, &form).await?;
+            let client = authenticate(&identity, peer, &headers, &form).await?;
             crate::grants::refresh(&identity, &client, &form).await
         }
         other => {
@@ -288,7 +316,8 @@ fn granted_scope(client: &Client, requested: Option<&String>) -> Result<String, 
 }
 
 /// RFC 7662: a confidential client asks whether a token is active. Inactive tokens answer
-/// `{"active": false}` and nothing more.
+/// `{"active": false}` and nothing more. Only a client that authenticates (§2.1: a secret; a
+/// public client that merely names itself does not) may ask: else 401 `invalid_client`.
 pub(crate) async fn introspect(
     State(identity): State<Arc<Identity>>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
@@ -296,7 +325,21 @@ pub(crate) async fn introspect(
     form: Result<axum::Form<HashMap<String, String>>, axum::extract::rejection::FormRejection>,
 ) -> Result<Response, OAuthError> {
     let axum::Form(form) = form.map_err(|r| OAuthError::rejected(&r))?;
-    authenticate(&identity, peer.ip(), &headers, &form).await?;
+    match authenticate(&identity, peer, &headers, &form).await {
+        Ok(client) if !client.public => {}
+        Ok(_) => {
+            let mut e = OAuthError::invalid_client(true);
+            e.description =
+                "introspection needs client authentication (client_secret_basic or client_secret_post)".into();
+            return Err(e);
+        }
+        // A 401 names the scheme to authenticate with (RFC 6749 §5.2).
+        Err(mut e) if e.status == StatusCode::UNAUTHORIZED => {
+            e.basic = true;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    }
     let token = form.get("token").ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?;
     let answer = match identity.verify(token) {
         Some(mut claims) => {

@@ -20,7 +20,6 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::Identity;
-use crate::keys::now;
 use crate::pages::{Page, esc, field, hidden, message};
 use crate::users::{User, UserError};
 
@@ -28,10 +27,10 @@ const NS: &str = "identity";
 const SESSION_COOKIE: &str = "nimbus_sid";
 const CSRF_COOKIE: &str = "nimbus_csrf";
 /// How long a pending authorization request, a code, a reset or verification link live.
-const REQUEST_TTL: u64 = 600;
+pub(crate) const REQUEST_TTL: u64 = 600;
 pub(crate) const CODE_TTL: u64 = 60;
-const RESET_TTL: u64 = 3600;
-const VERIFY_TTL: u64 = 7 * 86_400;
+pub(crate) const RESET_TTL: u64 = 3600;
+pub(crate) const VERIFY_TTL: u64 = 7 * 86_400;
 
 const EXPIRED_FORM: &str = "This form has expired. Go back, reload the page and try again.";
 
@@ -107,7 +106,7 @@ impl Identity {
         let sid = cookie(headers, SESSION_COOKIE)?;
         let record = self.store.get(NS, &format!("session/{}", digest(&sid))).await.ok()??;
         let session: Session = serde_json::from_slice(&record.value).ok()?;
-        if session.expires <= now() {
+        if session.expires <= self.now() {
             return None;
         }
         let user = self.users.get(&session.user_id).await.ok()?;
@@ -116,7 +115,7 @@ impl Identity {
 
     async fn start_session(&self, response: &mut Response, user: &User) -> Result<u64, StoreError> {
         let sid = random_token();
-        let auth_time = now();
+        let auth_time = self.now();
         let session = Session { user_id: user.id.clone(), auth_time, expires: auth_time + self.session_ttl };
         let value = serde_json::to_vec(&session).expect("a session serializes");
         self.store.commit(vec![Write::put(NS, &format!("session/{}", digest(&sid)), value)]).await?;
@@ -168,10 +167,10 @@ impl Identity {
         Page::new("Something went wrong", message("error", text)).status(status).render(&self.theme)
     }
 
-    async fn one_time(&self, kind: &str, user_id: &str, ttl: u64) -> Result<String, StoreError> {
+    pub(crate) async fn one_time(&self, kind: &str, user_id: &str, ttl: u64) -> Result<String, StoreError> {
         let token = random_token();
-        let value =
-            serde_json::to_vec(&OneTime { user_id: user_id.to_owned(), expires: now() + ttl }).expect("serializes");
+        let value = serde_json::to_vec(&OneTime { user_id: user_id.to_owned(), expires: self.now() + ttl })
+            .expect("serializes");
         self.store.commit(vec![Write::put(NS, &format!("{kind}/{}", digest(&token)), value)]).await?;
         Ok(token)
     }
@@ -182,13 +181,13 @@ impl Identity {
         let record = self.store.get(NS, &key).await.ok()??;
         self.store.commit(vec![Write::delete(NS, &key).expect(Expect::Version(record.version))]).await.ok()?;
         let grant: OneTime = serde_json::from_slice(&record.value).ok()?;
-        (grant.expires > now()).then_some(grant.user_id)
+        (grant.expires > self.now()).then_some(grant.user_id)
     }
 
     async fn peek_one_time(&self, kind: &str, token: &str) -> bool {
         let key = format!("{kind}/{}", digest(token));
         let Ok(Some(record)) = self.store.get(NS, &key).await else { return false };
-        serde_json::from_slice::<OneTime>(&record.value).is_ok_and(|g| g.expires > now())
+        serde_json::from_slice::<OneTime>(&record.value).is_ok_and(|g| g.expires > self.now())
     }
 
     /// Issues a code for `request` and answers the redirect that carries it back to the client.
@@ -198,7 +197,7 @@ impl Identity {
             request: request.clone(),
             user_id: user.id.clone(),
             auth_time,
-            expires: now() + self.code_ttl,
+            expires: self.now() + self.code_ttl,
             used: None,
         };
         let value = serde_json::to_vec(&grant).expect("a code serializes");
@@ -206,7 +205,12 @@ impl Identity {
             tracing::error!(error = %e, "cannot store an authorization code");
             return self.error_page(StatusCode::SERVICE_UNAVAILABLE, "The sign-in could not be completed; try again.");
         }
-        let mut params = vec![("code", code.as_str()), ("iss", self.issuer.as_str())];
+        self.code_redirect(request, &code)
+    }
+
+    /// The redirect that carries `code` back to the client.
+    fn code_redirect(&self, request: &AuthRequest, code: &str) -> Response {
+        let mut params = vec![("code", code), ("iss", self.issuer.as_str())];
         if let Some(state) = &request.state {
             params.push(("state", state));
         }
@@ -219,7 +223,7 @@ impl Identity {
         }
         let record = self.store.get(NS, &format!("authreq/{id}")).await.ok()??;
         let request: AuthRequest = serde_json::from_slice(&record.value).ok()?;
-        (request.created + REQUEST_TTL > now()).then_some(request)
+        (request.created + REQUEST_TTL > self.now()).then_some(request)
     }
 
     async fn outbox(&self, to: &str, subject: &str, body: &str) {
@@ -263,6 +267,7 @@ fn encode(s: &str) -> String {
 
 pub(crate) async fn authorize(
     State(id): State<Arc<Identity>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
@@ -327,7 +332,7 @@ pub(crate) async fn authorize(
         state: state.clone(),
         nonce: q.get("nonce").cloned(),
         code_challenge: challenge,
-        created: now(),
+        created: id.now(),
     };
     let prompt = q.get("prompt").map(String::as_str).unwrap_or("");
     let session = if prompt.split(' ').any(|p| p == "login") { None } else { id.session_user(&headers).await };
@@ -336,6 +341,11 @@ pub(crate) async fn authorize(
     }
     if prompt.split(' ').any(|p| p == "none") {
         return fail("login_required", "the user is not signed in");
+    }
+    // Anyone may start a sign-in, and each one is kept for a while: bounded per source.
+    if id.pending_rate.hit(&id.source(peer, &headers), id.clock()).is_err() {
+        metrics::counter!("nimbus_identity_requests_limited_total", "what" => "authorize").increment(1);
+        return fail("temporarily_unavailable", "too many sign-ins were started from this network; try again later");
     }
     let pending = random_token();
     let value = serde_json::to_vec(&request).expect("a request serializes");
@@ -403,12 +413,12 @@ pub(crate) async fn signin(
         return again("The e-mail or password is too long.", StatusCode::BAD_REQUEST);
     }
     let account_key = format!("account:{}", email.to_lowercase());
-    let ip_key = format!("ip:{}", peer.ip());
-    if let Some(wait) = id.signin_throttle.locked(&account_key).or_else(|| id.ip_throttle.locked(&ip_key)) {
+    let ip_key = format!("ip:{}", id.source(peer, &headers));
+    let now = id.clock();
+    if let Some(wait) = id.signin_throttle.locked(&account_key, now).or_else(|| id.ip_throttle.locked(&ip_key, now)) {
         metrics::counter!("nimbus_identity_signins_total", "outcome" => "throttled").increment(1);
-        let minutes = wait.as_secs().div_ceil(60);
         return again(
-            &format!("Too many failed attempts. Try again in {minutes} minute(s)."),
+            &format!("Too many failed attempts. Try again in {} minute(s).", minutes(wait)),
             StatusCode::TOO_MANY_REQUESTS,
         );
     }
@@ -420,8 +430,8 @@ pub(crate) async fn signin(
         }
     };
     let Some(user) = user else {
-        id.signin_throttle.failed(&account_key);
-        id.ip_throttle.failed(&ip_key);
+        id.signin_throttle.failed(&account_key, id.clock());
+        id.ip_throttle.failed(&ip_key, id.clock());
         metrics::counter!("nimbus_identity_signins_total", "outcome" => "failed").increment(1);
         // One message whether the account exists, is disabled or the password is wrong.
         return again("The e-mail or password is wrong.", StatusCode::UNAUTHORIZED);
@@ -484,7 +494,12 @@ pub(crate) async fn signup_page(
     id.form_page(&headers, "Create an account", |csrf| signup_form(csrf, &request, "", "", None))
 }
 
-pub(crate) async fn signup(State(id): State<Arc<Identity>>, headers: HeaderMap, form: Form) -> Response {
+pub(crate) async fn signup(
+    State(id): State<Arc<Identity>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    form: Form,
+) -> Response {
     if !id.signup {
         return id.error_page(StatusCode::NOT_FOUND, "This application does not take new accounts.");
     }
@@ -496,16 +511,22 @@ pub(crate) async fn signup(State(id): State<Arc<Identity>>, headers: HeaderMap, 
     let name = form.get("name").map(|n| n.trim()).unwrap_or("");
     let password = form.get("password").map(String::as_str).unwrap_or("");
     let request = form.get("request").cloned().unwrap_or_default();
-    let again = |text: &str| {
+    let again = |text: &str, status: StatusCode| {
         let (email, name): (String, String) = (email.chars().take(254).collect(), name.chars().take(256).collect());
         let mut response = id.form_page(&headers, "Create an account", |csrf| {
             signup_form(csrf, &request, &email, &name, Some(("error", text)))
         });
-        *response.status_mut() = StatusCode::BAD_REQUEST;
+        *response.status_mut() = status;
         response
     };
     if password.len() > 1024 {
-        return again("a password has at most 128 characters");
+        return again("a password has at most 128 characters", StatusCode::BAD_REQUEST);
+    }
+    // Each sign-up costs a password hash and makes records: bounded per source.
+    if let Err(wait) = id.form_rate.hit(&format!("signup:{}", id.source(peer, &headers)), id.clock()) {
+        metrics::counter!("nimbus_identity_requests_limited_total", "what" => "signup").increment(1);
+        let text = format!("Too many sign-ups from this network. Try again in {} minute(s).", minutes(wait));
+        return again(&text, StatusCode::TOO_MANY_REQUESTS);
     }
     match id.users.create(email, Some(password), Some(name).filter(|n| !n.is_empty())).await {
         Ok(user) => {
@@ -522,29 +543,53 @@ pub(crate) async fn signup(State(id): State<Arc<Identity>>, headers: HeaderMap, 
             signed_in(&id, &user, &request).await
         }
         Err(UserError::Taken) => {
-            // Say nothing here that tells whether the address has an account; tell its owner.
-            let owner = email.trim().to_lowercase();
-            id.outbox(
-                &owner,
-                &format!("Someone tried to create an account for {}", id.theme.app),
-                &format!(
-                    "An account with this address exists. Sign in, or reset your password at {}/account/reset\n",
-                    id.issuer
-                ),
-            )
-            .await;
-            Page::new(
-                "Check your e-mail",
-                message("note", "We have sent a message to this address with the next step."),
-            )
-            .render(&id.theme)
+            // Answer as a new account is answered (the password was hashed all the same), but
+            // sign nobody in; tell the address's owner instead (a few times an hour at most).
+            let owner = crate::users::normalize_email(email).unwrap_or_else(|_| email.to_lowercase());
+            if id.mail_rate.hit(&owner, id.clock()).is_ok() {
+                id.outbox(
+                    &owner,
+                    &format!("Someone tried to create an account for {}", id.theme.app),
+                    &format!(
+                        "Someone tried to create an account with this address, which already has one. \
+                         If it was you, sign in, or reset your password at {}/account/reset\n\
+                         If it was not, you need not do anything: nobody was signed in.\n",
+                        id.issuer
+                    ),
+                )
+                .await;
+            }
+            metrics::counter!("nimbus_identity_signups_taken_total").increment(1);
+            decoy(&id, &request).await
         }
-        Err(UserError::Invalid(text)) => again(&text),
+        Err(UserError::Invalid(text)) => again(&text, StatusCode::BAD_REQUEST),
         Err(e) => {
             tracing::error!(error = %e, "sign-up failed on the store");
             id.error_page(StatusCode::SERVICE_UNAVAILABLE, "Creating an account is not possible right now; try again.")
         }
     }
+}
+
+/// What a sign-up for an address that has an account answers: what a new account gets (the
+/// redirect back to the client with a code, or to the account page, with a session cookie), except
+/// that the code and the session are random values stored nowhere. The browser is signed in to
+/// nothing, the client's token request with the code fails as for any unknown code, and the
+/// pending request is used up as a sign-up uses it.
+async fn decoy(id: &Identity, request: &str) -> Response {
+    let pending = if request.is_empty() { None } else { id.pending(request).await };
+    let mut response = match &pending {
+        Some(pending) => {
+            let _ = id.store.commit(vec![Write::delete(NS, &format!("authreq/{request}"))]).await;
+            id.code_redirect(pending, &random_token())
+        }
+        None => Redirect::to("/account").into_response(),
+    };
+    id.set_cookie(&mut response, SESSION_COOKIE, &random_token(), Some(id.session_ttl));
+    response
+}
+
+fn minutes(wait: Duration) -> u64 {
+    wait.as_secs().div_ceil(60).max(1)
 }
 
 // ----- account, sign-out, logout --------------------------------------------------------------
@@ -647,14 +692,28 @@ pub(crate) async fn reset_page(State(id): State<Arc<Identity>>, headers: HeaderM
     })
 }
 
-pub(crate) async fn reset(State(id): State<Arc<Identity>>, headers: HeaderMap, form: Form) -> Response {
+pub(crate) async fn reset(
+    State(id): State<Arc<Identity>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    form: Form,
+) -> Response {
     let form = match id.posted(&headers, form) {
         Ok(form) => form,
         Err(page) => return *page,
     };
+    if let Err(wait) = id.form_rate.hit(&format!("reset:{}", id.source(peer, &headers)), id.clock()) {
+        metrics::counter!("nimbus_identity_requests_limited_total", "what" => "reset").increment(1);
+        let text = format!("Too many requests from this network. Try again in {} minute(s).", minutes(wait));
+        return Page::new("Reset your password", message("error", &text))
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .render(&id.theme);
+    }
     let email = form.get("email").map(|e| e.trim()).unwrap_or("");
+    // At most a few links an hour per account: no mail-bombing, no pile of live links.
     if let Ok(Some(user)) = id.users.by_email(email).await
         && !user.disabled
+        && id.mail_rate.hit(&user.email, id.clock()).is_ok()
         && let Ok(token) = id.one_time("reset", &user.id, RESET_TTL).await
     {
         let link = format!("{}/account/reset/confirm?token={token}", id.issuer);
