@@ -12,6 +12,7 @@
 mod access;
 pub mod body;
 mod invoke;
+mod source;
 mod tasks;
 mod trace_context;
 
@@ -23,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use access::{Authenticate, Grant, Principal, authorize, bearer};
 pub use invoke::{Call, Declared, FeedStart, Invoke, InvokeError, InvokeFuture, Invoker, Trigger};
+pub use source::{Cidr, client_ip, is_trusted, source_key};
 pub use tasks::Tasks;
 pub use trace_context::{TraceContext, hex};
 

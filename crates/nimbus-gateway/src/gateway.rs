@@ -70,6 +70,8 @@ pub struct Gateway {
     pub(crate) openid_configuration: Vec<String>,
     /// Fetching issuers' keys, forgetting idle rate-limit state, purging old quota periods.
     tasks: nimbus_api::Tasks,
+    /// `[server] trusted_proxies`: only these peers may name the client in `X-Forwarded-For`.
+    trusted_proxies: Vec<nimbus_api::Cidr>,
 }
 
 type Svc = BoxCloneSyncService<Request, Response, Infallible>;
@@ -114,6 +116,7 @@ impl Gateway {
             client,
             app: app.to_owned(),
             tasks: tasks.clone(),
+            trusted_proxies: manifest.server.trusted_proxies.clone(),
         });
         let warming = gateway.verifier.clone();
         tasks.spawn(async move { warming.warm().await });
@@ -297,7 +300,7 @@ async fn run(gateway: &Gateway, route: &Route, backends: &Backends, mut req: Req
     check_size(route, &req)?;
     let caller = authenticate(gateway, route, &mut req).await?;
     authorize(route, &caller)?;
-    let limit_headers = limit(route, client_ip(&req), req.headers(), &caller).await?;
+    let limit_headers = limit(route, client_ip(gateway, &req), req.headers(), &caller).await?;
     let path = transform_request(route, &mut req, caller);
     let mut response = forward(gateway, route, backends, req, &path).await?;
     route.response_headers.apply(response.headers_mut());
@@ -428,8 +431,11 @@ async fn limit(
     Ok(headers)
 }
 
-fn client_ip(req: &Request) -> std::net::IpAddr {
-    req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+/// The client's address: the peer's, or, from a trusted proxy, the one `X-Forwarded-For` names.
+fn client_ip(gateway: &Gateway, req: &Request) -> std::net::IpAddr {
+    let peer =
+        req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    nimbus_api::client_ip(peer, req.headers(), &gateway.trusted_proxies)
 }
 
 /// The route's header changes, the caller's claims for the backend; answers the path the
@@ -457,7 +463,9 @@ async fn forward(
                 route.metrics.rejected("size");
                 e.into_response()
             })?;
-            return Ok(upstream.forward(&gateway.client, req, path, route.policy.timeout).await);
+            return Ok(upstream
+                .forward(&gateway.client, req, path, route.policy.timeout, &gateway.trusted_proxies)
+                .await);
         }
         Backend::Site => backends.site.clone(),
         Backend::Function => backends.functions.clone(),

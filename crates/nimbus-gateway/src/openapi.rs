@@ -21,7 +21,8 @@ pub(crate) fn document(gateway: &Gateway, functions: &[Operation]) -> Value {
         };
         let item = paths.entry(openapi_path(&pattern)).or_default();
         for method in methods {
-            let route = governing(gateway, &method, &op.path);
+            // A method the route governing the path refuses (405) is not part of the API.
+            let Some(route) = governing(gateway, &method, &op.path) else { continue };
             let id = format!("{}_{method}", op.function);
             item.insert(method.clone(), operation(route, &pattern, &id, &format!("function `{}`", op.function)));
         }
@@ -66,13 +67,13 @@ pub(crate) fn document(gateway: &Gateway, functions: &[Operation]) -> Value {
 }
 
 /// The `[[routes]]` entry that governs `method` on a function pattern, as requests find it: the
-/// most specific pattern that matches the pattern written as a path, its entry for that method (or
-/// its first, which refuses the method), else the default.
-fn governing<'g>(gateway: &'g Gateway, method: &str, path: &str) -> &'g Route {
+/// most specific pattern that matches the pattern written as a path, its entry for that method,
+/// else the default; `None` when that pattern's entries refuse the method.
+fn governing<'g>(gateway: &'g Gateway, method: &str, path: &str) -> Option<&'g Route> {
     let method = axum::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).unwrap_or_default();
-    let Some(first) = gateway.routes().iter().find(|r| r.claims(path)) else { return gateway.default_route() };
-    let claimants = gateway.routes().iter().filter(|r| r.label == first.label);
-    claimants.clone().find(|r| r.allows(&method)).unwrap_or(first)
+    let Some(first) = gateway.routes().iter().find(|r| r.claims(path)) else { return Some(gateway.default_route()) };
+    let mut claimants = gateway.routes().iter().filter(|r| r.label == first.label);
+    claimants.find(|r| r.allows(&method)).map(|r| r.as_ref())
 }
 
 fn operation(route: &Route, pattern: &PathPattern, id: &str, summary: &str) -> Value {

@@ -32,7 +32,14 @@ impl Upstream {
         })
     }
 
-    pub async fn forward(&self, client: &HttpClient, req: Request, path: &str, timeout: Duration) -> Response {
+    pub async fn forward(
+        &self,
+        client: &HttpClient,
+        req: Request,
+        path: &str,
+        timeout: Duration,
+        trusted: &[nimbus_api::Cidr],
+    ) -> Response {
         let (mut parts, body) = req.into_parts();
         let query = parts.uri.query().map(|q| format!("?{q}")).unwrap_or_default();
         let target = format!("{}{}{query}", self.base_path, path);
@@ -56,9 +63,12 @@ impl Upstream {
             headers.remove(name);
         }
         if let Some(ip) = client_ip {
-            let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prior) => format!("{prior}, {ip}"),
-                None => ip.to_string(),
+            // Only a trusted proxy's account of the hops before it is passed on; anyone else's
+            // header is replaced, so a client cannot name another address upstream.
+            let prior = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+            let forwarded = match prior {
+                Some(prior) if nimbus_api::is_trusted(ip, trusted) => format!("{prior}, {ip}"),
+                _ => ip.to_string(),
             };
             if let Ok(v) = HeaderValue::from_str(&forwarded) {
                 headers.insert(HeaderName::from_static("x-forwarded-for"), v);

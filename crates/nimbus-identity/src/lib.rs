@@ -9,7 +9,7 @@
 //!   reuse detection, client credentials), userinfo, revocation, introspection;
 //! - `throttle.rs`: lockouts after failed sign-ins (per account, per source address), back-off
 //!   after wrong client secrets (per client and source), limits on what one source may create;
-//! - `source.rs`: the client's address (`X-Forwarded-For` only from `[server] trusted_proxies`);
+//! - the client's address comes from `nimbus_api::client_ip` (`X-Forwarded-For` only from `[server] trusted_proxies`);
 //! - `purge.rs`: deletes expired requests, codes, sessions, links and refresh families;
 //! - `mail.rs`: verification and reset mail, by SMTP when configured, else into an outbox.
 //!
@@ -27,7 +27,6 @@ mod keys;
 mod mail;
 mod pages;
 mod purge;
-mod source;
 mod throttle;
 mod token;
 pub mod users;
@@ -210,7 +209,7 @@ impl Identity {
 
     /// The key of the request's source address (see `source.rs`).
     pub(crate) fn source(&self, peer: SocketAddr, headers: &axum::http::HeaderMap) -> String {
-        source::key(source::client_ip(peer.ip(), headers, &self.trusted_proxies))
+        nimbus_api::source_key(nimbus_api::client_ip(peer.ip(), headers, &self.trusted_proxies))
     }
 
     /// A client by id: the manifest's, else one registered in the store.

@@ -944,6 +944,7 @@ async fn proxied_routes_rewrite_paths_and_transform_headers() {
             .header("x-custom", "kept")
             .header("x-nimbus-claims", r#"{"sub":"forged"}"#)
             .header("x-nimbus-function", "forged")
+            .header("x-forwarded-for", "6.6.6.6")
             .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
     )
     .await;
@@ -959,7 +960,7 @@ async fn proxied_routes_rewrite_paths_and_transform_headers() {
     assert!(headers.get("x-drop").is_none(), "{headers}");
     let platform: Vec<&String> = headers.as_object().unwrap().keys().filter(|k| k.starts_with("x-nimbus-")).collect();
     assert!(platform.is_empty(), "client-sent platform headers reach the upstream: {platform:?}");
-    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1", "an untrusted peer's X-Forwarded-For is replaced");
     assert_eq!(headers["x-forwarded-host"], node_authority);
     assert_eq!(headers["x-forwarded-proto"], "http");
     assert_eq!(headers["host"], upstream.url.trim_start_matches("http://"));
@@ -1151,7 +1152,8 @@ async fn the_openapi_document_describes_routes_and_their_security() {
     assert_eq!(schemes["oidc1"]["openIdConnectUrl"], format!("{}/.well-known/openid-configuration", issuer.url));
 }
 
-/// A route with `methods` governs only those methods; the document should say so.
+/// A route with `methods` claims its paths for every method: the others answer 405 (they never
+/// fall through to a weaker policy), and the document leaves them out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_follows_route_methods() {
     let issuer = FakeIssuer::start(&[Key::Rsa1]).await;
@@ -1161,9 +1163,9 @@ async fn the_openapi_document_follows_route_methods() {
     ));
     let node = app.start(&[]);
     let unscoped = issuer.token(Key::Rsa1, |c| c["scope"] = json!(""));
-    assert_eq!(get_with_token(&node, "/api/whoami", &unscoped).await.status, 200, "GET needs no scope");
+    assert_eq!(get_with_token(&node, "/api/whoami", &unscoped).await.status, 405, "GET is not the route's");
     let doc = get(&node, "/_nimbus/openapi.json").await.body;
-    assert_eq!(doc["paths"]["/api/whoami"]["get"]["security"], json!([{"bearer": []}]));
+    assert!(doc["paths"]["/api/whoami"].get("get").is_none(), "{}", doc["paths"]);
 }
 
 // ---------------------------------------------------------------------------------------------

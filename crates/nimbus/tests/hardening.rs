@@ -185,3 +185,28 @@ async fn a_worker_printing_in_a_loop_cannot_flood_the_log() {
     assert!((1000..5000).contains(&logged), "{logged} of 20000 lines logged");
     assert!(log.contains("were not logged"), "the drop is reported");
 }
+
+#[tokio::test]
+async fn rate_limits_by_ip_read_forwarded_for_only_from_trusted_proxies() {
+    let route = "[[routes]]\npath = \"/open\"\nauth = \"anonymous\"\n\
+                 rate_limit = { key = \"ip\", requests = 1, per = \"1m\" }\n";
+    let status = |node: &support::Node, forwarded: &'static str| {
+        let url = node.url("/open");
+        async move {
+            let resp = reqwest::Client::new().get(url).header("x-forwarded-for", forwarded).send().await.unwrap();
+            resp.status().as_u16()
+        }
+    };
+    // The node's peer (127.0.0.1) is not trusted: the header names nobody; one client, one allowance.
+    let app = python_app(route);
+    let node = app.start(&[]);
+    assert_eq!(status(&node, "1.1.1.1").await, 200);
+    assert_eq!(status(&node, "2.2.2.2").await, 429, "a forged header does not buy a new allowance");
+
+    // Behind a trusted proxy, each client it names is counted on its own.
+    let app = python_app(&format!("[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\n{route}"));
+    let node = app.start(&[]);
+    assert_eq!(status(&node, "1.1.1.1").await, 200);
+    assert_eq!(status(&node, "2.2.2.2").await, 200);
+    assert_eq!(status(&node, "1.1.1.1").await, 429);
+}

@@ -6,13 +6,13 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::http::HeaderMap;
-use nimbus_config::Cidr;
+pub use nimbus_config::Cidr;
 
 /// Hops read at most: a chain longer than this ends at the last one read.
 const MAX_HOPS: usize = 16;
 
 /// The client's address for a request from `peer`.
-pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
     let peer = peer.to_canonical();
     let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(peer) {
@@ -51,7 +51,7 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 
 /// The key a source is counted under: an IPv4 address, or the /64 of an IPv6 address (one
 /// subscriber usually holds a whole /64, so single addresses would cost an attacker nothing).
-pub(crate) fn key(ip: IpAddr) -> String {
+pub fn source_key(ip: IpAddr) -> String {
     match ip.to_canonical() {
         IpAddr::V4(a) => a.to_string(),
         IpAddr::V6(a) => {
@@ -102,9 +102,16 @@ mod tests {
 
     #[test]
     fn keys_ipv6_sources_by_their_64() {
-        assert_eq!(key([192, 0, 2, 1].into()), "192.0.2.1");
-        assert_eq!(key("2001:db8:1:2:aaaa::1".parse().unwrap()), "2001:db8:1:2::/64");
-        assert_eq!(key("2001:db8:1:2:bbbb::9".parse().unwrap()), "2001:db8:1:2::/64");
-        assert_eq!(key("::ffff:192.0.2.1".parse().unwrap()), "192.0.2.1");
+        assert_eq!(source_key([192, 0, 2, 1].into()), "192.0.2.1");
+        assert_eq!(source_key("2001:db8:1:2:aaaa::1".parse().unwrap()), "2001:db8:1:2::/64");
+        assert_eq!(source_key("2001:db8:1:2:bbbb::9".parse().unwrap()), "2001:db8:1:2::/64");
+        assert_eq!(source_key("::ffff:192.0.2.1".parse().unwrap()), "192.0.2.1");
     }
+}
+
+/// Whether the request's direct peer is one of the trusted proxies (then its `X-Forwarded-For`
+/// may be passed on; else a proxy starts the header afresh).
+pub fn is_trusted(peer: IpAddr, trusted: &[Cidr]) -> bool {
+    let peer = peer.to_canonical();
+    trusted.iter().any(|net| net.contains(peer))
 }
