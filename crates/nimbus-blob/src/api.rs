@@ -3,7 +3,15 @@
 //! `POST /_nimbus/blob/sign`; a `PUT` with `x-nimbus-copy-source: <container>/<key>` copies. Requests carry the admin token, a worker's scoped token (only the
 //! containers its function's grants name: `blob:<container>:r|rw`), or, for one object and method,
 //! a signed URL's `sig` and `exp` (so a browser uploads or downloads directly). Request bodies stream
-//! into the backend; responses stream out of it.
+//! into the backend, at most `[blob] max_object_size` (and a signed PUT's `maxsize`); responses
+//! stream out of it.
+//!
+//! Objects are served on the app's own origin (beside `/account/*` and `/oauth2/*`), so what anyone
+//! uploaded must never run there: every object comes with `X-Content-Type-Options: nosniff` and
+//! `Content-Security-Policy: sandbox` (an opaque origin: no script, no cookies, no same-origin
+//! reach), and one whose type is not on a short list of passive ones (text, JSON, raster images,
+//! audio, video) is an attachment unless its container is web content (`$web`, `[blob]
+//! web_containers`).
 
 use std::collections::BTreeMap;
 
@@ -22,6 +30,7 @@ use crate::{BlobError, Blobs, Download};
 pub(crate) fn error(e: BlobError) -> ApiError {
     match e {
         BlobError::Invalid(m) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m),
+        BlobError::TooLarge(limit) => nimbus_api::body::payload_too_large(limit),
         BlobError::NotFound(_) => ApiError::not_found(e.to_string()),
         BlobError::Range => ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", e.to_string()),
         BlobError::Incomplete => ApiError::new(StatusCode::BAD_REQUEST, "incomplete_body", e.to_string()),
@@ -33,34 +42,62 @@ pub(crate) fn error(e: BlobError) -> ApiError {
     }
 }
 
-/// One `bytes=a-b`, `bytes=a-` or `bytes=-n` range of an object of `size` bytes, as `start..end`.
-/// `Ok(None)` when there is no usable Range header (several ranges: the whole object).
-pub(crate) fn requested_range(headers: &HeaderMap, size: u64) -> Result<Option<std::ops::Range<u64>>, BlobError> {
-    let Some(value) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()) else { return Ok(None) };
-    let Some(spec) = value.trim().strip_prefix("bytes=") else { return Ok(None) };
-    if spec.contains(',') {
-        return Ok(None);
+/// The 416 for a range outside an object of `size` bytes, with `Content-Range: bytes */size`
+/// (RFC 9110 §15.5.17).
+pub(crate) fn unsatisfiable(size: u64) -> Response {
+    let mut response = error(BlobError::Range).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+        response.headers_mut().insert(header::CONTENT_RANGE, v);
     }
-    let (start, end) = spec.split_once('-').ok_or(BlobError::Range)?;
-    let range = match (start.trim(), end.trim()) {
-        ("", n) => {
-            let n: u64 = n.parse().map_err(|_| BlobError::Range)?;
-            if n == 0 || size == 0 {
-                return Err(BlobError::Range);
-            }
-            size.saturating_sub(n)..size
-        }
-        (a, "") => a.parse::<u64>().map_err(|_| BlobError::Range)?..size,
-        (a, b) => {
-            let (a, b): (u64, u64) =
-                (a.parse().map_err(|_| BlobError::Range)?, b.parse().map_err(|_| BlobError::Range)?);
-            if b < a {
-                return Err(BlobError::Range);
-            }
-            a..(b + 1).min(size)
-        }
-    };
-    if range.start >= size { Err(BlobError::Range) } else { Ok(Some(range)) }
+    response
+}
+
+/// Types a browser shows without running anything, served inline from any container (with
+/// `nosniff`, a browser never reads them as another type). Anything else (HTML, XHTML, SVG, XML,
+/// JavaScript, PDF, types nobody listed) is an attachment outside web containers.
+const PASSIVE: &[&str] = &[
+    "text/plain",
+    "text/csv",
+    "application/json",
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/avif",
+    "image/bmp",
+    "image/x-icon",
+    "image/vnd.microsoft.icon",
+];
+
+fn passive(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    PASSIVE.contains(&essence.as_str())
+        || ["audio/", "video/"].iter().any(|p| essence.strip_prefix(p).is_some_and(|sub| !sub.is_empty()))
+}
+
+/// Keeps an object served under `/_nimbus/blob/` from acting on the app's origin: `nosniff`, a
+/// sandbox (an opaque origin: no script, no cookies, no same-origin requests), and, for an active
+/// type outside web containers, `Content-Disposition: attachment` with the key's last segment as
+/// the file name.
+fn contain(response: &mut Response, info: &crate::ObjectInfo, web: bool) {
+    let h = response.headers_mut();
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox"));
+    if !web && !passive(&info.content_type) {
+        h.insert(header::CONTENT_DISPOSITION, attachment(&info.key));
+    }
+}
+
+/// `attachment; filename="…"; filename*=UTF-8''…` (RFC 6266) for the last segment of `key`: the
+/// quoted name keeps only `A-Za-z0-9._-` (anything else becomes `_`), the extended one is the
+/// whole name percent-encoded; neither can end the header early.
+fn attachment(key: &str) -> HeaderValue {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    let ascii: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect();
+    let encoded = percent_encoding::utf8_percent_encode(name, crate::UNRESERVED);
+    HeaderValue::from_str(&format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
 /// The response for a download: 200 or 206, with the object's headers; HEAD gets no body.
@@ -123,6 +160,8 @@ const COPY_SOURCE: &str = "x-nimbus-copy-source";
 struct Signature {
     sig: Option<String>,
     exp: Option<u64>,
+    /// A signed PUT's size bound, covered by the signature.
+    maxsize: Option<u64>,
 }
 
 async fn object(
@@ -135,7 +174,7 @@ async fn object(
     match (&signature.sig, signature.exp) {
         (Some(sig), Some(exp)) => {
             let signed_method = if method == Method::HEAD { Method::GET } else { method.clone() };
-            if let Err(e) = api.blobs.verify(&signed_method, &container, &key, exp, sig).await {
+            if let Err(e) = api.blobs.verify(&signed_method, &container, &key, exp, signature.maxsize, sig).await {
                 return e.into_response();
             }
         }
@@ -164,8 +203,9 @@ async fn object(
         };
     }
     let blobs = api.blobs;
+    let limit = blobs.max_object_size().min(signature.maxsize.unwrap_or(u64::MAX));
     let result = match method {
-        Method::PUT => put(&blobs, &container, &key, req).await,
+        Method::PUT => put(&blobs, &container, &key, req, limit).await,
         Method::GET | Method::HEAD => download(&blobs, &container, &key, req.headers(), method == Method::HEAD).await,
         Method::DELETE => blobs.delete(&container, &key).await.map(|()| StatusCode::NO_CONTENT.into_response()),
         _ => Err(BlobError::Invalid(format!("{method} is not allowed on objects"))),
@@ -173,7 +213,12 @@ async fn object(
     result.unwrap_or_else(|e| error(e).into_response())
 }
 
-async fn put(blobs: &Blobs, container: &str, key: &str, req: Request) -> Result<Response, BlobError> {
+/// A PUT of at most `limit` bytes: one that declares more is refused before a byte is read; one
+/// that sends more without declaring it (chunked) is cut off there and leaves nothing.
+async fn put(blobs: &Blobs, container: &str, key: &str, req: Request, limit: u64) -> Result<Response, BlobError> {
+    if nimbus_api::body::declared_length(req.headers()).is_some_and(|n| n > limit) {
+        return Err(BlobError::TooLarge(limit));
+    }
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let mut metadata = BTreeMap::new();
     for (name, value) in req.headers() {
@@ -183,7 +228,7 @@ async fn put(blobs: &Blobs, container: &str, key: &str, req: Request) -> Result<
         }
     }
     let body = req.into_body().into_data_stream().map_err(|e| e.to_string());
-    let info = blobs.put(container, key, content_type.as_deref(), metadata, Box::pin(body)).await?;
+    let info = blobs.put_within(container, key, content_type.as_deref(), metadata, Box::pin(body), limit).await?;
     Ok((StatusCode::CREATED, axum::Json(info)).into_response())
 }
 
@@ -194,10 +239,17 @@ async fn download(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, BlobError> {
-    let info = blobs.head(container, key).await?;
-    let range = requested_range(headers, info.size)?;
+    let found = blobs.find(container, key).await?;
+    let range = match crate::range::requested(headers, found.info.size) {
+        Ok(range) => range,
+        Err(_) => return Ok(unsatisfiable(found.info.size)),
+    };
     let partial = range.is_some();
-    Ok(respond(blobs.get(container, key, range).await?, partial, head))
+    let download = blobs.open(found, range).await?;
+    let info = download.info.clone();
+    let mut response = respond(download, partial, head);
+    contain(&mut response, &info, blobs.is_web_container(container));
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -234,6 +286,10 @@ struct SignRequest {
     method: String,
     /// Seconds, or a duration like "15m"; at most 7 days.
     expires_in: Value,
+    /// For a PUT: the largest upload the URL takes (bytes, or a size like "10MB"), covered by the
+    /// signature; `[blob] max_object_size` holds too.
+    #[serde(default)]
+    max_size: Option<Value>,
 }
 
 async fn sign(
@@ -266,12 +322,24 @@ async fn sign(
     let Some(seconds) = seconds.filter(|s| (1..=7 * 86_400).contains(s)) else {
         return invalid("expiresIn must be 1 second to 7 days (a number of seconds or \"15m\")".into());
     };
-    match api.blobs.sign(&method, &body.container, &body.key, seconds).await {
-        Ok(path) => {
-            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
-            let scheme = headers.get("x-forwarded-proto").and_then(|h| h.to_str().ok()).unwrap_or("http");
-            axum::Json(serde_json::json!({"url": format!("{scheme}://{host}{path}"), "path": path})).into_response()
-        }
+    let max_size = match &body.max_size {
+        None | Some(Value::Null) => None,
+        Some(_) if method != Method::PUT => return invalid("maxSize bounds an upload: it goes with method PUT".into()),
+        Some(Value::Number(n)) => match n.as_u64().filter(|n| *n > 0) {
+            Some(n) => Some(n),
+            None => return invalid("maxSize must be a number of bytes of at least 1, or a size like \"10MB\"".into()),
+        },
+        Some(Value::String(s)) => match s.parse::<nimbus_config::ByteSize>() {
+            Ok(size) if size.0 > 0 => Some(size.0),
+            Ok(_) => return invalid("maxSize must be at least 1 byte".into()),
+            Err(e) => return invalid(format!("maxSize: {e}")),
+        },
+        Some(_) => return invalid("maxSize must be a number of bytes or a size like \"10MB\"".into()),
+    };
+    // The URL starts with the node's public URL: a request's Host (or X-Forwarded-*) header,
+    // which any client writes, never decides where it points.
+    match api.blobs.sign(&method, &body.container, &body.key, seconds, max_size).await {
+        Ok(path) => axum::Json(serde_json::json!({"url": api.blobs.public_url(&path), "path": path})).into_response(),
         Err(e) => error(e).into_response(),
     }
 }
@@ -289,22 +357,29 @@ pub fn router(blobs: Blobs, authenticate: nimbus_api::Authenticate) -> axum::Rou
 mod tests {
     use super::*;
 
-    fn range(v: &str, size: u64) -> Result<Option<std::ops::Range<u64>>, BlobError> {
-        let mut h = HeaderMap::new();
-        h.insert(header::RANGE, HeaderValue::from_str(v).unwrap());
-        requested_range(&h, size)
-    }
-
     #[test]
-    fn parses_ranges() {
-        assert_eq!(range("bytes=0-9", 100).unwrap(), Some(0..10));
-        assert_eq!(range("bytes=90-", 100).unwrap(), Some(90..100));
-        assert_eq!(range("bytes=-10", 100).unwrap(), Some(90..100));
-        assert_eq!(range("bytes=95-200", 100).unwrap(), Some(95..100));
-        assert_eq!(range("bytes=0-1,5-6", 100).unwrap(), None);
-        assert!(range("bytes=100-", 100).is_err());
-        assert!(range("bytes=5-1", 100).is_err());
-        assert!(range("bytes=x-1", 100).is_err());
-        assert_eq!(range("items=1-2", 100).unwrap(), None);
+    fn active_types_are_attachments_with_a_safe_name() {
+        for inline in ["text/plain; charset=utf-8", "IMAGE/PNG", "video/mp4", "audio/ogg", "application/json"] {
+            assert!(passive(inline), "{inline}");
+        }
+        for active in [
+            "text/html",
+            "application/xhtml+xml",
+            "image/svg+xml",
+            "text/xml",
+            "application/xml",
+            "text/javascript",
+            "application/pdf",
+            "application/octet-stream",
+            "image/png, text/html",
+            "video/",
+            "",
+        ] {
+            assert!(!passive(active), "{active}");
+        }
+        assert_eq!(
+            attachment("a/b/r\u{e9}sum\u{e9} \"1\".html"),
+            "attachment; filename=\"r_sum___1_.html\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%221%22.html"
+        );
     }
 }

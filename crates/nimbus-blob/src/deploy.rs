@@ -90,7 +90,7 @@ pub async fn deploy(
         }
         let file =
             tokio::fs::File::open(path).await.map_err(|e| BlobError::Invalid(format!("{}: {e}", path.display())))?;
-        let stored = match blobs.write(key, None, BTreeMap::new(), Box::pin(crate::file_chunks(file))).await {
+        let stored = match blobs.write(key, None, BTreeMap::new(), Box::pin(crate::file_chunks(file)), u64::MAX).await {
             Ok(stored) => stored,
             Err(e) => {
                 discard(blobs, &uploaded_data).await;
@@ -159,6 +159,25 @@ pub async fn list(blobs: &Blobs) -> Result<Vec<DeployInfo>, BlobError> {
 /// the API must leave them).
 pub(crate) async fn deployed(blobs: &Blobs, data: &str) -> Result<bool, BlobError> {
     Ok(snapshots(blobs).await?.iter().any(|s| s.files.values().any(|f| f.data == data)))
+}
+
+/// The bytes every kept deploy refers to, for the orphan sweep: all of them (paged) or an error;
+/// a snapshot that cannot be read is an error, not a deploy without files.
+pub(crate) async fn kept_data(blobs: &Blobs) -> Result<HashSet<String>, BlobError> {
+    let mut data = HashSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = blobs.store.list(SITE_NS, "deploy/", after.as_deref(), 100).await?;
+        for record in &page {
+            let snapshot: Snapshot = serde_json::from_slice(&record.value)
+                .map_err(|e| BlobError::Backend(format!("unreadable deploy {}: {e}", record.key)))?;
+            data.extend(snapshot.files.into_values().map(|f| f.data));
+        }
+        match page.last() {
+            Some(last) if page.len() == 100 => after = Some(last.key.clone()),
+            _ => return Ok(data),
+        }
+    }
 }
 
 async fn snapshots(blobs: &Blobs) -> Result<Vec<Snapshot>, BlobError> {

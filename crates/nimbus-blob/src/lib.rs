@@ -16,16 +16,20 @@
 //!   Range, precompressed variants, Cache-Control rules);
 //! - `deploy.rs`: versioned site deploys (changed files uploaded, `$web` switched in one commit,
 //!   rollback to the previous deploy);
-//! - `publish.rs`: `[site] dir` published into `$web` at start, as a deploy.
+//! - `publish.rs`: `[site] dir` published into `$web` at start, as a deploy;
+//! - `range.rs`: the `Range` header;
+//! - `sweep.rs`: the background sweep of orphaned bytes (uploaded, never committed).
 //!
-//! Signed URLs (HMAC-SHA256 of method, container, key and expiry, with a key kept in the store)
-//! open one object for one method for a while. `nimbus site deploy`/`rollback` and the blob CLI
-//! come next.
+//! Signed URLs (HMAC-SHA256 of method, container, key, expiry and an optional size bound, with a
+//! key kept in the store) open one object for one method for a while; they name the node's public
+//! URL ([`Blobs::start`]), never the request's `Host`.
 
 mod api;
 mod deploy;
 mod publish;
+mod range;
 mod site;
+mod sweep;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,6 +94,8 @@ struct SmallCache {
 pub enum BlobError {
     #[error("{0}")]
     Invalid(String),
+    #[error("the object is larger than the {0}-byte limit")]
+    TooLarge(u64),
     #[error("no object \"{0}\"")]
     NotFound(String),
     #[error("the range is outside the object")]
@@ -133,6 +139,31 @@ pub struct Blobs {
     /// The local backend's directory: large objects are read from it directly, in big chunks.
     local_root: Option<std::path::PathBuf>,
     small: Arc<std::sync::Mutex<SmallCache>>,
+    settings: Arc<Settings>,
+    /// The orphan sweep, when started by [`Blobs::start`].
+    tasks: nimbus_api::Tasks,
+}
+
+/// What the API serves by: `[blob]` and the node's public URL.
+struct Settings {
+    /// `[blob] max_object_size`: the largest upload through the API.
+    max_object_size: u64,
+    /// `[blob] web_containers`: objects served inline whatever their type.
+    web_containers: std::collections::BTreeSet<String>,
+    /// The URL clients reach the node at (no trailing `/`), which signed URLs start with; empty
+    /// until [`Blobs::start`] (then a signed URL is its path alone).
+    public_url: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let section = nimbus_config::BlobSection::default();
+        Self {
+            max_object_size: section.max_object_size.0,
+            web_containers: Default::default(),
+            public_url: String::new(),
+        }
+    }
 }
 
 impl Blobs {
@@ -147,6 +178,8 @@ impl Blobs {
             secret: Arc::default(),
             local_root: Some(dir.canonicalize().unwrap_or_else(|_| dir.to_owned())),
             small: Arc::default(),
+            settings: Arc::default(),
+            tasks: nimbus_api::Tasks::new("blob"),
         })
     }
 
@@ -188,7 +221,45 @@ impl Blobs {
                 Arc::new(object_store::prefix::PrefixStore::new(backend, prefix))
             }
         };
-        Ok(Self { backend, store, secret: Arc::default(), local_root: None, small: Arc::default() })
+        Ok(Self {
+            backend,
+            store,
+            secret: Arc::default(),
+            local_root: None,
+            small: Arc::default(),
+            settings: Arc::default(),
+            tasks: nimbus_api::Tasks::new("blob"),
+        })
+    }
+
+    /// The component as a node serves it: `[blob]`'s settings, signed URLs that start with
+    /// `public_url` (the node's public URL: `[identity] issuer`, else its own address), and the
+    /// sweep of orphaned bytes running in the background (one node at a time, under a lease) until
+    /// [`Blobs::shutdown`]. The CLI uses the backend without calling this.
+    pub fn start(mut self, section: &nimbus_config::BlobSection, public_url: &str) -> Self {
+        self.settings = Arc::new(Settings {
+            max_object_size: section.max_object_size.0,
+            web_containers: section.web_containers.iter().map(|c| c.as_str().to_owned()).collect(),
+            public_url: public_url.trim_end_matches('/').to_owned(),
+        });
+        sweep::start(&self);
+        self
+    }
+
+    /// Stops the orphan sweep (a sweep in progress stops at its next object) within `grace`.
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        self.tasks.shutdown(grace).await;
+    }
+
+    /// Whether objects of `container` are public web content (served inline): `$web` and the
+    /// containers `[blob] web_containers` lists.
+    pub fn is_web_container(&self, container: &str) -> bool {
+        container == SITE_CONTAINER || self.settings.web_containers.contains(container)
+    }
+
+    /// `[blob] max_object_size`, in bytes.
+    pub fn max_object_size(&self) -> u64 {
+        self.settings.max_object_size
     }
 
     /// Writes and deletes a probe object, so that a backend that cannot be reached or written to
@@ -226,38 +297,53 @@ impl Blobs {
             .await
     }
 
-    fn signed_text(method: &axum::http::Method, container: &str, key: &str, exp: u64) -> String {
-        format!("{method}\n{container}\n{key}\n{exp}")
+    /// What a signature covers, one line each. Neither containers nor keys hold a line break
+    /// (`check_key` refuses control characters), so a text with a size bound never equals one
+    /// without; and a URL signed before size bounds existed verifies as it did.
+    fn signed_text(method: &axum::http::Method, container: &str, key: &str, exp: u64, max_size: Option<u64>) -> String {
+        match max_size {
+            None => format!("{method}\n{container}\n{key}\n{exp}"),
+            Some(max) => format!("{method}\n{container}\n{key}\n{exp}\nmaxsize={max}"),
+        }
     }
 
-    /// A path with a signature that allows `method` (GET or PUT) on one object for `seconds`.
+    /// A path with a signature that allows `method` (GET or PUT) on one object for `seconds`; a
+    /// PUT may be bounded to `max_size` bytes (`maxsize` in the query, covered by the signature).
     pub async fn sign(
         &self,
         method: &axum::http::Method,
         container: &str,
         key: &str,
         seconds: u64,
+        max_size: Option<u64>,
     ) -> Result<String, BlobError> {
         check_container(container)?;
         check_key(key)?;
         let exp = now() + seconds;
-        let tag =
-            aws_lc_rs::hmac::sign(self.signing_key().await?, Self::signed_text(method, container, key, exp).as_bytes());
+        let text = Self::signed_text(method, container, key, exp, max_size);
+        let tag = aws_lc_rs::hmac::sign(self.signing_key().await?, text.as_bytes());
         let sig = nimbus_api::hex(tag.as_ref());
         let encoded: Vec<String> =
             key.split('/').map(|s| percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()).collect();
         let container = percent_encoding::utf8_percent_encode(container, UNRESERVED);
-        Ok(format!("/_nimbus/blob/{container}/{}?exp={exp}&sig={sig}", encoded.join("/")))
+        let bound = max_size.map(|m| format!("&maxsize={m}")).unwrap_or_default();
+        Ok(format!("/_nimbus/blob/{container}/{}?exp={exp}{bound}&sig={sig}", encoded.join("/")))
     }
 
-    /// Checks a signed URL's `exp` and `sig` for `method` on `container/key`: 403 when expired,
-    /// tampered with, or signed for another object or method.
+    /// A path from [`Blobs::sign`] as a URL: the node's public URL, never a request's `Host`.
+    pub fn public_url(&self, path: &str) -> String {
+        format!("{}{path}", self.settings.public_url)
+    }
+
+    /// Checks a signed URL's `exp`, `maxsize` and `sig` for `method` on `container/key`: 403 when
+    /// expired, tampered with, or signed for another object or method.
     pub async fn verify(
         &self,
         method: &axum::http::Method,
         container: &str,
         key: &str,
         exp: u64,
+        max_size: Option<u64>,
         sig: &str,
     ) -> Result<(), nimbus_api::ApiError> {
         use axum::http::StatusCode;
@@ -268,9 +354,10 @@ impl Blobs {
         let tag: Vec<u8> =
             (0..sig.len() / 2).filter_map(|i| u8::from_str_radix(sig.get(2 * i..2 * i + 2)?, 16).ok()).collect();
         let key_ = self.signing_key().await.map_err(|_| nimbus_api::ApiError::internal())?;
-        let text = Self::signed_text(method, container, key, exp);
-        aws_lc_rs::hmac::verify(key_, text.as_bytes(), &tag)
-            .map_err(|_| forbidden("invalid_signature", "the signature does not match this object, method and expiry"))
+        let text = Self::signed_text(method, container, key, exp, max_size);
+        aws_lc_rs::hmac::verify(key_, text.as_bytes(), &tag).map_err(|_| {
+            forbidden("invalid_signature", "the signature does not match this object, method, expiry and size bound")
+        })
     }
 
     /// Streams `body` into `container/key`; the object becomes visible whole, or not at all.
@@ -286,8 +373,26 @@ impl Blobs {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        self.put_within(container, key, content_type, metadata, body, u64::MAX).await
+    }
+
+    /// [`Blobs::put`] of at most `limit` bytes: a body that goes past it stops there with
+    /// [`BlobError::TooLarge`], and what was written of it goes.
+    pub async fn put_within<S, E>(
+        &self,
+        container: &str,
+        key: &str,
+        content_type: Option<&str>,
+        metadata: BTreeMap<String, String>,
+        body: S,
+        limit: u64,
+    ) -> Result<ObjectInfo, BlobError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
         check_container(container)?;
-        let stored = self.write(key, content_type, metadata, body).await?;
+        let stored = self.write(key, content_type, metadata, body, limit).await?;
         let info = stored.info.clone();
         self.commit_object(container, key, stored).await?;
         Ok(info)
@@ -310,13 +415,15 @@ impl Blobs {
     }
 
     /// Streams `body` into fresh bytes in the backend and answers the record that would point at
-    /// them; nothing refers to them until that record is committed.
+    /// them; nothing refers to them until that record is committed. A body longer than `limit`
+    /// stops at the chunk that passes it, and nothing of it is kept.
     pub(crate) async fn write<S, E>(
         &self,
         key: &str,
         content_type: Option<&str>,
         metadata: BTreeMap<String, String>,
         mut body: S,
+        limit: u64,
     ) -> Result<Stored, BlobError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -342,8 +449,14 @@ impl Blobs {
                     return Err(BlobError::Incomplete);
                 }
             };
-            hasher.update(&chunk);
             size += chunk.len() as u64;
+            if size > limit {
+                if let Some(upload) = upload {
+                    let _ = upload.abort().await;
+                }
+                return Err(BlobError::TooLarge(limit));
+            }
+            hasher.update(&chunk);
             match &mut upload {
                 Some(multipart) => {
                     if let Err(e) = multipart.wait_for_capacity(4).await {
@@ -410,7 +523,19 @@ impl Blobs {
         check_key(key)?;
         let source = self.stored(from_container, from_key).await?;
         let data = format!("data/{}", nimbus_api::hex(&rand::random::<[u8; 16]>()));
-        self.backend.copy(&ObjectPath::from(source.data.as_str()), &ObjectPath::from(data.as_str())).await?;
+        match &self.local_root {
+            // object_store hard-links a local copy, so the copy would be as old as its source
+            // before its record exists: the orphan sweep goes by age. A copy of its own is young.
+            Some(root) => {
+                let (from, to) = (root.join(&source.data), root.join(&data));
+                tokio::task::spawn_blocking(move || copy_file(&from, &to))
+                    .await
+                    .map_err(|e| BlobError::Backend(e.to_string()))??;
+            }
+            None => {
+                self.backend.copy(&ObjectPath::from(source.data.as_str()), &ObjectPath::from(data.as_str())).await?
+            }
+        }
         let info = ObjectInfo { key: key.to_owned(), last_modified: now(), ..source.info };
         let stored = Stored { info: info.clone(), data };
         self.commit_object(container, key, stored).await?;
@@ -575,13 +700,10 @@ pub struct Listing {
     pub continuation: Option<String>,
 }
 
-/// Container names as S3 buckets: 3-63 lowercase letters, digits and `-`; or `$web`.
+/// Container names as S3 buckets: 3-63 lowercase letters, digits and `-` (the manifest's rule,
+/// [`nimbus_config::BlobContainer`]); or `$web`.
 pub fn check_container(name: &str) -> Result<(), BlobError> {
-    let ok = name == SITE_CONTAINER
-        || ((3..=63).contains(&name.len())
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !name.starts_with('-')
-            && !name.ends_with('-'));
+    let ok = name == SITE_CONTAINER || nimbus_config::BlobContainer::is_valid(name);
     if ok {
         Ok(())
     } else {
@@ -598,6 +720,24 @@ pub fn check_key(key: &str) -> Result<(), BlobError> {
         || key.chars().any(|c| c.is_control() || c == '\\')
         || key.split('/').any(|s| s.is_empty() || s == "." || s == "..");
     if bad { Err(BlobError::Invalid(format!("\"{}\" is not an object key", key.escape_debug()))) } else { Ok(()) }
+}
+
+/// Copies a local file to a staging name beside `to`, then renames it into place (as object_store
+/// writes), so `to` is never seen half written.
+fn copy_file(from: &std::path::Path, to: &std::path::Path) -> Result<(), BlobError> {
+    let failed = |e: std::io::Error| match e.raw_os_error() {
+        Some(28) => BlobError::DiskFull,
+        _ => BlobError::Backend(format!("cannot copy {}: {e}", from.display())),
+    };
+    let mut staged = to.as_os_str().to_owned();
+    staged.push("#0");
+    let staged = std::path::PathBuf::from(staged);
+    let copied = std::fs::copy(from, &staged).and_then(|_| std::fs::rename(&staged, to));
+    if let Err(e) = copied {
+        let _ = std::fs::remove_file(&staged);
+        return Err(failed(e));
+    }
+    Ok(())
 }
 
 /// A range of a local file in 256 KiB reads (object_store's local reader takes 8 KiB at a time).

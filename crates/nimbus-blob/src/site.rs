@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use nimbus_api::ApiError;
 
-use crate::api::{error, http_date, requested_range, respond};
+use crate::api::{error, http_date, respond, unsatisfiable};
 use crate::{BlobError, Blobs, SITE_CONTAINER, Stored};
 
 #[derive(Clone)]
@@ -178,7 +178,13 @@ async fn page(
             }
         }
     }
-    let range = if status == StatusCode::OK { requested_range(headers, info.size)? } else { None };
+    let range = match status {
+        StatusCode::OK => match crate::range::requested(headers, info.size) {
+            Ok(range) => range,
+            Err(_) => return Ok(unsatisfiable(info.size)),
+        },
+        _ => None,
+    };
     let partial = range.is_some();
     let mut response = respond(site.blobs.open(found, range).await?, partial, head);
     if !partial {

@@ -36,6 +36,7 @@ pub fn run(args: UpArgs) -> Result<(), Failure> {
 }
 
 async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant) -> anyhow::Result<()> {
+    let signals = StopSignals::listen()?;
     let manifest = &config.manifest;
     let data_dir = DataDir::open(&args.data_dir.clone().unwrap_or_else(|| config.dir.join(".nimbus")))?;
 
@@ -83,7 +84,9 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         }
     });
     let gateway = nimbus_gateway::Gateway::start(manifest, &config.name(), store.clone(), own_issuer)?;
-    let blobs = open_blobs(&config, &data_dir.path, store.clone()).await?;
+    // Signed URLs name the node's public URL (`[identity] issuer`, else its own address), never a Host header.
+    let public_url = identity.as_ref().map_or_else(|| node_url(addr), |id| id.issuer().to_owned());
+    let blobs = open_blobs(&config, &data_dir.path, store.clone()).await?.start(&manifest.blob, &public_url);
     let published = match manifest.site.as_ref().and_then(|s| s.dir.as_ref()) {
         Some(dir) => {
             let dir = config.dir.join(dir);
@@ -125,8 +128,8 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     let docs = nimbus_docs::Docs::start(manifest, store.clone());
     let component_apis =
         nimbus_blob::api_router(blobs.clone(), admin_auth.clone()).merge(nimbus_docs::router(docs.clone(), admin_auth));
-    let platform_api =
-        nimbus_blob::api_router(blobs, worker_auth.clone()).merge(nimbus_docs::router(docs.clone(), worker_auth));
+    let platform_api = nimbus_blob::api_router(blobs.clone(), worker_auth.clone())
+        .merge(nimbus_docs::router(docs.clone(), worker_auth));
     serve_platform(functions.platform_socket(), platform_api, addr, &node_tasks)?;
     if let Some(identity) = &identity {
         admin = admin.merge(identity.admin_router());
@@ -161,7 +164,7 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     tracing::info!(%addr, startup_ms = started.elapsed().as_secs_f64() * 1000.0, "ready");
 
     let grace = manifest.server.shutdown_grace.get();
-    let outcome = nimbus_gateway::serve(listener, app, shutdown_signal(), grace).await?;
+    let outcome = nimbus_gateway::serve(listener, app, shutdown_signal(signals), grace).await?;
     // One grace period in all, from the signal, shared in this order: the HTTP drain (above);
     // the file watcher (no reload while stopping); functions (asynchronous invocations finish,
     // then workers stop); the components' background work; the node's own (platform socket,
@@ -175,6 +178,8 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     tracing::info!(component = "gateway", "stopped");
     docs.shutdown(left()).await;
     tracing::info!(component = "docs", "stopped");
+    blobs.shutdown(left()).await;
+    tracing::info!(component = "blob", "stopped");
     if let Some(identity) = &identity {
         identity.shutdown(left()).await;
         tracing::info!(component = "identity", "stopped");
@@ -349,27 +354,37 @@ fn print_banner(
 /// When the first stop signal arrived.
 static SIGNALLED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
+/// SIGINT and SIGTERM, listened for from the start of `serve`: a signal that arrives while the
+/// node is still starting stops it cleanly too (instead of the default action, which kills it).
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
 /// Resolves on the first SIGINT or SIGTERM. A second signal during the drain stops at once.
-async fn shutdown_signal() {
-    wait_for_signal().await;
+async fn shutdown_signal(mut signals: StopSignals) {
+    signals.next().await;
     let _ = SIGNALLED.set(Instant::now());
-    tokio::spawn(async {
-        wait_for_signal().await;
+    tokio::spawn(async move {
+        signals.next().await;
         eprintln!("second signal: stopping now");
         std::process::exit(130);
     });
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the node");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -5,8 +5,9 @@
 //!
 //! The same scenarios run on both: the REST API (put, get, head, delete, ranges, listing with
 //! prefix, delimiter and continuation), a 12 MB object (a multipart upload), the `$web` site, a
-//! prefix in the URL (checked by listing the bucket directly), an upload cut off midway, and a
-//! missing bucket stopping the start with a reason that names `[store] blobs`.
+//! prefix in the URL (checked by listing the bucket directly; the orphan sweep lists it too), an
+//! upload cut off midway, and a missing bucket stopping the start with a reason that names
+//! `[store] blobs`.
 
 mod support;
 
@@ -312,11 +313,12 @@ async fn the_site_is_served_from_the_backend(kind: Kind) {
     assert_eq!(remote.keys().await.len(), 2, "the pages' bytes are in the bucket");
 }
 
-/// `s3://bucket/prefix` and `az://container/prefix` keep every object under the prefix.
+/// `s3://bucket/prefix` and `az://container/prefix` keep every object under the prefix. The
+/// orphan sweep of the next start lists them there, and leaves them (referenced, and young).
 async fn a_prefix_keeps_objects_under_it(kind: Kind) {
     let remote = Remote::new(kind).await;
     let app = app_on(&remote, "tenants/acme", "");
-    let node = remote.start(&app);
+    let mut node = remote.start(&app);
     let api = Api { node: &node, token: admin_token(&app), http: reqwest::Client::new() };
     api.put("uploads/a.txt", "alpha").await;
     api.put("uploads/b/c.txt", "gamma").await;
@@ -324,6 +326,11 @@ async fn a_prefix_keeps_objects_under_it(kind: Kind) {
     let keys = remote.keys().await;
     assert_eq!(keys.len(), 2, "{keys:?}");
     assert!(keys.iter().all(|k| k.starts_with("tenants/acme/")), "{keys:?}");
+    node.signal_and_wait("TERM", std::time::Duration::from_secs(10));
+    let node = remote.start(&app);
+    node.wait_for_log(|l| l.contains("orphaned blob bytes swept"), std::time::Duration::from_secs(10));
+    assert!(node.stderr().contains("seen=2 deleted=0"), "{}", node.stderr());
+    assert_eq!(remote.keys().await.len(), 2);
 }
 
 /// An upload cut off after two parts went up leaves no object, and no multipart upload pending

@@ -262,6 +262,6 @@ async fn a_stopping_node_stops_its_components_in_order_within_the_grace() {
     let at = |component: &str| {
         log.find(&format!("component=\"{component}\"")).unwrap_or_else(|| panic!("no stop of {component}:\n{log}"))
     };
-    let order = ["functions", "gateway", "docs", "identity", "node"].map(at);
+    let order = ["functions", "gateway", "docs", "blob", "identity", "node"].map(at);
     assert!(order.is_sorted(), "components stop in the stated order: {order:?}\n{log}");
 }
