@@ -32,6 +32,7 @@ pub(crate) async fn build(
     store: Arc<dyn Store>,
     ids: Arc<AtomicU64>,
     tokens: &Tokens,
+    cgroups: Option<Arc<crate::cgroup::Cgroups>>,
     first: bool,
 ) -> Result<Inner, FunctionsError> {
     let manifest = &app.manifest;
@@ -44,13 +45,15 @@ pub(crate) async fn build(
     }
 
     let socket_dir = socket_dir(data_dir, first)?;
+
     let sdk = sdk::install(data_dir).map_err(|source| FunctionsError::Io {
         context: format!("cannot write the SDKs into {}", data_dir.display()),
         source,
     })?;
     let mut specs = BTreeMap::new();
     for (name, worker) in &manifest.workers {
-        let spec = launch_spec(app, name, worker, &sdk, &socket_dir).await?;
+        let mut spec = launch_spec(app, name, worker, &sdk, &socket_dir).await?;
+        spec.cgroups = cgroups.clone();
         specs.insert(name.clone(), (spec, worker));
     }
 
@@ -293,6 +296,7 @@ async fn launch_spec(
         cwd: app.dir.clone(),
         socket_dir: socket_dir.to_path_buf(),
         start_timeout: worker.start_timeout.map_or(START_TIMEOUT, |d| d.get()),
+        cgroups: None,
     })
 }
 

@@ -37,6 +37,8 @@ pub(crate) struct LaunchSpec {
     pub cwd: PathBuf,
     pub socket_dir: PathBuf,
     pub start_timeout: Duration,
+    /// Where instances get a cgroup of their own, when the node can make them.
+    pub cgroups: Option<Arc<crate::cgroup::Cgroups>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,9 +105,17 @@ impl Instance {
         });
         let function = function.map(|(name, _)| name);
         let host = std::process::id();
-        // SAFETY: only async-signal-safe calls (setpgid, prctl, getppid, _exit) run between fork and exec.
+        let cgroup = spec.cgroups.as_ref().and_then(|c| c.create(id));
+        let procs = cgroup.as_ref().and_then(|c| c.procs_path());
+        // SAFETY: only async-signal-safe calls (open, write, setpgid, umask, prctl, getppid, _exit)
+        // run between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
+                // Its own cgroup first, so that nothing it starts can escape it. Best effort: an
+                // instance that cannot join still has its process group.
+                if let Some(procs) = &procs {
+                    let _ = crate::cgroup::join(procs);
+                }
                 // Its own process group, so stopping it reaches the helpers it forks.
                 nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
                 // The host keeps a private umask for its data dir; user code gets the usual one.
@@ -137,8 +147,12 @@ impl Instance {
         tokio::spawn(async move {
             let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
             tracing::debug!(worker = %worker_name, instance = %instance_id, %status, "worker exited");
-            // Whatever it forked goes with it, and so does its socket.
+            // Whatever it forked goes with it (its group; and, with a cgroup, what left the group
+            // too), and so does its socket.
             kill_group(pid, nix::sys::signal::Signal::SIGKILL);
+            if let Some(cgroup) = cgroup {
+                cgroup.end().await;
+            }
             let _ = std::fs::remove_file(&socket_path);
             let _ = status_tx.send(Some(status));
             let _ = exit_tx.send(true);

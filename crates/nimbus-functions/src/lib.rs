@@ -8,6 +8,7 @@
 mod access;
 mod asynchronous;
 mod by_name;
+mod cgroup;
 mod error;
 mod generation;
 mod index;
@@ -133,6 +134,8 @@ pub struct Functions {
     tokens: access::Tokens,
     /// The reaper (scale-in), the sweeper of asynchronous results, and reloads' drains.
     tasks: nimbus_api::Tasks,
+    /// The node's folder of instance cgroups, when it can make them.
+    cgroups: Option<Arc<cgroup::Cgroups>>,
     reloading: tokio::sync::Mutex<()>,
     /// Replaced generations, possibly still draining; closed at shutdown.
     retired: std::sync::Mutex<Vec<Arc<Inner>>>,
@@ -154,7 +157,16 @@ impl Functions {
     pub async fn start(app: &AppConfig, data_dir: &Path, store: Arc<dyn Store>) -> Result<Self, FunctionsError> {
         let ids = Arc::new(AtomicU64::new(1));
         let tokens = access::Tokens::default();
-        let inner = Arc::new(generation::build(app, data_dir, store.clone(), ids.clone(), &tokens, true).await?);
+        let cgroups = cgroup::Cgroups::open(data_dir, true).map(Arc::new);
+        if cgroups.is_none() {
+            tracing::warn!(
+                "no writable cgroup v2 hierarchy: instances run in their process group only, and processes that \
+                 leave it (setsid, double fork) can outlive their instance"
+            );
+        }
+        let inner = Arc::new(
+            generation::build(app, data_dir, store.clone(), ids.clone(), &tokens, cgroups.clone(), true).await?,
+        );
         let shared = Arc::new(Shared { current: RwLock::new(inner) });
         let tasks = nimbus_api::Tasks::new("functions");
         let ticking = shared.clone();
@@ -176,6 +188,7 @@ impl Functions {
             ids,
             tokens,
             tasks,
+            cgroups,
             reloading: tokio::sync::Mutex::new(()),
             retired: std::sync::Mutex::new(Vec::new()),
         })
@@ -259,7 +272,16 @@ impl Functions {
     pub async fn reload(&self, app: &AppConfig) -> Result<Vec<FunctionInfo>, FunctionsError> {
         let _one_at_a_time = self.reloading.lock().await;
         let fresh = Arc::new(
-            generation::build(app, &self.data_dir, self.store.clone(), self.ids.clone(), &self.tokens, false).await?,
+            generation::build(
+                app,
+                &self.data_dir,
+                self.store.clone(),
+                self.ids.clone(),
+                &self.tokens,
+                self.cgroups.clone(),
+                false,
+            )
+            .await?,
         );
         let list = fresh.list.clone();
         let old = std::mem::replace(&mut *self.shared.current.write().unwrap_or_else(|p| p.into_inner()), fresh);
@@ -298,5 +320,8 @@ impl Functions {
         let closing = generations.iter().flat_map(|g| g.functions.values().map(|t| t.pool.close()));
         futures_util::future::join_all(closing).await;
         self.tasks.shutdown(deadline.saturating_duration_since(tokio::time::Instant::now())).await;
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove().await;
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{App, admin_token};
+use support::{App, admin_token, wait_until};
 
 const APP_PY: &str = r#"
 import os, time
@@ -41,6 +41,17 @@ async def chatty(req, ctx):
     await asyncio.sleep(1.2)
     print("chatty done")
     return {"ok": True}
+
+@app.http("/escape", methods=["POST"])
+async def escape(req, ctx):
+    import subprocess
+    # A new session: out of the instance's process group, out of reach of a group signal.
+    child = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    return {"pid": child.pid}
+
+@app.http("/die", methods=["POST"])
+async def die(req, ctx):
+    os._exit(3)
 
 @app.http("/stuck", methods=["GET"])
 async def stuck(req, ctx):
@@ -209,4 +220,31 @@ async fn rate_limits_by_ip_read_forwarded_for_only_from_trusted_proxies() {
     assert_eq!(status(&node, "1.1.1.1").await, 200);
     assert_eq!(status(&node, "2.2.2.2").await, 200);
     assert_eq!(status(&node, "1.1.1.1").await, 429);
+}
+
+/// Whether `pid` is gone (or a zombie waiting to be reaped).
+fn gone(pid: i64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[tokio::test]
+async fn processes_that_leave_their_instance_s_group_end_with_the_instance() {
+    let app = python_app("[functions.escape]\nmin_instances = 1\n\n[[routes]]\npath = \"/*\"\nauth = \"anonymous\"\n");
+    let node = app.start(&[]);
+    if node.stderr().contains("no writable cgroup v2 hierarchy") {
+        // Not root and no delegated cgroup here: the node said so at start, which is what it can do.
+        eprintln!("cgroups unavailable on this machine: confinement not testable, the node warned");
+        return;
+    }
+    let client = reqwest::Client::new();
+    let body: Value = client.post(node.url("/escape")).send().await.unwrap().json().await.unwrap();
+    let pid = body["pid"].as_i64().unwrap();
+    assert!(!gone(pid), "the escaped process runs");
+    // Its instance ends (here: the node stops it); what it started ends with it.
+    let mut node = node;
+    node.signal_and_wait("TERM", Duration::from_secs(15));
+    wait_until("the escaped process was killed with its instance", Duration::from_secs(10), async || gone(pid)).await;
 }
