@@ -11,6 +11,7 @@
 
 mod access;
 pub mod body;
+pub mod extract;
 mod invoke;
 mod source;
 mod tasks;

@@ -16,12 +16,13 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::TryStreamExt;
 use nimbus_api::ApiError;
+use nimbus_api::extract::{Path, Query};
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -4,10 +4,11 @@
 //! A client that goes away cancels the invocation.
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use nimbus_api::extract::Path;
 use nimbus_api::{ApiError, Call, InvokeError, Invoker, TraceContext};
 use serde::Deserialize;
 

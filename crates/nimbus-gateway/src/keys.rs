@@ -186,8 +186,9 @@ fn now() -> u64 {
 /// `/_nimbus/admin/keys` (list, create) and `/_nimbus/admin/keys/{id}` (show, revoke with
 /// DELETE); the binary puts them behind the admin token.
 pub fn admin_router(keys: ApiKeys) -> axum::Router {
-    use axum::extract::{Path, State};
+    use axum::extract::State;
     use axum::routing::get;
+    use nimbus_api::extract::Path;
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]

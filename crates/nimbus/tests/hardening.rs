@@ -248,3 +248,23 @@ async fn processes_that_leave_their_instance_s_group_end_with_the_instance() {
     node.signal_and_wait("TERM", Duration::from_secs(15));
     wait_until("the escaped process was killed with its instance", Duration::from_secs(10), async || gone(pid)).await;
 }
+
+#[tokio::test]
+async fn malformed_paths_and_queries_answer_in_the_json_error_shape() {
+    let app = python_app("");
+    let node = app.start(&[]);
+    let client = reqwest::Client::new();
+    let token = admin_token(&app);
+    for (method, path) in [
+        ("GET", "/_nimbus/invocations/%FF%FE"),
+        ("POST", "/_nimbus/admin/functions/%FF/invoke"),
+        ("GET", "/_nimbus/blob/uploads?max=many"),
+        ("GET", "/_nimbus/blob/uploads/a.txt?exp=soon&sig=x"),
+    ] {
+        let request = client.request(method.parse().unwrap(), node.url(path)).bearer_auth(&token);
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{method} {path}");
+        let body: Value = resp.json().await.unwrap_or_else(|e| panic!("{method} {path}: not JSON: {e}"));
+        assert_eq!(body["error"]["code"], "invalid_request", "{method} {path}: {body}");
+    }
+}
