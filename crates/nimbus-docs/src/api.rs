@@ -4,22 +4,24 @@
 //!   `GET /_nimbus/docs/{container}/items?pk=&continuation=&maxItems=` (read feed),
 //!   `GET|PUT|PATCH|DELETE /_nimbus/docs/{container}/items/{id}?pk=…` (`If-Match` on writes);
 //! - `POST /_nimbus/docs/{container}/query` with `{"query", "parameters", "partitionKey",
-//!   "continuation", "maxItems"}`;
+//!   "continuation", "maxItems"}` (a page ends at `maxItems` rows or past 4 MB);
 //! - `POST /_nimbus/docs/{container}/batch` with `{"partitionKey", "operations"}`;
 //! - `GET /_nimbus/docs/{container}/feed?pk=&continuation=&maxItems=&startFrom=now|beginning` (change
 //!   feed).
 //!
 //! `pk` is the partition key value: JSON (`"a"`, `5`, `true`, `null`) or, when it does not parse
 //! as JSON, the string itself. Callers need the admin token or a function's grant
-//! (`docs:<container>:r|rw`).
+//! (`docs:<container>:r|rw`). Every error is in the JSON error shape: bodies are read as bytes and
+//! parsed here, path and query strings through `nimbus_api::extract`.
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use nimbus_api::ApiError;
+use nimbus_api::extract::{Path, Query};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -60,7 +62,11 @@ pub(crate) fn error(e: &DocsError) -> ApiError {
         DocsError::Unique(_) => (StatusCode::CONFLICT, "unique_key_violation"),
         DocsError::Precondition(_) => (StatusCode::PRECONDITION_FAILED, "precondition_failed"),
         DocsError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "item_too_large"),
+        DocsError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
         DocsError::Query(_) => (StatusCode::BAD_REQUEST, "invalid_query"),
+        DocsError::TooExpensive(_) => (StatusCode::BAD_REQUEST, "query_too_expensive"),
+        DocsError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "query_timeout"),
+        DocsError::Continuation(_) => (StatusCode::BAD_REQUEST, "invalid_continuation"),
         DocsError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
         DocsError::Batch { source, .. } => {
             let inner = error(source);
@@ -81,15 +87,35 @@ fn respond(result: Result<Response, DocsError>) -> Response {
 /// A request body, refused with our error shape when it is too big or cut off.
 type Body = Result<Bytes, axum::extract::rejection::BytesRejection>;
 
+/// What a body is, for the message that refuses it.
+#[derive(Clone, Copy)]
+enum BodyOf {
+    /// An item: too large is `item_too_large`.
+    Item,
+    /// Anything else (`"the query body"`): too large is `payload_too_large`.
+    Other(&'static str),
+}
+
+/// Bodies are at most this large: an item, and room for the JSON around it.
+const MAX_BODY: usize = MAX_ITEM_BYTES + 64 * 1024;
+
 /// A JSON body, refused with a clear message when it is not JSON or too big.
-fn json_body(body: &Body) -> Result<Value, DocsError> {
+fn json_body(body: &Body, of: BodyOf) -> Result<Value, DocsError> {
+    let too_large = |size: Option<usize>| match of {
+        BodyOf::Item => DocsError::TooLarge(size.unwrap_or(BODY_LIMIT)),
+        BodyOf::Other(what) => DocsError::BodyTooLarge {
+            what,
+            size: size.map_or_else(|| format!("over {BODY_LIMIT}"), |n| n.to_string()),
+            limit: MAX_BODY,
+        },
+    };
     let bytes = match body {
         Ok(bytes) => bytes,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(DocsError::TooLarge(BODY_LIMIT)),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large(None)),
         Err(e) => return Err(DocsError::Invalid(format!("the body could not be read: {}", e.body_text()))),
     };
-    if bytes.len() > MAX_ITEM_BYTES + 64 * 1024 {
-        return Err(DocsError::TooLarge(bytes.len()));
+    if bytes.len() > MAX_BODY {
+        return Err(too_large(Some(bytes.len())));
     }
     serde_json::from_slice(bytes).map_err(|e| DocsError::Invalid(format!("the body is not valid JSON: {e}")))
 }
@@ -165,7 +191,7 @@ async fn put_container(State(api): State<Api>, headers: HeaderMap, Path(name): P
         return refusal;
     }
     let result = async {
-        let mut value = json_body(&body)?;
+        let mut value = json_body(&body, BodyOf::Other("the container definition"))?;
         if let Some(map) = value.as_object_mut() {
             map.insert("name".into(), Value::String(name));
         }
@@ -196,7 +222,7 @@ async fn create_item(
     let upsert =
         headers.get("x-nimbus-upsert").and_then(|v| v.to_str().ok()).is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let result = async {
-        let item = json_body(&body)?;
+        let item = json_body(&body, BodyOf::Item)?;
         if upsert {
             let (item, created) = api.docs.upsert(&container, item).await?;
             Ok(item_response(if created { StatusCode::CREATED } else { StatusCode::OK }, item))
@@ -276,14 +302,14 @@ async fn item(
                 api.docs.read(&container, &id, &pk).await.map(|i| item_response(StatusCode::OK, i))
             }
             Method::PUT => {
-                let item = json_body(&body)?;
+                let item = json_body(&body, BodyOf::Item)?;
                 api.docs
                     .replace(&container, &id, &pk, item, if_match.as_deref())
                     .await
                     .map(|i| item_response(StatusCode::OK, i))
             }
             Method::PATCH => {
-                let ops = json_body(&body)?;
+                let ops = json_body(&body, BodyOf::Other("the patch"))?;
                 let ops = ops.get("operations").cloned().unwrap_or(ops);
                 let ops: Vec<PatchOp> = serde_json::from_value(ops).map_err(|e| {
                     DocsError::Invalid(format!("a patch is a list of {{\"op\", \"path\", \"value\"}}: {e}"))
@@ -336,7 +362,7 @@ async fn run_query(State(api): State<Api>, headers: HeaderMap, Path(container): 
         return refusal;
     }
     let result = async {
-        let request: QueryRequest = serde_json::from_value(json_body(&body)?).map_err(|e| {
+        let request: QueryRequest = serde_json::from_value(json_body(&body, BodyOf::Other("the query body"))?).map_err(|e| {
             DocsError::Invalid(format!(
                 "a query is {{\"query\", \"parameters\"?, \"partitionKey\"?, \"continuation\"?, \"maxItems\"?}}: {e}"
             ))
@@ -380,7 +406,7 @@ async fn batch(State(api): State<Api>, headers: HeaderMap, Path(container): Path
         return refusal;
     }
     let result = async {
-        let request: BatchRequest = serde_json::from_value(json_body(&body)?)
+        let request: BatchRequest = serde_json::from_value(json_body(&body, BodyOf::Other("the batch"))?)
             .map_err(|e| DocsError::Invalid(format!("a batch is {{\"partitionKey\", \"operations\": [{{\"op\": \"create\"|\"upsert\"|\"replace\"|\"delete\"|\"read\"|\"patch\", …}}]}}: {e}")))?;
         let results = api.docs.batch(&container, &request.partition_key, request.operations).await?;
         let results: Vec<Value> =

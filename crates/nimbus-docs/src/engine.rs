@@ -5,11 +5,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use nimbus_store::{Expect, Record, Store, StoreError, Write};
 use serde_json::Value;
 
-use crate::model::{self, Container, GONE, INDEX, ITEMS, META, TTL, UNIQUE};
+use crate::model::{self, Container, GONE, INDEX, ITEMS, META, SECRET, TTL, UNIQUE};
 use crate::patch::{self, PatchOp};
 use crate::query;
 
@@ -20,6 +22,12 @@ pub const MAX_DEPTH: usize = 64;
 /// Writes retried after losing a race, when the caller set no `If-Match` (with a growing,
 /// jittered pause, so that many writers of one item all get through).
 const RETRIES: u32 = 64;
+/// How long a query may take, from its arrival (waiting for an evaluator included) to its page.
+/// Cosmos DB answers 408 past its own limit too.
+pub const QUERY_TIME_LIMIT: Duration = Duration::from_secs(10);
+/// A query page stops after the row that takes it to this many bytes (Cosmos DB's 4 MB response
+/// limit), whatever `maxItems` says; the continuation carries on from there.
+pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DocsError {
@@ -40,13 +48,37 @@ pub enum DocsError {
     #[error("container \"{0}\" already exists")]
     ContainerExists(String),
     #[error("{0}")]
-    Query(#[from] query::QueryError),
+    Query(query::QueryError),
+    /// The query needed more memory than [`query::MAX_QUERY_MEMORY`] (the message says so).
+    #[error("{0}")]
+    TooExpensive(String),
+    #[error(
+        "the query ran longer than {}s, the limit; narrow it with a partition key, WHERE or TOP, or ask for \
+         fewer items per page",
+        .0.as_secs()
+    )]
+    Timeout(Duration),
+    #[error("{0}")]
+    Continuation(String),
+    /// A request body other than an item's is too large: what it is, and the limit.
+    #[error("{what} is {size} bytes; at most {limit} bytes")]
+    BodyTooLarge { what: &'static str, size: String, limit: usize },
     #[error("operation {index} failed: {source}")]
     Batch { index: usize, source: Box<DocsError> },
     #[error("the item kept changing under this write; try again")]
     Busy,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<query::QueryError> for DocsError {
+    fn from(e: query::QueryError) -> Self {
+        match e.kind {
+            query::QueryErrorKind::TooExpensive => DocsError::TooExpensive(e.message),
+            query::QueryErrorKind::Timeout | query::QueryErrorKind::Cancelled => DocsError::Timeout(QUERY_TIME_LIMIT),
+            _ => DocsError::Query(e),
+        }
+    }
 }
 
 /// One page of results and where the next one starts.
@@ -98,6 +130,11 @@ pub struct Docs {
     vectors: crate::vectors::Vectors,
     /// The TTL purger, when started by [`Docs::start`].
     pub(crate) tasks: nimbus_api::Tasks,
+    /// Queries evaluate on blocking threads, as many at once as the machine has cores, never on
+    /// the request threads.
+    evaluators: Arc<tokio::sync::Semaphore>,
+    /// The key that signs query continuations (kept in the store, so every node knows it).
+    continuation_key: Arc<tokio::sync::OnceCell<aws_lc_rs::hmac::Key>>,
 }
 
 const CONTAINER_TTL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -120,6 +157,10 @@ impl Docs {
             made: Default::default(),
             vectors: Default::default(),
             tasks: nimbus_api::Tasks::new("docs"),
+            evaluators: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            )),
+            continuation_key: Arc::default(),
         }
     }
 
@@ -626,9 +667,31 @@ impl Docs {
     }
 
     /// Runs a query; the backend narrows the candidates (partition, id, declared indexes), the
-    /// evaluator decides. Results are paged with a continuation.
+    /// evaluator decides, on a blocking thread (at most one per core), within
+    /// [`QUERY_TIME_LIMIT`] and [`query::MAX_QUERY_MEMORY`]. Results are paged with a signed
+    /// continuation; the evaluation stops once the page is full (unless the query must see every
+    /// row), and when the caller stops waiting.
     pub async fn query(
         &self,
+        container: &str,
+        text: &str,
+        params: &query::Params,
+        pk: Option<&Value>,
+        continuation: Option<&str>,
+        max: usize,
+    ) -> Result<Page, DocsError> {
+        let deadline = Instant::now() + QUERY_TIME_LIMIT;
+        let run = self.query_until(deadline, container, text, params, pk, continuation, max);
+        match tokio::time::timeout_at(deadline.into(), run).await {
+            Ok(result) => result,
+            Err(_) => Err(DocsError::Timeout(QUERY_TIME_LIMIT)),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn query_until(
+        &self,
+        deadline: Instant,
         container: &str,
         text: &str,
         params: &query::Params,
@@ -644,27 +707,87 @@ impl Docs {
             }
         }
         let fingerprint = fingerprint(text, params, pk);
-        let offset: usize = match continuation {
+        let skip: u64 = match continuation {
             Some(t) => {
-                let inner = decode_token(t, "q")?;
+                let inner = self.open_token(t, "q").await?;
                 let (offset, print) = inner.split_once(':').ok_or_else(bad_token)?;
                 if print != fingerprint {
-                    return Err(DocsError::Invalid("the continuation belongs to another query".into()));
+                    return Err(DocsError::Continuation("the continuation belongs to another query".into()));
                 }
                 offset.parse().map_err(|_| bad_token())?
             }
             None => 0,
         };
         let candidates = self.candidates(&c, &q, params, pk).await?;
-        // How many items the storage handed the evaluator: a query no partition, id or index
-        // narrows shows here as the container's size.
-        metrics::histogram!("nimbus_docs_query_candidates", "container" => c.name.clone())
-            .record(candidates.len() as f64);
-        let rows = q.execute(candidates.iter(), params)?;
-        let end = (offset + max).min(rows.len());
-        let items = rows.get(offset.min(rows.len())..end).unwrap_or_default().to_vec();
-        let continuation = (end < rows.len()).then(|| encode_token("q", &format!("{end}:{fingerprint}")));
-        Ok(Page { items, continuation })
+        let permit = self.evaluators.clone().acquire_owned().await.map_err(|_| DocsError::Busy)?;
+        // Set when this future is dropped (the client left, the deadline passed) or done: the
+        // evaluator looks at it as it goes and stops.
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _stop = CancelOnDrop(cancel.clone());
+        let limits = query::Limits { memory: query::MAX_QUERY_MEMORY, deadline: Some(deadline), cancel: Some(cancel) };
+        let window = query::Window { skip, rows: max.max(1) as u64, bytes: PAGE_BYTES };
+        let (params, now) = (params.clone(), self.now());
+        let evaluation = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let items = candidates.items(&c, now, &limits)?;
+            // How many items the storage handed the evaluator: a query no partition, id or index
+            // narrows shows here as the container's size.
+            metrics::histogram!("nimbus_docs_query_candidates", "container" => c.name.clone())
+                .record(items.len() as f64);
+            q.run(items.iter(), &params, window, &limits)
+        });
+        let rows = match evaluation.await {
+            Ok(rows) => rows?,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return Err(DocsError::Busy),
+        };
+        let end = skip.saturating_add(rows.rows.len() as u64);
+        let continuation = match rows.more {
+            true => Some(self.seal_token("q", &format!("{end}:{fingerprint}")).await?),
+            false => None,
+        };
+        Ok(Page { items: rows.rows, continuation })
+    }
+
+    /// The key continuations are signed with: made once per store, by whichever node comes first.
+    async fn continuation_key(&self) -> Result<&aws_lc_rs::hmac::Key, DocsError> {
+        self.continuation_key
+            .get_or_try_init(|| async {
+                const KEY: &str = "continuations";
+                let fresh = rand::random::<[u8; 32]>().to_vec();
+                match self.store.commit(vec![Write::put(SECRET, KEY, fresh).expect(Expect::Absent)]).await {
+                    Ok(_) | Err(StoreError::Conflict { .. }) => {}
+                    Err(e) => return Err(DocsError::Store(e)),
+                }
+                let record = self
+                    .store
+                    .get(SECRET, KEY)
+                    .await?
+                    .ok_or_else(|| DocsError::Store(StoreError::Backend("the continuation key vanished".into())))?;
+                Ok(aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &record.value))
+            })
+            .await
+    }
+
+    /// `inner`, readable and signed: `base64(kind:inner).base64(HMAC)`.
+    async fn seal_token(&self, kind: &str, inner: &str) -> Result<String, DocsError> {
+        use base64::Engine;
+        let text = format!("{kind}:{inner}");
+        let tag = aws_lc_rs::hmac::sign(self.continuation_key().await?, text.as_bytes());
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        Ok(format!("{}.{}", b64.encode(text), b64.encode(tag.as_ref())))
+    }
+
+    /// The inner text of a token [`Docs::seal_token`] made for `kind`; anything else, a changed
+    /// or a made-up token, is refused.
+    async fn open_token(&self, token: &str, kind: &str) -> Result<String, DocsError> {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let (text, tag) = token.split_once('.').ok_or_else(bad_token)?;
+        let (text, tag) = (b64.decode(text).map_err(|_| bad_token())?, b64.decode(tag).map_err(|_| bad_token())?);
+        aws_lc_rs::hmac::verify(self.continuation_key().await?, &text, &tag).map_err(|_| bad_token())?;
+        let text = String::from_utf8(text).map_err(|_| bad_token())?;
+        text.strip_prefix(&format!("{kind}:")).map(str::to_owned).ok_or_else(bad_token)
     }
 
     async fn candidates(
@@ -673,11 +796,11 @@ impl Docs {
         q: &query::Query,
         params: &query::Params,
         pk: Option<&Value>,
-    ) -> Result<Vec<Value>, DocsError> {
+    ) -> Result<Candidates, DocsError> {
         if pk.is_none()
             && let Some(found) = self.nearest(c, q, params).await?
         {
-            return Ok(found);
+            return Ok(Candidates::Items(found));
         }
         let equalities = q.equalities(params)?;
         let values_of = |path: &[String]| equalities.iter().find(|(p, _)| p.as_slice() == path).map(|(_, v)| v.clone());
@@ -685,7 +808,6 @@ impl Docs {
             Some(pk) => Some(vec![pk.clone()]),
             None => values_of(&c.pk_path()),
         };
-        let now = self.now();
         let mut records = Vec::new();
         if let Some(partitions) = &partitions {
             let ids = values_of(&["id".to_owned()]);
@@ -718,7 +840,7 @@ impl Docs {
         // Key order, as a scan gives: pages of a query without ORDER BY must see one order.
         records.sort_by(|a, b| a.key.cmp(&b.key));
         records.dedup_by(|a, b| a.key == b.key);
-        Ok(records.iter().filter_map(|r| visible(c, r, now)).collect())
+        Ok(Candidates::Records(records))
     }
 
     /// For a nearest-neighbour query: its candidates from the node's vector index (twice as many
@@ -840,6 +962,40 @@ impl Docs {
             }
         }
         Ok(purged)
+    }
+}
+
+/// What the storage hands a query's evaluator: records (decoded on the evaluator's thread) or, from
+/// the vector index, items.
+enum Candidates {
+    Records(Vec<Record>),
+    Items(Vec<Value>),
+}
+
+impl Candidates {
+    /// The items still alive; stops at the query's deadline or cancellation.
+    fn items(self, c: &Container, now: i64, limits: &query::Limits) -> Result<Vec<Value>, query::QueryError> {
+        let records = match self {
+            Candidates::Items(items) => return Ok(items),
+            Candidates::Records(records) => records,
+        };
+        let mut items = Vec::with_capacity(records.len());
+        for (i, record) in records.iter().enumerate() {
+            if i.is_multiple_of(256) {
+                limits.check()?;
+            }
+            items.extend(visible(c, record, now));
+        }
+        Ok(items)
+    }
+}
+
+/// Sets its flag when dropped: a query's evaluator stops when its caller stops waiting.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -1012,5 +1168,5 @@ fn decode_token(token: &str, kind: &str) -> Result<String, DocsError> {
 }
 
 fn bad_token() -> DocsError {
-    DocsError::Invalid("the continuation token is not one this endpoint gave".into())
+    DocsError::Continuation("the continuation token is not one this endpoint gave".into())
 }

@@ -23,7 +23,7 @@ pub mod query;
 mod vectors;
 
 pub use api::router;
-pub use engine::{BatchOp, Docs, DocsError, MAX_DEPTH, MAX_ITEM_BYTES, Page};
+pub use engine::{BatchOp, Docs, DocsError, MAX_DEPTH, MAX_ITEM_BYTES, PAGE_BYTES, Page, QUERY_TIME_LIMIT};
 pub use model::{Container, from_manifest};
 pub use patch::PatchOp;
 

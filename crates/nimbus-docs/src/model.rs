@@ -10,7 +10,9 @@
 //! - `docs-ttl` · `<expiry seconds, 12 digits>/<container>/<pk>/<id>`: what the purger deletes, in
 //!   expiry order;
 //! - `docs-gone` · `<container>/<pk>/<id>`: a deleted item's tombstone, for caches that follow the
-//!   change feed (kept an hour).
+//!   change feed (kept an hour);
+//! - `docs-secret` · `continuations`: the key that signs query continuations (made by the first
+//!   node that needs it).
 //!
 //! `<pk>` and index values are canonical JSON (numbers normalised, so 1 and 1.0 are one key) with
 //! `%` and `/` percent-encoded, so no value can forge a key boundary.
@@ -28,6 +30,8 @@ pub(crate) const META: &str = "docs-meta";
 /// Tombstones: `<container>/<pk>/<id>` of deleted items (value: when, Unix seconds), so caches
 /// that follow the change feed (`vectors.rs`) learn of deletes.
 pub(crate) const GONE: &str = "docs-gone";
+/// The component's secrets: `continuations`, the key query continuations are signed with.
+pub(crate) const SECRET: &str = "docs-secret";
 
 /// Properties the service owns: stripped from what clients send.
 pub(crate) const SYSTEM: [&str; 6] = ["_etag", "_lsn", "_ts", "_rid", "_self", "_attachments"];

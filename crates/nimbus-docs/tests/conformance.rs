@@ -299,7 +299,7 @@ async fn queries_page_with_continuations(db: &TestDb) {
     }
     assert_eq!(seen, [json!("p2"), json!("p0"), json!("p4"), json!("p1"), json!("p3")]);
     let other = d.query("people", "SELECT * FROM c", &p, None, Some("bm90IG91cnM"), 2).await;
-    assert!(matches!(other, Err(DocsError::Invalid(_))));
+    assert!(matches!(other, Err(DocsError::Continuation(_))));
 }
 
 async fn feeds_read_in_key_and_change_order(db: &TestDb) {

@@ -1,6 +1,7 @@
 //! Expression evaluation with Cosmos DB's semantics: `undefined` propagates through operators,
 //! comparisons across types are undefined, AND/OR/NOT are three-valued, arithmetic on non-numbers
-//! is undefined.
+//! is undefined. What it builds is charged to the run's [`Budget`] first; once the budget has
+//! stopped, everything is undefined (and the pipeline answers the budget's error).
 
 use std::cmp::Ordering;
 
@@ -8,25 +9,32 @@ use serde_json::{Map, Value};
 
 use super::Params;
 use super::ast::{BinOp, Expr, UnOp};
+use super::budget::{Budget, MAP, MAX_STRING_BYTES, NODE};
 use super::functions;
 use super::value::{Num, V, compare, equals};
 
 /// What an expression can see: the aliases' values, the parameters, and, when projecting a group,
-/// its keys and aggregate results.
+/// its keys and aggregate results; and the budget it builds within.
 pub(crate) struct Env<'a, 'r> {
     pub vars: &'r [V<'a>],
     pub params: &'a Params,
     pub group: Option<(&'r [V<'a>], &'r [V<'a>])>,
+    pub budget: &'r Budget,
 }
 
 pub(crate) fn eval<'a>(e: &'a Expr, env: &Env<'a, '_>) -> V<'a> {
+    let budget = env.budget;
+    if !budget.ok() {
+        return V::Undef;
+    }
+    let copy = |v: Option<&V<'a>>| v.map_or(V::Undef, |v| budget.copy(v));
     match e {
         Expr::Const(v) => V::Ref(v),
         Expr::Undefined | Expr::Ident(..) | Expr::Agg(..) => V::Undef,
         Expr::Param(p) => env.params.get(p).map_or(V::Undef, V::Ref),
-        Expr::Var(i) => env.vars.get(*i).cloned().unwrap_or(V::Undef),
-        Expr::AggRef(i) => env.group.and_then(|(_, aggs)| aggs.get(*i).cloned()).unwrap_or(V::Undef),
-        Expr::GroupKey(i) => env.group.and_then(|(keys, _)| keys.get(*i).cloned()).unwrap_or(V::Undef),
+        Expr::Var(i) => copy(env.vars.get(*i)),
+        Expr::AggRef(i) => copy(env.group.and_then(|(_, aggs)| aggs.get(*i))),
+        Expr::GroupKey(i) => copy(env.group.and_then(|(keys, _)| keys.get(*i))),
         Expr::Prop(base, name) => eval(base, env).prop(name),
         Expr::Index(base, idx) => {
             let base = eval(base, env);
@@ -67,7 +75,7 @@ pub(crate) fn eval<'a>(e: &'a Expr, env: &Env<'a, '_>) -> V<'a> {
             V::Undef => eval(b, env),
             v => v,
         },
-        Expr::Binary(op, a, b) => binary(*op, eval(a, env), eval(b, env)),
+        Expr::Binary(op, a, b) => binary(*op, eval(a, env), eval(b, env), budget),
         Expr::Ternary(c, a, b) => match eval(c, env).as_bool() {
             Some(true) => eval(a, env),
             Some(false) => eval(b, env),
@@ -103,16 +111,35 @@ pub(crate) fn eval<'a>(e: &'a Expr, env: &Env<'a, '_>) -> V<'a> {
                 }
             };
             match (x.as_str(), p.as_str()) {
-                (Some(s), Some(p)) => V::bool(like(s, p, esc) != *negated),
+                (Some(s), Some(p)) => match like(s, p, esc, budget) {
+                    Some(found) => V::bool(found != *negated),
+                    None => V::Undef,
+                },
                 _ => V::Undef,
             }
         }
-        Expr::Call(f, args) => functions::call(*f, args.iter().map(|a| eval(a, env)).collect()),
-        Expr::Array(items) => V::Own(Value::Array(items.iter().filter_map(|i| eval(i, env).into_value()).collect())),
+        Expr::Call(f, args) => {
+            if !budget.tick() {
+                return V::Undef;
+            }
+            functions::call(*f, args.iter().map(|a| eval(a, env)).collect(), budget)
+        }
+        Expr::Array(items) => {
+            if !budget.charge(NODE * (1 + items.len())) {
+                return V::Undef;
+            }
+            V::Own(Value::Array(items.iter().filter_map(|i| budget.own(eval(i, env))).collect()))
+        }
         Expr::Object(fields) => {
+            if !fields.is_empty() && !budget.charge(MAP) {
+                return V::Undef;
+            }
             let mut m = Map::new();
             for (k, x) in fields {
-                if let Some(v) = eval(x, env).into_value() {
+                if !budget.charge(NODE + k.len()) {
+                    return V::Undef;
+                }
+                if let Some(v) = budget.own(eval(x, env)) {
                     m.insert(k.clone(), v);
                 }
             }
@@ -143,7 +170,7 @@ fn unary<'a>(op: UnOp, x: V<'a>) -> V<'a> {
     }
 }
 
-fn binary<'a>(op: BinOp, a: V<'a>, b: V<'a>) -> V<'a> {
+fn binary<'a>(op: BinOp, a: V<'a>, b: V<'a>, budget: &Budget) -> V<'a> {
     match op {
         BinOp::Eq => equals(a.get(), b.get()).map_or(V::Undef, V::bool),
         BinOp::Ne => equals(a.get(), b.get()).map_or(V::Undef, |e| V::bool(!e)),
@@ -157,7 +184,9 @@ fn binary<'a>(op: BinOp, a: V<'a>, b: V<'a>) -> V<'a> {
             None => V::Undef,
         },
         BinOp::Concat => match (a.as_str(), b.as_str()) {
-            (Some(x), Some(y)) => V::Own(Value::String(format!("{x}{y}"))),
+            (Some(x), Some(y)) if x.len() + y.len() <= MAX_STRING_BYTES && budget.charge(NODE + x.len() + y.len()) => {
+                V::Own(Value::String(format!("{x}{y}")))
+            }
             _ => V::Undef,
         },
         _ => match (a.num(), b.num()) {
@@ -206,14 +235,24 @@ fn arith<'a>(op: BinOp, x: Num, y: Num) -> V<'a> {
 }
 
 /// `LIKE`: `%` any run of characters, `_` one character, `[abc]`, `[a-z]`, `[^…]` one character of
-/// (or not of) a set; `escape` makes the next character literal.
-pub(crate) fn like(s: &str, pattern: &str, escape: Option<char>) -> bool {
+/// (or not of) a set; `escape` makes the next character literal. `None` when the budget stopped it.
+pub(crate) fn like(s: &str, pattern: &str, escape: Option<char>, budget: &Budget) -> Option<bool> {
+    // The text as characters, the pattern as tokens.
+    if !budget.charge(4 * s.len() + NODE * pattern.len()) {
+        return None;
+    }
     let pat = compile_like(pattern, escape);
     let s: Vec<char> = s.chars().collect();
-    // Greedy matching with backtracking to the last `%`: O(len(s) * len(pattern)) at worst.
+    // Greedy matching with backtracking to the last `%`: O(len(s) * len(pattern)) at worst, so
+    // the budget's clock is looked at as it goes.
     let (mut i, mut j) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
+    let mut steps = 0u32;
     while i < s.len() {
+        steps = steps.wrapping_add(1);
+        if steps.is_multiple_of(4096) && !budget.tick() {
+            return None;
+        }
         if j < pat.len() && !matches!(pat[j], Like::Any) && pat[j].one(s[i]) {
             i += 1;
             j += 1;
@@ -225,10 +264,10 @@ pub(crate) fn like(s: &str, pattern: &str, escape: Option<char>) -> bool {
             i = si + 1;
             star = Some((sj, si + 1));
         } else {
-            return false;
+            return Some(false);
         }
     }
-    pat[j..].iter().all(|p| matches!(p, Like::Any))
+    Some(pat[j..].iter().all(|p| matches!(p, Like::Any)))
 }
 
 enum Like {
@@ -302,7 +341,11 @@ fn compile_like(pattern: &str, escape: Option<char>) -> Vec<Like> {
 
 #[cfg(test)]
 mod tests {
-    use super::like;
+    use super::super::budget::{Budget, Limits};
+
+    fn like(s: &str, pattern: &str, escape: Option<char>) -> bool {
+        super::like(s, pattern, escape, &Budget::new(&Limits::default())).unwrap()
+    }
 
     #[test]
     fn like_patterns() {

@@ -1,27 +1,34 @@
 //! Running a plan over candidate items: FROM (path, iteration, JOINs) → WHERE → GROUP BY and
-//! aggregates → projection → DISTINCT → ORDER BY → OFFSET/LIMIT → TOP.
+//! aggregates → projection → DISTINCT → ORDER BY → OFFSET/LIMIT → TOP → the page ([`Window`]).
 //!
-//! Rows borrow from the items; values are cloned only for the rows returned. ORDER BY with a bound
-//! (TOP, or OFFSET + LIMIT) keeps only the best `bound` rows as it goes (a partial selection every
-//! `2 × bound` rows, O(n) overall) instead of sorting everything; without ORDER BY the scan stops
-//! as soon as the bound is reached.
+//! Rows are made one at a time (JOINs expand depth first over the elements, borrowed from the items
+//! or owned by the join level that computed the array) and handed on at once. Without ORDER BY or
+//! grouping the scan stops as soon as the page is full and one more row is known to exist, or
+//! TOP/LIMIT is reached; rows before the page are counted, not projected. ORDER BY with a bound
+//! (TOP, OFFSET + LIMIT, or the page's end) keeps only the best `bound` rows as it goes (a partial
+//! selection every `2 × bound` rows, O(n) overall) and projects only the page. Values are cloned
+//! only for the rows returned. Everything kept (rows waiting for ORDER BY, groups, DISTINCT's keys,
+//! the page) is charged to the run's [`Budget`], which every row checks.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
 use super::ast::{AggFn, Count, Projection, Step};
+use super::budget::{Budget, Limits, NODE, owned_size, size};
 use super::eval::{Env, eval};
 use super::plan::Plan;
 use super::value::{Num, V, canonical_key, total_cmp};
-use super::{Params, QueryError};
+use super::{Params, QueryError, Rows, Window};
 
 pub(crate) fn execute<'a, 'i: 'a>(
     plan: &'a Plan,
     items: impl IntoIterator<Item = &'i Value>,
     params: &'a Params,
-) -> Result<Vec<Value>, QueryError> {
+    window: Window,
+    limits: &Limits,
+) -> Result<Rows, QueryError> {
     let items = items.into_iter().map(|v| -> &'a Value { v });
     for p in &plan.params {
         if !params.contains_key(p) {
@@ -39,29 +46,20 @@ pub(crate) fn execute<'a, 'i: 'a>(
         (Some(l), Some(t)) => Some(l.min(t)),
         (l, t) => l.or(t),
     };
-    let bound = take.map(|t| t.saturating_add(offset));
-    let mut run = Run { plan, params, out: Vec::new() };
+    let budget = Budget::new(limits);
+    let mut emit = Emit::new(&budget, s.distinct, offset, take, window);
+    let run = Run { plan, params, budget: &budget };
     if plan.grouped {
-        run.grouped(items)?;
+        run.grouped(items, &mut emit)?;
     } else if !s.order_by.is_empty() {
-        run.ordered(items, if s.distinct { None } else { bound })?;
+        // The sorted rows the page needs: through its end, and one more to tell whether more follow.
+        let through = window.skip.saturating_add(window.rows).saturating_add(1).min(take.unwrap_or(u64::MAX));
+        run.ordered(items, (!s.distinct).then(|| offset.saturating_add(through)), &mut emit)?;
     } else {
-        run.unordered(items, if s.distinct { None } else { bound })?;
+        run.unordered(items, &mut emit)?;
     }
-    let mut out = run.out;
-    if s.distinct {
-        let mut seen = std::collections::HashSet::new();
-        out.retain(|v| {
-            let mut k = String::new();
-            canonical_key(Some(v), &mut k);
-            seen.insert(k)
-        });
-    }
-    let out: Vec<Value> = out.into_iter().skip(offset.min(usize::MAX as u64) as usize).collect();
-    Ok(match take {
-        Some(t) => out.into_iter().take(t.min(usize::MAX as u64) as usize).collect(),
-        None => out,
-    })
+    budget.result()?;
+    Ok(Rows { rows: emit.out, more: emit.more })
 }
 
 fn count(c: &Count, params: &Params, clause: &str) -> Result<u64, QueryError> {
@@ -80,40 +78,151 @@ fn count(c: &Count, params: &Params, clause: &str) -> Result<u64, QueryError> {
     }
 }
 
-struct Run<'a> {
-    plan: &'a Plan,
-    params: &'a Params,
-    out: Vec<Value>,
+/// Where the next row of the (deduplicated) result goes.
+#[derive(Clone, Copy)]
+enum Slot {
+    /// Before OFFSET and the page: counted only.
+    Skip,
+    Page,
+    /// After a full page: it only says that more follow.
+    More,
 }
 
-/// A row waiting to be ordered: its sort keys, its aliases' values, and its arrival number (ties
-/// keep arrival order).
+/// The end of the pipeline: DISTINCT, OFFSET/LIMIT/TOP and the page, over the rows in their final
+/// order. Tells the producers when to stop.
+struct Emit<'b> {
+    budget: &'b Budget,
+    /// DISTINCT: the canonical keys of the values seen.
+    seen: Option<HashSet<String>>,
+    /// Rows of the result passed so far.
+    index: u64,
+    /// The page's first row (OFFSET plus the window's skip) and the result's end (OFFSET plus TOP
+    /// or LIMIT).
+    start: u64,
+    end: u64,
+    rows: u64,
+    max_bytes: usize,
+    out: Vec<Value>,
+    bytes: usize,
+    more: bool,
+}
+
+impl<'b> Emit<'b> {
+    fn new(budget: &'b Budget, distinct: bool, offset: u64, take: Option<u64>, w: Window) -> Emit<'b> {
+        Emit {
+            budget,
+            seen: distinct.then(HashSet::new),
+            index: 0,
+            start: offset.saturating_add(w.skip),
+            end: take.map_or(u64::MAX, |t| offset.saturating_add(t)),
+            rows: w.rows,
+            max_bytes: w.bytes,
+            out: Vec::new(),
+            bytes: 0,
+            more: false,
+        }
+    }
+
+    fn slot(&self) -> Option<Slot> {
+        if self.index >= self.end {
+            None
+        } else if self.index < self.start {
+            Some(Slot::Skip)
+        } else if (self.out.len() as u64) < self.rows && (self.out.is_empty() || self.bytes < self.max_bytes) {
+            Some(Slot::Page)
+        } else {
+            Some(Slot::More)
+        }
+    }
+
+    /// The next row in order: `value` projects it (`None`: left out, as `SELECT VALUE` of
+    /// undefined), `omitted` tells that without building it. Answers whether to go on.
+    fn offer(
+        &mut self,
+        value: impl FnOnce() -> Option<Value>,
+        omitted: impl FnOnce() -> bool,
+    ) -> Result<bool, QueryError> {
+        let Some(slot) = self.slot() else { return Ok(false) };
+        let value = if self.seen.is_some() || matches!(slot, Slot::Page) {
+            match value() {
+                Some(v) => Some(v),
+                None => return self.budget.result().map(|()| true),
+            }
+        } else if omitted() {
+            return self.budget.result().map(|()| true);
+        } else {
+            None
+        };
+        self.budget.result()?;
+        if let (Some(seen), Some(v)) = (&mut self.seen, &value) {
+            let mut key = String::new();
+            canonical_key(Some(v), &mut key);
+            if seen.contains(&key) {
+                return Ok(true);
+            }
+            self.budget.keep(NODE + key.len());
+            self.budget.result()?;
+            seen.insert(key);
+        }
+        match (slot, value) {
+            (Slot::Page, Some(v)) => {
+                let n = size(&v);
+                self.budget.keep(n);
+                self.budget.result()?;
+                self.bytes = self.bytes.saturating_add(n);
+                self.out.push(v);
+            }
+            (Slot::More, _) => {
+                self.more = true;
+                return Ok(false);
+            }
+            _ => {}
+        }
+        self.index += 1;
+        Ok(self.index < self.end)
+    }
+}
+
+struct Run<'a, 'b> {
+    plan: &'a Plan,
+    params: &'a Params,
+    budget: &'b Budget,
+}
+
+/// A row waiting to be ordered: its sort keys, its aliases' values, its arrival number (ties keep
+/// arrival order), and what it holds (charged to the budget).
 struct Pending<'a> {
     keys: Vec<V<'a>>,
     vars: Vec<V<'a>>,
     seq: usize,
+    bytes: usize,
 }
 
-impl<'a> Run<'a> {
-    fn env<'r>(&self, vars: &'r [V<'a>]) -> Env<'a, 'r> {
-        Env { vars, params: self.params, group: None }
+/// Called with each row (the aliases' values); answers whether to go on.
+type Sink<'s, 'a> = dyn FnMut(&[V<'a>]) -> Result<bool, QueryError> + 's;
+
+impl<'a, 'b> Run<'a, 'b> {
+    fn env<'r>(&'r self, vars: &'r [V<'a>]) -> Env<'a, 'r> {
+        Env { vars, params: self.params, group: None, budget: self.budget }
     }
 
-    /// Calls `f` on each row (the values of the aliases) that passes WHERE; `f` returns false to stop.
+    /// Calls `f` on each row that passes WHERE, until `f` answers false.
     fn rows(
         &self,
         items: impl IntoIterator<Item = &'a Value>,
-        mut f: impl FnMut(Vec<V<'a>>) -> Result<bool, QueryError>,
+        mut f: impl FnMut(&[V<'a>]) -> Result<bool, QueryError>,
     ) -> Result<(), QueryError> {
         let s = &self.plan.select;
         let Some(from) = &s.from else {
             // No FROM: one row with nothing in scope.
-            if self.passes(&[]) {
-                f(Vec::new())?;
+            if self.passes(&[])? {
+                f(&[])?;
             }
             return Ok(());
         };
+        let mut stack: Vec<V<'a>> = Vec::with_capacity(1 + from.joins.len());
         for item in items {
+            self.budget.step()?;
             let mut source = V::Ref(item);
             for step in &from.path {
                 source = match step {
@@ -121,74 +230,79 @@ impl<'a> Run<'a> {
                     Step::Index(i) => source.index(*i),
                 };
             }
-            let starts: Vec<V<'a>> = if from.iterate {
-                match source {
-                    V::Ref(Value::Array(a)) => a.iter().map(V::Ref).collect(),
-                    _ => Vec::new(),
-                }
-            } else if source.is_undef() {
-                Vec::new()
-            } else {
-                vec![source]
+            let go = match source {
+                V::Ref(Value::Array(a)) if from.iterate => self.each(&mut stack, &mut f, a.iter().map(V::Ref))?,
+                _ if from.iterate => true,
+                V::Undef => true,
+                v => self.each(&mut stack, &mut f, std::iter::once(v))?,
             };
-            for start in starts {
-                let mut go_on = true;
-                self.join(vec![start], &mut |vars| {
-                    if self.passes(&vars) {
-                        go_on = f(vars)?;
-                    }
-                    Ok(go_on)
-                })?;
-                if !go_on {
-                    return Ok(());
-                }
+            if !go {
+                break;
             }
         }
         Ok(())
     }
 
-    /// Expands the JOINs after the ones already bound in `vars`.
-    fn join(
+    /// Binds each element in turn to the next alias and expands the JOINs after it.
+    fn each(
         &self,
-        vars: Vec<V<'a>>,
-        f: &mut dyn FnMut(Vec<V<'a>>) -> Result<bool, QueryError>,
+        stack: &mut Vec<V<'a>>,
+        f: &mut Sink<'_, 'a>,
+        elements: impl Iterator<Item = V<'a>>,
     ) -> Result<bool, QueryError> {
-        let joins = &self.plan.select.from.as_ref().map_or(&[][..], |f| &f.joins[..]);
-        let Some(join) = joins.get(vars.len() - 1) else { return f(vars) };
-        let value = eval(&join.source, &self.env(&vars));
-        let elements: Vec<V<'a>> = match value {
-            V::Undef => Vec::new(),
-            v if !join.iterate => vec![v],
-            V::Ref(Value::Array(a)) => a.iter().map(V::Ref).collect(),
-            V::Own(Value::Array(a)) => a.into_iter().map(V::Own).collect(),
-            _ => Vec::new(),
-        };
         for e in elements {
-            let mut next = vars.clone();
-            next.push(e);
-            if !self.join(next, f)? {
+            self.budget.step()?;
+            stack.push(e);
+            let go = self.join(stack, f);
+            stack.pop();
+            if !go? {
                 return Ok(false);
             }
         }
         Ok(true)
     }
 
-    fn passes(&self, vars: &[V<'a>]) -> bool {
-        match &self.plan.select.filter {
-            None => true,
-            Some(w) => eval(w, &self.env(vars)).as_bool() == Some(true),
-        }
+    /// Expands the JOINs after the ones already bound in `stack`, or hands on the row.
+    fn join(&self, stack: &mut Vec<V<'a>>, f: &mut Sink<'_, 'a>) -> Result<bool, QueryError> {
+        let joins = self.plan.select.from.as_ref().map_or(&[][..], |f| &f.joins[..]);
+        let Some(join) = joins.get(stack.len() - 1) else {
+            return if self.passes(stack)? { f(stack) } else { Ok(true) };
+        };
+        // The source lives while its elements are bound; what it cost is given back after.
+        let mark = self.budget.mark();
+        let value = eval(&join.source, &self.env(stack));
+        self.budget.result()?;
+        let go = match value {
+            V::Undef => Ok(true),
+            v if !join.iterate => self.each(stack, f, std::iter::once(v)),
+            V::Ref(Value::Array(a)) => self.each(stack, f, a.iter().map(V::Ref)),
+            V::Own(Value::Array(a)) => self.each(stack, f, a.into_iter().map(V::Own)),
+            _ => Ok(true),
+        };
+        self.budget.release(mark);
+        go
     }
 
-    /// The projected value of a row, `None` when `SELECT VALUE` gives undefined.
+    fn passes(&self, vars: &[V<'a>]) -> Result<bool, QueryError> {
+        let Some(w) = &self.plan.select.filter else { return Ok(true) };
+        let mark = self.budget.mark();
+        let pass = eval(w, &self.env(vars)).as_bool() == Some(true);
+        self.budget.release(mark);
+        self.budget.result()?;
+        Ok(pass)
+    }
+
+    /// The projected value of a row, `None` when `SELECT VALUE` gives undefined (or the budget
+    /// stopped).
     fn project(&self, env: &Env<'a, '_>) -> Option<Value> {
+        let b = self.budget;
         match &self.plan.select.projection {
-            Projection::Star => env.vars.first().and_then(|v| v.clone().into_value()),
-            Projection::Value(e) => eval(e, env).into_value(),
+            Projection::Star => env.vars.first().and_then(|v| b.own(b.copy(v))),
+            Projection::Value(e) => b.own(eval(e, env)),
             Projection::Fields(fields) => {
                 let mut m = Map::new();
                 for (name, e) in fields {
-                    if let Some(v) = eval(e, env).into_value() {
+                    if let Some(v) = b.own(eval(e, env)) {
                         m.insert(name.clone(), v);
                     }
                 }
@@ -205,21 +319,28 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn unordered(&mut self, items: impl IntoIterator<Item = &'a Value>, bound: Option<u64>) -> Result<(), QueryError> {
-        let mut out = Vec::new();
+    fn unordered(&self, items: impl IntoIterator<Item = &'a Value>, emit: &mut Emit<'_>) -> Result<(), QueryError> {
         self.rows(items, |vars| {
-            if let Some(v) = self.project(&self.env(&vars)) {
-                out.push(v);
-            }
-            Ok(bound.is_none_or(|b| (out.len() as u64) < b))
-        })?;
-        self.out = out;
-        Ok(())
+            let mark = self.budget.mark();
+            let env = self.env(vars);
+            let go = emit.offer(|| self.project(&env), || self.omitted(&env));
+            self.budget.release(mark);
+            go
+        })
     }
 
-    fn ordered(&mut self, items: impl IntoIterator<Item = &'a Value>, bound: Option<u64>) -> Result<(), QueryError> {
+    fn ordered(
+        &self,
+        items: impl IntoIterator<Item = &'a Value>,
+        bound: Option<u64>,
+        emit: &mut Emit<'_>,
+    ) -> Result<(), QueryError> {
         let order = &self.plan.select.order_by;
+        let budget = self.budget;
+        // A sort cannot be stopped halfway (the comparison must stay consistent); its length is
+        // bounded by the rows the budget lets it hold, and the clock is read as it goes.
         let cmp = |a: &Pending<'a>, b: &Pending<'a>| -> Ordering {
+            budget.tick();
             for (i, (_, desc)) in order.iter().enumerate() {
                 let o = total_cmp(a.keys[i].get(), b.keys[i].get());
                 let o = if *desc { o.reverse() } else { o };
@@ -234,51 +355,77 @@ impl<'a> Run<'a> {
         let mut seq = 0;
         if bound != Some(0) {
             self.rows(items, |vars| {
-                let env = self.env(&vars);
+                let mark = budget.mark();
+                let env = self.env(vars);
                 if self.omitted(&env) {
-                    return Ok(true);
+                    budget.release(mark);
+                    return budget.result().map(|()| true);
                 }
-                let keys = order.iter().map(|(e, _)| eval(e, &env)).collect();
-                pending.push(Pending { keys, vars, seq });
+                let keys: Vec<V<'a>> = order.iter().map(|(e, _)| eval(e, &env)).collect();
+                let vars: Vec<V<'a>> = vars.iter().map(|v| budget.copy(v)).collect();
+                budget.result()?;
+                let bytes = NODE * 4 + keys.iter().chain(&vars).map(owned_size).sum::<usize>();
+                budget.release(mark);
+                budget.keep(bytes);
+                budget.result()?;
+                pending.push(Pending { keys, vars, seq, bytes });
                 seq += 1;
                 if let Some(b) = bound
                     && pending.len() >= 2 * b.max(16)
                 {
                     pending.select_nth_unstable_by(b - 1, cmp);
-                    pending.truncate(b);
+                    pending.drain(b..).for_each(|p| budget.unkeep(p.bytes));
                 }
                 Ok(true)
             })?;
         }
         pending.sort_unstable_by(cmp);
+        budget.result()?;
         if let Some(b) = bound {
             pending.truncate(b);
         }
-        self.out = pending.iter().filter_map(|p| self.project(&self.env(&p.vars))).collect();
+        for p in &pending {
+            let mark = budget.mark();
+            let go = emit.offer(|| self.project(&self.env(&p.vars)), || false)?;
+            budget.release(mark);
+            if !go {
+                break;
+            }
+        }
         Ok(())
     }
 
-    fn grouped(&mut self, items: impl IntoIterator<Item = &'a Value>) -> Result<(), QueryError> {
+    fn grouped(&self, items: impl IntoIterator<Item = &'a Value>, emit: &mut Emit<'_>) -> Result<(), QueryError> {
         let s = &self.plan.select;
         let aggs = &self.plan.aggs;
+        let budget = self.budget;
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut groups: Vec<(Vec<V<'a>>, Vec<Acc<'a>>)> = Vec::new();
         self.rows(items, |vars| {
-            let env = self.env(&vars);
+            let mark = budget.mark();
+            let env = self.env(vars);
             let keys: Vec<V<'a>> = s.group_by.iter().map(|g| eval(g, &env)).collect();
             let mut k = String::new();
             for key in &keys {
                 canonical_key(key.get(), &mut k);
                 k.push('|');
             }
-            let g = *index.entry(k).or_insert_with(|| {
-                groups.push((keys, aggs.iter().map(|(f, _)| Acc::new(*f)).collect()));
-                groups.len() - 1
-            });
+            budget.result()?;
+            let g = match index.get(&k) {
+                Some(&g) => g,
+                None => {
+                    budget.keep(NODE * (2 + aggs.len()) + k.len() + keys.iter().map(owned_size).sum::<usize>());
+                    budget.result()?;
+                    groups.push((keys, aggs.iter().map(|(f, _)| Acc::new(*f)).collect()));
+                    index.insert(k, groups.len() - 1);
+                    groups.len() - 1
+                }
+            };
             for (acc, (_, arg)) in groups[g].1.iter_mut().zip(aggs) {
-                acc.add(eval(arg, &env));
+                acc.add(eval(arg, &env), budget);
             }
-            Ok(true)
+            budget.release(mark);
+            budget.result().map(|()| true)
         })?;
         if groups.is_empty() && s.group_by.is_empty() {
             // Aggregates over no rows still give one row: COUNT 0, SUM 0, the others undefined.
@@ -286,14 +433,25 @@ impl<'a> Run<'a> {
         }
         let mut rows: Vec<(Vec<V<'a>>, Value)> = Vec::new();
         for (keys, accs) in groups {
+            budget.step()?;
             let results: Vec<V<'a>> = accs.into_iter().map(Acc::finish).collect();
-            let env = Env { vars: &[], params: self.params, group: Some((&keys, &results)) };
-            let Some(v) = self.project(&env) else { continue };
+            let env = Env { vars: &[], params: self.params, group: Some((&keys, &results)), budget };
+            let mark = budget.mark();
+            let Some(v) = self.project(&env) else {
+                budget.result()?;
+                continue;
+            };
             let sort: Vec<V<'a>> = s.order_by.iter().map(|(e, _)| eval(e, &env)).collect();
+            budget.result()?;
+            let bytes = size(&v) + sort.iter().map(owned_size).sum::<usize>();
+            budget.release(mark);
+            budget.keep(bytes);
+            budget.result()?;
             rows.push((sort, v));
         }
         if !s.order_by.is_empty() {
             rows.sort_by(|a, b| {
+                budget.tick();
                 for (i, (_, desc)) in s.order_by.iter().enumerate() {
                     let o = total_cmp(a.0[i].get(), b.0[i].get());
                     let o = if *desc { o.reverse() } else { o };
@@ -303,8 +461,13 @@ impl<'a> Run<'a> {
                 }
                 Ordering::Equal
             });
+            budget.result()?;
         }
-        self.out = rows.into_iter().map(|(_, v)| v).collect();
+        for (_, v) in rows {
+            if !emit.offer(|| Some(v), || false)? {
+                break;
+            }
+        }
         Ok(())
     }
 }
@@ -329,7 +492,8 @@ impl<'a> Acc<'a> {
         }
     }
 
-    fn add(&mut self, v: V<'a>) {
+    /// Adds a value; an owned extreme it keeps is charged to the budget.
+    fn add(&mut self, v: V<'a>, budget: &Budget) {
         if v.is_undef() {
             return;
         }
@@ -364,7 +528,10 @@ impl<'a> Acc<'a> {
                     }
                 };
                 if better {
-                    *best = Some(v);
+                    budget.keep(owned_size(&v));
+                    if let Some(old) = best.replace(v) {
+                        budget.unkeep(owned_size(&old));
+                    }
                 }
             }
         }

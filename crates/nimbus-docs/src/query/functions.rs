@@ -1,10 +1,18 @@
 //! System functions (names case-insensitive). As in Cosmos DB, a function given arguments of the
 //! wrong type returns `undefined` rather than failing the query. String positions and lengths count
 //! Unicode code points.
+//!
+//! What a function builds is charged to the run's budget before it is built (or, for results no
+//! larger than a small multiple of the arguments, just after). A string result longer than
+//! [`MAX_STRING_BYTES`] is undefined, as REPLICATE's beyond [`MAX_REPLICATE_CHARS`] is in Cosmos DB.
 
 use serde_json::{Map, Value};
 
+use super::budget::{Budget, MAX_STRING_BYTES, NODE, size};
 use super::value::{Num, V, deep_eq};
+
+/// REPLICATE's longest result, in characters (Cosmos DB's limit).
+pub(crate) const MAX_REPLICATE_CHARS: u64 = 10_000;
 
 macro_rules! funcs {
     ($($variant:ident = $name:literal, $min:literal ..= $max:literal;)*) => {
@@ -97,9 +105,18 @@ funcs! {
 }
 
 /// Evaluates a function on its evaluated arguments.
-pub(crate) fn call<'a>(f: Func, args: Vec<V<'a>>) -> V<'a> {
+pub(crate) fn call<'a>(f: Func, args: Vec<V<'a>>, budget: &Budget) -> V<'a> {
     use Func::*;
+    if !budget.ok() {
+        return V::Undef;
+    }
     let a0 = args.first().and_then(V::get);
+    // A string built whole, charged now (its size is within a small multiple of the arguments').
+    let built = |s: String| -> V<'a> {
+        if s.len() <= MAX_STRING_BYTES && budget.charge(NODE + s.len()) { V::Own(Value::String(s)) } else { V::Undef }
+    };
+    // Whether a string of `len` bytes may be built: charged before it is.
+    let room = |len: usize| len <= MAX_STRING_BYTES && budget.charge(NODE + len);
     match f {
         IsDefined => V::bool(a0.is_some()),
         IsNull => V::bool(matches!(a0, Some(Value::Null))),
@@ -111,9 +128,9 @@ pub(crate) fn call<'a>(f: Func, args: Vec<V<'a>>) -> V<'a> {
         IsPrimitive => V::bool(matches!(a0, Some(Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_)))),
         IsFiniteNumber => V::bool(matches!(a0, Some(Value::Number(_)))),
         IsInteger => V::bool(args[0].num().and_then(Num::as_int).is_some()),
-        StartsWith | EndsWith | Contains | StringEquals => string_test(f, &args),
-        Lower => str_map(&args, |s| s.to_lowercase()),
-        Upper => str_map(&args, |s| s.to_uppercase()),
+        StartsWith | EndsWith | Contains | StringEquals => string_test(f, &args, budget),
+        Lower => str_map(&args, built, |s| s.to_lowercase()),
+        Upper => str_map(&args, built, |s| s.to_uppercase()),
         Length => match args[0].as_str() {
             Some(s) => Num::I(s.chars().count() as i64).v(),
             None => V::Undef,
@@ -122,58 +139,75 @@ pub(crate) fn call<'a>(f: Func, args: Vec<V<'a>>) -> V<'a> {
             (Some(s), Some(start), Some(len)) => {
                 let start = start.max(0) as usize;
                 let len = len.max(0) as usize;
-                string(s.chars().skip(start).take(len).collect())
+                built(s.chars().skip(start).take(len).collect())
             }
             _ => V::Undef,
         },
         Concat => {
-            let mut out = String::new();
+            let mut len = 0usize;
             for a in &args {
                 match a.as_str() {
-                    Some(s) => out.push_str(s),
+                    Some(s) => len = len.saturating_add(s.len()),
                     None => return V::Undef,
                 }
             }
+            if !room(len) {
+                return V::Undef;
+            }
+            let mut out = String::with_capacity(len);
+            args.iter().filter_map(V::as_str).for_each(|s| out.push_str(s));
             string(out)
         }
         IndexOf => index_of(&args),
         Replace => match (args[0].as_str(), args[1].as_str(), args[2].as_str()) {
-            (Some(s), Some(from), Some(to)) if !from.is_empty() => string(s.replace(from, to)),
-            (Some(s), Some(_), Some(_)) => string(s.to_string()),
+            (Some(s), Some(from), Some(to)) if !from.is_empty() => {
+                // The result's length, known before it is built: nested REPLACEs multiply.
+                let hits = s.matches(from).count() as u128;
+                let len = s.len() as u128 - hits * from.len() as u128 + hits * to.len() as u128;
+                if usize::try_from(len).is_ok_and(room) { string(s.replace(from, to)) } else { V::Undef }
+            }
+            (Some(s), Some(_), Some(_)) => built(s.to_string()),
             _ => V::Undef,
         },
         Replicate => match (args[0].as_str(), int_arg(&args[1])) {
-            (Some(s), Some(n)) if n >= 0 && (s.len() as u128) * (n as u128) <= 10_000 => string(s.repeat(n as usize)),
+            // Cosmos DB: at most 10,000 characters (the byte length is at most four times that).
+            (Some(s), Some(n))
+                if n >= 0
+                    && (s.chars().count() as u128) * (n as u128) <= MAX_REPLICATE_CHARS as u128
+                    && room(s.len() * n as usize) =>
+            {
+                string(s.repeat(n as usize))
+            }
             _ => V::Undef,
         },
-        Trim => str_map(&args, |s| s.trim().to_string()),
-        LTrim => str_map(&args, |s| s.trim_start().to_string()),
-        RTrim => str_map(&args, |s| s.trim_end().to_string()),
+        Trim => str_map(&args, built, |s| s.trim().to_string()),
+        LTrim => str_map(&args, built, |s| s.trim_start().to_string()),
+        RTrim => str_map(&args, built, |s| s.trim_end().to_string()),
         Left => match (args[0].as_str(), int_arg(&args[1])) {
-            (Some(s), Some(n)) if n >= 0 => string(s.chars().take(n as usize).collect()),
+            (Some(s), Some(n)) if n >= 0 => built(s.chars().take(n as usize).collect()),
             _ => V::Undef,
         },
         Right => match (args[0].as_str(), int_arg(&args[1])) {
             (Some(s), Some(n)) if n >= 0 => {
                 let count = s.chars().count();
-                string(s.chars().skip(count.saturating_sub(n as usize)).collect())
+                built(s.chars().skip(count.saturating_sub(n as usize)).collect())
             }
             _ => V::Undef,
         },
-        Reverse => str_map(&args, |s| s.chars().rev().collect()),
+        Reverse => str_map(&args, built, |s| s.chars().rev().collect()),
         ToString => match a0 {
             None => V::Undef,
-            Some(Value::String(s)) => string(s.clone()),
-            Some(other) => string(other.to_string()),
+            Some(Value::String(s)) => built(s.clone()),
+            Some(other) => built(other.to_string()),
         },
-        StringToNumber => match parse_json_string(&args, |v| matches!(v, Value::Number(_))) {
+        StringToNumber => match parse_json_string(&args, budget, |v| matches!(v, Value::Number(_))) {
             V::Own(Value::Number(n)) => Num::of(&n).v(),
             _ => V::Undef,
         },
-        StringToBoolean => parse_json_string(&args, |v| matches!(v, Value::Bool(_))),
-        StringToNull => parse_json_string(&args, |v| matches!(v, Value::Null)),
-        StringToArray => parse_json_string(&args, |v| matches!(v, Value::Array(_))),
-        StringToObject => parse_json_string(&args, |v| matches!(v, Value::Object(_))),
+        StringToBoolean => parse_json_string(&args, budget, |v| matches!(v, Value::Bool(_))),
+        StringToNull => parse_json_string(&args, budget, |v| matches!(v, Value::Null)),
+        StringToArray => parse_json_string(&args, budget, |v| matches!(v, Value::Array(_))),
+        StringToObject => parse_json_string(&args, budget, |v| matches!(v, Value::Object(_))),
         ArrayContains => match (a0, args[1].get()) {
             (Some(Value::Array(arr)), Some(needle)) => {
                 let partial = args.get(2).and_then(V::as_bool).unwrap_or(false);
@@ -193,29 +227,37 @@ pub(crate) fn call<'a>(f: Func, args: Vec<V<'a>>) -> V<'a> {
             Some(Value::Array(a)) => Num::I(a.len() as i64).v(),
             _ => V::Undef,
         },
-        ArraySlice => array_slice(&args),
+        ArraySlice => array_slice(&args, budget),
         ArrayConcat => {
-            let mut out = Vec::new();
+            let mut bytes = NODE;
             for a in &args {
                 match a.get() {
-                    Some(Value::Array(items)) => out.extend(items.iter().cloned()),
+                    Some(Value::Array(items)) => bytes = bytes.saturating_add(items.iter().map(size).sum()),
                     _ => return V::Undef,
                 }
             }
+            if !budget.charge(bytes) {
+                return V::Undef;
+            }
+            let mut out = Vec::new();
+            args.iter().filter_map(V::get).filter_map(Value::as_array).for_each(|a| out.extend(a.iter().cloned()));
             V::Own(Value::Array(out))
         }
         SetIntersect | SetUnion => match (a0, args[1].get()) {
+            // Quadratic in the arrays' lengths: the budget's clock is looked at for each element.
             (Some(Value::Array(x)), Some(Value::Array(y))) => {
                 let mut out: Vec<Value> = Vec::new();
-                let mut add = |v: &Value| {
-                    if !out.iter().any(|o| deep_eq(o, v)) {
+                for v in x.iter().chain(if f == SetUnion { &y[..] } else { &y[..0] }) {
+                    if !budget.tick() {
+                        return V::Undef;
+                    }
+                    let wanted = f == SetUnion || y.iter().any(|w| deep_eq(v, w));
+                    if wanted && !out.iter().any(|o| deep_eq(o, v)) {
+                        if !budget.charge(size(v)) {
+                            return V::Undef;
+                        }
                         out.push(v.clone());
                     }
-                };
-                if f == SetUnion {
-                    x.iter().chain(y).for_each(&mut add);
-                } else {
-                    x.iter().filter(|v| y.iter().any(|w| deep_eq(v, w))).for_each(&mut add);
                 }
                 V::Own(Value::Array(out))
             }
@@ -290,9 +332,9 @@ fn string<'a>(s: String) -> V<'a> {
     V::Own(Value::String(s))
 }
 
-fn str_map<'a>(args: &[V<'a>], f: impl Fn(&str) -> String) -> V<'a> {
+fn str_map<'a>(args: &[V<'a>], built: impl Fn(String) -> V<'a>, f: impl Fn(&str) -> String) -> V<'a> {
     match args[0].as_str() {
-        Some(s) => string(f(s)),
+        Some(s) => built(f(s)),
         None => V::Undef,
     }
 }
@@ -308,7 +350,7 @@ fn int_arg(v: &V<'_>) -> Option<i64> {
     v.num().and_then(Num::as_int)
 }
 
-fn string_test<'a>(f: Func, args: &[V<'a>]) -> V<'a> {
+fn string_test<'a>(f: Func, args: &[V<'a>], budget: &Budget) -> V<'a> {
     let (Some(s), Some(p)) = (args[0].as_str(), args[1].as_str()) else { return V::Undef };
     let ignore_case = match args.get(2) {
         None => false,
@@ -317,6 +359,10 @@ fn string_test<'a>(f: Func, args: &[V<'a>]) -> V<'a> {
             None => return V::Undef,
         },
     };
+    // Both strings are copied (lower-cased: up to three times as long).
+    if !budget.charge(3 * (s.len() + p.len())) {
+        return V::Undef;
+    }
     let (s, p) = if ignore_case { (s.to_lowercase(), p.to_lowercase()) } else { (s.to_string(), p.to_string()) };
     V::bool(match f {
         Func::StartsWith => s.starts_with(&p),
@@ -346,10 +392,14 @@ fn index_of<'a>(args: &[V<'a>]) -> V<'a> {
     }
 }
 
-fn parse_json_string<'a>(args: &[V<'a>], accept: impl Fn(&Value) -> bool) -> V<'a> {
+fn parse_json_string<'a>(args: &[V<'a>], budget: &Budget, accept: impl Fn(&Value) -> bool) -> V<'a> {
     let Some(s) = args[0].as_str() else { return V::Undef };
+    // A guess first (values take several times their text), the value's size once known.
+    if !budget.charge(8 * s.len()) {
+        return V::Undef;
+    }
     match serde_json::from_str::<Value>(s.trim()) {
-        Ok(v) if accept(&v) => V::Own(v),
+        Ok(v) if accept(&v) && budget.charge(size(&v)) => V::Own(v),
         _ => V::Undef,
     }
 }
@@ -363,7 +413,7 @@ fn partial_match(x: &Value, needle: &Value) -> bool {
     }
 }
 
-fn array_slice<'a>(args: &[V<'a>]) -> V<'a> {
+fn array_slice<'a>(args: &[V<'a>], budget: &Budget) -> V<'a> {
     let Some(Value::Array(arr)) = args[0].get() else { return V::Undef };
     let Some(start) = int_arg(&args[1]) else { return V::Undef };
     let n = arr.len() as i64;
@@ -376,7 +426,11 @@ fn array_slice<'a>(args: &[V<'a>]) -> V<'a> {
             None => return V::Undef,
         },
     };
-    V::Own(Value::Array(arr[start as usize..end.max(start) as usize].to_vec()))
+    let slice = &arr[start as usize..end.max(start) as usize];
+    if !budget.charge(NODE + slice.iter().map(size).sum::<usize>()) {
+        return V::Undef;
+    }
+    V::Own(Value::Array(slice.to_vec()))
 }
 
 /// How VectorDistance compares two vectors.

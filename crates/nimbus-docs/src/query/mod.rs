@@ -26,12 +26,21 @@
 //! - `lexer.rs`, `parser.rs`, `ast.rs`: text → syntax tree (depth-limited; errors with line:column);
 //! - `plan.rs`: names resolved, aggregates and GROUP BY checked and rewritten, equalities;
 //! - `eval.rs`, `functions.rs`, `value.rs`: expressions, system functions, values;
-//! - `exec.rs`: the pipeline over the candidate items (bounded selection for TOP/LIMIT + ORDER BY).
+//! - `exec.rs`: the pipeline over the candidate items (bounded selection for TOP/LIMIT + ORDER BY,
+//!   early exit once a page is full);
+//! - `budget.rs`: what one run may use ([`Limits`]): bytes of intermediate values, a deadline, a
+//!   cancel flag.
+//!
+//! Every run is bounded: strings that functions build are at most [`MAX_STRING_BYTES`] (a longer
+//! result is undefined; REPLICATE's at most 10,000 characters, as in Cosmos DB), and what the run
+//! builds and keeps at once at most [`Limits::memory`] ([`MAX_QUERY_MEMORY`] by default), else it
+//! fails with [`QueryErrorKind::TooExpensive`].
 //!
 //! Not supported (refused with an error that says so): subqueries (`EXISTS`, `ARRAY(SELECT …)`,
 //! `IN (SELECT …)`), user-defined functions, spatial and date-time functions, full-text functions.
 
 mod ast;
+mod budget;
 mod eval;
 mod exec;
 mod functions;
@@ -49,6 +58,7 @@ use std::fmt;
 
 use serde_json::Value;
 
+pub use budget::{Limits, MAX_QUERY_MEMORY, MAX_STRING_BYTES};
 pub use functions::Distance as Metric;
 pub use parser::MAX_DEPTH;
 pub use plan::Nearest;
@@ -91,9 +101,15 @@ pub enum QueryErrorKind {
     Invalid,
     /// A parameter is missing, or unusable where it is used (`TOP @n` with a string).
     Parameter,
+    /// The run needed more memory than its [`Limits::memory`].
+    TooExpensive,
+    /// The run passed its [`Limits::deadline`].
+    Timeout,
+    /// The run's [`Limits::cancel`] flag was set.
+    Cancelled,
 }
 
-/// A query that cannot be parsed or run. Every variant is the caller's mistake (a 400).
+/// A query that cannot be parsed or run: the caller's mistake, or a query beyond its [`Limits`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueryError {
     pub kind: QueryErrorKind,
@@ -108,6 +124,9 @@ impl fmt::Display for QueryError {
             QueryErrorKind::Syntax => "syntax error",
             QueryErrorKind::Invalid => "invalid query",
             QueryErrorKind::Parameter => "parameter error",
+            QueryErrorKind::TooExpensive => "query too expensive",
+            QueryErrorKind::Timeout => "query timed out",
+            QueryErrorKind::Cancelled => "query cancelled",
         };
         match self.position {
             Some(p) => write!(f, "{what} at {}:{}: {}", p.line, p.column, self.message),
@@ -144,6 +163,27 @@ impl QueryError {
     }
 }
 
+/// Which rows of a query's result to answer: after the first `skip`, at most `rows`, and no more
+/// once they reach `bytes` (at least one row: a page never stalls).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub skip: u64,
+    pub rows: u64,
+    pub bytes: usize,
+}
+
+impl Window {
+    /// The whole result.
+    pub const ALL: Window = Window { skip: 0, rows: u64::MAX, bytes: usize::MAX };
+}
+
+/// The rows of a [`Window`], and whether the result goes on after them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rows {
+    pub rows: Vec<Value>,
+    pub more: bool,
+}
+
 /// A parsed and planned query; cheap to run many times with different parameters.
 #[derive(Debug, Clone)]
 pub struct Query {
@@ -168,13 +208,27 @@ impl Query {
     }
 
     /// Runs the query over the candidate items (each a whole document) and returns the result
-    /// rows in order. Items that do not match are skipped, so the candidates may be a superset.
+    /// rows in order, within the default [`Limits`]. Items that do not match are skipped, so the
+    /// candidates may be a superset.
     pub fn execute<'a>(
         &self,
         items: impl IntoIterator<Item = &'a Value>,
         params: &Params,
     ) -> Result<Vec<Value>, QueryError> {
-        exec::execute(&self.plan, items, params)
+        Ok(self.run(items, params, Window::ALL, &Limits::default())?.rows)
+    }
+
+    /// Runs the query for one page of its result: the rows of `window`, and whether more follow.
+    /// The work stops once the page is full and one more row is known to exist (unless ORDER BY,
+    /// GROUP BY, aggregates or DISTINCT with ORDER BY need every row first), or at `limits`.
+    pub fn run<'a>(
+        &self,
+        items: impl IntoIterator<Item = &'a Value>,
+        params: &Params,
+        window: Window,
+        limits: &Limits,
+    ) -> Result<Rows, QueryError> {
+        exec::execute(&self.plan, items, params, window, limits)
     }
 
     /// Whether the query aggregates (aggregate functions or GROUP BY): its result depends on all

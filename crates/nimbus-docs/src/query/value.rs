@@ -31,14 +31,6 @@ impl<'a> V<'a> {
         matches!(self, V::Undef)
     }
 
-    pub(crate) fn into_value(self) -> Option<Value> {
-        match self {
-            V::Undef => None,
-            V::Ref(v) => Some(v.clone()),
-            V::Own(v) => Some(v),
-        }
-    }
-
     pub(crate) fn bool(b: bool) -> V<'a> {
         V::Own(Value::Bool(b))
     }
