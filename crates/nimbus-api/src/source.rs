@@ -14,8 +14,7 @@ const MAX_HOPS: usize = 16;
 /// The client's address for a request from `peer`.
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr {
     let peer = peer.to_canonical();
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
-    if !is_trusted(peer) {
+    if !is_trusted(peer, trusted) {
         return peer;
     }
     let hops: Vec<&str> = headers
@@ -31,7 +30,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[Cidr]) -> IpAddr 
         // was): stop at the last address known.
         let Some(ip) = parse_hop(hop) else { return client };
         client = ip;
-        if !is_trusted(ip) {
+        if !is_trusted(ip, trusted) {
             return ip;
         }
     }
@@ -59,6 +58,13 @@ pub fn source_key(ip: IpAddr) -> String {
             format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
         }
     }
+}
+
+/// Whether the request's direct peer is one of the trusted proxies (then its `X-Forwarded-For`
+/// may be passed on; else a proxy starts the header afresh).
+pub fn is_trusted(peer: IpAddr, trusted: &[Cidr]) -> bool {
+    let peer = peer.to_canonical();
+    trusted.iter().any(|net| net.contains(peer))
 }
 
 #[cfg(test)]
@@ -107,11 +113,4 @@ mod tests {
         assert_eq!(source_key("2001:db8:1:2:bbbb::9".parse().unwrap()), "2001:db8:1:2::/64");
         assert_eq!(source_key("::ffff:192.0.2.1".parse().unwrap()), "192.0.2.1");
     }
-}
-
-/// Whether the request's direct peer is one of the trusted proxies (then its `X-Forwarded-For`
-/// may be passed on; else a proxy starts the header afresh).
-pub fn is_trusted(peer: IpAddr, trusted: &[Cidr]) -> bool {
-    let peer = peer.to_canonical();
-    trusted.iter().any(|net| net.contains(peer))
 }
