@@ -20,6 +20,8 @@ use crate::{Inner, Shared};
 
 /// The largest result read back from a worker.
 pub(crate) const RESULT_LIMIT: usize = 16 * 1024 * 1024;
+/// The largest envelope sent to a worker (PROTOCOL.md §4).
+const ENVELOPE_LIMIT: usize = 16 * 1024 * 1024;
 
 /// The functions component's side of the port; follows reloads.
 pub(crate) struct ByName {
@@ -94,10 +96,13 @@ async fn send(
         _ => serde_json::Map::new(),
     };
     trigger.extend(call.delivery);
-    let envelope = serde_json::json!({ "id": id, "trigger": trigger, "data": call.data });
-    // Function names are checked at indexing (letters, digits, `_`, `-`): no escaping needed.
+    let envelope = serde_json::json!({ "id": id, "trigger": trigger, "data": call.data }).to_string();
+    if envelope.len() > ENVELOPE_LIMIT {
+        return Err(Outcome::Refused(InvokeError::BodyTooLarge(ENVELOPE_LIMIT as u64)));
+    }
+    // Function names are checked at indexing (letters, digits, `_`, `-`, `.`): no escaping needed.
     let mut request = axum::http::Request::post(format!("/_nimbus/worker/invoke/{}", info.name))
-        .body(Body::from(envelope.to_string()))
+        .body(Body::from(envelope))
         .map_err(|_| Outcome::Refused(InvokeError::WorkerCrashed))?;
     let headers = request.headers_mut();
     headers.insert(header::HOST, HeaderValue::from_static("localhost"));

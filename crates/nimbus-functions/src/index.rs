@@ -32,7 +32,7 @@ fn entry(entry: Entry) -> Result<Declared, String> {
         Value::String(name) if is_function_name(&name) => name,
         other => {
             return Err(format!(
-                "function name {other} is not 1-128 letters, digits, `_` and `-` (it names the function in URLs and headers)"
+                "function name {other} is not 1-128 letters, digits, `_`, `-` and `.`, starting with a letter, digit or `_` (it names the function in URLs and headers)"
             ));
         }
     };
@@ -42,8 +42,10 @@ fn entry(entry: Entry) -> Result<Declared, String> {
     Ok(Declared { name, trigger })
 }
 
+/// PROTOCOL.md §2: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`, safe as a URL segment and a header value.
 fn is_function_name(name: &str) -> bool {
-    (1..=128).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    let first = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+    first && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
 #[cfg(test)]
@@ -68,6 +70,11 @@ mod tests {
         assert!(e.contains("function `q`") && e.contains("batch"), "{e}");
         assert!(bad(json!([{"name": "y"}])).contains("function `y` has no trigger"));
         assert!(bad(json!([{"name": "a b", "trigger": {"type": "activity"}}])).contains("\"a b\""));
+        assert!(bad(json!([{"name": ".x", "trigger": {"type": "activity"}}])).contains("\".x\""));
+        assert!(bad(json!([{"name": "x".repeat(129), "trigger": {"type": "activity"}}])).contains("1-128"));
+        assert!(
+            parse(json!({"protocol": 1, "functions": [{"name": "jobs.v2", "trigger": {"type": "activity"}}]})).is_ok()
+        );
         assert!(parse(json!({"protocol": 2, "functions": []})).unwrap_err().contains("unsupported protocol 2"));
         assert!(parse(json!({"protocol": 1})).unwrap_err().contains("functions"));
     }

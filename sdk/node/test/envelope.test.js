@@ -33,6 +33,9 @@ app.activity("conflict", async () => { throw new HttpError(409, "duplicate", "al
 app.activity("bigint", async () => ({ n: 10n }));
 app.activity("circular", async () => { const a = {}; a.a = a; return a; });
 app.activity("a-function", async () => () => 1);
+app.activity("a-buffer", async () => ({ bytes: Buffer.from("hi") }));
+app.activity("not-a-number", async () => [1, NaN]);
+app.activity("a-map", async () => new Map([["a", 1]]));
 app.activity("a-stream", async () => stream((async function* () { yield "x"; })()));
 app.activity("a-response", async () => new Response({ ok: true }));
 app.blob("uploads/{name}", { name: "on-upload" }, async (data, ctx) => {
@@ -170,7 +173,7 @@ test("an HttpError chooses its status and code", async () => {
 });
 
 test("a result that is not JSON answers 500 handler_error", async () => {
-  for (const fn of ["bigint", "circular", "a-function", "a-stream", "a-response"]) {
+  for (const fn of ["bigint", "circular", "a-function", "a-stream", "a-response", "a-buffer", "not-a-number", "a-map"]) {
     const res = await invoke(fn, {});
     assert.equal(res.status, 500, fn);
     const { error } = res.json();

@@ -380,9 +380,10 @@ class App:
         return register
 
     def _check_name(self, name, handler):
-        if not isinstance(name, str) or not name or not _NAME_CHARS.issuperset(name):
+        if not isinstance(name, str) or not name or len(name) > 128 or not _NAME_CHARS.issuperset(name):
             raise ValueError(
-                "function name %r is not valid: use letters, digits, '_' and '-' (pass name=\"...\")" % (name,)
+                "function name %r is not valid: use 1-128 letters, digits, '_' and '-' (pass name=\"...\")"
+                % (name,)
             )
         if name in self._functions:
             raise ValueError(

@@ -967,7 +967,7 @@ class _Connection:
         """Run one envelope invocation (PROTOCOL.md section 4): the JSON envelope in, the handler's JSON
         result out. End-of-file on the connection meanwhile (while the envelope is read, too) cancels it."""
         first = request.headers._first
-        invocation_id = first.get("x-nimbus-invocation-id")
+        invocation_id = first.get("x-nimbus-invocation-id") or None  # an empty header counts as none
         timeout = first.get("x-nimbus-timeout-ms")
         timeout_ms = int(timeout) if timeout is not None and timeout.isdigit() else None
         name = function.name
@@ -978,7 +978,7 @@ class _Connection:
             except HTTPError as exc:  # a malformed chunked body
                 await self._send_error(400, "invalid_envelope", exc.message)
                 return
-            if not body.strip():
+            if not body or body.isspace():
                 await self._send_error(400, "invalid_envelope", "the invocation envelope is empty")
                 return
             try:

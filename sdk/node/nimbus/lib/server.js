@@ -326,7 +326,16 @@ function resultJson(result) {
   }
   let json;
   try {
-    json = JSON.stringify(result === undefined ? null : result);
+    // JSON.stringify would quietly turn these into something else (a Buffer into an object, NaN into
+    // null, a Map into {}); the Python SDK refuses them, and so does this one.
+    json = JSON.stringify(result === undefined ? null : result, function strict(key, value) {
+      if (typeof value === "number" && !Number.isFinite(value)) throw new TypeError(`${value} is not a JSON number`);
+      const raw = this[key];
+      if (ArrayBuffer.isView(raw) || raw instanceof ArrayBuffer || raw instanceof Map || raw instanceof Set) {
+        throw new TypeError(`it holds a ${raw.constructor.name}`);
+      }
+      return value;
+    });
   } catch (err) {
     throw new TypeError(`the function's result is not JSON: ${err && err.message}`);
   }
