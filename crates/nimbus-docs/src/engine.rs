@@ -718,8 +718,10 @@ impl Docs {
             }
             None => 0,
         };
-        let candidates = self.candidates(&c, &q, params, pk).await?;
+        // The permit first: loading and sorting the candidates (a whole container when nothing
+        // narrows the query) is bounded by the same pool as evaluating them.
         let permit = self.evaluators.clone().acquire_owned().await.map_err(|_| DocsError::Busy)?;
+        let candidates = self.candidates(&c, &q, params, pk).await?;
         // Set when this future is dropped (the client left, the deadline passed) or done: the
         // evaluator looks at it as it goes and stops.
         let cancel = Arc::new(AtomicBool::new(false));
