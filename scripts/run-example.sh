@@ -9,4 +9,13 @@ if ! command -v python3 >/dev/null 2>&1; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3 >/dev/null
 fi
+# A root node runs workers as `nobody`, who cannot read an interpreter under root's 0700 home
+# (pyenv, conda): then the example uses Debian's.
+if [[ $(id -u) -eq 0 && -z "${NIMBUS_WORKER_USER:-}" ]] && ! runuser -u nobody -- "$(command -v python3)" -c '' 2>/dev/null; then
+  if [[ ! -x /usr/bin/python3 ]]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 >/dev/null
+  fi
+  export PATH="/usr/bin:$PATH"
+fi
 exec cargo run --release --quiet -p nimbus -- up examples/hello "$@"

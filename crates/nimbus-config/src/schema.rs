@@ -134,10 +134,6 @@ pub struct IdentitySection {
     pub smtp: Option<SmtpSection>,
 }
 
-fn yes() -> bool {
-    true
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientSection {
@@ -216,6 +212,33 @@ pub struct WorkerSection {
     pub env: BTreeMap<String, EnvString>,
     /// How long an instance may take to accept connections on its socket (default 30s).
     pub start_timeout: Option<Duration>,
+    /// How its instances are confined (Landlock): what they may read and write beyond the
+    /// defaults, or `enabled = false` to run them unconfined.
+    #[serde(default)]
+    pub sandbox: SandboxSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Folders or files its instances may also read (relative to the app folder).
+    #[serde(default)]
+    pub read: Vec<PathBuf>,
+    /// Folders or files its instances may also write.
+    #[serde(default)]
+    pub write: Vec<PathBuf>,
+}
+
+impl Default for SandboxSection {
+    fn default() -> Self {
+        Self { enabled: true, read: Vec::new(), write: Vec::new() }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -15,6 +15,7 @@ use crate::access::{Access, Tokens};
 use crate::instance::{Instance, LaunchSpec};
 use crate::pool::{Limits, Pool};
 use crate::routes::RouteTable;
+use crate::sandbox::{Confinement, Rules, WorkerUser};
 use crate::{FunctionInfo, FunctionsError, Inner, Target, sdk};
 
 /// Defaults follow Azure Functions Flex Consumption where it has one.
@@ -25,6 +26,13 @@ const DEFAULT_QUEUE_LIMIT: u32 = 100;
 const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the node gives every generation's instances: cgroups, when it can make them, and how
+/// they are confined.
+pub(crate) struct Host {
+    pub cgroups: Option<Arc<crate::cgroup::Cgroups>>,
+    pub sandbox: Confinement,
+}
+
 /// One generation of functions: index the workers, build routes and pools, warm `min_instances`.
 pub(crate) async fn build(
     app: &AppConfig,
@@ -32,7 +40,7 @@ pub(crate) async fn build(
     store: Arc<dyn Store>,
     ids: Arc<AtomicU64>,
     tokens: &Tokens,
-    cgroups: Option<Arc<crate::cgroup::Cgroups>>,
+    host: &Host,
     first: bool,
 ) -> Result<Inner, FunctionsError> {
     let manifest = &app.manifest;
@@ -44,16 +52,15 @@ pub(crate) async fn build(
         return Inner::new(routes, functions, list, manifest, store);
     }
 
-    let socket_dir = socket_dir(data_dir, first)?;
+    let socket_dir = socket_dir(data_dir, first, host.sandbox.user)?;
 
-    let sdk = sdk::install(data_dir).map_err(|source| FunctionsError::Io {
+    let sdk = sdk::install(data_dir, host.sandbox.user.is_some()).map_err(|source| FunctionsError::Io {
         context: format!("cannot write the SDKs into {}", data_dir.display()),
         source,
     })?;
     let mut specs = BTreeMap::new();
     for (name, worker) in &manifest.workers {
-        let mut spec = launch_spec(app, name, worker, &sdk, &socket_dir).await?;
-        spec.cgroups = cgroups.clone();
+        let spec = launch_spec(app, data_dir, name, worker, &sdk, &socket_dir, host).await?;
         specs.insert(name.clone(), (spec, worker));
     }
 
@@ -195,10 +202,11 @@ pub(crate) fn platform_socket(socket_dir: &Path) -> PathBuf {
 }
 
 /// Sockets live in the data dir unless its path is too long for a Unix socket address (108
-/// bytes); then in a private folder under /tmp named after it.
+/// bytes; an instance's is `<dir>/<16 hex>/worker.sock`); then in a private folder under /tmp
+/// named after it.
 pub(crate) fn socket_dir_path(data_dir: &Path) -> PathBuf {
     let preferred = data_dir.join("run");
-    if preferred.as_os_str().len() + 24 < 108 {
+    if preferred.as_os_str().len() + 32 < 108 {
         preferred
     } else {
         use std::hash::{Hash, Hasher};
@@ -208,20 +216,27 @@ pub(crate) fn socket_dir_path(data_dir: &Path) -> PathBuf {
     }
 }
 
-/// The socket folder, private to the host's user. On the first start, stale sockets of a previous
-/// run (which held the same data dir lock) are removed.
-fn socket_dir(data_dir: &Path, clean: bool) -> Result<PathBuf, FunctionsError> {
+/// The socket folder, private to the host's user; with a worker user, others may pass through it
+/// (0711) to their own instance's folder and the platform socket, but not list it. On the first
+/// start, what a previous run (which held the same data dir lock) left is removed.
+fn socket_dir(data_dir: &Path, clean: bool, user: Option<WorkerUser>) -> Result<PathBuf, FunctionsError> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = socket_dir_path(data_dir);
     let io =
         |source| FunctionsError::Io { context: format!("cannot prepare the socket folder {}", dir.display()), source };
     std::fs::create_dir_all(&dir).map_err(io)?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+    let mode = if user.is_some() { 0o711 } else { 0o700 };
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).map_err(io)?;
+    if user.is_some() && dir.starts_with(data_dir) {
+        // Its files stay 0600 and its folders 0700: passing through reveals nothing.
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o711)).map_err(io)?;
     }
     for entry in std::fs::read_dir(&dir).map_err(io)?.flatten() {
-        if clean && entry.path().extension().is_some_and(|e| e == "sock") {
-            let _ = std::fs::remove_file(entry.path());
+        let path = entry.path();
+        if clean && path.is_dir() {
+            let _ = std::fs::remove_dir_all(&path);
+        } else if clean && path.extension().is_some_and(|e| e == "sock") {
+            let _ = std::fs::remove_file(&path);
         }
     }
     Ok(dir)
@@ -229,10 +244,12 @@ fn socket_dir(data_dir: &Path, clean: bool) -> Result<PathBuf, FunctionsError> {
 
 async fn launch_spec(
     app: &AppConfig,
+    data_dir: &Path,
     name: &str,
     worker: &WorkerSection,
     sdk: &sdk::SdkPaths,
     socket_dir: &Path,
+    host: &Host,
 ) -> Result<LaunchSpec, FunctionsError> {
     let mut env: Vec<(String, String)> = Vec::new();
     env.push(("PATH".into(), std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())));
@@ -258,35 +275,39 @@ async fn launch_spec(
         }
         Ok(entry.display().to_string())
     };
-    let (program, args) = match worker.runtime {
+    let user = host.sandbox.user;
+    let (program, args, paths) = match worker.runtime {
         Runtime::Python => {
             with_path(&mut env, "PYTHONPATH", &sdk.python);
             env.push(("PYTHONUNBUFFERED".into(), "1".into()));
             env.push(("NIMBUS_ENTRY".into(), entry()?));
-            let python = interpreter(
-                app,
-                name,
-                worker.python.as_deref(),
-                "python3",
-                &["-c", "import sys; print(sys.executable)"],
-            )
-            .await?;
-            (python, vec!["-m".to_owned(), "nimbus".to_owned()])
+            let probe = Probe { app, worker: name, env: &env, user };
+            let (python, paths) = probe.interpreter(worker.python.as_deref(), "python3", PYTHON_PROBE).await?;
+            (python, vec!["-m".to_owned(), "nimbus".to_owned()], paths)
         }
         Runtime::Node => {
             with_path(&mut env, "NODE_PATH", &sdk.node);
             env.push(("NIMBUS_ENTRY".into(), entry()?));
-            let node = interpreter(app, name, worker.node.as_deref(), "node", &["-e", "console.log(process.execPath)"])
-                .await?;
-            (node, vec![sdk.node.join("nimbus/worker.js").display().to_string()])
+            let probe = Probe { app, worker: name, env: &env, user };
+            let (node, paths) = probe.interpreter(worker.node.as_deref(), "node", NODE_PROBE).await?;
+            (node, vec![sdk.node.join("nimbus/worker.js").display().to_string()], paths)
         }
         Runtime::Command => {
             let (program, args) = worker
                 .command
                 .split_first()
                 .ok_or_else(|| FunctionsError::Config(format!("workers.{name}: missing `command`")))?;
-            (PathBuf::from(program), args.to_vec())
+            (PathBuf::from(program), args.to_vec(), Vec::new())
         }
+    };
+    let sandbox = if worker.sandbox.enabled && host.sandbox.landlock_abi > 0 {
+        // A command runs from PATH or the app folder: its installation is where it resolves.
+        let resolved = which(&program, &env).unwrap_or_else(|| app.dir.join(&program));
+        let rules =
+            Rules::new(&app.dir, data_dir, &[&sdk.python, &sdk.node], &resolved, &paths, name, &worker.sandbox)?;
+        Some(Arc::new(rules))
+    } else {
+        None
     };
     Ok(LaunchSpec {
         worker: name.to_owned(),
@@ -294,45 +315,88 @@ async fn launch_spec(
         args,
         env,
         cwd: app.dir.clone(),
+        data_dir: data_dir.to_path_buf(),
         socket_dir: socket_dir.to_path_buf(),
         start_timeout: worker.start_timeout.map_or(START_TIMEOUT, |d| d.get()),
-        cgroups: None,
+        cgroups: host.cgroups.clone(),
+        sandbox,
+        user: host.sandbox.user,
     })
 }
 
-/// The interpreter's real path, resolved once: version-manager shims on PATH cost tens of
-/// milliseconds on every start.
-async fn interpreter(
-    app: &AppConfig,
-    worker: &str,
-    configured: Option<&Path>,
-    default: &str,
-    probe: &[&str],
-) -> Result<PathBuf, FunctionsError> {
-    let candidate = match configured {
-        Some(p) if p.components().count() > 1 || p.is_absolute() => app.dir.join(p),
-        Some(p) => p.to_path_buf(),
-        None => PathBuf::from(default),
-    };
-    let out =
-        tokio::process::Command::new(&candidate).args(probe).current_dir(&app.dir).output().await.map_err(|e| {
-            FunctionsError::Start {
-                worker: worker.to_owned(),
-                reason: format!("cannot run {}: {e}", candidate.display()),
-            }
+/// Prints the interpreter's real path, then the folders it loads code from.
+const PYTHON_PROBE: &[&str] = &[
+    "-c",
+    "import sys, site; print(sys.executable); \
+     [print(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix, site.getusersitepackages(), *sys.path} if p]",
+];
+const NODE_PROBE: &[&str] =
+    &["-e", "console.log(process.execPath); for (const p of require('module').globalPaths) console.log(p)"];
+
+/// The program's path as the worker's PATH resolves it.
+fn which(program: &Path, env: &[(String, String)]) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return None;
+    }
+    let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str())?;
+    std::env::split_paths(path).map(|dir| dir.join(program)).find(|p| p.is_file())
+}
+
+/// How a worker's interpreter is asked where it lives: with the worker's environment, as the
+/// worker's user (so that one it cannot run fails here, with a clear message).
+struct Probe<'a> {
+    app: &'a AppConfig,
+    worker: &'a str,
+    env: &'a [(String, String)],
+    user: Option<WorkerUser>,
+}
+
+impl Probe<'_> {
+    /// The interpreter's real path, resolved once (version-manager shims on PATH cost tens of
+    /// milliseconds on every start), and the folders it loads code from (for the sandbox).
+    async fn interpreter(
+        &self,
+        configured: Option<&Path>,
+        default: &str,
+        probe: &[&str],
+    ) -> Result<(PathBuf, Vec<PathBuf>), FunctionsError> {
+        let candidate = match configured {
+            Some(p) if p.components().count() > 1 || p.is_absolute() => self.app.dir.join(p),
+            Some(p) => p.to_path_buf(),
+            None => PathBuf::from(default),
+        };
+        let mut cmd = tokio::process::Command::new(&candidate);
+        cmd.args(probe)
+            .current_dir(&self.app.dir)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        if let Some(user) = self.user {
+            cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        }
+        let as_user = self.user.map(|u| format!(" as uid {}", u.uid)).unwrap_or_default();
+        let failed = |reason: String| FunctionsError::Start { worker: self.worker.to_owned(), reason };
+        let out = cmd.output().await.map_err(|e| {
+            failed(format!(
+                "cannot run {}{as_user}: {e}{}",
+                candidate.display(),
+                if self.user.is_some() {
+                    "; install it where that user can read it, or start the node with --worker-user"
+                } else {
+                    ""
+                }
+            ))
         })?;
-    let resolved = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if !out.status.success() || resolved.is_empty() {
-        return Err(FunctionsError::Start {
-            worker: worker.to_owned(),
-            reason: format!(
-                "{} did not report its path: {}",
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut lines = stdout.lines().map(str::trim).filter(|l| !l.is_empty());
+        match lines.next() {
+            Some(resolved) if out.status.success() => Ok((PathBuf::from(resolved), lines.map(PathBuf::from).collect())),
+            _ => Err(failed(format!(
+                "{}{as_user} did not report its path: {}",
                 candidate.display(),
                 String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
+            ))),
+        }
     }
-    Ok(PathBuf::from(resolved))
 }
 
 /// Starts a short-lived instance and asks it which functions it declares (PROTOCOL.md §2).

@@ -1,5 +1,6 @@
-//! One worker process: started with a scrubbed environment in the app folder, tied to the host's
-//! life (parent-death signal), logged line by line, reached over HTTP/1.1 on its Unix socket.
+//! One worker process: started with a scrubbed environment in the app folder, confined
+//! (`sandbox.rs`), tied to the host's life (parent-death signal), logged line by line, reached over
+//! HTTP/1.1 on a Unix socket in a folder of its own.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -35,10 +36,15 @@ pub(crate) struct LaunchSpec {
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: PathBuf,
+    pub data_dir: PathBuf,
     pub socket_dir: PathBuf,
     pub start_timeout: Duration,
     /// Where instances get a cgroup of their own, when the node can make them.
     pub cgroups: Option<Arc<crate::cgroup::Cgroups>>,
+    /// What its instances may reach (Landlock); `None` runs them unconfined.
+    pub sandbox: Option<Arc<crate::sandbox::Rules>>,
+    /// Who its instances run as, when not the node's own user.
+    pub user: Option<crate::sandbox::WorkerUser>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +55,8 @@ pub(crate) enum StartError {
     Exited { status: String, tail: String },
     #[error("its socket did not accept connections within {timeout:?}{tail}")]
     Timeout { timeout: Duration, tail: String },
+    #[error("cannot prepare its sandbox: {0}")]
+    Sandbox(String),
 }
 
 pub(crate) struct Instance {
@@ -56,6 +64,8 @@ pub(crate) struct Instance {
     pub started_at: Instant,
     pid: u32,
     socket: PathBuf,
+    /// Sent with every request: the worker answers its host only (PROTOCOL.md §1).
+    key: http::HeaderValue,
     idle: Mutex<Vec<SendRequest<Body>>>,
     exited: watch::Receiver<bool>,
     stopping: AtomicBool,
@@ -79,9 +89,20 @@ impl Instance {
         function: Option<(&str, &crate::access::Access)>,
     ) -> Result<Arc<Self>, StartError> {
         let started_at = Instant::now();
-        let socket = spec.socket_dir.join(format!("{id}.sock"));
-        let _ = std::fs::remove_file(&socket);
+        // A folder of its own (socket and TMPDIR), named short: socket paths are capped at 108 bytes.
+        let own = spec.socket_dir.join(nimbus_api::hex(&rand::random::<[u8; 8]>()));
+        prepare_own_dir(&own, spec.user).map_err(|e| StartError::Sandbox(format!("{}: {e}", own.display())))?;
+        let socket = own.join("worker.sock");
         let socket_str = socket.display().to_string();
+        let key = nimbus_api::hex(&rand::random::<[u8; 32]>());
+        let mut ruleset = match spec.sandbox.as_ref().map(|rules| rules.ruleset(&spec.cwd, &spec.data_dir, &own)) {
+            Some(Err(e)) => {
+                let _ = std::fs::remove_dir_all(&own);
+                return Err(StartError::Sandbox(e.to_string()));
+            }
+            made => made.and_then(Result::ok),
+        };
+        let user = spec.user;
         let mut cmd = Command::new(&spec.program);
         cmd.args(spec.args.iter().map(|a| a.replace("{socket}", &socket_str)))
             .current_dir(&spec.cwd)
@@ -92,6 +113,8 @@ impl Instance {
             .env("NIMBUS_WORKER_NAME", &spec.worker)
             .env("NIMBUS_INSTANCE_ID", id)
             .env("NIMBUS_APP_DIR", &spec.cwd)
+            .env("NIMBUS_WORKER_KEY", &key)
+            .env("TMPDIR", own.join("tmp"))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -107,8 +130,9 @@ impl Instance {
         let host = std::process::id();
         let cgroup = spec.cgroups.as_ref().and_then(|c| c.create(id));
         let procs = cgroup.as_ref().and_then(|c| c.procs_path());
-        // SAFETY: only async-signal-safe calls (open, write, setpgid, umask, prctl, getppid, _exit)
-        // run between fork and exec.
+        // SAFETY: only async-signal-safe calls (open, write, setpgid, umask, setgroups, setgid,
+        // setuid, prctl, getppid, landlock_restrict_self, _exit) run between fork and exec; the
+        // ruleset was built (and its paths opened) before the fork.
         unsafe {
             cmd.pre_exec(move || {
                 // Its own cgroup first, so that nothing it starts can escape it. Best effort: an
@@ -120,16 +144,29 @@ impl Instance {
                 nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
                 // The host keeps a private umask for its data dir; user code gets the usual one.
                 nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
-                // Killed by the kernel when the host dies, even by SIGKILL.
+                if let Some(user) = user {
+                    crate::sandbox::become_user(user)?;
+                }
+                // Killed by the kernel when the host dies, even by SIGKILL (after setuid, which
+                // clears it).
                 nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
                 if nix::unistd::getppid().as_raw() as u32 != host {
                     nix::libc::_exit(1); // the host died before prctl took effect
                 }
+                // Last: what it may reach from here on, for good.
+                if let Some(ruleset) = ruleset.take() {
+                    crate::sandbox::enforce(ruleset)?;
+                }
                 Ok(())
             });
         }
-        let mut child =
-            cmd.spawn().map_err(|source| StartError::Spawn { program: spec.program.display().to_string(), source })?;
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(source) => {
+                let _ = std::fs::remove_dir_all(&own);
+                return Err(StartError::Spawn { program: spec.program.display().to_string(), source });
+            }
+        };
         let pid = child.id().unwrap_or_default();
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_TAIL)));
         if let Some(out) = child.stdout.take() {
@@ -143,7 +180,7 @@ impl Instance {
         let (status_tx, mut status_rx) = watch::channel(None::<String>);
         let worker_name = spec.worker.clone();
         let instance_id = id.to_owned();
-        let socket_path = socket.clone();
+        let own_dir = own.clone();
         tokio::spawn(async move {
             let status = child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
             tracing::debug!(worker = %worker_name, instance = %instance_id, %status, "worker exited");
@@ -153,7 +190,7 @@ impl Instance {
             if let Some(cgroup) = cgroup {
                 cgroup.end().await;
             }
-            let _ = std::fs::remove_file(&socket_path);
+            let _ = tokio::fs::remove_dir_all(&own_dir).await;
             let _ = status_tx.send(Some(status));
             let _ = exit_tx.send(true);
         });
@@ -171,6 +208,7 @@ impl Instance {
                     started_at,
                     pid,
                     socket,
+                    key: http::HeaderValue::from_str(&key).expect("hex is a valid header value"),
                     idle: Mutex::new(vec![conn]),
                     exited,
                     stopping: AtomicBool::new(false),
@@ -236,13 +274,19 @@ impl Instance {
             kill_group(self.pid, nix::sys::signal::Signal::SIGKILL);
             self.wait_exit().await;
         }
-        let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// Adds the instance's key to a request for it; without it the worker refuses.
+    pub fn authorize(&self, headers: &mut http::HeaderMap) {
+        headers.insert(http::HeaderName::from_static("x-nimbus-worker-key"), self.key.clone());
     }
 
     /// Index request of SDK workers (PROTOCOL.md §2).
     pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, String> {
         let mut conn = self.connection().await.map_err(|e| e.to_string())?;
-        let req = http::Request::get(path).header("host", "worker").body(Body::empty()).map_err(|e| e.to_string())?;
+        let mut req =
+            http::Request::get(path).header("host", "worker").body(Body::empty()).map_err(|e| e.to_string())?;
+        self.authorize(req.headers_mut());
         let resp = conn.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.map_err(|e| e.to_string())?.to_bytes();
@@ -264,6 +308,20 @@ async fn connect(socket: &std::path::Path) -> std::io::Result<SendRequest<Body>>
         let _ = conn.await;
     });
     Ok(sender)
+}
+
+/// The instance's folder and its TMPDIR, owned by whoever the instance runs as and private to it.
+fn prepare_own_dir(own: &std::path::Path, user: Option<crate::sandbox::WorkerUser>) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let tmp = own.join("tmp");
+    std::fs::DirBuilder::new().mode(0o700).create(own)?;
+    std::fs::DirBuilder::new().mode(0o700).create(&tmp)?;
+    if let Some(user) = user {
+        for dir in [own, tmp.as_path()] {
+            nix::unistd::chown(dir, Some(user.uid), Some(user.gid))?;
+        }
+    }
+    Ok(())
 }
 
 fn kill_group(pid: u32, signal: nix::sys::signal::Signal) {

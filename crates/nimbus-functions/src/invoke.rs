@@ -152,7 +152,7 @@ pub(crate) async fn exchange(
     target: &crate::Target,
     function: &str,
     invocation_id: &str,
-    request: axum::http::Request<Body>,
+    mut request: axum::http::Request<Body>,
     deadline: tokio::time::Instant,
 ) -> Result<(axum::http::Response<Incoming>, Slot, SendRequest<Body>), Failure> {
     let slot = match tokio::time::timeout_at(deadline, target.pool.acquire()).await {
@@ -166,6 +166,7 @@ pub(crate) async fn exchange(
         }
         Ok(conn) => conn.map_err(|_| Failure::Refused(InvokeError::WorkerCrashed))?,
     };
+    slot.instance.authorize(request.headers_mut());
     match tokio::time::timeout_at(deadline, conn.send_request(request)).await {
         Err(_) => {
             tracing::info!(function, invocation = %invocation_id, "timed out; cancelling the invocation");

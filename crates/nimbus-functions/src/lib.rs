@@ -16,6 +16,7 @@ mod instance;
 mod invoke;
 mod pool;
 mod routes;
+mod sandbox;
 mod sdk;
 
 use std::collections::HashMap;
@@ -134,8 +135,8 @@ pub struct Functions {
     tokens: access::Tokens,
     /// The reaper (scale-in), the sweeper of asynchronous results, and reloads' drains.
     tasks: nimbus_api::Tasks,
-    /// The node's folder of instance cgroups, when it can make them.
-    cgroups: Option<Arc<cgroup::Cgroups>>,
+    /// Cgroups and confinement of instances, the same for every generation.
+    host: generation::Host,
     reloading: tokio::sync::Mutex<()>,
     /// Replaced generations, possibly still draining; closed at shutdown.
     retired: std::sync::Mutex<Vec<Arc<Inner>>>,
@@ -153,8 +154,14 @@ impl Shared {
 }
 
 impl Functions {
-    /// Indexes the app's workers, builds the route table and warms `min_instances`.
-    pub async fn start(app: &AppConfig, data_dir: &Path, store: Arc<dyn Store>) -> Result<Self, FunctionsError> {
+    /// Indexes the app's workers, builds the route table and warms `min_instances`. `worker_user`
+    /// is who instances run as when the node runs as root (default `nobody`).
+    pub async fn start(
+        app: &AppConfig,
+        data_dir: &Path,
+        store: Arc<dyn Store>,
+        worker_user: Option<&str>,
+    ) -> Result<Self, FunctionsError> {
         let ids = Arc::new(AtomicU64::new(1));
         let tokens = access::Tokens::default();
         let cgroups = cgroup::Cgroups::open(data_dir, true).map(Arc::new);
@@ -164,9 +171,12 @@ impl Functions {
                  leave it (setsid, double fork) can outlive their instance"
             );
         }
-        let inner = Arc::new(
-            generation::build(app, data_dir, store.clone(), ids.clone(), &tokens, cgroups.clone(), true).await?,
-        );
+        let sandbox = sandbox::Confinement::new(worker_user)?;
+        if !app.manifest.workers.is_empty() {
+            tracing::info!("{}", sandbox.describe());
+        }
+        let host = generation::Host { cgroups, sandbox };
+        let inner = Arc::new(generation::build(app, data_dir, store.clone(), ids.clone(), &tokens, &host, true).await?);
         let shared = Arc::new(Shared { current: RwLock::new(inner) });
         let tasks = nimbus_api::Tasks::new("functions");
         let ticking = shared.clone();
@@ -188,7 +198,7 @@ impl Functions {
             ids,
             tokens,
             tasks,
-            cgroups,
+            host,
             reloading: tokio::sync::Mutex::new(()),
             retired: std::sync::Mutex::new(Vec::new()),
         })
@@ -278,7 +288,7 @@ impl Functions {
                 self.store.clone(),
                 self.ids.clone(),
                 &self.tokens,
-                self.cgroups.clone(),
+                &self.host,
                 false,
             )
             .await?,
@@ -320,7 +330,7 @@ impl Functions {
         let closing = generations.iter().flat_map(|g| g.functions.values().map(|t| t.pool.close()));
         futures_util::future::join_all(closing).await;
         self.tasks.shutdown(deadline.saturating_duration_since(tokio::time::Instant::now())).await;
-        if let Some(cgroups) = &self.cgroups {
+        if let Some(cgroups) = &self.host.cgroups {
             cgroups.remove().await;
         }
     }

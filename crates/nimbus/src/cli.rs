@@ -303,6 +303,10 @@ pub struct UpArgs {
     /// they have in flight.
     #[arg(long)]
     pub watch: bool,
+    /// Who worker instances run as when the node runs as root: a user name or a numeric uid
+    /// ("root" keeps them root). [default: nobody]
+    #[arg(long, env = "NIMBUS_WORKER_USER")]
+    pub worker_user: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

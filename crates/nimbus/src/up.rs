@@ -53,7 +53,9 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     let node_tasks = nimbus_api::Tasks::new("node");
     let metrics = nimbus_gateway::install_metrics(&node_tasks).map_err(anyhow::Error::msg)?;
 
-    let functions = Arc::new(nimbus_functions::Functions::start(&config, &data_dir.path, store.clone()).await?);
+    let functions = Arc::new(
+        nimbus_functions::Functions::start(&config, &data_dir.path, store.clone(), args.worker_user.as_deref()).await?,
+    );
     let _watcher = match args.watch {
         true => Some(crate::watch::start(config.dir.clone(), data_dir.path.clone(), functions.clone(), &node_tasks)?),
         false => None,
@@ -194,8 +196,7 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     Ok(())
 }
 
-/// Serves the platform API to the node's workers on a private Unix socket (its folder is the
-/// host user's only). Signed URLs made there name the node's own address.
+/// Serves the platform API to the node's workers on a Unix socket in the node's socket folder. Signed URLs made there name the node's own address.
 fn serve_platform(
     socket: std::path::PathBuf,
     api: axum::Router,
@@ -213,6 +214,13 @@ fn serve_platform(
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("cannot listen on the platform socket {}", socket.display()))?;
+    // Any instance may connect (a worker user's too): its folder decides who reaches the socket,
+    // the instance's token what it may do there.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
+            .with_context(|| format!("cannot open the platform socket {} to workers", socket.display()))?;
+    }
     let host = axum::http::HeaderValue::from_str(node_url(addr).trim_start_matches("http://"))?;
     let app = nimbus_gateway::edge(api).layer(axum::middleware::map_request(move |mut req: axum::extract::Request| {
         let host = host.clone();

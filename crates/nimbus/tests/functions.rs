@@ -72,12 +72,16 @@ async def crash(req, ctx):
 /// These tests are about functions, not tokens: every path is open.
 const ANONYMOUS: &str = "[[routes]]\npath = \"/*\"\nauth = \"anonymous\"\n";
 
+/// Handlers leave markers (cancellation seen, stream closed) where the sandbox lets them write.
+const MARKERS: &str = "[workers.main.sandbox]\nwrite = [\"markers\"]\n";
+
 fn python_app(extra_manifest: &str) -> App {
     let manifest = format!(
-        "[workers.main]\nruntime = \"python\"\nentry = \"functions/app.py\"\nenv = {{ GREETING = \"hi\" }}\n\n{extra_manifest}\n{ANONYMOUS}"
+        "[workers.main]\nruntime = \"python\"\nentry = \"functions/app.py\"\nenv = {{ GREETING = \"hi\" }}\n{MARKERS}\n{extra_manifest}\n{ANONYMOUS}"
     );
     let app = App::new(Some(&manifest));
     std::fs::create_dir_all(app.path().join("functions")).unwrap();
+    std::fs::create_dir_all(app.path().join("markers")).unwrap();
     std::fs::write(app.path().join("functions/app.py"), APP_PY).unwrap();
     app
 }
@@ -189,7 +193,7 @@ async fn workers_get_a_scrubbed_environment_in_the_app_folder() {
     assert!(env.contains_key("PATH") && env.contains_key("NIMBUS_WORKER_SOCKET"));
     assert_eq!(env["NIMBUS_FUNCTION"], "env");
     assert!(!env.contains_key("HOST_SECRET"), "{env:?}");
-    let allowed = ["PATH", "GREETING", "PYTHONPATH", "PYTHONUNBUFFERED"];
+    let allowed = ["PATH", "GREETING", "PYTHONPATH", "PYTHONUNBUFFERED", "TMPDIR"];
     for key in env.keys() {
         assert!(
             allowed.contains(&key.as_str()) || key.starts_with("NIMBUS_") || key == "LC_CTYPE",
@@ -251,7 +255,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
 async fn a_timeout_answers_504_and_cancels_the_invocation() {
     let app = python_app("[functions.slow]\ntimeout = \"500ms\"\n");
     let node = app.start(&[]);
-    let marker = app.path().join("cancelled.txt");
+    let marker = app.path().join("markers/cancelled.txt");
     let started = Instant::now();
     let (status, body) = get_json(&node.url(&format!("/slow?s=10&marker={}", marker.display()))).await;
     assert_eq!((status, body["error"]["code"].as_str()), (504, Some("timeout")));
@@ -281,7 +285,7 @@ async fn streams_reach_the_client_as_they_are_produced_and_disconnects_cancel() 
     );
 
     // A client that goes away mid-stream cancels the generator in the worker.
-    let marker = app.path().join("stream-ended.txt");
+    let marker = app.path().join("markers/stream-ended.txt");
     let mut resp = client().get(node.url(&format!("/drip?marker={}", marker.display()))).send().await.unwrap();
     let _ = resp.chunk().await.unwrap();
     drop(resp);

@@ -29,9 +29,10 @@ async def upload(req, ctx):
 
 @app.http("/touch", methods=["POST"])
 async def touch(req, ctx):
-    with open("made-by-worker.txt", "w") as f:
+    path = os.path.join(os.environ["TMPDIR"], "made-by-worker.txt")
+    with open(path, "w") as f:
         f.write("hello")
-    return {"ok": True}
+    return {"mode": os.stat(path).st_mode & 0o777}
 
 @app.http("/chatty", methods=["GET"])
 async def chatty(req, ctx):
@@ -139,9 +140,10 @@ async fn the_data_dir_and_its_secrets_are_private_to_the_node() {
     for path in files_under(&data) {
         assert_eq!(mode(&path) & 0o077, 0, "{} is private", path.display());
     }
-    // User code keeps the usual umask for what it writes in the app folder.
-    assert_eq!(reqwest::Client::new().post(node.url("/touch")).send().await.unwrap().status(), 200);
-    assert_eq!(mode(&app.path().join("made-by-worker.txt")), 0o644);
+    // User code keeps the usual umask for what it writes.
+    let resp = reqwest::Client::new().post(node.url("/touch")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["mode"], 0o644);
 }
 
 #[tokio::test]

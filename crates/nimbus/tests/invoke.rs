@@ -54,10 +54,14 @@ async def job(data, ctx):
     return {"trigger": ctx.trigger, "data": data}
 "#;
 
+/// Handlers leave markers (cancellation seen, stream closed) where the sandbox lets them write.
+const MARKERS: &str = "[workers.main.sandbox]\nwrite = [\"markers\"]\n";
+
 fn python_app(extra: &str) -> App {
-    let manifest = format!("[workers.main]\nruntime = \"python\"\nentry = \"functions/app.py\"\n\n{extra}");
+    let manifest = format!("[workers.main]\nruntime = \"python\"\nentry = \"functions/app.py\"\n{MARKERS}\n{extra}");
     let app = App::new(Some(&manifest));
     std::fs::create_dir_all(app.path().join("functions")).unwrap();
+    std::fs::create_dir_all(app.path().join("markers")).unwrap();
     std::fs::write(app.path().join("functions/app.py"), APP_PY).unwrap();
     app
 }
@@ -117,7 +121,7 @@ async fn python_functions_are_invoked_by_name_with_typed_errors() {
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_json")), "{body}");
 
     // A timeout cancels the invocation in the worker.
-    let marker = app.path().join("timed-out.txt");
+    let marker = app.path().join("markers/timed-out.txt");
     let started = Instant::now();
     let (status, body) = invoke(&node, &app, "wait", json!({"data": {"s": 30, "marker": marker}})).await;
     assert_eq!((status, body["error"]["code"].as_str()), (504, Some("timeout")), "{body}");
@@ -125,7 +129,7 @@ async fn python_functions_are_invoked_by_name_with_typed_errors() {
     wait_until("the worker saw the timeout's cancellation", Duration::from_secs(10), async || marker.exists()).await;
 
     // A caller that goes away cancels it too.
-    let marker = app.path().join("abandoned.txt");
+    let marker = app.path().join("markers/abandoned.txt");
     let abandoned = reqwest::Client::builder()
         .timeout(Duration::from_millis(500))
         .build()

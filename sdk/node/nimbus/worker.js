@@ -64,6 +64,9 @@ function clearSocket(socketPath) {
 }
 
 function main() {
+  // Read once, before the entry loads: neither user code nor the processes it spawns inherit it.
+  const key = process.env.NIMBUS_WORKER_KEY;
+  delete process.env.NIMBUS_WORKER_KEY;
   const socketPath = process.env.NIMBUS_WORKER_SOCKET;
   const entry = process.env.NIMBUS_ENTRY;
   if (!socketPath) die("NIMBUS_WORKER_SOCKET is not set: this program is started by the nimbus host");
@@ -78,7 +81,7 @@ function main() {
   });
 
   clearSocket(socketPath);
-  const server = createWorkerServer(app, { dev });
+  const server = createWorkerServer(app, { dev, key });
   server.on("error", (err) => die(`cannot listen on ${socketPath}: ${err.message}`));
   server.listen(socketPath, () => {
     const n = app.functions.length;

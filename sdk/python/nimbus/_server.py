@@ -61,6 +61,8 @@ _JSON_LINES = (b"content-type: application/json",)
 _FRAMING_HEADERS = frozenset(("content-length", "transfer-encoding", "connection"))
 _TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
+# The host's proof that a request is its own (PROTOCOL.md §1, Confinement); never shown to handlers.
+_KEY_HEADER = "x-nimbus-worker-key"
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _dumps = _encoder.encode
@@ -547,6 +549,12 @@ def _parse_head(head):
     return method, target, version, raw, first
 
 
+def _without_key(raw, first):
+    """The header pairs minus the host's key, which is also taken out of `first`."""
+    del first[_KEY_HEADER]
+    return [pair for pair in raw if pair[0] != _KEY_HEADER]
+
+
 # --- responses ------------------------------------------------------------------------------------------
 
 
@@ -793,6 +801,10 @@ class _Connection:
         self.keep_alive = False
         try:
             method, target, version, raw, first = _parse_head(head)
+            if not self.worker.admits(first):
+                return await self._forbid(method)
+            if _KEY_HEADER in first:
+                raw = _without_key(raw, first)
             chunked = False
             length = 0
             te = first.get("transfer-encoding")
@@ -860,6 +872,13 @@ class _Connection:
         if not body.done:
             return await body.discard()
         return not body.broken
+
+    async def _forbid(self, method):
+        """A request without this instance's key: 403 before anything else, its body left unread, and
+        the connection closes (False: no next request on it)."""
+        self.head_only = method == "HEAD"
+        await self._send_error(403, "forbidden", "this worker answers its host only")
+        return False
 
     async def _serve_protocol(self, request):
         path = request.path
@@ -1133,9 +1152,10 @@ class _Connection:
 
 
 class Worker:
-    """Serves an App over HTTP/1.1 on a Unix socket (PROTOCOL.md)."""
+    """Serves an App over HTTP/1.1 on a Unix socket (PROTOCOL.md). With a `key` (the instance's
+    NIMBUS_WORKER_KEY), only requests that carry it in `x-nimbus-worker-key`; the others get 403."""
 
-    def __init__(self, app, dev=False):
+    def __init__(self, app, dev=False, key=None):
         if not isinstance(app, App):
             raise TypeError("Worker serves a nimbus.App, not %r" % (app,))
         self.app = app
@@ -1147,7 +1167,22 @@ class Worker:
         self.loggers = {name: logging.getLogger("nimbus.fn." + name) for name in self.functions}
         self.index_json = _dumps(app.index()).encode("utf-8")
         self.tasks = set()
+        # NIMBUS_WORKER_KEY as bytes; None (a worker started by hand) serves every request
+        self.key = os.fsencode(key) if key else None
+        if self.key is not None:
+            from hmac import compare_digest  # only then: hmac imports hashlib and OpenSSL
+
+            self._compare = compare_digest
         _setup_logging()
+
+    def admits(self, first):
+        """Whether a request (its headers' first values) comes from the host: it carries this instance's
+        key, compared in constant time. Without a key, every request does."""
+        key = self.key
+        if key is None:
+            return True
+        sent = first.get(_KEY_HEADER)
+        return sent is not None and self._compare(sent.encode("latin-1"), key)
 
     def route(self, method, path):
         """(function, params) for a request without `x-nimbus-function`, or HTTPError 404 / 405."""
@@ -1305,6 +1340,8 @@ def _exit_on_signal(signum, frame):
 
 def main():
     """`python3 -m nimbus`: serve the App of NIMBUS_ENTRY on NIMBUS_WORKER_SOCKET until SIGTERM."""
+    # Read once, before the app imports: neither user code nor the processes it starts inherit it.
+    key = os.environ.pop("NIMBUS_WORKER_KEY", None)
     socket_path = os.environ.get("NIMBUS_WORKER_SOCKET")
     entry = os.environ.get("NIMBUS_ENTRY")
     if not socket_path:
@@ -1321,7 +1358,7 @@ def main():
     app = load_app(entry)
     if app is None:
         return 1
-    worker = Worker(app, dev=os.environ.get("NIMBUS_DEV") == "1")
+    worker = Worker(app, dev=os.environ.get("NIMBUS_DEV") == "1", key=key)
 
     async def run():
         loop = asyncio.get_running_loop()

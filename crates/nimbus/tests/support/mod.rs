@@ -188,6 +188,9 @@ pub fn command() -> Command {
         }
     }
     cmd.env("NIMBUS_LOG", "info");
+    // Root's interpreters (pyenv, with the packages the tests use) live under a 0700 home that
+    // `nobody` cannot read; the tests of the worker user set their own.
+    cmd.env("NIMBUS_WORKER_USER", "root");
     cmd
 }
 

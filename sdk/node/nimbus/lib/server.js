@@ -4,7 +4,7 @@
 // when the host closes a connection whose invocation is unfinished.
 
 const http = require("http");
-const { randomUUID } = require("crypto");
+const { randomUUID, timingSafeEqual } = require("crypto");
 const { kindOf } = require("./kind");
 const { matchRoute } = require("./routes");
 const { Request } = require("./request");
@@ -15,6 +15,8 @@ const { version } = require("../package.json");
 const SDK = `node/${version}`;
 const CANCELLED = Symbol("cancelled");
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
+// The host's proof that a request is its own (PROTOCOL.md §1, Confinement); never shown to handlers.
+const KEY_HEADER = "x-nimbus-worker-key";
 // Response headers of a fetch() Response that describe its old framing, not the body we send.
 const FETCH_DROP = new Set(["content-encoding", "content-length", "transfer-encoding", "connection", "keep-alive"]);
 
@@ -450,10 +452,51 @@ async function dispatch(app, req, res, dev) {
   return invokeHttp(fn, params, path, rawQuery, req, res, dev);
 }
 
-/** The request listener for `app`. `dev`: error messages of handlers go into 500 answers. */
-function createListener(app, { dev = false } = {}) {
+// ---- The host's key ---------------------------------------------------------------------------------
+
+/** A test of whether a request comes from the host: it carries `key` (the instance's
+ *  NIMBUS_WORKER_KEY), compared in constant time. Without a key (a worker started by hand), every
+ *  request does. */
+function keyCheck(key) {
+  if (!key) return () => true;
+  const expected = Buffer.from(key, "utf8");
+  return (req) => {
+    const sent = req.headers[KEY_HEADER];
+    if (typeof sent !== "string") return false;
+    const given = Buffer.from(sent, "latin1"); // header values are read as latin1: the bytes as sent
+    return given.length === expected.length && timingSafeEqual(given, expected);
+  };
+}
+
+/** Takes the key out of what the handler can reach: `headers`, `headersDistinct` and `rawHeaders`. */
+function dropKey(req) {
+  const headers = req.headers;
+  if (!(KEY_HEADER in headers)) return;
+  delete headers[KEY_HEADER];
+  // Node builds headersDistinct from rawHeaders and the count it parsed: build it before they shrink.
+  const distinct = req.headersDistinct;
+  if (distinct) delete distinct[KEY_HEADER];
+  const raw = req.rawHeaders;
+  for (let i = raw.length - 2; i >= 0; i -= 2) {
+    if (raw[i].toLowerCase() === KEY_HEADER) raw.splice(i, 2);
+  }
+}
+
+/** A request without the key: 403 before anything else, its body left unread, and the connection
+ *  closed once the answer is out. */
+function forbid(req, res) {
+  res.once("finish", () => req.socket.destroy());
+  sendError(res, 403, "forbidden", "this worker answers its host only", { connection: "close" });
+}
+
+/** The request listener for `app`. `dev`: error messages of handlers go into 500 answers. `key`:
+ *  NIMBUS_WORKER_KEY, which every request must then carry. */
+function createListener(app, { dev = false, key } = {}) {
+  const admits = keyCheck(key);
   return (req, res) => {
     res.on("error", () => {}); // a write racing a closed connection; cancellation handles it
+    if (!admits(req)) return forbid(req, res);
+    dropKey(req);
     dispatch(app, req, res, dev).catch((err) => {
       log(`internal error while serving ${req.method} ${req.url}:\n${stackOf(err)}`);
       if (res.headersSent) res.destroy();
@@ -464,12 +507,18 @@ function createListener(app, { dev = false } = {}) {
 
 /** An http.Server for `app`, tuned for the host: long keep-alive, no request timeout (long
  *  invocations are normal; the host times them out by closing the connection). `inflight()` counts
- *  requests not yet finished; 'idle' is emitted when it drops to zero. */
-function createWorkerServer(app, { dev = false } = {}) {
+ *  requests not yet finished; 'idle' is emitted when it drops to zero. `key`: as for createListener. */
+function createWorkerServer(app, { dev = false, key } = {}) {
+  const admits = keyCheck(key);
   const server = http.createServer(
     { requireHostHeader: false, maxHeaderSize: 64 * 1024, noDelay: true },
-    createListener(app, { dev }),
+    createListener(app, { dev, key }),
   );
+  // `expect: 100-continue`: Node would invite anyone's body; only the host's is worth reading.
+  server.on("checkContinue", (req, res) => {
+    if (admits(req)) res.writeContinue();
+    server.emit("request", req, res);
+  });
   server.keepAliveTimeout = 5 * 60 * 1000;
   server.headersTimeout = 60 * 1000;
   server.requestTimeout = 0;
