@@ -1151,7 +1151,10 @@ fn fingerprint(text: &str, params: &query::Params, pk: Option<&Value>) -> String
     names.sort();
     for n in names {
         n.hash(&mut h);
-        params[n].to_string().hash(&mut h);
+        // Canonical: the same object parameter with its properties in another order is the same.
+        let mut value = String::new();
+        query::canonical_key(Some(&params[n]), &mut value);
+        value.hash(&mut h);
     }
     pk.map(model::canonical).hash(&mut h);
     format!("{:016x}", h.finish())

@@ -101,7 +101,9 @@ pub fn lookup<'v>(item: &'v Value, path: &[String]) -> Option<&'v Value> {
     path.iter().try_fold(item, |v, name| v.as_object()?.get(name))
 }
 
-/// Canonical JSON text of a scalar, numbers normalised (1.0 → 1) so equal values share a key.
+/// Canonical JSON text of a value, so equal values share a key: a number normalised (1.0 → 1),
+/// objects with their properties sorted at every level (as they were before items kept their
+/// order: the keys already stored stay the same).
 pub fn canonical(value: &Value) -> String {
     match value {
         Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
@@ -110,6 +112,11 @@ pub fn canonical(value: &Value) -> String {
             (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15 => (f as i64).to_string(),
             _ => n.to_string(),
         },
+        Value::Object(_) | Value::Array(_) => {
+            let mut sorted = value.clone();
+            sorted.sort_all_objects();
+            sorted.to_string()
+        }
         other => other.to_string(),
     }
 }
@@ -250,7 +257,8 @@ pub fn depth(value: &Value) -> usize {
 /// The item to store: system properties dropped, `_ts` set.
 pub fn prepare(mut map: Map<String, Value>, now: i64) -> Value {
     for key in SYSTEM {
-        map.remove(key);
+        // `shift_remove`: the other properties keep their order (`remove` would move the last).
+        map.shift_remove(key);
     }
     map.insert("_ts".into(), Value::from(now));
     Value::Object(map)
@@ -287,6 +295,12 @@ mod tests {
         assert_eq!(item_key("c", &json!("a/b"), "x%y"), "c/\"a%2Fb\"/x%25y");
         assert_eq!(item_key("c", &json!(1.0), "i"), item_key("c", &json!(1), "i"));
         assert_ne!(item_key("c", &json!("1"), "i"), item_key("c", &json!(1), "i"));
+        let (a, b): (Value, Value) = (
+            serde_json::from_str(r#"{"a": [{"x": 1, "y": 2}], "b": 1}"#).unwrap(),
+            serde_json::from_str(r#"{"b": 1, "a": [{"y": 2, "x": 1}]}"#).unwrap(),
+        );
+        assert_eq!(canonical(&a), canonical(&b), "one key whatever the order of properties");
+        assert_eq!(canonical(&a), r#"{"a":[{"x":1,"y":2}],"b":1}"#);
         assert_eq!(enc("a\u{0}b"), "a%00b");
         assert_eq!(dec(&enc("a/%b\u{0}é")), "a/%b\u{0}é");
     }

@@ -159,7 +159,7 @@ fn pointer_mut<'v>(item: &'v mut Value, path: &str) -> Result<Option<&'v mut Val
 fn take(item: &mut Value, path: &str) -> Result<Value, String> {
     let (parent, last) = parent(item, path)?;
     match parent {
-        Value::Object(map) => map.remove(&last).ok_or_else(|| "there is nothing at the path".to_owned()),
+        Value::Object(map) => map.shift_remove(&last).ok_or_else(|| "there is nothing at the path".to_owned()),
         Value::Array(items) => {
             let i = index(&last, items.len(), false)?;
             Ok(items.remove(i))

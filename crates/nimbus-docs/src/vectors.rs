@@ -105,9 +105,10 @@ pub struct Vectors {
 
 impl Vectors {
     /// The `want` best-scoring item keys of `container` for `query` by `metric` (highest first
-    /// unless `ascending`), after bringing the container's vectors up to date. `None` when items
-    /// without a comparable vector would come first (their score is undefined, which sorts lowest)
-    /// or there are too few with one: the caller then evaluates the query over every item.
+    /// unless `ascending`), after bringing the container's vectors up to date. Items without a
+    /// comparable vector (their score is undefined) come after all others, as the query sorts
+    /// them; `None` when there are too few with one: the caller then evaluates the query over
+    /// every item.
     #[allow(clippy::too_many_arguments)]
     pub async fn nearest(
         &self,
@@ -133,15 +134,12 @@ impl Vectors {
             return Ok(None);
         }
         let query_norm = norm(query);
-        let mut scored: Vec<(f32, usize)> = Vec::with_capacity(n);
-        for (slot, vector) in set.data.chunks_exact(set.dims).enumerate() {
-            let scored_slot = set.norms[slot].and_then(|v_norm| score(vector, v_norm, query, query_norm, metric));
-            match scored_slot {
-                Some(s) => scored.push((s, slot)),
-                None if ascending => return Ok(None),
-                None => {}
-            }
-        }
+        let mut scored: Vec<(f32, usize)> = set
+            .data
+            .chunks_exact(set.dims)
+            .enumerate()
+            .filter_map(|(slot, vector)| Some((score(vector, set.norms[slot]?, query, query_norm, metric)?, slot)))
+            .collect();
         if scored.len() < want.min(n) {
             return Ok(None);
         }

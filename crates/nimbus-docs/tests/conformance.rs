@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 conformance_suite!(
     items_round_trip_with_etags,
+    items_keep_their_property_order,
     bad_items_are_refused,
     patches_apply_or_change_nothing,
     batches_are_all_or_nothing,
@@ -88,6 +89,37 @@ async fn items_round_trip_with_etags(db: &TestDb) {
     // Numbers as partition keys: 1 and 1.0 are one partition.
     d.create("people", json!({"id": "n", "userId": 1})).await.unwrap();
     assert_eq!(d.read("people", "n", &json!(1.0)).await.unwrap()["userId"], 1);
+}
+
+/// Properties keep the order they were written in, as Cosmos DB returns them (the API answers JSON
+/// text): the item's own, then the system properties; a query's projection in SELECT-list order.
+async fn items_keep_their_property_order(db: &TestDb) {
+    let d = docs(db).await;
+    let sent = r#"{"zeta": 1, "id": "k", "_ts": 5, "userId": "u9", "mid": {"y": 1, "b": 2}, "alpha": 2}"#;
+    d.create("people", serde_json::from_str(sent).unwrap()).await.unwrap();
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    let read = d.read("people", "k", &json!("u9")).await.unwrap();
+    assert_eq!(keys(&read), ["zeta", "id", "userId", "mid", "alpha", "_ts", "_etag", "_lsn"]);
+    assert_eq!(read["mid"].to_string(), r#"{"y":1,"b":2}"#);
+    let query = |text: &'static str| {
+        let d = d.clone();
+        async move { d.query("people", text, &params(&[]), None, None, 10).await.unwrap().items }
+    };
+    assert_eq!(keys(&query("SELECT * FROM c WHERE c.id = 'k'").await[0]), keys(&read));
+    let projected = query("SELECT c.alpha, c.mid, c.zeta FROM c WHERE c.id = 'k'").await;
+    assert_eq!(serde_json::to_string(&projected).unwrap(), r#"[{"alpha":2,"mid":{"y":1,"b":2},"zeta":1}]"#);
+    // A patch leaves the other properties in place; a new one comes after them.
+    let ops = json!([
+        {"op": "remove", "path": "/zeta"},
+        {"op": "set", "path": "/mid/y", "value": 3},
+        {"op": "add", "path": "/new", "value": true}
+    ]);
+    let patched = d
+        .patch("people", "k", &json!("u9"), &serde_json::from_value::<Vec<nimbus_docs::PatchOp>>(ops).unwrap(), None)
+        .await
+        .unwrap();
+    assert_eq!(keys(&patched), ["id", "userId", "mid", "alpha", "new", "_ts", "_etag", "_lsn"]);
+    assert_eq!(patched["mid"].to_string(), r#"{"y":3,"b":2}"#);
 }
 
 async fn bad_items_are_refused(db: &TestDb) {
@@ -460,11 +492,14 @@ async fn nearest_neighbours_match_a_full_scan(db: &TestDb) {
             got
         }
     };
-    let first = compare("cosine", "DESC").await;
+    let first = compare("cosine", "").await;
+    assert_eq!(compare("cosine", "ASC").await, first);
     compare("dotproduct", "DESC").await;
-    // Ascending puts items without a vector first: the index declines and the scan answers.
-    let asc = compare("euclidean", "ASC").await;
-    assert_eq!(asc[0], "no-vector");
+    // The most similar first whatever the direction (the smallest distances); an item without a
+    // vector has no score and comes last.
+    let euclidean = compare("euclidean", "ASC").await;
+    assert_eq!(compare("euclidean", "DESC").await, euclidean);
+    assert!(!euclidean.contains(&json!("no-vector")));
     // Change the best match, delete the second: the index follows.
     let best = first[0].as_str().unwrap();
     let second = first[1].as_str().unwrap();
@@ -480,6 +515,6 @@ async fn nearest_neighbours_match_a_full_scan(db: &TestDb) {
     .await
     .unwrap();
     d.delete("vectors", second, &pk_of(second), None).await.unwrap();
-    let after = compare("cosine", "DESC").await;
+    let after = compare("cosine", "").await;
     assert!(!after.contains(&json!(second)));
 }

@@ -111,7 +111,7 @@ fn resolve_user(name: &str) -> Result<WorkerUser, FunctionsError> {
     if let Ok(uid) = name.parse::<u32>() {
         let uid = Uid::from_raw(uid);
         let gid = nix::unistd::User::from_uid(uid).ok().flatten().map_or(Gid::from_raw(uid.as_raw()), |u| u.gid);
-        return Ok(WorkerUser { uid: uid, gid });
+        return Ok(WorkerUser { uid, gid });
     }
     match nix::unistd::User::from_name(name) {
         Ok(Some(user)) => Ok(WorkerUser { uid: user.uid, gid: user.gid }),

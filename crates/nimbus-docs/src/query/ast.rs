@@ -49,7 +49,9 @@ pub(crate) enum AggFn {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Expr {
-    Const(Value),
+    /// Boxed: values are large, and every node (and every parser and evaluator frame holding one)
+    /// would pay for it.
+    Const(Box<Value>),
     Undefined,
     /// `@name`, with its `@`.
     Param(String),
@@ -91,6 +93,18 @@ pub(crate) enum Expr {
 }
 
 impl Expr {
+    pub(crate) fn constant(v: Value) -> Expr {
+        Expr::Const(Box::new(v))
+    }
+
+    /// The string of a string literal (`c["name"]`).
+    pub(crate) fn const_str(&self) -> Option<&str> {
+        match self {
+            Expr::Const(v) => v.as_str(),
+            _ => None,
+        }
+    }
+
     /// Calls `f` on every direct child.
     pub(crate) fn children(&self, f: &mut dyn FnMut(&Expr)) {
         match self {

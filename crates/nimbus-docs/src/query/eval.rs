@@ -163,8 +163,8 @@ fn unary<'a>(op: UnOp, x: V<'a>) -> V<'a> {
             Some(Num::F(f)) => Num::F(-f).v(),
             None => V::Undef,
         },
-        UnOp::BitNot => match x.num().and_then(Num::as_int) {
-            Some(i) => Num::I(!i).v(),
+        UnOp::BitNot => match x.num() {
+            Some(n) => Num::I((!n.to_int32()).into()).v(),
             None => V::Undef,
         },
     }
@@ -210,23 +210,24 @@ fn arith<'a>(op: BinOp, x: Num, y: Num) -> V<'a> {
             return Num::I(r).v();
         }
     }
-    let bits = |n: Num| n.as_int();
     match op {
         BinOp::Add => Num::F(x.f() + y.f()).v(),
         BinOp::Sub => Num::F(x.f() - y.f()).v(),
         BinOp::Mul => Num::F(x.f() * y.f()).v(),
         BinOp::Div => Num::F(x.f() / y.f()).v(),
         BinOp::Mod => Num::F(x.f() % y.f()).v(),
+        // As JavaScript's, which Cosmos DB's follow: on 32-bit integers, the shift count taken
+        // modulo 32, `>>>` unsigned.
         BinOp::BitOr | BinOp::BitAnd | BinOp::BitXor | BinOp::Shl | BinOp::Shr | BinOp::ShrZero => {
-            let (Some(a), Some(b)) = (bits(x), bits(y)) else { return V::Undef };
-            let shift = (b & 63) as u32;
+            let (a, b) = (x.to_int32(), y.to_int32());
+            let shift = b as u32 & 31;
             Num::I(match op {
-                BinOp::BitOr => a | b,
-                BinOp::BitAnd => a & b,
-                BinOp::BitXor => a ^ b,
-                BinOp::Shl => a.wrapping_shl(shift),
-                BinOp::Shr => a >> shift,
-                _ => ((a as u64) >> shift) as i64,
+                BinOp::BitOr => (a | b).into(),
+                BinOp::BitAnd => (a & b).into(),
+                BinOp::BitXor => (a ^ b).into(),
+                BinOp::Shl => a.wrapping_shl(shift).into(),
+                BinOp::Shr => (a >> shift).into(),
+                _ => ((a as u32) >> shift).into(),
             })
             .v()
         }

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use super::ast::{AggFn, Count, Projection, Step};
 use super::budget::{Budget, Limits, NODE, owned_size, size};
 use super::eval::{Env, eval};
-use super::plan::Plan;
+use super::plan::{Direction, Plan, directions};
 use super::value::{Num, V, canonical_key, total_cmp};
 use super::{Params, QueryError, Rows, Window};
 
@@ -48,7 +48,7 @@ pub(crate) fn execute<'a, 'i: 'a>(
     };
     let budget = Budget::new(limits);
     let mut emit = Emit::new(&budget, s.distinct, offset, take, window);
-    let run = Run { plan, params, budget: &budget };
+    let run = Run { plan, params, budget: &budget, directions: directions(plan, params) };
     if plan.grouped {
         run.grouped(items, &mut emit)?;
     } else if !s.order_by.is_empty() {
@@ -187,6 +187,8 @@ struct Run<'a, 'b> {
     plan: &'a Plan,
     params: &'a Params,
     budget: &'b Budget,
+    /// Of each ORDER BY key.
+    directions: Vec<Direction>,
 }
 
 /// A row waiting to be ordered: its sort keys, its aliases' values, its arrival number (ties keep
@@ -202,6 +204,12 @@ struct Pending<'a> {
 type Sink<'s, 'a> = dyn FnMut(&[V<'a>]) -> Result<bool, QueryError> + 's;
 
 impl<'a, 'b> Run<'a, 'b> {
+    /// Two rows' ORDER BY keys, in their directions.
+    fn compare_keys(&self, a: &[V<'a>], b: &[V<'a>]) -> Ordering {
+        let keys = self.directions.iter().zip(a.iter().zip(b));
+        keys.map(|(d, (x, y))| d.compare(x.get(), y.get())).find(|o| o.is_ne()).unwrap_or(Ordering::Equal)
+    }
+
     fn env<'r>(&'r self, vars: &'r [V<'a>]) -> Env<'a, 'r> {
         Env { vars, params: self.params, group: None, budget: self.budget }
     }
@@ -341,14 +349,7 @@ impl<'a, 'b> Run<'a, 'b> {
         // bounded by the rows the budget lets it hold, and the clock is read as it goes.
         let cmp = |a: &Pending<'a>, b: &Pending<'a>| -> Ordering {
             budget.tick();
-            for (i, (_, desc)) in order.iter().enumerate() {
-                let o = total_cmp(a.keys[i].get(), b.keys[i].get());
-                let o = if *desc { o.reverse() } else { o };
-                if o != Ordering::Equal {
-                    return o;
-                }
-            }
-            a.seq.cmp(&b.seq)
+            self.compare_keys(&a.keys, &b.keys).then(a.seq.cmp(&b.seq))
         };
         let bound = bound.map(|b| b.min(1 << 40) as usize);
         let mut pending: Vec<Pending<'a>> = Vec::new();
@@ -452,14 +453,7 @@ impl<'a, 'b> Run<'a, 'b> {
         if !s.order_by.is_empty() {
             rows.sort_by(|a, b| {
                 budget.tick();
-                for (i, (_, desc)) in s.order_by.iter().enumerate() {
-                    let o = total_cmp(a.0[i].get(), b.0[i].get());
-                    let o = if *desc { o.reverse() } else { o };
-                    if o != Ordering::Equal {
-                        return o;
-                    }
-                }
-                Ordering::Equal
+                self.compare_keys(&a.0, &b.0)
             });
             budget.result()?;
         }

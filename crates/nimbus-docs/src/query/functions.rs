@@ -127,7 +127,7 @@ pub(crate) fn call<'a>(f: Func, args: Vec<V<'a>>, budget: &Budget) -> V<'a> {
         IsObject => V::bool(matches!(a0, Some(Value::Object(_)))),
         IsPrimitive => V::bool(matches!(a0, Some(Value::Null | Value::Bool(_) | Value::Number(_) | Value::String(_)))),
         IsFiniteNumber => V::bool(matches!(a0, Some(Value::Number(_)))),
-        IsInteger => V::bool(args[0].num().and_then(Num::as_int).is_some()),
+        IsInteger => V::bool(args[0].num().is_some_and(Num::is_i64)),
         StartsWith | EndsWith | Contains | StringEquals => string_test(f, &args, budget),
         Lower => str_map(&args, built, |s| s.to_lowercase()),
         Upper => str_map(&args, built, |s| s.to_uppercase()),

@@ -1,7 +1,7 @@
 //! Tokens of the query language: keywords (case-insensitive), identifiers, `@parameters`, numbers,
 //! 'single' and "double" quoted strings with JSON-style escapes, operators and `--` line comments.
 
-use serde_json::Value;
+use serde_json::Number;
 
 use super::QueryError;
 
@@ -115,7 +115,8 @@ pub(crate) enum Tok {
     Ident(String),
     /// A parameter, with its `@`.
     Param(String),
-    Num(Value),
+    /// A number (a `Number`, not a `Value`: tokens stay small, and so the parser's frames).
+    Num(Number),
     Str(String),
     LParen,
     RParen,
@@ -312,7 +313,7 @@ fn word_len(text: &str, i: usize) -> usize {
     n
 }
 
-fn number(text: &str, start: usize) -> Result<(Value, usize), QueryError> {
+fn number(text: &str, start: usize) -> Result<(Number, usize), QueryError> {
     let bytes = text.as_bytes();
     let mut i = start;
     if bytes[i] == b'0' && matches!(bytes.get(i + 1), Some(b'x' | b'X')) {
@@ -322,7 +323,7 @@ fn number(text: &str, start: usize) -> Result<(Value, usize), QueryError> {
         }
         let s = &text[i + 2..i + 2 + digits];
         let v = match i64::from_str_radix(s, 16) {
-            Ok(n) => Value::from(n),
+            Ok(n) => Number::from(n),
             Err(_) => {
                 return Err(QueryError::syntax(text, start, "hexadecimal number out of range"));
             }
@@ -355,11 +356,11 @@ fn number(text: &str, start: usize) -> Result<(Value, usize), QueryError> {
     }
     let s = &text[start..i];
     let v = if !float && let Ok(n) = s.parse::<i64>() {
-        Value::from(n)
+        Number::from(n)
     } else {
-        match s.parse::<f64>() {
-            Ok(f) if f.is_finite() => super::value::float_value(f),
-            _ => return Err(QueryError::syntax(text, start, "number out of range")),
+        match s.parse::<f64>().ok().and_then(super::value::float_number) {
+            Some(n) => n,
+            None => return Err(QueryError::syntax(text, start, "number out of range")),
         }
     };
     Ok((v, i - start))
@@ -460,12 +461,12 @@ mod tests {
 
     #[test]
     fn numbers_keep_integers() {
-        assert_eq!(toks("42")[0], Tok::Num(Value::from(42)));
-        assert_eq!(toks("1.5")[0], Tok::Num(serde_json::json!(1.5)));
-        assert_eq!(toks("2.0")[0], Tok::Num(Value::from(2)));
-        assert_eq!(toks("1e3")[0], Tok::Num(Value::from(1000)));
-        assert_eq!(toks(".5")[0], Tok::Num(serde_json::json!(0.5)));
-        assert_eq!(toks("0x1F")[0], Tok::Num(Value::from(31)));
+        assert_eq!(toks("42")[0], Tok::Num(42.into()));
+        assert_eq!(toks("1.5")[0], Tok::Num(Number::from_f64(1.5).unwrap()));
+        assert_eq!(toks("2.0")[0], Tok::Num(2.into()));
+        assert_eq!(toks("1e3")[0], Tok::Num(1000.into()));
+        assert_eq!(toks(".5")[0], Tok::Num(Number::from_f64(0.5).unwrap()));
+        assert_eq!(toks("0x1F")[0], Tok::Num(31.into()));
     }
 
     #[test]

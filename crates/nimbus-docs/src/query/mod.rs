@@ -14,14 +14,17 @@
 //! property that is undefined is left out, and `SELECT VALUE` of undefined leaves the row out;
 //! comparisons across types are undefined and WHERE keeps a row only when its condition is exactly
 //! `true`; AND/OR/NOT are three-valued; ORDER BY sorts across types as undefined < null < booleans
-//! < numbers < strings < arrays < objects; aggregates skip undefined values. See `value.rs` for
-//! numbers (integers stay integers; floats print like JavaScript's).
+//! < numbers < strings < arrays < objects (the SDKs' order), except that `ORDER BY VectorDistance(…)`
+//! puts the most similar first whatever direction is written; aggregates skip undefined values;
+//! bitwise operators work on 32-bit integers, as JavaScript's. Result objects keep their properties
+//! in the order written: the SELECT list's, an object literal's, a stored item's. See `value.rs`
+//! for numbers (integers stay integers; floats print like JavaScript's).
 //!
 //! Choices where the documentation is silent: strings compare by code point; arrays compare
-//! element by element and objects by their sorted properties (Cosmos DB compares hashes); bitwise
-//! operators work on 64-bit integers (JavaScript's on 32-bit); `x IN (…)` is `false`, not
-//! undefined, when `x` is defined and no item equals it; SUM over no rows is 0 and AVG/MIN/MAX
-//! are undefined; string functions count code points.
+//! element by element and objects by their sorted properties (Cosmos DB compares hashes); rows
+//! whose VectorDistance is undefined sort after all others; `x IN (…)` is `false`, not undefined,
+//! when `x` is defined and no item equals it; SUM over no rows is 0 and AVG/MIN/MAX are undefined;
+//! groups come in the order their first rows arrive; string functions count code points.
 //!
 //! - `lexer.rs`, `parser.rs`, `ast.rs`: text → syntax tree (depth-limited; errors with line:column);
 //! - `plan.rs`: names resolved, aggregates and GROUP BY checked and rewritten, equalities;
@@ -62,6 +65,7 @@ pub use budget::{Limits, MAX_QUERY_MEMORY, MAX_STRING_BYTES};
 pub use functions::Distance as Metric;
 pub use parser::MAX_DEPTH;
 pub use plan::Nearest;
+pub(crate) use value::canonical_key;
 
 /// Query parameters by name, with the `@` (`"@id"`).
 pub type Params = std::collections::HashMap<String, Value>;

@@ -187,7 +187,7 @@ impl<'t> Parser<'t> {
     fn count(&mut self, clause: &str) -> Result<Count, QueryError> {
         let pos = self.pos();
         match self.bump() {
-            Tok::Num(Value::Number(n)) if n.as_u64().is_some() => Ok(Count::Literal(n.as_u64().unwrap_or(0))),
+            Tok::Num(n) if n.as_u64().is_some() => Ok(Count::Literal(n.as_u64().unwrap_or(0))),
             Tok::Param(p) => Ok(Count::Param(p)),
             _ => Err(self.err(pos, format!("{clause} takes a non-negative integer or a parameter"))),
         }
@@ -305,7 +305,7 @@ impl<'t> Parser<'t> {
                 let pos = self.pos();
                 match self.bump() {
                     Tok::Str(s) => path.push(Step::Prop(s)),
-                    Tok::Num(Value::Number(n)) if n.as_u64().is_some() => {
+                    Tok::Num(n) if n.as_u64().is_some() => {
                         path.push(Step::Index(n.as_u64().unwrap_or(0) as usize));
                     }
                     _ => return Err(self.err(pos, "expected a property name or an array index")),
@@ -442,14 +442,15 @@ impl<'t> Parser<'t> {
         self.leave();
         // A negative number literal stays a literal (so it can be a TOP count, an IN list value…).
         if op == UnOp::Neg
-            && let Expr::Const(Value::Number(n)) = &e
+            && let Expr::Const(c) = &e
+            && let Value::Number(n) = c.as_ref()
         {
             let neg = match n.as_i64() {
                 Some(i) if i != 0 => i.checked_neg().map(Value::from),
                 _ => None,
             };
             if let Some(v) = neg {
-                return Ok((Expr::Const(v), d));
+                return Ok((Expr::constant(v), d));
             }
         }
         self.check((Expr::Unary(op, Box::new(e)), d + 1))
@@ -476,11 +477,11 @@ impl<'t> Parser<'t> {
     fn primary(&mut self) -> R {
         let pos = self.pos();
         match self.bump() {
-            Tok::Num(v) => Ok((Expr::Const(v), 1)),
-            Tok::Str(s) => Ok((Expr::Const(Value::String(s)), 1)),
-            Tok::Kw(Kw::True) => Ok((Expr::Const(Value::Bool(true)), 1)),
-            Tok::Kw(Kw::False) => Ok((Expr::Const(Value::Bool(false)), 1)),
-            Tok::Kw(Kw::Null) => Ok((Expr::Const(Value::Null), 1)),
+            Tok::Num(n) => Ok((Expr::constant(Value::Number(n)), 1)),
+            Tok::Str(s) => Ok((Expr::constant(Value::String(s)), 1)),
+            Tok::Kw(Kw::True) => Ok((Expr::constant(Value::Bool(true)), 1)),
+            Tok::Kw(Kw::False) => Ok((Expr::constant(Value::Bool(false)), 1)),
+            Tok::Kw(Kw::Null) => Ok((Expr::constant(Value::Null), 1)),
             Tok::Kw(Kw::Undefined) => Ok((Expr::Undefined, 1)),
             Tok::Param(p) => Ok((Expr::Param(p), 1)),
             Tok::Ident(name) => {
@@ -569,7 +570,7 @@ impl<'t> Parser<'t> {
         .map(|(_, a)| a);
         if let Some(agg) = agg {
             let arg = if agg == AggFn::Count && self.eat(&Tok::Star) {
-                (Expr::Const(Value::from(1)), 1)
+                (Expr::constant(Value::from(1)), 1)
             } else {
                 self.expr()?
             };
@@ -606,10 +607,7 @@ impl<'t> Parser<'t> {
 fn derived_name(e: &Expr) -> Option<String> {
     match e {
         Expr::Prop(_, name) => Some(name.clone()),
-        Expr::Index(_, idx) => match idx.as_ref() {
-            Expr::Const(Value::String(s)) => Some(s.clone()),
-            _ => None,
-        },
+        Expr::Index(_, idx) => idx.const_str().map(str::to_owned),
         Expr::Ident(name, _) => Some(name.clone()),
         _ => None,
     }

@@ -3,16 +3,22 @@
 //! (projection of a grouped query only from GROUP BY expressions and aggregates, no aggregate in
 //! WHERE, `SELECT *` only over one source).
 
+use std::cmp::Ordering;
+
 use serde_json::Value;
 
 use super::QueryError;
 use super::ast::{AggFn, Count, Expr, Projection, Select};
+use super::functions::{Distance, Func, distance_option};
+use super::value::total_cmp;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     pub select: Select,
     /// Every aggregate of the projection and ORDER BY: its function and argument (over the row).
     pub aggs: Vec<(AggFn, Expr)>,
+    /// How each ORDER BY expression sorts.
+    pub sorts: Vec<Sort>,
     /// Whether rows are grouped (GROUP BY, or aggregates in the projection).
     pub grouped: bool,
     /// Every parameter the query uses, once each.
@@ -51,6 +57,7 @@ pub(crate) fn plan(text: &str, mut select: Select) -> Result<Plan, QueryError> {
     let has_agg = proj_exprs.iter().any(|e| e.any(&|x| matches!(x, Expr::Agg(..))));
     drop(proj_exprs);
     fold_all(&mut select);
+    let sorts = select.order_by.iter().map(|(e, desc)| sort(text, e, *desc)).collect::<Result<_, _>>()?;
     let grouped = has_agg || !select.group_by.is_empty();
     let mut aggs = Vec::new();
     if matches!(select.projection, Projection::Star) {
@@ -99,7 +106,84 @@ pub(crate) fn plan(text: &str, mut select: Select) -> Result<Plan, QueryError> {
             params.push(p.clone());
         }
     }
-    Ok(Plan { select, aggs, grouped, params })
+    Ok(Plan { select, aggs, sorts, grouped, params })
+}
+
+/// How ORDER BY sorts by one expression.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Sort {
+    /// As written: ascending (the default) or descending.
+    Written { descending: bool },
+    /// `VectorDistance(…)`: most similar first, whatever direction is written. Cosmos DB: "When
+    /// `VectorDistance` is used in an `ORDER BY` clause, no direction needs to be specified for the
+    /// `ORDER BY` as the results are always sorted in order of most similar (first) to least
+    /// similar (last) based on the similarity metric used."
+    /// (<https://learn.microsoft.com/azure/cosmos-db/nosql/query/vectordistance>, Remarks.) The
+    /// metric comes from the options argument (a literal or a parameter), cosine without one.
+    Similarity { options: Option<Expr> },
+}
+
+/// How ORDER BY sorts by `e`, written with `descending` (or not). VectorDistance's options must
+/// be known before the rows are: one metric orders them all.
+fn sort(text: &str, e: &Expr, descending: bool) -> Result<Sort, QueryError> {
+    let Expr::Call(Func::VectorDistance, args) = e else { return Ok(Sort::Written { descending }) };
+    match args.get(3) {
+        None | Some(Expr::Const(_) | Expr::Param(_)) => Ok(Sort::Similarity { options: args.get(3).cloned() }),
+        Some(_) => Err(QueryError::invalid(
+            text,
+            None,
+            "VectorDistance in ORDER BY takes its options as an object literal or a parameter",
+        )),
+    }
+}
+
+/// The direction of one ORDER BY key for a run (its parameters known).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Direction {
+    pub descending: bool,
+    /// Undefined after every value whatever the direction: a row without a similarity score is
+    /// the least similar (the documentation is silent; ascending would otherwise put it first).
+    pub undefined_last: bool,
+}
+
+impl Direction {
+    pub(crate) fn compare(self, a: Option<&Value>, b: Option<&Value>) -> Ordering {
+        if self.undefined_last && a.is_none() != b.is_none() {
+            return if a.is_none() { Ordering::Greater } else { Ordering::Less };
+        }
+        let o = total_cmp(a, b);
+        if self.descending { o.reverse() } else { o }
+    }
+}
+
+/// The direction of each ORDER BY key: as written, or most similar first for `VectorDistance`
+/// (higher scores for cosine and dot product, lower distances for euclidean).
+pub(crate) fn directions(plan: &Plan, params: &super::Params) -> Vec<Direction> {
+    plan.sorts
+        .iter()
+        .map(|s| match s {
+            Sort::Written { descending } => Direction { descending: *descending, undefined_last: false },
+            Sort::Similarity { options } => {
+                let descending = metric(options.as_ref(), params) != Distance::Euclidean;
+                Direction { descending, undefined_last: true }
+            }
+        })
+        .collect()
+}
+
+/// The metric VectorDistance's options argument names. Without one, cosine: Cosmos DB would take
+/// the container vector policy's `distanceFunction`, and containers here have no vector policy.
+/// Options VectorDistance refuses make every score undefined, so their direction does not matter.
+fn metric(options: Option<&Expr>, params: &super::Params) -> Distance {
+    let options = match options {
+        Some(Expr::Const(v)) => Some(v.as_ref()),
+        Some(Expr::Param(p)) => params.get(p),
+        _ => None,
+    };
+    match options {
+        Some(Value::Object(map)) => distance_option(map).unwrap_or(Distance::Cosine),
+        _ => Distance::Cosine,
+    }
 }
 
 /// Literal arrays and objects of constants become constants, so they are built once, not per row
@@ -122,17 +206,17 @@ fn fold(e: &mut Expr) {
     e.children_mut(&mut |c| fold(c));
     let constant = match e {
         Expr::Array(items) if items.iter().all(|i| matches!(i, Expr::Const(_))) => Value::Array(
-            items.iter().filter_map(|i| if let Expr::Const(v) = i { Some(v.clone()) } else { None }).collect(),
+            items.iter().filter_map(|i| if let Expr::Const(v) = i { Some(v.as_ref().clone()) } else { None }).collect(),
         ),
         Expr::Object(fields) if fields.iter().all(|(_, f)| matches!(f, Expr::Const(_))) => Value::Object(
             fields
                 .iter()
-                .filter_map(|(k, f)| if let Expr::Const(v) = f { Some((k.clone(), v.clone())) } else { None })
+                .filter_map(|(k, f)| if let Expr::Const(v) = f { Some((k.clone(), v.as_ref().clone())) } else { None })
                 .collect(),
         ),
         _ => return,
     };
-    *e = Expr::Const(constant);
+    *e = Expr::constant(constant);
 }
 
 /// Identifiers become slots of the scope (the FROM alias, then the JOIN aliases).
@@ -298,14 +382,11 @@ fn item_path(e: &Expr) -> Option<Vec<String>> {
             p.push(name.clone());
             Some(p)
         }
-        Expr::Index(base, idx) => match idx.as_ref() {
-            Expr::Const(Value::String(name)) => {
-                let mut p = item_path_or_root(base)?;
-                p.push(name.clone());
-                Some(p)
-            }
-            _ => None,
-        },
+        Expr::Index(base, idx) => {
+            let mut p = item_path_or_root(base)?;
+            p.push(idx.const_str()?.to_owned());
+            Some(p)
+        }
         _ => None,
     }
 }
@@ -319,7 +400,7 @@ fn item_path_or_root(e: &Expr) -> Option<Vec<String>> {
 
 fn constant(e: &Expr, params: &super::Params) -> Result<Option<Value>, QueryError> {
     match e {
-        Expr::Const(v) => Ok(Some(v.clone())),
+        Expr::Const(v) => Ok(Some(v.as_ref().clone())),
         Expr::Param(p) => match params.get(p) {
             Some(v) => Ok(Some(v.clone())),
             None => Err(QueryError::missing_param(p)),
@@ -336,6 +417,7 @@ pub struct Nearest {
     pub path: Vec<String>,
     pub vector: Vec<f64>,
     pub distance: super::Metric,
+    /// Whether the best score highest (cosine, dot product) rather than lowest (euclidean).
     pub descending: bool,
     pub want: usize,
 }
@@ -352,7 +434,7 @@ pub(crate) fn nearest(plan: &Plan, params: &super::Params) -> Option<Nearest> {
     {
         return None;
     }
-    let [(Expr::Call(super::functions::Func::VectorDistance, args), descending)] = s.order_by.as_slice() else {
+    let [(Expr::Call(Func::VectorDistance, args), _)] = s.order_by.as_slice() else {
         return None;
     };
     let path = item_path(args.first()?)?;
@@ -361,7 +443,7 @@ pub(crate) fn nearest(plan: &Plan, params: &super::Params) -> Option<Nearest> {
     let distance = match args.get(3) {
         None => super::Metric::Cosine,
         Some(options) => match constant(options, params).ok()?? {
-            Value::Object(map) => super::functions::distance_option(&map)?,
+            Value::Object(map) => distance_option(&map)?,
             _ => return None,
         },
     };
@@ -375,5 +457,6 @@ pub(crate) fn nearest(plan: &Plan, params: &super::Params) -> Option<Nearest> {
         (Some(top), Some((offset, limit))) => bound(top)?.min(bound(offset)?.checked_add(bound(limit)?)?),
         (None, None) => return None,
     };
-    Some(Nearest { path, vector, distance, descending: *descending, want: usize::try_from(want).ok()? })
+    let descending = directions(plan, params).first()?.descending;
+    Some(Nearest { path, vector, distance, descending, want: usize::try_from(want).ok()? })
 }

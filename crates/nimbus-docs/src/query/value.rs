@@ -105,12 +105,29 @@ impl Num {
         self.to_value().map_or(V::Undef, V::Own)
     }
 
-    /// As an exact integer (for indexes, counts, bitwise operators).
+    /// As an exact integer (for indexes and counts).
     pub(crate) fn as_int(self) -> Option<i64> {
         match self {
             Num::I(i) => Some(i),
             Num::F(f) if f.fract() == 0.0 && f.abs() <= MAX_SAFE => Some(f as i64),
             Num::F(_) => None,
+        }
+    }
+
+    /// Whether a 64-bit signed integer, as IS_INTEGER asks: integral and within the range of `i64`.
+    pub(crate) fn is_i64(self) -> bool {
+        match self {
+            Num::I(_) => true,
+            Num::F(f) => f.fract() == 0.0 && (-TWO_63..TWO_63).contains(&f),
+        }
+    }
+
+    /// JavaScript's ToInt32, for bitwise operators: truncated, then wrapped into 32 bits.
+    pub(crate) fn to_int32(self) -> i32 {
+        match self {
+            Num::I(i) => i as i32,
+            Num::F(f) if f.is_finite() => f.trunc().rem_euclid(4_294_967_296.0) as u32 as i32,
+            Num::F(_) => 0,
         }
     }
 
@@ -125,6 +142,7 @@ impl Num {
 }
 
 const MAX_SAFE: f64 = 9_007_199_254_740_992.0;
+const TWO_63: f64 = 9_223_372_036_854_775_808.0;
 
 fn cmp_int_float(a: i64, b: f64) -> Option<Ordering> {
     if b.is_nan() {
@@ -145,11 +163,12 @@ fn cmp_int_float(a: i64, b: f64) -> Option<Ordering> {
 
 /// A float as JSON, written as an integer when it is one (JavaScript prints `3`, not `3.0`).
 pub(crate) fn float_value(f: f64) -> Value {
-    if f.fract() == 0.0 && f.abs() < MAX_SAFE {
-        Value::from(f as i64)
-    } else {
-        Number::from_f64(f).map_or(Value::Null, Value::Number)
-    }
+    float_number(f).map_or(Value::Null, Value::Number)
+}
+
+/// [`float_value`]'s number; `None` when not finite.
+pub(crate) fn float_number(f: f64) -> Option<Number> {
+    if f.fract() == 0.0 && f.abs() < MAX_SAFE { Some(Number::from(f as i64)) } else { Number::from_f64(f) }
 }
 
 /// Cosmos DB's order of types, for ORDER BY, MIN/MAX and DISTINCT: undefined, null, booleans,
