@@ -261,10 +261,8 @@ class EnvelopeTest(unittest.TestCase):
     @classmethod
     def tearDownClass(cls):
         try:
-            code = cls.worker.stop()
-            assert code == 0, "exit code %s:\n%s" % (code, cls.worker.log())
+            cls.worker.stop_cleanly()
         finally:
-            cls.worker.cleanup()
             cls.platform.shutdown()
             cls.platform.server_close()
             shutil.rmtree(cls.platform_dir, True)

@@ -331,6 +331,14 @@ class Worker:
             self.proc.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def stop_cleanly(self):
+        """Stops the worker and removes its folder; it must exit 0 (its log says why not)."""
+        try:
+            code = self.stop()
+            assert code == 0, "exit code %s:\n%s" % (code, self.log())
+        finally:
+            self.cleanup()
+
 
 class WorkerTest(unittest.TestCase):
     @classmethod
@@ -339,11 +347,7 @@ class WorkerTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            code = cls.worker.stop()
-            assert code == 0, "exit code %s:\n%s" % (code, cls.worker.log())
-        finally:
-            cls.worker.cleanup()
+        cls.worker.stop_cleanly()
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="nimbus-py-case-")

@@ -73,11 +73,7 @@ class KeyTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            code = cls.worker.stop()
-            assert code == 0, "exit code %s:\n%s" % (code, cls.worker.log())
-        finally:
-            cls.worker.cleanup()
+        cls.worker.stop_cleanly()
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="nimbus-py-case-")
