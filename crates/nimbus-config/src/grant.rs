@@ -1,7 +1,7 @@
 //! A function's grants (`[functions.<name>] grants`): what its worker instances may reach through
-//! the platform API with their scoped token. `docs:<container>:r|rw` and `blob:<container>:r|rw`;
-//! `*` as the name means any. Grants for components this version does not have (`queues:<name>`,
-//! `ai:<model>`, `durable:<orchestration>`) are refused rather than kept and never honoured.
+//! the platform API with their scoped token. `docs:<container>:r|rw`, `blob:<container>:r|rw` and
+//! `durable:<orchestration>:r|rw`; `*` as the name means any. Grants for components this version
+//! does not have (`queues:<name>`, `ai:<model>`) are refused rather than kept and never honoured.
 
 use std::fmt;
 
@@ -10,9 +10,9 @@ use serde::{Deserialize, Deserializer};
 /// One parsed grant; `Display` and `Debug` write it as in the manifest.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Grant {
-    /// `docs` or `blob`.
+    /// `docs`, `blob` or `durable`.
     pub component: String,
-    /// The container; `*` for any.
+    /// The container (the orchestration, for `durable`); `*` for any.
     pub name: String,
     /// Writes allowed too (`rw`), not only reads (`r`).
     pub write: bool,
@@ -27,11 +27,11 @@ impl Grant {
             return Err(format!("grant \"{grant}\": {missing}"));
         }
         match parts.as_slice() {
-            [component @ ("docs" | "blob"), name, access @ ("r" | "rw")] if !name.is_empty() => {
+            [component @ ("docs" | "blob" | "durable"), name, access @ ("r" | "rw")] if !name.is_empty() => {
                 Ok(Self { component: (*component).to_owned(), name: (*name).to_owned(), write: *access == "rw" })
             }
             _ => Err(format!(
-                "invalid grant \"{grant}\": expected \"docs:<container>:r|rw\" or \"blob:<container>:r|rw\""
+                "invalid grant \"{grant}\": expected \"docs:<container>:r|rw\", \"blob:<container>:r|rw\" or \"durable:<orchestration>:r|rw\""
             )),
         }
     }
@@ -78,7 +78,7 @@ mod tests {
         for bad in ["blob:uploads", "blob::rw", "docs:x:w", "files:x:r", "docs:x:rw:y", ""] {
             assert!(Grant::parse(bad).unwrap_err().starts_with("invalid grant"), "{bad}");
         }
-        for unbuilt in ["ai:chat", "queues:jobs", "durable:order", "ai"] {
+        for unbuilt in ["ai:chat", "queues:jobs", "ai"] {
             assert!(Grant::parse(unbuilt).unwrap_err().contains("not in this version"), "{unbuilt}");
         }
     }

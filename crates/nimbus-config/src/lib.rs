@@ -151,7 +151,6 @@ pub(crate) fn unbuilt(component: &str) -> Option<&'static str> {
     match component {
         "ai" => Some("the AI gateway is not in this version of nimbus yet"),
         "queues" => Some("queues are not in this version of nimbus yet"),
-        "durable" => Some("durable orchestrations are not in this version of nimbus yet"),
         _ => None,
     }
 }

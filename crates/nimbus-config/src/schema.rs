@@ -43,6 +43,26 @@ pub struct Manifest {
     pub store: StoreSection,
     #[serde(default)]
     pub blob: BlobSection,
+    #[serde(default)]
+    pub durable: DurableSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurableSection {
+    /// Stamped on each new orchestration instance; code reads it as `ctx.version`.
+    #[serde(default = "first_version")]
+    pub version: String,
+}
+
+impl Default for DurableSection {
+    fn default() -> Self {
+        Self { version: first_version() }
+    }
+}
+
+fn first_version() -> String {
+    "1".into()
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -109,6 +109,8 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         operations: Arc::new(move || operations(&listed.list())),
     };
     let invoker = functions.invoker();
+    let durable =
+        nimbus_durable::Durable::start(store.clone(), invoker.clone(), manifest.durable.version.clone(), &public_url);
     let mut admin = functions
         .admin_router()
         .merge(nimbus_gateway::keys_admin_router(gateway.keys().clone()))
@@ -128,10 +130,12 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         })
     };
     let docs = nimbus_docs::Docs::start(manifest, store.clone());
-    let component_apis =
-        nimbus_blob::api_router(blobs.clone(), admin_auth.clone()).merge(nimbus_docs::router(docs.clone(), admin_auth));
+    let component_apis = nimbus_blob::api_router(blobs.clone(), admin_auth.clone())
+        .merge(nimbus_docs::router(docs.clone(), admin_auth.clone()))
+        .merge(durable.router(admin_auth));
     let platform_api = nimbus_blob::api_router(blobs.clone(), worker_auth.clone())
-        .merge(nimbus_docs::router(docs.clone(), worker_auth));
+        .merge(nimbus_docs::router(docs.clone(), worker_auth.clone()))
+        .merge(durable.router(worker_auth));
     serve_platform(functions.platform_socket(), platform_api, addr, &node_tasks)?;
     if let Some(identity) = &identity {
         admin = admin.merge(identity.admin_router());
@@ -168,12 +172,15 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     let grace = manifest.server.shutdown_grace.get();
     let outcome = nimbus_gateway::serve(listener, app, shutdown_signal(signals), grace).await?;
     // One grace period in all, from the signal, shared in this order: the HTTP drain (above);
-    // the file watcher (no reload while stopping); functions (asynchronous invocations finish,
-    // then workers stop); the components' background work; the node's own (platform socket,
-    // metrics upkeep); last, the store closes as it is dropped.
+    // the file watcher (no reload while stopping); the durable engine (no new steps or activities:
+    // what it had in flight runs again wherever its partitions go next); functions (asynchronous
+    // invocations finish, then workers stop); the components' background work; the node's own
+    // (platform socket, metrics upkeep); last, the store closes as it is dropped.
     let deadline = SIGNALLED.get().copied().unwrap_or_else(Instant::now) + grace;
     let left = || deadline.saturating_duration_since(Instant::now());
     drop(_watcher);
+    durable.shutdown(left()).await;
+    tracing::info!(component = "durable", "stopped");
     functions.shutdown(left()).await;
     tracing::info!(component = "functions", "stopped");
     gateway.shutdown(left()).await;

@@ -19,10 +19,13 @@ __all__ = [
     "Event",
     "HTTPError",
     "NotFound",
+    "OrchestrationContext",
     "PlatformError",
     "PreconditionFailed",
     "Request",
     "Response",
+    "RetryPolicy",
+    "TaskFailedError",
     "sse",
     "stream",
 ]
@@ -38,4 +41,8 @@ def __getattr__(name):
         from . import _platform
 
         return getattr(_platform, name)
+    if name in ("RetryPolicy", "TaskFailedError", "OrchestrationContext"):
+        from . import _durable
+
+        return getattr(_durable, name)
     raise AttributeError("module 'nimbus' has no attribute %r" % name)

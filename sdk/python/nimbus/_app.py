@@ -249,7 +249,8 @@ class Function:
 _QUEUE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _BLOB_CONTAINER_CHARS = _QUEUE_CHARS
 _DOCS_CONTAINER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
-_CO_ASYNC_GENERATOR = 0x200  # inspect.CO_ASYNC_GENERATOR, without importing inspect
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE, without importing inspect
+_CO_ASYNC_GENERATOR = 0x200  # inspect.CO_ASYNC_GENERATOR
 
 
 def _what(decorator, value):
@@ -333,7 +334,8 @@ class App:
             return {"done": data["id"]}
 
     HTTP handlers take `(req, ctx)`; the others (`timer`, `queue`, `blob`, `docs_changes`, `activity`)
-    take `(data, ctx)` and return a JSON value (PROTOCOL.md section 4).
+    take `(data, ctx)` and return a JSON value (PROTOCOL.md section 4). An `orchestrator` is a generator
+    function of `ctx` alone that yields the tasks it waits for (PROTOCOL.md section 7).
     """
 
     def __init__(self):
@@ -452,14 +454,36 @@ class App:
             return self._declare("activity", "@app.activity", None, None)(name)
         return self._declare("activity", "@app.activity(%r)" % (name,) if name else "@app.activity()", None, name)
 
+    def orchestrator(self, name=None):
+        """Declare an orchestrator of the durable engine: a generator function `def research(ctx): ...`
+        that yields the tasks it waits for (`result = yield ctx.call_activity("search", topic)`) and
+        returns the orchestration's output; a plain function that returns at once works too.
+        `@app.orchestrator`, `@app.orchestrator("research")` and `@app.orchestrator(name="...")` all work.
+
+        The engine replays the code against the orchestration's history, so it must be deterministic and
+        synchronous: `async def` is refused, and time, randomness and I/O go through `ctx` or activities."""
+        if callable(name) and not isinstance(name, str):
+            return self._declare("orchestrator", "@app.orchestrator", None, None)(name)
+        what = "@app.orchestrator(%r)" % (name,) if name else "@app.orchestrator()"
+        return self._declare("orchestrator", what, None, name)
+
     def _declare(self, trigger_type, what, config, name):
-        """The decorator that registers a non-HTTP function (its handler takes `(data, ctx)`)."""
+        """The decorator that registers a non-HTTP function (its handler takes `(data, ctx)`; an
+        orchestrator's, `(ctx)`)."""
 
         def register(handler):
             if not callable(handler):
                 raise TypeError("%s decorates a function, not %r" % (what, handler))
             code = getattr(handler, "__code__", None)
-            if getattr(code, "co_flags", 0) & _CO_ASYNC_GENERATOR:
+            flags = getattr(code, "co_flags", 0)
+            if trigger_type == "orchestrator" and flags & (_CO_COROUTINE | _CO_ASYNC_GENERATOR):
+                raise TypeError(
+                    "%s: %r is an async function; an orchestrator is replayed and must be deterministic and "
+                    "synchronous: write `def %s(ctx):` and `yield` its tasks (`result = yield "
+                    "ctx.call_activity(...)`), and do the async work in activities"
+                    % (what, handler, getattr(handler, "__name__", "orchestrator"))
+                )
+            if flags & _CO_ASYNC_GENERATOR:
                 raise TypeError(
                     "%s: %r is an async generator; a %s function returns one JSON value" % (what, handler, trigger_type)
                 )

@@ -1,4 +1,4 @@
-"""The platform API as a function sees it: `ctx.blob` and `ctx.docs`, over the host's private Unix
+"""The platform API as a function sees it: `ctx.blob`, `ctx.docs` and `ctx.durable`, over the host's private Unix
 socket (NIMBUS_PLATFORM_SOCKET) with the instance's scoped token (NIMBUS_PLATFORM_TOKEN). A small
 asyncio HTTP/1.1 client; connections are kept for reuse.
 
@@ -461,6 +461,105 @@ class Docs:
             path += "&pk=" + _pk(partition_key)
         page = await self._json_call("GET", path)
         return page["items"], page.get("continuation")
+
+
+def _instance_path(instance_id):
+    return "/_nimbus/durable/instances/" + quote(instance_id, safe="")
+
+
+class Started(str):
+    """The id of a started orchestration (a str), with the host's management payload in `management`:
+    {"id", "statusQueryGetUri", "sendEventPostUri", "terminatePostUri", "purgeHistoryDeleteUri"}."""
+
+    __slots__ = ("management",)
+
+    def __new__(cls, management):
+        started = super().__new__(cls, management["id"])
+        started.management = management
+        return started
+
+
+def _management(started):
+    """The management payload of `started`: a Started, the payload itself, or a bare instance id (then
+    with relative URIs: the paths are those of the public port)."""
+    if isinstance(started, Started):
+        return started.management
+    if isinstance(started, dict):
+        return started
+    if not isinstance(started, str) or not started:
+        raise TypeError("check_status_response() takes what ctx.durable.start() returned, not %r" % (started,))
+    base = _instance_path(started)
+    return {
+        "id": started,
+        "statusQueryGetUri": base,
+        "sendEventPostUri": base + "/raiseEvent/{eventName}",
+        "terminatePostUri": base + "/terminate?reason={text}",
+        "purgeHistoryDeleteUri": base,
+    }
+
+
+class Durable:
+    """Orchestrations seen from an ordinary function:
+
+        started = await ctx.durable.start("research", {"topic": "tides"})
+        return ctx.durable.check_status_response(started)     # 202, location: the status URI
+    """
+
+    __slots__ = ("_client", "_traceparent")
+
+    def __init__(self, client, traceparent=None):
+        self._client = client
+        self._traceparent = traceparent
+
+    async def _call(self, method, path, body=None, with_body=False):
+        headers = None
+        if with_body:
+            body = _json(body)
+            headers = {"Content-Type": "application/json"}
+        return await self._client.request(method, path, body, headers, self._traceparent)
+
+    async def start(self, name, input=None, instance_id=None):
+        """Start the orchestrator `name` with `input` (a JSON value); `instance_id` picks the instance's
+        id (None: the host makes one). Returns the id (a str whose `management` holds the host's URIs)."""
+        path = "/_nimbus/durable/orchestrations/" + quote(name, safe="")
+        if instance_id is not None:
+            path += "?" + urlencode({"instanceId": instance_id})
+        response = await self._call("POST", path, input, True)
+        await response.raise_for_status()
+        return Started(await response.json())
+
+    async def status(self, instance_id):
+        """The instance's status (a dict), or None when there is no such instance."""
+        response = await self._call("GET", _instance_path(instance_id))
+        if response.status == 404:
+            await response.read()
+            return None
+        await response.raise_for_status()
+        return await response.json()
+
+    async def raise_event(self, instance_id, name, data=None):
+        """Send the external event `name` with `data` (a JSON value) to the instance."""
+        path = "%s/raiseEvent/%s" % (_instance_path(instance_id), quote(name, safe=""))
+        response = await self._call("POST", path, data, True)
+        await response.raise_for_status()
+        await response.read()
+
+    async def terminate(self, instance_id, reason=None):
+        """Stop the instance; `reason` is recorded with it."""
+        path = _instance_path(instance_id) + "/terminate"
+        if reason is not None:
+            path += "?" + urlencode({"reason": reason})
+        response = await self._call("POST", path)
+        await response.raise_for_status()
+        await response.read()
+
+    def check_status_response(self, started):
+        """The standard answer of an HTTP function that started an orchestration: 202 with the management
+        payload as JSON and `location: <statusQueryGetUri>`, as Durable Functions'."""
+        from ._app import Response
+
+        payload = _management(started)
+        return Response(payload, status=202, headers={"location": payload["statusQueryGetUri"]})
 
 
 _client = None

@@ -309,7 +309,8 @@ class Context:
     """What a handler knows about its invocation: `function_name`, `invocation_id`, `traceparent`,
     `timeout_ms` (None if the host gave none), `trigger` (the envelope's trigger for a non-HTTP function,
     the declared trigger for an HTTP one) and `log`, a logging.Logger writing to stderr; `blob` and `docs`
-    reach the platform's blob and docs containers the function is granted."""
+    reach the platform's blob and docs containers the function is granted, `durable` starts and manages
+    orchestrations."""
 
     __slots__ = ("function_name", "invocation_id", "traceparent", "timeout_ms", "log", "_trigger")
 
@@ -340,6 +341,12 @@ class Context:
         from . import _platform
 
         return _platform.Docs(_platform.client(), self.traceparent)
+
+    @property
+    def durable(self):
+        from . import _platform
+
+        return _platform.Durable(_platform.client(), self.traceparent)
 
     def __repr__(self):
         return "Context(%r, %r)" % (self.function_name, self.invocation_id)
@@ -917,12 +924,17 @@ class _Connection:
             self._connection_lost()
         return reader, _current_invocation.set(invocation_id)
 
-    async def _handler_failed(self, ctx, invocation_id, exc):
-        """The handler raised: the details go to the log, a 500 handler_error to the host."""
+    async def _handler_failed(self, ctx, invocation_id, exc, reveal=False):
+        """The handler raised: the details go to the log, a 500 handler_error to the host. With
+        `reveal` (an activity: its error reaches only the app's own orchestrator, PROTOCOL.md §7.2)
+        the answer names the exception."""
         trace = (type(exc), exc, exc.__traceback__)
         ctx.log.error("invocation %s failed: the function raised an error", invocation_id, exc_info=trace)
         message = "the function raised an error"
-        if self.worker.dev:
+        if reveal:
+            text = str(exc)
+            message = "%s: %s" % (type(exc).__name__, text) if text else type(exc).__name__
+        elif self.worker.dev:
             message += ": %r" % (exc,)
         await self._send_error(500, "handler_error", message)
 
@@ -1013,6 +1025,9 @@ class _Connection:
                 invocation_id = envelope.get("id") or "local-" + os.urandom(6).hex()
                 self.invocation_id = invocation_id
                 _current_invocation.set(invocation_id)
+            if function.trigger_type == "orchestrator":
+                await self._step(function, envelope.get("data"), invocation_id)
+                return
             trigger = envelope.get("trigger")
             if trigger is None:
                 trigger = function.trigger()
@@ -1025,7 +1040,7 @@ class _Connection:
                 await self._send_error(exc.status, exc.code, exc.message, exc.headers)
                 return
             except Exception as exc:
-                await self._handler_failed(ctx, invocation_id, exc)
+                await self._handler_failed(ctx, invocation_id, exc, reveal=function.trigger_type == "activity")
                 return
             if self.lost:
                 return  # the handler swallowed its cancellation: nobody is listening
@@ -1048,6 +1063,24 @@ class _Connection:
         finally:
             reader.on_eof = None
             _current_invocation.reset(token)
+
+    async def _step(self, function, data, invocation_id):
+        """One step of an orchestration (PROTOCOL.md section 7.1). It runs synchronously: orchestrator code
+        does no I/O, and nothing else may touch the instance's session meanwhile."""
+        from ._durable import StepError
+
+        log = self.worker.loggers[function.name]
+        try:
+            payload = _dumps(self.worker.sessions.step(function, data, log)).encode("utf-8")
+        except StepError as exc:
+            await self._send_error(400, "invalid_envelope", str(exc))
+            return
+        except Exception:
+            log.error("invocation %s failed: the orchestration step failed", invocation_id, exc_info=True)
+            await self._send_error(500, "handler_error", "the orchestration step failed")
+            return
+        if self._write(200, _JSON_LINES, payload):
+            await self._drain()
 
     def _head(self, status, headers, extra=b""):
         """A final response head (`extra`: one more line, with its CRLF), deciding whether the connection
@@ -1167,6 +1200,11 @@ class Worker:
         self.loggers = {name: logging.getLogger("nimbus.fn." + name) for name in self.functions}
         self.index_json = _dumps(app.index()).encode("utf-8")
         self.tasks = set()
+        self.sessions = None  # the orchestrations held between steps, when the app has orchestrators
+        if any(f.trigger_type == "orchestrator" for f in self.functions.values()):
+            from ._durable import Sessions
+
+            self.sessions = Sessions()
         # NIMBUS_WORKER_KEY as bytes; None (a worker started by hand) serves every request
         self.key = os.fsencode(key) if key else None
         if self.key is not None:

@@ -57,6 +57,11 @@ def fails_sync(data, ctx):
     raise KeyError("sync secret")
 
 
+@app.queue("jobs", name="queue-fails")
+def queue_fails(data, ctx):
+    raise ValueError("secret detail")
+
+
 @app.activity(name="conflict")
 async def conflict(data, ctx):
     raise nimbus.HTTPError(409, "already done", code="duplicate")
@@ -342,12 +347,17 @@ class EnvelopeTest(unittest.TestCase):
         self.assertEqual(data, b"null")
 
     def test_raised_error_is_500_handler_error(self):
-        for function, detail in (("fails", "ValueError: secret detail"), ("fails-sync", "KeyError: 'sync secret'")):
+        # An activity's error names its exception (it reaches only the app's orchestrator); any
+        # other function's stays in the log.
+        for function, detail, message in (
+            ("fails", "ValueError: secret detail", "ValueError: secret detail"),
+            ("fails-sync", "KeyError: 'sync secret'", "KeyError: 'sync secret'"),
+            ("queue-fails", "ValueError: secret detail", "the function raised an error"),
+        ):
             response, data = self.invoke(function, {"id": "e-" + function},
                                          {"x-nimbus-invocation-id": "e-" + function})
             self.assertEqual(response.status, 500)
-            self.assertEqual(json.loads(data),
-                             {"error": {"code": "handler_error", "message": "the function raised an error"}})
+            self.assertEqual(json.loads(data), {"error": {"code": "handler_error", "message": message}})
             log = wait_for(lambda: detail in self.worker.log() and self.worker.log(), what="the traceback")
             self.assertIn("Traceback", log)
             self.assertIn("[e-%s]" % function, log)
@@ -452,7 +462,7 @@ class DevModeEnvelopeTest(unittest.TestCase):
     def test_dev_mode_shows_the_exception(self):
         worker = Worker(ENTRY, env={"NIMBUS_DEV": "1"})
         self.addCleanup(worker.cleanup)
-        response, data = worker.request("POST", INVOKE + "fails", b"{}")
+        response, data = worker.request("POST", INVOKE + "queue-fails", b"{}")
         self.assertEqual(response.status, 500)
         error = json.loads(data)["error"]
         self.assertEqual(error["code"], "handler_error")

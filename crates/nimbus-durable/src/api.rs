@@ -1,0 +1,299 @@
+//! The management API under `/_nimbus/durable`, in Durable Functions' shapes and status codes:
+//! - `POST /orchestrations/{name}?instanceId=` (body: the input) → `202` with `id`,
+//!   `statusQueryGetUri`, `sendEventPostUri`, `terminatePostUri`, `purgeHistoryDeleteUri`;
+//! - `GET /instances/{id}?showHistory=&showInput=` → `200` once ended, `202` while pending or
+//!   running, `404` for an unknown id;
+//! - `GET /instances?runtimeStatus=&name=&createdTimeFrom=&createdTimeTo=&top=&continuationToken=`;
+//! - `POST /instances/{id}/raiseEvent/{event}` (body: the data), `POST /instances/{id}/terminate?reason=`
+//!   → `202`, `410` once ended;
+//! - `DELETE /instances/{id}` (purge) → `200` with `instancesDeleted`, `409` while it runs.
+//!
+//! Callers need the admin token or a function's `durable:<orchestration>:r|rw` grant.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use nimbus_api::ApiError;
+use nimbus_api::extract::{Path, Query};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::engine::{DurableError, Engine};
+use crate::instances::Filter;
+use crate::model::{self, Instance, Status};
+
+#[derive(Clone)]
+struct Api {
+    engine: Arc<Engine>,
+    authenticate: nimbus_api::Authenticate,
+    base: Arc<str>,
+}
+
+pub(crate) fn router(engine: Arc<Engine>, authenticate: nimbus_api::Authenticate, base: &str) -> Router {
+    let api = Api { engine, authenticate, base: base.trim_end_matches('/').into() };
+    Router::new()
+        .route("/_nimbus/durable/orchestrations/{name}", post(start))
+        .route("/_nimbus/durable/instances", get(list))
+        .route("/_nimbus/durable/instances/{id}", get(status).delete(purge))
+        .route("/_nimbus/durable/instances/{id}/raiseEvent/{event}", post(raise))
+        .route("/_nimbus/durable/instances/{id}/terminate", post(terminate))
+        .with_state(api)
+}
+
+impl Api {
+    fn refuse(&self, headers: &HeaderMap, orchestration: &str, write: bool) -> Option<Response> {
+        nimbus_api::authorize(&self.authenticate, headers, "durable", orchestration, write)
+            .err()
+            .map(IntoResponse::into_response)
+    }
+
+    /// Durable Functions' management URLs of an instance.
+    fn links(&self, id: &str) -> Value {
+        let instance = format!("{}/_nimbus/durable/instances/{}", self.base, encode(id));
+        json!({
+            "id": id,
+            "statusQueryGetUri": instance,
+            "sendEventPostUri": format!("{instance}/raiseEvent/{{eventName}}"),
+            "terminatePostUri": format!("{instance}/terminate?reason={{text}}"),
+            "purgeHistoryDeleteUri": instance,
+        })
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn error(e: DurableError) -> Response {
+    let (status, code) = match &e {
+        DurableError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+        DurableError::UnknownOrchestrator(_) => (StatusCode::NOT_FOUND, "orchestrator_not_found"),
+        DurableError::NotFound(_) => (StatusCode::NOT_FOUND, "instance_not_found"),
+        DurableError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+        DurableError::Ended { .. } => (StatusCode::GONE, "instance_ended"),
+        DurableError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+    };
+    ApiError::new(status, code, e.to_string()).into_response()
+}
+
+/// A JSON body; empty means `null` (an orchestration without input).
+fn body_json(body: &Bytes) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}")))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StartQuery {
+    instance_id: Option<String>,
+}
+
+async fn start(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    Query(q): Query<StartQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(refused) = api.refuse(&headers, &name, true) {
+        return refused;
+    }
+    let input = match body_json(&body) {
+        Ok(input) => input,
+        Err(e) => return e.into_response(),
+    };
+    match api.engine.start(&name, q.instance_id, input).await {
+        Ok(id) => {
+            let links = api.links(&id);
+            let mut response = (StatusCode::ACCEPTED, Json(links.clone())).into_response();
+            if let Some(location) = links["statusQueryGetUri"].as_str().and_then(|l| HeaderValue::from_str(l).ok()) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        Err(e) => error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusQuery {
+    #[serde(default)]
+    show_history: bool,
+    #[serde(default = "yes")]
+    show_input: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Reads an instance for a caller allowed to see its orchestration.
+async fn readable(api: &Api, headers: &HeaderMap, id: &str, write: bool) -> Result<Instance, Response> {
+    // Authenticated first: whether an id exists is not for strangers to learn.
+    if (api.authenticate)(headers).is_none() {
+        return Err(api.refuse(headers, "*", write).unwrap_or_else(|| StatusCode::UNAUTHORIZED.into_response()));
+    }
+    let instance = api.engine.get(id).await.map_err(error)?;
+    match api.refuse(headers, &instance.name, write) {
+        Some(refused) => Err(refused),
+        None => Ok(instance),
+    }
+}
+
+async fn status(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<StatusQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let instance = match readable(&api, &headers, &id, false).await {
+        Ok(instance) => instance,
+        Err(response) => return response,
+    };
+    let mut body = describe(&instance, q.show_input);
+    if q.show_history {
+        match api.engine.history(&id).await {
+            Ok(events) => body["historyEvents"] = Value::Array(events),
+            Err(e) => return error(e.into()),
+        }
+    }
+    let code = if instance.status.is_terminal() { StatusCode::OK } else { StatusCode::ACCEPTED };
+    (code, Json(body)).into_response()
+}
+
+/// Durable Functions' status object.
+fn describe(instance: &Instance, show_input: bool) -> Value {
+    json!({
+        "name": instance.name,
+        "instanceId": instance.id,
+        "runtimeStatus": instance.status,
+        "input": if show_input { instance.input.clone() } else { Value::Null },
+        "customStatus": instance.custom_status,
+        "output": instance.output,
+        "version": instance.version,
+        "createdTime": model::rfc3339(instance.created),
+        "lastUpdatedTime": model::rfc3339(instance.updated),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    runtime_status: Option<String>,
+    name: Option<String>,
+    created_time_from: Option<String>,
+    created_time_to: Option<String>,
+    top: Option<usize>,
+    continuation_token: Option<String>,
+    #[serde(default = "yes")]
+    show_input: bool,
+}
+
+async fn list(State(api): State<Api>, Query(q): Query<ListQuery>, headers: HeaderMap) -> Response {
+    // Listing spans orchestrations: the admin's, or a grant for every one (`durable:*:r`).
+    if let Some(refused) = api.refuse(&headers, "*", false) {
+        return refused;
+    }
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", m).into_response();
+    let mut filter = Filter { name: q.name, ..Filter::default() };
+    for s in q.runtime_status.iter().flat_map(|s| s.split(',')).map(str::trim).filter(|s| !s.is_empty()) {
+        match Status::parse(s) {
+            Some(status) => filter.statuses.push(status),
+            None => {
+                return bad(format!(
+                    "runtimeStatus: unknown status \"{s}\" (Pending, Running, Completed, ContinuedAsNew, Failed, Terminated)"
+                ));
+            }
+        }
+    }
+    for (key, value, into) in [
+        ("createdTimeFrom", &q.created_time_from, &mut filter.created_from),
+        ("createdTimeTo", &q.created_time_to, &mut filter.created_to),
+    ] {
+        if let Some(value) = value {
+            match model::parse_rfc3339(value) {
+                Some(ms) => *into = Some(ms),
+                None => return bad(format!("{key}: \"{value}\" is not an RFC 3339 time")),
+            }
+        }
+    }
+    let top = q.top.unwrap_or(100);
+    if !(1..=1000).contains(&top) {
+        return bad("top: between 1 and 1000".into());
+    }
+    match api.engine.list(&filter, top, q.continuation_token.as_deref()).await {
+        Ok(listed) => {
+            let body: Vec<Value> = listed.instances.iter().map(|i| describe(i, q.show_input)).collect();
+            let mut response = Json(body).into_response();
+            // Durable Functions pages with this header.
+            if let Some(token) = listed.continuation.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                response.headers_mut().insert("x-ms-continuation-token", token);
+            }
+            response
+        }
+        Err(e) => error(e),
+    }
+}
+
+async fn raise(
+    State(api): State<Api>,
+    Path((id, event)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = readable(&api, &headers, &id, true).await {
+        return response;
+    }
+    let data = match body_json(&body) {
+        Ok(data) => data,
+        Err(e) => return e.into_response(),
+    };
+    match api.engine.raise(&id, &event, data).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct TerminateQuery {
+    reason: Option<String>,
+}
+
+async fn terminate(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<TerminateQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = readable(&api, &headers, &id, true).await {
+        return response;
+    }
+    match api.engine.terminate(&id, q.reason.map_or(Value::Null, Value::String)).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => error(e),
+    }
+}
+
+async fn purge(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(response) = readable(&api, &headers, &id, true).await {
+        return response;
+    }
+    match api.engine.purge(&id).await {
+        Ok(()) => Json(json!({"instancesDeleted": 1})).into_response(),
+        Err(e) => error(e),
+    }
+}

@@ -1,0 +1,347 @@
+//! Durable orchestrations through the real binary: Python orchestrators and activities, the
+//! management API in Durable Functions' shapes, and a node killed in the middle of a fan-out.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{App, admin_token};
+
+const APP_PY: &str = r#"
+from datetime import timedelta
+import nimbus
+
+app = nimbus.App()
+
+@app.activity("hello")
+def hello(name, ctx):
+    return f"Hello {name}!"
+
+@app.activity("double")
+def double(x, ctx):
+    return x * 2
+
+@app.activity("slow_double")
+async def slow_double(x, ctx):
+    import asyncio
+    await asyncio.sleep(0.05)
+    return x * 2
+
+@app.activity("flaky")
+def flaky(data, ctx):
+    if ctx.trigger["attempt"] < 3:
+        raise RuntimeError("not yet (attempt %d)" % ctx.trigger["attempt"])
+    return "ok on attempt %d" % ctx.trigger["attempt"]
+
+@app.activity("broken")
+def broken(data, ctx):
+    raise ValueError("boom")
+
+@app.orchestrator("chain")
+def chain(ctx):
+    a = yield ctx.call_activity("hello", "Tokyo")
+    b = yield ctx.call_activity("hello", "Seattle")
+    c = yield ctx.call_activity("hello", "London")
+    return [a, b, c]
+
+@app.orchestrator("fanout")
+def fanout(ctx):
+    n = ctx.get_input()["n"]
+    activity = ctx.get_input().get("activity", "double")
+    results = yield ctx.task_all([ctx.call_activity(activity, i) for i in range(n)])
+    return sum(results)
+
+@app.orchestrator("approval")
+def approval(ctx):
+    ctx.set_custom_status("waiting for approval")
+    first = yield ctx.wait_for_external_event("approve")
+    second = yield ctx.wait_for_external_event("approve")
+    return {"first": first, "second": second, "version": ctx.version}
+
+@app.orchestrator("retrying")
+def retrying(ctx):
+    r = yield ctx.call_activity("flaky", None, retry=nimbus.RetryPolicy(3, 0.05))
+    try:
+        yield ctx.call_activity("broken")
+    except nimbus.TaskFailedError as e:
+        return {"flaky": r, "caught": e.message}
+
+@app.orchestrator("uncaught")
+def uncaught(ctx):
+    yield ctx.call_activity("broken")
+
+@app.orchestrator("parent")
+def parent(ctx):
+    greetings = yield ctx.call_sub_orchestrator("chain")
+    return len(greetings)
+
+@app.orchestrator("sleeper")
+def sleeper(ctx):
+    yield ctx.create_timer(ctx.current_utc_datetime + timedelta(milliseconds=300))
+    return "woke"
+
+@app.orchestrator("counter")
+def counter(ctx):
+    n = ctx.get_input()
+    if n < 3:
+        ctx.continue_as_new(n + 1)
+        return
+    return n
+
+@app.http("/begin/{name}", methods=["POST"])
+async def begin(req, ctx):
+    started = await ctx.durable.start(req.params["name"], await req.json())
+    return ctx.durable.check_status_response(started)
+"#;
+
+fn durable_app(extra: &str) -> App {
+    let manifest = format!(
+        "[workers.main]\nruntime = \"python\"\nentry = \"app.py\"\n\n[durable]\nversion = \"7\"\n\n\
+         [functions.begin]\ngrants = [\"durable:*:rw\"]\n\n[[routes]]\npath = \"/begin/*\"\nauth = \"anonymous\"\n{extra}"
+    );
+    let app = App::new(Some(&manifest));
+    std::fs::write(app.path().join("app.py"), APP_PY).unwrap();
+    app
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    fn new(node: &support::Node, app: &App) -> Self {
+        Self { http: reqwest::Client::new(), base: node.url(""), token: admin_token(app) }
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.unwrap();
+        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+        (status, resp.json().await.unwrap_or(Value::Null), headers)
+    }
+
+    async fn start(&self, name: &str, input: Value) -> String {
+        let (status, body, _) =
+            self.send(reqwest::Method::POST, &format!("/_nimbus/durable/orchestrations/{name}"), Some(input)).await;
+        assert_eq!(status, 202, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn status(&self, id: &str) -> (u16, Value) {
+        let (status, body, _) =
+            self.send(reqwest::Method::GET, &format!("/_nimbus/durable/instances/{id}"), None).await;
+        (status, body)
+    }
+
+    /// Polls until the instance has ended (200), within `timeout`.
+    async fn finished(&self, id: &str, timeout: Duration) -> Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let (status, body) = self.status(id).await;
+            if status == 200 {
+                return body;
+            }
+            assert_eq!(status, 202, "{body}");
+            assert!(std::time::Instant::now() < deadline, "instance {id} did not finish: {body}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn orchestrations_chain_fan_out_wait_retry_and_nest() {
+    let app = durable_app("");
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app);
+
+    // Function chaining, in Durable Functions' shapes.
+    let (status, body, headers) =
+        c.send(reqwest::Method::POST, "/_nimbus/durable/orchestrations/chain?instanceId=chain-1", None).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["id"], "chain-1");
+    let status_uri = body["statusQueryGetUri"].as_str().unwrap();
+    assert!(status_uri.ends_with("/_nimbus/durable/instances/chain-1"), "{body}");
+    assert_eq!(headers["location"], status_uri);
+    for field in ["sendEventPostUri", "terminatePostUri", "purgeHistoryDeleteUri"] {
+        assert!(body[field].as_str().unwrap().contains("/_nimbus/durable/instances/chain-1"), "{body}");
+    }
+    let done = c.finished("chain-1", Duration::from_secs(30)).await;
+    assert_eq!(done["runtimeStatus"], "Completed");
+    assert_eq!(done["output"], json!(["Hello Tokyo!", "Hello Seattle!", "Hello London!"]));
+    assert_eq!(done["name"], "chain");
+    assert_eq!(done["version"], "7");
+    // Its history, each event with its time.
+    let (_, with_history, _) =
+        c.send(reqwest::Method::GET, "/_nimbus/durable/instances/chain-1?showHistory=true", None).await;
+    let events = with_history["historyEvents"].as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "started",
+            "task_scheduled",
+            "task_completed",
+            "task_scheduled",
+            "task_completed",
+            "task_scheduled",
+            "task_completed"
+        ]
+    );
+    assert!(events.iter().all(|e| e["at"].as_str().is_some_and(|t| t.ends_with('Z'))), "{events:?}");
+
+    // Fan-out / fan-in.
+    let fan = c.start("fanout", json!({"n": 200})).await;
+    let done = c.finished(&fan, Duration::from_secs(60)).await;
+    assert_eq!(done["output"], json!((0..200).map(|i| i * 2).sum::<i64>()));
+
+    // External events: two waits for one name take successive events; custom status shows.
+    let waiting = c.start("approval", json!(null)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while c.status(&waiting).await.1["customStatus"] != "waiting for approval" {
+        assert!(std::time::Instant::now() < deadline, "no custom status");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = c.status(&waiting).await;
+    assert_eq!((status, body["runtimeStatus"].as_str()), (202, Some("Running")));
+    for data in [json!("yes"), json!({"by": "ana"})] {
+        let path = format!("/_nimbus/durable/instances/{waiting}/raiseEvent/approve");
+        assert_eq!(c.send(reqwest::Method::POST, &path, Some(data)).await.0, 202);
+    }
+    let done = c.finished(&waiting, Duration::from_secs(20)).await;
+    assert_eq!(done["output"], json!({"first": "yes", "second": {"by": "ana"}, "version": "7"}));
+
+    // Retries run by the engine; a final failure is an exception the code can catch.
+    let retried = c.start("retrying", json!(null)).await;
+    let done = c.finished(&retried, Duration::from_secs(30)).await;
+    assert_eq!(done["runtimeStatus"], "Completed", "{done}");
+    assert_eq!(done["output"]["flaky"], "ok on attempt 3");
+    assert!(done["output"]["caught"].as_str().unwrap().contains("boom"), "{done}");
+    // Uncaught, it fails the orchestration.
+    let failing = c.start("uncaught", json!(null)).await;
+    let done = c.finished(&failing, Duration::from_secs(30)).await;
+    assert_eq!(done["runtimeStatus"], "Failed", "{done}");
+    assert!(done["output"]["message"].as_str().unwrap().contains("boom"), "{done}");
+
+    // Sub-orchestrations, timers, continue-as-new.
+    let parent = c.start("parent", json!(null)).await;
+    assert_eq!(c.finished(&parent, Duration::from_secs(30)).await["output"], 3);
+    let sleeper = c.start("sleeper", json!(null)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(c.finished(&sleeper, Duration::from_secs(30)).await["output"], "woke");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let counter = c.start("counter", json!(0)).await;
+    assert_eq!(c.finished(&counter, Duration::from_secs(30)).await["output"], 3);
+
+    // A function starts one with its grant and answers the standard 202.
+    let resp = reqwest::Client::new().post(node.url("/begin/chain")).json(&json!(null)).send().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["location"].to_str().unwrap().to_owned();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["statusQueryGetUri"], location.as_str());
+    let id = body["id"].as_str().unwrap();
+    assert_eq!(c.finished(id, Duration::from_secs(30)).await["runtimeStatus"], "Completed");
+
+    // Listing by status.
+    let (status, list, _) = c.send(reqwest::Method::GET, "/_nimbus/durable/instances?runtimeStatus=Failed", None).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|i| i["instanceId"].as_str().unwrap()).collect();
+    assert_eq!(ids, [failing.as_str()]);
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors_and_ended_instances_stay_ended() {
+    let app = durable_app("");
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app);
+    use reqwest::Method;
+
+    let (status, body, _) = c.send(Method::POST, "/_nimbus/durable/orchestrations/nope", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("orchestrator_not_found")), "{body}");
+    // An activity is not an orchestrator.
+    assert_eq!(c.send(Method::POST, "/_nimbus/durable/orchestrations/hello", None).await.0, 404);
+    let resp = c
+        .http
+        .post(node.url("/_nimbus/durable/orchestrations/chain"))
+        .bearer_auth(&c.token)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.json::<Value>().await.unwrap()["error"]["code"], "invalid_json");
+    let (status, _, _) = c.send(Method::POST, "/_nimbus/durable/orchestrations/chain?instanceId=a%2Fb", None).await;
+    assert_eq!(status, 400);
+    assert_eq!(c.status("missing").await.0, 404);
+    let (status, body, _) = c.send(Method::GET, "/_nimbus/durable/instances?runtimeStatus=Sleeping", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_request")));
+    // Without a token: 401, whether the id exists or not.
+    let anonymous = reqwest::get(node.url("/_nimbus/durable/instances/missing")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // A running instance: a second start with its id conflicts, purge is refused; terminate ends it.
+    let id = c.start("approval", json!(null)).await;
+    let (status, _, _) =
+        c.send(Method::POST, &format!("/_nimbus/durable/orchestrations/approval?instanceId={id}"), None).await;
+    assert_eq!(status, 409);
+    let (status, body, _) = c.send(Method::DELETE, &format!("/_nimbus/durable/instances/{id}"), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")), "{body}");
+    let (status, _, _) =
+        c.send(Method::POST, &format!("/_nimbus/durable/instances/{id}/terminate?reason=enough"), None).await;
+    assert_eq!(status, 202);
+    let done = c.finished(&id, Duration::from_secs(20)).await;
+    assert_eq!((done["runtimeStatus"].as_str(), done["output"].as_str()), (Some("Terminated"), Some("enough")));
+    // Ended: events and terminations are gone (410); purge works, then it is unknown.
+    let (status, _, _) =
+        c.send(Method::POST, &format!("/_nimbus/durable/instances/{id}/raiseEvent/approve"), Some(json!(1))).await;
+    assert_eq!(status, 410);
+    assert_eq!(c.send(Method::POST, &format!("/_nimbus/durable/instances/{id}/terminate"), None).await.0, 410);
+    let (status, body, _) = c.send(Method::DELETE, &format!("/_nimbus/durable/instances/{id}"), None).await;
+    assert_eq!((status, body["instancesDeleted"].as_i64()), (200, Some(1)));
+    assert_eq!(c.status(&id).await.0, 404);
+}
+
+#[tokio::test]
+async fn a_node_killed_during_a_fan_out_finishes_it_after_restart() {
+    let app = durable_app("");
+    let mut node = app.start(&[]);
+    let c = Client::new(&node, &app);
+    let ids: Vec<String> = {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(c.start("fanout", json!({"n": 60, "activity": "slow_double"})).await);
+        }
+        ids
+    };
+    // Let some activities complete, then SIGKILL the node in the middle.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, _) = node.signal_and_wait("KILL", Duration::from_secs(10));
+    assert!(!status.success());
+    drop(node);
+    let node = app.start(&[]);
+    let c = Client { base: node.url(""), ..c };
+    let expected: i64 = (0..60).map(|i| i * 2).sum();
+    for id in &ids {
+        let done = c.finished(id, Duration::from_secs(60)).await;
+        assert_eq!(done["runtimeStatus"], "Completed", "{done}");
+        // Exactly once in the orchestrator's state: every task answered once, none twice.
+        assert_eq!(done["output"], expected, "{done}");
+        let (_, with_history, _) =
+            c.send(reqwest::Method::GET, &format!("/_nimbus/durable/instances/{id}?showHistory=true"), None).await;
+        let events = with_history["historyEvents"].as_array().unwrap();
+        let completed: Vec<u64> =
+            events.iter().filter(|e| e["type"] == "task_completed").map(|e| e["id"].as_u64().unwrap()).collect();
+        let unique: std::collections::BTreeSet<u64> = completed.iter().copied().collect();
+        assert_eq!((completed.len(), unique.len()), (60, 60));
+    }
+}
