@@ -130,11 +130,21 @@ pub struct Call {
     pub trace: Option<TraceContext>,
     /// At most this long; never longer than the function's own timeout.
     pub timeout: Option<Duration>,
+    /// Calls with the same key go to the instance that took the last one while it has a free
+    /// slot: a worker that keeps state per key (an orchestration's session) finds it there.
+    pub affinity: Option<String>,
 }
 
 impl Call {
     pub fn new(function: impl Into<String>, data: Value) -> Self {
-        Self { function: function.into(), data, delivery: Default::default(), trace: None, timeout: None }
+        Self {
+            function: function.into(),
+            data,
+            delivery: Default::default(),
+            trace: None,
+            timeout: None,
+            affinity: None,
+        }
     }
 }
 

@@ -429,7 +429,10 @@ impl Engine {
             "version": instance.version, "past_length": instance.history, "past": null, "new": new,
         });
         for attempt in 0..2 {
-            let answer = self.invoker.invoke(Call::new(instance.name.clone(), data.clone())).await?;
+            let mut call = Call::new(instance.name.clone(), data.clone());
+            // Back to the instance that holds the session, when it can take the step.
+            call.affinity = Some(instance.id.clone());
+            let answer = self.invoker.invoke(call).await?;
             let result: StepResult =
                 serde_json::from_value(answer).map_err(|e| StepError::Protocol(format!("bad step answer: {e}")))?;
             if !result.need_history {

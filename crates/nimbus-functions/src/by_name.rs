@@ -96,6 +96,7 @@ async fn send(
         _ => serde_json::Map::new(),
     };
     trigger.extend(call.delivery);
+    let affinity = call.affinity;
     let envelope = serde_json::json!({ "id": id, "trigger": trigger, "data": call.data }).to_string();
     if envelope.len() > ENVELOPE_LIMIT {
         return Err(Outcome::Refused(InvokeError::BodyTooLarge(ENVELOPE_LIMIT as u64)));
@@ -109,7 +110,7 @@ async fn send(
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     protocol_headers(headers, &info.name, id, timeout, trace);
 
-    let (response, slot, conn) = match exchange(target, &info.name, id, request, deadline).await {
+    let (response, slot, conn) = match exchange(target, &info.name, id, request, affinity.as_deref(), deadline).await {
         Ok(exchanged) => exchanged,
         Err(Failure::Refused(e)) => return Err(Outcome::Refused(e)),
         Err(Failure::Connection(_)) => return Err(Outcome::Refused(InvokeError::WorkerCrashed)),

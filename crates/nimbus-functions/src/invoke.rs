@@ -121,7 +121,7 @@ async fn invoke(
     let tracked = Tracked { inner: limited, done: uploaded.clone() };
     let request = builder.body(Body::new(tracked)).map_err(|_| InvokeError::WorkerCrashed)?;
 
-    let exchange = exchange(target, function, &invocation_id, request, deadline).await;
+    let exchange = exchange(target, function, &invocation_id, request, None, deadline).await;
     let (response, slot, conn) = match exchange {
         Err(Failure::Refused(e)) => return Err(e),
         Err(Failure::Connection(e)) if nimbus_api::body::is_too_large(&e) => {
@@ -153,9 +153,10 @@ pub(crate) async fn exchange(
     function: &str,
     invocation_id: &str,
     mut request: axum::http::Request<Body>,
+    affinity: Option<&str>,
     deadline: tokio::time::Instant,
 ) -> Result<(axum::http::Response<Incoming>, Slot, SendRequest<Body>), Failure> {
-    let slot = match tokio::time::timeout_at(deadline, target.pool.acquire()).await {
+    let slot = match tokio::time::timeout_at(deadline, target.pool.acquire(affinity)).await {
         Err(_) => return Err(Failure::Refused(InvokeError::Timeout)),
         Ok(slot) => slot.map_err(Failure::Refused)?,
     };

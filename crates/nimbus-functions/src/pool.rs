@@ -5,7 +5,7 @@
 //! All bookkeeping happens under one mutex that is never held across an await; instance starts
 //! and stops run in their own tasks and report back by taking the lock again.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -87,7 +87,13 @@ struct State {
     /// Consecutive failed starts (or crashes soon after start), for back-off.
     failures: u32,
     closed: bool,
+    /// Affinity key → the id of the instance that took its last call.
+    affinity: HashMap<String, String>,
 }
+
+/// Affinity keys remembered per pool; past this the map starts over (a forgotten key costs its
+/// worker one state rebuild, not a wrong answer).
+const AFFINITY_KEYS: usize = 10_000;
 
 /// The right to send one invocation to one instance; gives the slot back when dropped, wherever
 /// that happens (also inside a hand-over channel whose receiver went away).
@@ -130,14 +136,23 @@ impl Pool {
     }
 
     /// Waits for a free slot: a ready instance with room, or a new one within `max_instances`.
-    pub async fn acquire(self: &Arc<Self>) -> Result<Slot, InvokeError> {
+    /// A slot for one invocation; with `affinity`, on the instance that took the key's last call
+    /// when it has a free slot.
+    pub async fn acquire(self: &Arc<Self>, affinity: Option<&str>) -> Result<Slot, InvokeError> {
         let enqueued = Instant::now();
         let rx = {
             let mut st = self.lock();
             if st.closed {
                 return Err(InvokeError::ShuttingDown);
             }
-            if let Some(i) = pick(&st.members, self.limits.concurrency) {
+            if let Some(i) = pick(&st, affinity, self.limits.concurrency) {
+                if let Some(key) = affinity {
+                    if st.affinity.len() >= AFFINITY_KEYS {
+                        st.affinity.clear();
+                    }
+                    let id = st.members[i].instance.id.clone();
+                    st.affinity.insert(key.to_owned(), id);
+                }
                 st.members[i].in_flight += 1;
                 let instance = st.members[i].instance.clone();
                 self.publish(&st);
@@ -213,7 +228,7 @@ impl Pool {
     /// Hands free slots to waiting invocations, oldest first.
     fn dispatch(self: &Arc<Self>, st: &mut State) {
         while !st.waiters.is_empty() {
-            let Some(i) = pick(&st.members, self.limits.concurrency) else { break };
+            let Some(i) = pick(st, None, self.limits.concurrency) else { break };
             let Some(waiter) = st.waiters.pop_front() else { break };
             // Counted before the hand-over: if the receiver drops the slot later, its release
             // (which takes this lock, after we let go of it) gives the count back.
@@ -432,12 +447,13 @@ fn live(members: &[Member]) -> u32 {
     members.iter().filter(|m| !m.retiring).count() as u32
 }
 
-/// The least busy live instance with a free slot.
-fn pick(members: &[Member], concurrency: u32) -> Option<usize> {
-    members
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| m.in_flight < concurrency && !m.retiring && !m.instance.has_exited())
-        .min_by_key(|(_, m)| m.in_flight)
-        .map(|(i, _)| i)
+/// The instance the affinity key names if it can take a call, else the least busy live instance
+/// with a free slot.
+fn pick(st: &State, affinity: Option<&str>, concurrency: u32) -> Option<usize> {
+    let free = |m: &Member| m.in_flight < concurrency && !m.retiring && !m.instance.has_exited();
+    let preferred = affinity.and_then(|key| st.affinity.get(key));
+    if let Some(i) = preferred.and_then(|id| st.members.iter().position(|m| &m.instance.id == id && free(m))) {
+        return Some(i);
+    }
+    st.members.iter().enumerate().filter(|(_, m)| free(m)).min_by_key(|(_, m)| m.in_flight).map(|(i, _)| i)
 }
