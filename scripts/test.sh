@@ -130,6 +130,11 @@ install_missing() { # COMMAND PACKAGE
 }
 install_missing python3 python3
 install_missing node nodejs
+# The site's conformance test compares Nimbus with Debian's nginx (and its brotli_static module);
+# the compression tests decode bodies with the brotli and gzip tools.
+install_missing /usr/sbin/nginx nginx
+install_missing brotli brotli
+[[ -e /usr/lib/nginx/modules/ngx_http_brotli_static_module.so ]] || install_missing ngx-brotli-static-module libnginx-mod-http-brotli-static
 
 read -r host port < <(pg_host_port "$NIMBUS_TEST_POSTGRES_URL")
 if ! answers "$host" "$port"; then

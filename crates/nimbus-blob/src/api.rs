@@ -20,13 +20,15 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures_util::TryStreamExt;
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
 use nimbus_api::ApiError;
 use nimbus_api::extract::{Path, Query};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{BlobError, Blobs, Download};
+use crate::conditional::{self, Answer, Validators};
+use crate::{BlobError, Blobs, Download, Stored};
 
 pub(crate) fn error(e: BlobError) -> ApiError {
     match e {
@@ -51,6 +53,113 @@ pub(crate) fn unsatisfiable(size: u64) -> Response {
         response.headers_mut().insert(header::CONTENT_RANGE, v);
     }
     response
+}
+
+/// A 405 naming the methods the target allows (RFC 9110 §15.5.6: `Allow` is a MUST).
+pub(crate) fn method_not_allowed(method: &Method, allow: &'static str) -> Response {
+    let message = format!("{method} is not allowed here; use {allow}");
+    let mut response = ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message).into_response();
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+/// The answer to a GET or HEAD of a found object, by RFC 9110 §13 and §14 ([`conditional`]): 200,
+/// 206 (one part, or several as `multipart/byteranges`), 304, 412 or 416. `multipart` says
+/// whether several ranges may be answered in parts (see [`conditional::Validators`]).
+///
+/// [`conditional`]: crate::conditional
+pub(crate) async fn read(
+    blobs: &Blobs,
+    found: Stored,
+    method: &Method,
+    headers: &HeaderMap,
+    multipart: bool,
+) -> Result<Response, BlobError> {
+    let info = &found.info;
+    let validators = Validators { etag: &info.etag, last_modified: info.last_modified, size: info.size, multipart };
+    let head = method == Method::HEAD;
+    Ok(match conditional::evaluate(method, headers, &validators) {
+        Answer::Whole => respond(blobs.open(found, None).await?, false, head),
+        Answer::Partial(ranges) if ranges.len() == 1 => {
+            let range = ranges.into_iter().next();
+            respond(blobs.open(found, range).await?, true, head)
+        }
+        Answer::Partial(ranges) => multipart_response(blobs, found, ranges),
+        Answer::NotModified => not_modified(info),
+        Answer::PreconditionFailed => {
+            let message = "a precondition (If-Match or If-Unmodified-Since) does not hold";
+            ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", message).into_response()
+        }
+        Answer::Unsatisfiable => unsatisfiable(info.size),
+    })
+}
+
+/// RFC 9110 §15.4.5: a 304 carries the validators (the caller adds `Vary` and `Cache-Control`) and
+/// no representation metadata beyond them. A Content-Length, if sent, must be the 200's (§8.6):
+/// it is set so, since otherwise one of 0 is added to a HEAD's (hyper sends none for a GET's).
+fn not_modified(info: &crate::ObjectInfo) -> Response {
+    let mut response = StatusCode::NOT_MODIFIED.into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(info.size));
+    h.insert(header::ETAG, HeaderValue::from_str(&format!("\"{}\"", info.etag)).expect("hex is a header value"));
+    h.insert(header::LAST_MODIFIED, HeaderValue::from_str(&http_date(info.last_modified)).expect("a date"));
+    response
+}
+
+/// A 206 of several ranges as `multipart/byteranges` (RFC 9110 §14.6), in the order asked; each
+/// part is read from the backend as the body streams.
+fn multipart_response(blobs: &Blobs, found: Stored, ranges: Vec<std::ops::Range<u64>>) -> Response {
+    let info = found.info.clone();
+    let boundary = nimbus_api::hex(&rand::random::<[u8; 12]>());
+    let heads: Vec<Bytes> = ranges
+        .iter()
+        .map(|r| {
+            let (first, last, size) = (r.start, r.end - 1, info.size);
+            let head = format!(
+                "\r\n--{boundary}\r\nContent-Type: {}\r\nContent-Range: bytes {first}-{last}/{size}\r\n\r\n",
+                info.content_type
+            );
+            Bytes::from(head)
+        })
+        .collect();
+    let tail = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+    let length = heads.iter().map(|h| h.len() as u64).sum::<u64>()
+        + ranges.iter().map(|r| r.end - r.start).sum::<u64>()
+        + tail.len() as u64;
+    let blobs = blobs.clone();
+    let parts = futures_util::stream::iter(heads.into_iter().zip(ranges))
+        .then(move |(head, range)| {
+            let (blobs, found) = (blobs.clone(), found.clone());
+            async move {
+                let part = blobs
+                    .open(found, Some(range))
+                    .await
+                    .map_err(|e| object_store::Error::Generic { store: "blob", source: Box::new(e) })?;
+                let head = futures_util::stream::once(async move { Ok(head) });
+                Ok::<_, object_store::Error>(head.chain(part.body))
+            }
+        })
+        .try_flatten()
+        .chain(futures_util::stream::once(async move { Ok(tail) }));
+    let mut builder = Response::builder()
+        .status(StatusCode::PARTIAL_CONTENT)
+        .header(header::CONTENT_TYPE, format!("multipart/byteranges; boundary={boundary}"))
+        .header(header::CONTENT_LENGTH, length)
+        .header(header::ETAG, format!("\"{}\"", info.etag))
+        .header(header::LAST_MODIFIED, http_date(info.last_modified))
+        .header(header::ACCEPT_RANGES, "bytes");
+    for (k, v) in shown_metadata(&info) {
+        builder = builder.header(format!("x-nimbus-meta-{k}"), v);
+    }
+    builder.body(Body::from_stream(parts)).unwrap_or_else(|_| ApiError::internal().into_response())
+}
+
+/// The user metadata sent as `x-nimbus-meta-*` headers: what is text, and not Nimbus's own.
+fn shown_metadata(info: &crate::ObjectInfo) -> impl Iterator<Item = (&String, HeaderValue)> {
+    info.metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != crate::compress::VARIANT_OF)
+        .filter_map(|(k, v)| HeaderValue::from_str(v).ok().map(|v| (k, v)))
 }
 
 /// Types a browser shows without running anything, served inline from any container (with
@@ -117,10 +226,8 @@ pub(crate) fn respond(download: Download, partial: bool, head: bool) -> Response
             format!("bytes {}-{}/{}", download.range.start, download.range.end - 1, info.size),
         );
     }
-    for (k, v) in &info.metadata {
-        if let Ok(v) = HeaderValue::from_str(v) {
-            builder = builder.header(format!("x-nimbus-meta-{k}"), v);
-        }
+    for (k, v) in shown_metadata(info) {
+        builder = builder.header(format!("x-nimbus-meta-{k}"), v);
     }
     let body = match (head, download.whole) {
         (true, _) => Body::empty(),
@@ -207,9 +314,9 @@ async fn object(
     let limit = blobs.max_object_size().min(signature.maxsize.unwrap_or(u64::MAX));
     let result = match method {
         Method::PUT => put(&blobs, &container, &key, req, limit).await,
-        Method::GET | Method::HEAD => download(&blobs, &container, &key, req.headers(), method == Method::HEAD).await,
+        Method::GET | Method::HEAD => download(&blobs, &container, &key, &method, req.headers()).await,
         Method::DELETE => blobs.delete(&container, &key).await.map(|()| StatusCode::NO_CONTENT.into_response()),
-        _ => Err(BlobError::Invalid(format!("{method} is not allowed on objects"))),
+        _ => Ok(method_not_allowed(&method, "GET, HEAD, PUT, DELETE")),
     };
     result.unwrap_or_else(|e| error(e).into_response())
 }
@@ -237,19 +344,15 @@ async fn download(
     blobs: &Blobs,
     container: &str,
     key: &str,
+    method: &Method,
     headers: &HeaderMap,
-    head: bool,
 ) -> Result<Response, BlobError> {
     let found = blobs.find(container, key).await?;
-    let range = match crate::range::requested(headers, found.info.size) {
-        Ok(range) => range,
-        Err(_) => return Ok(unsatisfiable(found.info.size)),
-    };
-    let partial = range.is_some();
-    let download = blobs.open(found, range).await?;
-    let info = download.info.clone();
-    let mut response = respond(download, partial, head);
-    contain(&mut response, &info, blobs.is_web_container(container));
+    let info = found.info.clone();
+    let mut response = read(blobs, found, method, headers, true).await?;
+    if response.status().is_success() {
+        contain(&mut response, &info, blobs.is_web_container(container));
+    }
     Ok(response)
 }
 

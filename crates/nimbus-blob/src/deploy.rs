@@ -4,6 +4,10 @@
 //! kept as a snapshot (namespace `site`, `deploy/<id>`: every file's record); `rollback` commits the
 //! previous snapshot back, at once, with no upload (its bytes are still there). Bytes are deleted
 //! only when neither the live site nor a kept deploy refers to them.
+//!
+//! Each compressible file gets brotli and gzip variants (`compress.rs`) made as it is uploaded and
+//! switched in the same commit, so every deploy (and a rollback to it) serves variants of its own
+//! files; an unchanged file keeps the variants it has. They are not counted as files.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
@@ -11,6 +15,7 @@ use std::path::Path;
 use nimbus_store::{Expect, StoreError, Write};
 use serde::{Deserialize, Serialize};
 
+use crate::compress::{Coding, VARIANT_OF};
 use crate::{BlobError, Blobs, NS, SITE_CONTAINER, Stored};
 
 const SITE_NS: &str = "site";
@@ -76,34 +81,75 @@ pub async fn deploy(
     let files = crate::publish::files(dir)?;
     progress(Progress::Total(files.iter().map(|(_, _, size)| size).sum()));
     let (live, current) = live_site(blobs).await?;
+    let in_folder: HashSet<&str> = files.iter().map(|(key, _, _)| key.as_str()).collect();
+    let compress = crate::compress::enabled();
     let mut result = Deployed::default();
     let mut next: BTreeMap<String, Stored> = if prune { BTreeMap::new() } else { live.clone() };
     let mut uploaded_data = Vec::new();
+    // Compressions under way, oldest first, at most one per core.
+    let mut compressing = std::collections::VecDeque::new();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     for (key, path, size) in &files {
         let digest =
             crate::publish::hash(path).await.map_err(|e| BlobError::Invalid(format!("{}: {e}", path.display())))?;
         if let Some(same) = live.get(key).filter(|s| s.info.etag == digest) {
             next.insert(key.clone(), same.clone());
             result.unchanged += 1;
-            progress(Progress::Done(*size));
-            continue;
+        } else {
+            let file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| BlobError::Invalid(format!("{}: {e}", path.display())))?;
+            let chunks = Box::pin(crate::file_chunks(file));
+            let stored = match blobs.write(key, None, BTreeMap::new(), chunks, u64::MAX).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    discard(blobs, &uploaded_data).await;
+                    return Err(e);
+                }
+            };
+            uploaded_data.push(stored.data.clone());
+            next.insert(key.clone(), stored);
+            result.uploaded += 1;
         }
-        let file =
-            tokio::fs::File::open(path).await.map_err(|e| BlobError::Invalid(format!("{}: {e}", path.display())))?;
-        let stored = match blobs.write(key, None, BTreeMap::new(), Box::pin(crate::file_chunks(file)), u64::MAX).await {
-            Ok(stored) => stored,
-            Err(e) => {
-                discard(blobs, &uploaded_data).await;
-                return Err(e);
+        // A precompressed file of the folder stands for its coding; the others are made.
+        let compressible = compress && crate::compress::compressible(key, *size);
+        let wanted: Vec<Coding> = Coding::ALL
+            .into_iter()
+            .filter(|c| compressible && !in_folder.contains(format!("{key}{}", c.suffix()).as_str()))
+            .collect();
+        let missing = keep_variants(key, &digest, &wanted, &live, &mut next);
+        if !missing.is_empty() {
+            let data = match tokio::fs::read(path).await {
+                Ok(data) => bytes::Bytes::from(data),
+                Err(e) => {
+                    discard(blobs, &uploaded_data).await;
+                    return Err(BlobError::Invalid(format!("{}: {e}", path.display())));
+                }
+            };
+            for coding in missing {
+                let data = data.clone();
+                let task = tokio::task::spawn_blocking(move || coding.encode(&data));
+                compressing.push_back(Compressing {
+                    key: key.clone(),
+                    digest: digest.clone(),
+                    coding,
+                    size: *size,
+                    task,
+                });
             }
-        };
+        }
+        if let Err(e) = settle(blobs, &mut compressing, cores, &mut next, &mut uploaded_data).await {
+            discard(blobs, &uploaded_data).await;
+            return Err(e);
+        }
         progress(Progress::Done(*size));
-        uploaded_data.push(stored.data.clone());
-        next.insert(key.clone(), stored);
-        result.uploaded += 1;
     }
-    result.deleted = live.keys().filter(|k| !next.contains_key(*k)).count();
-    if result.uploaded == 0 && result.deleted == 0 {
+    if let Err(e) = settle(blobs, &mut compressing, 0, &mut next, &mut uploaded_data).await {
+        discard(blobs, &uploaded_data).await;
+        return Err(e);
+    }
+    result.deleted = live.iter().filter(|(k, old)| !next.contains_key(*k) && !is_variant(old)).count();
+    if site_writes(&live, &next).is_empty() {
         return Ok(result);
     }
     let replaced = replaced(&live, &next);
@@ -116,6 +162,85 @@ pub async fn deploy(
     }
     collect(blobs, keep, replaced).await?;
     Ok(result)
+}
+
+/// Keeps in `next` the variants of one file (`key`, with content `digest`) in the codings `wanted`
+/// that live ones made from the same content provide; variants made for other content, or in a
+/// coding no longer wanted, leave it. Answers the codings still to make.
+fn keep_variants(
+    key: &str,
+    digest: &str,
+    wanted: &[Coding],
+    live: &BTreeMap<String, Stored>,
+    next: &mut BTreeMap<String, Stored>,
+) -> Vec<Coding> {
+    let made_for = |s: &Stored| s.info.metadata.get(VARIANT_OF).cloned();
+    let mut missing = Vec::new();
+    for coding in Coding::ALL {
+        let name = format!("{key}{}", coding.suffix());
+        if next.get(&name).and_then(made_for).is_some_and(|of| of != digest || !wanted.contains(&coding)) {
+            next.remove(&name);
+        }
+        if !wanted.contains(&coding) {
+            continue;
+        }
+        match live.get(&name).filter(|v| made_for(v).as_deref() == Some(digest)) {
+            Some(same) => {
+                next.insert(name, same.clone());
+            }
+            None => missing.push(coding),
+        }
+    }
+    missing
+}
+
+/// Stores the variants made, oldest first, until at most `keep` are still being made; the bytes
+/// written go to `written`.
+async fn settle(
+    blobs: &Blobs,
+    compressing: &mut std::collections::VecDeque<Compressing>,
+    keep: usize,
+    next: &mut BTreeMap<String, Stored>,
+    written: &mut Vec<String>,
+) -> Result<(), BlobError> {
+    while compressing.len() > keep {
+        let job = compressing.pop_front().expect("more than `keep` under way");
+        written.extend(job.store(blobs, next).await?);
+    }
+    Ok(())
+}
+
+/// A variant being made on a blocking thread (compression takes a core: files are compressed side
+/// by side while the deploy goes on hashing and uploading).
+struct Compressing {
+    key: String,
+    digest: String,
+    coding: Coding,
+    size: u64,
+    task: tokio::task::JoinHandle<Vec<u8>>,
+}
+
+impl Compressing {
+    /// Waits for the variant and, when it saves 10 %, writes it and puts it into `next`; answers
+    /// the bytes written.
+    async fn store(self, blobs: &Blobs, next: &mut BTreeMap<String, Stored>) -> Result<Option<String>, BlobError> {
+        let compressed = self.task.await.map_err(|e| BlobError::Backend(format!("compressing {}: {e}", self.key)))?;
+        if !crate::compress::worth_keeping(self.size as usize, compressed.len()) {
+            return Ok(None);
+        }
+        let name = format!("{}{}", self.key, self.coding.suffix());
+        let metadata = BTreeMap::from([(VARIANT_OF.to_owned(), self.digest)]);
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(compressed))]);
+        let stored = blobs.write(&name, None, metadata, body, u64::MAX).await?;
+        let data = stored.data.clone();
+        next.insert(name, stored);
+        Ok(Some(data))
+    }
+}
+
+/// Whether a record is a variant a deploy made (it belongs to its file, not counted as one).
+fn is_variant(stored: &Stored) -> bool {
+    stored.info.metadata.contains_key(VARIANT_OF)
 }
 
 /// Returns the site to the deploy before the current one; answers its id.
@@ -146,8 +271,8 @@ pub async fn list(blobs: &Blobs) -> Result<Vec<DeployInfo>, BlobError> {
             id: s.id,
             created: s.created,
             source: s.source,
-            files: s.files.len(),
-            bytes: s.files.values().map(|f| f.info.size).sum(),
+            files: s.files.values().filter(|f| !is_variant(f)).count(),
+            bytes: s.files.values().filter(|f| !is_variant(f)).map(|f| f.info.size).sum(),
             current: current == Some(s.id),
         })
         .collect();

@@ -12,8 +12,11 @@
 //! are deleted after the commit.
 //!
 //! - `api.rs`: the REST API under `/_nimbus/blob/{container}/{key…}`;
-//! - `site.rs`: the static website (index and error documents, SPA fallback, ETag/Last-Modified,
-//!   Range, precompressed variants, Cache-Control rules);
+//! - `site.rs`: the static website (index and error documents, SPA fallback, compressed variants
+//!   chosen by `Accept-Encoding`, Cache-Control rules);
+//! - `conditional.rs`: RFC 9110 preconditions and ranges for a GET or HEAD, shared by the site and
+//!   the API;
+//! - `compress.rs`: the brotli and gzip variants deploys make, and `Accept-Encoding`;
 //! - `deploy.rs`: versioned site deploys (changed files uploaded, `$web` switched in one commit,
 //!   rollback to the previous deploy);
 //! - `publish.rs`: `[site] dir` published into `$web` at start, as a deploy;
@@ -25,6 +28,8 @@
 //! URL ([`Blobs::start`]), never the request's `Host`.
 
 mod api;
+mod compress;
+mod conditional;
 mod deploy;
 mod publish;
 mod range;

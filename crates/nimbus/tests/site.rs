@@ -450,3 +450,51 @@ async fn a_full_disk_answers_507_and_keeps_no_half_object() {
     let got = http.get(node.url("/_nimbus/blob/uploads/small.bin")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(got.bytes().await.unwrap().len(), 600 * 1024);
 }
+
+/// The blob API answers GET and HEAD of objects by the same RFC 9110 rules as the site (one
+/// implementation): preconditions, several ranges in parts, and 405 with Allow for other methods.
+#[tokio::test]
+async fn the_blob_api_reads_objects_by_rfc_9110() {
+    let app = App::new(None);
+    let node = app.start(&[]);
+    let token = admin_token(&app);
+    let http = reqwest::Client::new();
+    let url = node.url("/_nimbus/blob/uploads/r.txt");
+    let put = http.put(&url).bearer_auth(&token).header("content-type", "text/plain").body("hello world").send();
+    assert_eq!(put.await.unwrap().status(), 201);
+    let read = |headers: &[(&'static str, &'static str)]| {
+        let mut request = http.get(&url).bearer_auth(&token);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        request.send()
+    };
+    let etag = read(&[]).await.unwrap().headers()["etag"].to_str().unwrap().to_owned();
+    let r = http.get(&url).bearer_auth(&token).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(r.headers()["etag"], etag.as_str());
+    let r = read(&[("if-match", "\"stale\"")]).await.unwrap();
+    assert_eq!(r.status(), 412);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "precondition_failed");
+    assert_eq!(read(&[("if-unmodified-since", "Sat, 01 Jan 2000 00:00:00 GMT")]).await.unwrap().status(), 412);
+    assert_eq!(read(&[("range", "bytes=0-4"), ("if-range", "\"stale\"")]).await.unwrap().status(), 200);
+
+    let parts = read(&[("range", "bytes=0-4,6-10")]).await.unwrap();
+    assert_eq!(parts.status(), 206);
+    let content_type = parts.headers()["content-type"].to_str().unwrap().to_owned();
+    let boundary = content_type.strip_prefix("multipart/byteranges; boundary=").expect("multipart");
+    let body = parts.text().await.unwrap();
+    assert_eq!(
+        body,
+        format!(
+            "\r\n--{boundary}\r\nContent-Type: text/plain\r\nContent-Range: bytes 0-4/11\r\n\r\nhello\
+             \r\n--{boundary}\r\nContent-Type: text/plain\r\nContent-Range: bytes 6-10/11\r\n\r\nworld\
+             \r\n--{boundary}--\r\n"
+        )
+    );
+
+    let post = http.post(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(post.headers()["allow"], "GET, HEAD, PUT, DELETE");
+    assert_eq!(post.json::<Value>().await.unwrap()["error"]["code"], "method_not_allowed");
+}
