@@ -345,3 +345,50 @@ async fn a_node_killed_during_a_fan_out_finishes_it_after_restart() {
         assert_eq!((completed.len(), unique.len()), (60, 60));
     }
 }
+
+const APP_JS: &str = r#"
+const { App, RetryPolicy, TaskFailedError } = require("nimbus");
+const app = new App();
+
+app.activity("hello", (city, ctx) => `Hello ${city}!`);
+app.activity("flaky", (data, ctx) => {
+  if (ctx.trigger.attempt < 2) throw new Error("not yet");
+  return `ok on attempt ${ctx.trigger.attempt}`;
+});
+app.activity("broken", () => { throw new RangeError("boom"); });
+
+app.orchestrator(function* chaining(ctx) {
+  const out = [];
+  for (const city of ctx.getInput()) out.push(yield ctx.callActivity("hello", city));
+  const fanned = yield ctx.taskAll(out.map((greeting) => ctx.callActivity("hello", greeting.length)));
+  const flaky = yield ctx.callActivity("flaky", null, { retry: new RetryPolicy({ attempts: 2, firstInterval: 50 }) });
+  let caught = null;
+  try {
+    yield ctx.callActivity("broken");
+  } catch (err) {
+    if (!(err instanceof TaskFailedError)) throw err;
+    caught = err.message;
+  }
+  return { out, fanned, flaky, caught, version: ctx.version };
+});
+
+module.exports = app;
+"#;
+
+#[tokio::test]
+async fn node_orchestrators_run_on_the_same_engine() {
+    let manifest = "[workers.web]\nruntime = \"node\"\nentry = \"app.js\"\n";
+    let app = App::new(Some(manifest));
+    std::fs::write(app.path().join("app.js"), APP_JS).unwrap();
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app);
+    let id = c.start("chaining", json!(["Tokyo", "Lima"])).await;
+    let done = c.finished(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["runtimeStatus"], "Completed", "{done}");
+    let output = &done["output"];
+    assert_eq!(output["out"], json!(["Hello Tokyo!", "Hello Lima!"]));
+    assert_eq!(output["fanned"], json!(["Hello 12!", "Hello 11!"]));
+    assert_eq!(output["flaky"], "ok on attempt 2");
+    assert!(output["caught"].as_str().unwrap().contains("RangeError: boom"), "{output}");
+    assert_eq!(output["version"], "1");
+}

@@ -5,6 +5,7 @@
 //   const { App, sse } = require("nimbus");
 //   const app = new App();
 //   app.http("/hello", { methods: ["GET"] }, async (req, ctx) => ({ hello: req.query.get("name") ?? "world" }));
+//   app.orchestrator(function* greet(ctx) { return yield ctx.callActivity("hello", ctx.getInput()); });
 //   module.exports = app;
 
 const { App } = require("./lib/app");
@@ -13,3 +14,8 @@ const { PlatformError } = require("./lib/platform");
 const { version } = require("./package.json");
 
 module.exports = { App, Response, HttpError, PlatformError, stream, sse, version };
+
+// Orchestrations' classes load when first asked for: an app without orchestrators never parses them.
+for (const name of ["RetryPolicy", "TaskFailedError", "OrchestrationContext"]) {
+  Object.defineProperty(module.exports, name, { enumerable: true, get: () => require("./lib/durable")[name] });
+}

@@ -29,6 +29,10 @@ app.activity("nothing", async () => { await sleep(1); });
 app.activity("null", () => null);
 app.activity("fails", async () => { throw new Error("job secret"); });
 app.activity("fails-sync", () => { throw new TypeError("sync secret"); });
+app.activity("fails-bare", () => { throw new RangeError(); });
+app.activity("fails-custom", () => { class Declined extends Error {} throw new Declined("no funds"); });
+app.activity("throws-a-string", () => { throw "just text"; });
+app.queue("jobs", { name: "queue-fails" }, async () => { throw new Error("queue secret"); });
 app.activity("conflict", async () => { throw new HttpError(409, "duplicate", "already done"); });
 app.activity("bigint", async () => ({ n: 10n }));
 app.activity("circular", async () => { const a = {}; a.a = a; return a; });
@@ -158,10 +162,20 @@ test("undefined and null results are null", async () => {
 });
 
 test("a handler that throws answers 500 handler_error and logs the stack", async () => {
-  for (const [fn, detail] of [["fails", "Error: job secret"], ["fails-sync", "TypeError: sync secret"]]) {
+  // An activity's error names its exception (it reaches only the app's own orchestrator, PROTOCOL.md
+  // §7.2); any other function's stays in the log.
+  const cases = [
+    ["fails", "Error: job secret", "Error: job secret"],
+    ["fails-sync", "TypeError: sync secret", "TypeError: sync secret"],
+    ["fails-bare", "RangeError", "RangeError"],
+    ["fails-custom", "Error: no funds", "Declined: no funds"],
+    ["throws-a-string", "just text", "Error: just text"],
+    ["queue-fails", "Error: queue secret", "the function raised an error"],
+  ];
+  for (const [fn, detail, message] of cases) {
     const res = await invoke(fn, {}, { headers: { "x-nimbus-invocation-id": `e-${fn}` } });
     assert.equal(res.status, 500, fn);
-    assert.deepEqual(res.json(), { error: { code: "handler_error", message: "the function raised an error" } });
+    assert.deepEqual(res.json(), { error: { code: "handler_error", message } }, fn);
     await waitFor(() => w.stderr().includes(detail) && w.stderr().includes(`(invocation e-${fn})`), { what: "the stack" });
   }
 });
@@ -266,9 +280,11 @@ test("cancellation: closing the connection while the envelope is read", async ()
 test("dev mode: the error's message is in the answer", async () => {
   const dev = await startWorker(APP, { env: { NIMBUS_DEV: "1" } });
   try {
-    const res = await request(dev, { method: "POST", path: INVOKE + "fails", body: "{}" });
+    const res = await request(dev, { method: "POST", path: INVOKE + "queue-fails", body: "{}" });
     assert.equal(res.status, 500);
-    assert.deepEqual(res.json(), { error: { code: "handler_error", message: "the function raised an error: job secret" } });
+    assert.deepEqual(res.json(), { error: { code: "handler_error", message: "the function raised an error: queue secret" } });
+    const activity = await request(dev, { method: "POST", path: INVOKE + "fails", body: "{}" });
+    assert.deepEqual(activity.json(), { error: { code: "handler_error", message: "Error: job secret" } });
   } finally {
     await dev.stop();
   }

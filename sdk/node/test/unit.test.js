@@ -19,6 +19,13 @@ test("the public surface", () => {
   assert.equal(typeof stream, "function");
   assert.equal(typeof HttpError, "function");
   assert.equal(nimbus.version, "0.1.0");
+  // orchestrations' classes load when first asked for
+  const durable = require.resolve("../nimbus/lib/durable");
+  assert.equal(require.cache[durable], undefined);
+  for (const name of ["RetryPolicy", "TaskFailedError", "OrchestrationContext"]) {
+    assert.equal(typeof nimbus[name], "function", name);
+  }
+  assert.ok(require.cache[durable]);
 });
 
 test("function names: explicit, from the handler, from the route", () => {

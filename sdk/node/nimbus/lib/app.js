@@ -118,6 +118,10 @@ function isAsyncGeneratorFunction(fn) {
   return Object.prototype.toString.call(fn) === "[object AsyncGeneratorFunction]";
 }
 
+function isAsyncFunction(fn) {
+  return isAsyncGeneratorFunction(fn) || Object.prototype.toString.call(fn) === "[object AsyncFunction]";
+}
+
 function overlaps(a, b) {
   return a.length === 0 || b.length === 0 || a.some((m) => b.includes(m));
 }
@@ -267,19 +271,45 @@ class App {
    *   app.activity("charge-card", async (data, ctx) => ...)   // or app.activity(async function chargeCard() {})
    */
   activity(name, options, handler) {
+    return this._durable("activity", name, options, handler);
+  }
+
+  /**
+   * Declares an orchestrator of the durable engine: a generator function of `ctx` that yields the
+   * tasks it waits for and returns the orchestration's output (a plain function that returns at once
+   * works too). The engine replays it against the orchestration's history, so it must be
+   * deterministic and synchronous: async functions are refused; time, ids and I/O come from `ctx` or
+   * from activities.
+   *   app.orchestrator("research", function* (ctx) { const urls = yield ctx.callActivity("search", ctx.getInput()); ... })
+   *   app.orchestrator(function* research(ctx) { ... })
+   */
+  orchestrator(name, options, handler) {
+    return this._durable("orchestrator", name, options, handler);
+  }
+
+  /** `app.activity` and `app.orchestrator`: named by their first argument, or by a named handler alone. */
+  _durable(type, name, options, handler) {
     if (typeof name === "function" && options === undefined && handler === undefined) {
-      return this._declare("app.activity(...)", { type: "activity" }, {}, name);
+      return this._declare(`app.${type}(...)`, { type }, {}, name);
     }
-    const what = describe("activity", name);
+    const what = describe(type, name);
     ({ options, handler } = optionsAndHandler(what, options, handler, ["name"]));
     if (options.name !== undefined && options.name !== null && options.name !== name) {
       throw new TypeError(`nimbus: ${what}: the name is given twice (${show(name)} and { name: ${show(options.name)} })`);
     }
-    return this._declare(what, { type: "activity" }, { name: checkName(name) }, handler);
+    return this._declare(what, { type }, { name: checkName(name) }, handler);
   }
 
-  /** Registers a non-HTTP function (its handler takes `(data, ctx)`). */
+  /** Registers a non-HTTP function (its handler takes `(data, ctx)`; an orchestrator's, `(ctx)`). */
   _declare(what, trigger, options, handler) {
+    if (trigger.type === "orchestrator" && isAsyncFunction(handler)) {
+      const named = [options.name, handler.name].find((n) => typeof n === "string" && /^[A-Za-z_$][\w$]*$/.test(n));
+      throw new TypeError(
+        `nimbus: ${what}: the handler is an async function; an orchestrator is replayed and must be ` +
+          `deterministic and synchronous: write \`function* ${named ?? "orchestrator"}(ctx) { ... }\` and yield its tasks ` +
+          "(`const result = yield ctx.callActivity(...)`), and do the async work in activities",
+      );
+    }
     if (isAsyncGeneratorFunction(handler)) {
       throw new TypeError(`nimbus: ${what}: the handler is an async generator; a ${trigger.type} function returns one JSON value`);
     }

@@ -43,6 +43,12 @@ class Context {
     const platform = require("./platform");
     return new platform.Docs(platform.client(), this.traceparent);
   }
+
+  /** Starts and manages orchestrations (`[functions.<name>] grants = ["durable:research:rw"]`). */
+  get durable() {
+    const platform = require("./platform");
+    return new platform.Durable(platform.client(), this.traceparent);
+  }
 }
 
 module.exports = { Context, makeLogger };

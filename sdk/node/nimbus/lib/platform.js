@@ -1,11 +1,12 @@
 "use strict";
-// The platform API as a function sees it: `ctx.blob` and `ctx.docs`, over the host's private Unix
-// socket (NIMBUS_PLATFORM_SOCKET) with the instance's scoped token (NIMBUS_PLATFORM_TOKEN). What a
-// function may reach is what the manifest grants it (`[functions.<name>] grants =
-// ["blob:uploads:rw", "docs:conversations:r"]`); anything else answers 403 and throws.
+// The platform API as a function sees it: `ctx.blob`, `ctx.docs` and `ctx.durable`, over the host's
+// private Unix socket (NIMBUS_PLATFORM_SOCKET) with the instance's scoped token (NIMBUS_PLATFORM_TOKEN).
+// What a function may reach is what the manifest grants it (`[functions.<name>] grants =
+// ["blob:uploads:rw", "docs:conversations:r", "durable:research:rw"]`); anything else answers 403 and throws.
 
 const http = require("http");
 const { Readable } = require("stream");
+const { strictJson } = require("./values");
 
 /** A platform API call failed: `status`, `code`, `detail` (the message); `name` is "NotFound" for
  *  404 and "PreconditionFailed" for 412; `operationIndex` names the operation that failed a docs
@@ -314,4 +315,109 @@ class Docs {
   }
 }
 
-module.exports = { Blob, Docs, PlatformError, client };
+/** A path segment escaped as Python's `quote(s, safe="")`, so both SDKs ask for the same paths. */
+const quote = (s) => encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+
+function nameArg(value, what) {
+  if (typeof value !== "string" || value === "") {
+    throw new TypeError(`ctx.durable.${what} a non-empty string, not ${JSON.stringify(value) ?? String(value)}`);
+  }
+  return value;
+}
+
+/** An instance id, or the id of what `start()` resolved with. */
+function instanceIdOf(value, what) {
+  return nameArg(value !== null && typeof value === "object" ? value.id : value, `${what}: the instance id is`);
+}
+
+/** A JSON value as a request body (undefined is null). */
+function jsonBody(value, what) {
+  try {
+    return strictJson(value);
+  } catch (err) {
+    throw new TypeError(`ctx.durable.${what} is not JSON: ${err.message}`);
+  }
+}
+
+const instancePath = (id) => `/_nimbus/durable/instances/${quote(id)}`;
+
+/** The management payload of `started`: what start() resolved with, or a bare instance id (then
+ *  with relative URIs: the paths are those of the public port). */
+function management(started) {
+  if (started !== null && typeof started === "object" && typeof started.id === "string") return started;
+  if (typeof started !== "string" || started === "") {
+    const shown = JSON.stringify(started) ?? String(started);
+    throw new TypeError(`ctx.durable.checkStatusResponse() takes what ctx.durable.start() resolved with, not ${shown}`);
+  }
+  const id = started;
+  const base = instancePath(id);
+  return {
+    id,
+    statusQueryGetUri: base,
+    sendEventPostUri: `${base}/raiseEvent/{eventName}`,
+    terminatePostUri: `${base}/terminate?reason={text}`,
+    purgeHistoryDeleteUri: base,
+  };
+}
+
+/** Orchestrations seen from an ordinary function:
+ *    const started = await ctx.durable.start("research", { topic: "tides" });
+ *    return ctx.durable.checkStatusResponse(started);   // 202, location: the status URI */
+class Durable {
+  constructor(c, traceparent) {
+    this.c = c;
+    this.traceparent = traceparent;
+  }
+
+  /** `json`: the body's JSON text, or undefined for none. */
+  call(method, path, json) {
+    const headers = json === undefined ? {} : { "content-type": "application/json" };
+    return request(this.c, method, path, { body: json, headers, traceparent: this.traceparent });
+  }
+
+  /** Starts the orchestrator `name` with `input`; `instanceId` picks the instance's id (absent: the
+   *  host makes one). Resolves with the host's management payload: { id, statusQueryGetUri,
+   *  sendEventPostUri, terminatePostUri, purgeHistoryDeleteUri }. */
+  async start(name, input, { instanceId } = {}) {
+    let path = `/_nimbus/durable/orchestrations/${quote(nameArg(name, "start(): the orchestrator's name is"))}`;
+    if (instanceId !== undefined && instanceId !== null) {
+      path += `?${new URLSearchParams({ instanceId: nameArg(instanceId, "start(): instanceId is") })}`;
+    }
+    const res = await check(await this.call("POST", path, jsonBody(input, "start(): the input")));
+    return JSON.parse((await readAll(res)).toString("utf8"));
+  }
+
+  /** The instance's status, or null when there is no such instance. */
+  async status(instanceId) {
+    const res = await this.call("GET", instancePath(instanceIdOf(instanceId, "status()")));
+    if (res.statusCode === 404) {
+      res.resume();
+      return null;
+    }
+    return JSON.parse((await readAll(await check(res))).toString("utf8"));
+  }
+
+  /** Sends the external event `name` with `data` (a JSON value) to the instance. */
+  async raiseEvent(instanceId, name, data) {
+    const id = instanceIdOf(instanceId, "raiseEvent()");
+    const path = `${instancePath(id)}/raiseEvent/${quote(nameArg(name, "raiseEvent(): the event's name is"))}`;
+    (await check(await this.call("POST", path, jsonBody(data, "raiseEvent(): the data")))).resume();
+  }
+
+  /** Stops the instance; `reason` is recorded with it. */
+  async terminate(instanceId, reason) {
+    let path = `${instancePath(instanceIdOf(instanceId, "terminate()"))}/terminate`;
+    if (reason !== undefined && reason !== null) path += `?${new URLSearchParams({ reason: String(reason) })}`;
+    (await check(await this.call("POST", path))).resume();
+  }
+
+  /** The standard answer of an HTTP function that started an orchestration: 202 with the management
+   *  payload as JSON and `location: <statusQueryGetUri>`, as Durable Functions'. */
+  checkStatusResponse(started) {
+    const { Response } = require("./response");
+    const payload = management(started);
+    return new Response(payload, { status: 202, headers: { location: payload.statusQueryGetUri } });
+  }
+}
+
+module.exports = { Blob, Docs, Durable, PlatformError, client };

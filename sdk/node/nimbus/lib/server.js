@@ -8,7 +8,8 @@ const { randomUUID, timingSafeEqual } = require("crypto");
 const { kindOf } = require("./kind");
 const { matchRoute } = require("./routes");
 const { Request } = require("./request");
-const { Context } = require("./context");
+const { Context, makeLogger } = require("./context");
+const { jsonKind, strictJson, errorLine } = require("./values");
 const { encodeBytes, toBuffer, normalizeHeaders } = require("./response");
 const { version } = require("../package.json");
 
@@ -251,8 +252,13 @@ function fail(err, fn, inv, res, dev) {
     res.destroy();
     return;
   }
-  const detail = err && typeof err.message === "string" ? err.message : String(err);
-  const message = dev ? `the function raised an error: ${detail}` : "the function raised an error";
+  let message = "the function raised an error";
+  if (fn.trigger.type === "activity") {
+    // An activity's error reaches only the app's own orchestrator, which may act on it (PROTOCOL.md §7.2).
+    message = errorLine(err);
+  } else if (dev) {
+    message += `: ${err && typeof err.message === "string" ? err.message : String(err)}`;
+  }
   sendError(res, 500, "handler_error", message);
 }
 
@@ -298,12 +304,6 @@ function isPlainObject(value) {
   return value !== null && typeof value === "object" && !Array.isArray(value);
 }
 
-function jsonKind(value) {
-  if (value === null) return "null";
-  if (Array.isArray(value)) return "an array";
-  return `a ${typeof value}`;
-}
-
 /** Why a parsed body is not an invocation envelope, or null if it is one. */
 function envelopeProblem(envelope) {
   if (!isPlainObject(envelope)) {
@@ -326,28 +326,38 @@ function resultJson(result) {
     const what = kind === "response" || isFetchResponse(result) ? "an HTTP Response" : "a stream";
     throw new TypeError(`the function's result is not JSON: it is ${what}; a non-HTTP function returns one JSON value`);
   }
-  let json;
   try {
-    // JSON.stringify would quietly turn these into something else (a Buffer into an object, NaN into
-    // null, a Map into {}); the Python SDK refuses them, and so does this one.
-    json = JSON.stringify(result === undefined ? null : result, function strict(key, value) {
-      if (typeof value === "number" && !Number.isFinite(value)) throw new TypeError(`${value} is not a JSON number`);
-      const raw = this[key];
-      if (ArrayBuffer.isView(raw) || raw instanceof ArrayBuffer || raw instanceof Map || raw instanceof Set) {
-        throw new TypeError(`it holds a ${raw.constructor.name}`);
-      }
-      return value;
-    });
+    return strictJson(result);
   } catch (err) {
     throw new TypeError(`the function's result is not JSON: ${err && err.message}`);
   }
-  if (json === undefined) throw new TypeError(`the function's result is not JSON: it is ${jsonKind(result)}`);
-  return json;
+}
+
+function sendJsonText(res, json) {
+  if (res.headersSent || res.destroyed) return;
+  const bytes = Buffer.from(json, "utf8");
+  res.writeHead(200, { "content-type": "application/json", "content-length": bytes.length });
+  res.end(bytes);
+}
+
+/** One step of an orchestration (PROTOCOL.md §7.1). Synchronous: orchestrator code does no I/O, and
+ *  nothing else touches the instance's session meanwhile. */
+function runStep(fn, data, inv, res, sessions) {
+  const { StepError } = require("./durable");
+  let json;
+  try {
+    json = strictJson(sessions.step(fn, data === undefined ? null : data, makeLogger(inv.id)));
+  } catch (err) {
+    if (err instanceof StepError) return sendError(res, 400, "invalid_envelope", err.message);
+    log(`function "${fn.name}" failed (invocation ${inv.id}): the orchestration step failed:\n${stackOf(err)}`);
+    return sendError(res, 500, "handler_error", "the orchestration step failed");
+  }
+  sendJsonText(res, json);
 }
 
 /** POST /_nimbus/worker/invoke/{function}: a JSON envelope in, the handler's JSON result out (§4).
  *  The handler gets `(data, ctx)`; closing the connection (while the envelope is read, too) cancels it. */
-async function invokeEnvelope(fn, req, res, dev) {
+async function invokeEnvelope(fn, req, res, dev, sessions) {
   const idHeader = req.headers["x-nimbus-invocation-id"];
   const inv = new Invocation(res, idHeader || randomUUID());
   let body;
@@ -370,6 +380,7 @@ async function invokeEnvelope(fn, req, res, dev) {
   const problem = envelopeProblem(envelope);
   if (problem) return sendError(res, 400, "invalid_envelope", problem);
   if (!idHeader && envelope.id) inv.id = envelope.id;
+  if (fn.trigger.type === "orchestrator") return runStep(fn, envelope.data, inv, res, sessions);
   const ctx = new Context({
     functionName: fn.name,
     invocationId: inv.id,
@@ -394,13 +405,10 @@ async function invokeEnvelope(fn, req, res, dev) {
     log(`function "${fn.name}" failed (invocation ${inv.id}): ${err.message}`);
     return sendError(res, 500, "handler_error", err.message);
   }
-  if (res.headersSent || res.destroyed) return;
-  const bytes = Buffer.from(json, "utf8");
-  res.writeHead(200, { "content-type": "application/json", "content-length": bytes.length });
-  res.end(bytes);
+  sendJsonText(res, json);
 }
 
-async function protocol(app, req, res, path, dev) {
+async function protocol(app, req, res, path, dev, sessions) {
   if (path === "/_nimbus/worker/index") {
     if (req.method !== "GET" && req.method !== "HEAD") {
       return sendError(res, 405, "method_not_allowed", `${req.method} is not allowed on ${path}`, { allow: "GET" });
@@ -423,14 +431,14 @@ async function protocol(app, req, res, path, dev) {
       const why = fn ? ` (it has an http trigger: it is invoked over HTTP at ${fn.trigger.route})` : "";
       return sendError(res, 404, "unknown_function", `no function "${name}" to invoke with an envelope${why}`);
     }
-    return invokeEnvelope(fn, req, res, dev);
+    return invokeEnvelope(fn, req, res, dev, sessions);
   }
   return sendError(res, 404, "not_found", `no worker endpoint ${path}`);
 }
 
-async function dispatch(app, req, res, dev) {
+async function dispatch(app, req, res, dev, sessions) {
   const [path, rawQuery] = splitUrl(req.url);
-  if (path === "/_nimbus" || path.startsWith("/_nimbus/")) return protocol(app, req, res, path, dev);
+  if (path === "/_nimbus" || path.startsWith("/_nimbus/")) return protocol(app, req, res, path, dev, sessions);
   const name = req.headers["x-nimbus-function"];
   let fn;
   let params;
@@ -493,11 +501,14 @@ function forbid(req, res) {
  *  NIMBUS_WORKER_KEY, which every request must then carry. */
 function createListener(app, { dev = false, key } = {}) {
   const admits = keyCheck(key);
+  // The orchestrations held between steps, when the app has orchestrators (lib/durable loads only then).
+  const hasOrchestrators = app._functions.some((f) => f.trigger.type === "orchestrator");
+  const sessions = hasOrchestrators ? new (require("./durable").Sessions)() : null;
   return (req, res) => {
     res.on("error", () => {}); // a write racing a closed connection; cancellation handles it
     if (!admits(req)) return forbid(req, res);
     dropKey(req);
-    dispatch(app, req, res, dev).catch((err) => {
+    dispatch(app, req, res, dev, sessions).catch((err) => {
       log(`internal error while serving ${req.method} ${req.url}:\n${stackOf(err)}`);
       if (res.headersSent) res.destroy();
       else sendError(res, 500, "internal", "the worker failed to answer");
