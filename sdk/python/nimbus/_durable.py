@@ -581,13 +581,19 @@ class _Session:
             try:
                 task = method(arg)
             except StopIteration as stop:
-                self._finish(stop.value)
+                if self.broken is not None:  # it caught the nondeterminism error, then returned
+                    self._break(self.broken)
+                else:
+                    self._finish(stop.value)
                 return
             except _Nondeterminism:
                 self._break(self.broken)
                 return
             except Exception as exc:
-                self._fail(exc)
+                if self.broken is not None:
+                    self._break(self.broken)
+                else:
+                    self._fail(exc)
                 return
             if self.broken is not None:  # the code caught the nondeterminism error
                 self._break(self.broken)
@@ -607,6 +613,9 @@ class _Session:
     def schedule(self, kind, name, input, extra):
         """The code asks for an action: checked against history when history has it, else a new action."""
         id = self.next_id
+        if kind != "create_timer":
+            # Before history is consulted: a replay must refuse what the live run refused.
+            _json_arg(input, "ctx.%s(%r): the input" % (kind, name))
         event = self.ahead.pop(id, None)
         if event is not None:
             if not _matches(kind, name, event):
@@ -701,10 +710,9 @@ _HANDLERS = {
 
 
 def _action(kind, id, name, input, extra):
-    """A new action as answered to the host (PROTOCOL.md section 7.2); its input checked to be JSON."""
+    """A new action as answered to the host (PROTOCOL.md section 7.2); its input already checked to be JSON."""
     if kind == "create_timer":
         return {"type": kind, "id": id, "fire_at": name}
-    _json_arg(input, "ctx.%s(%r): the input" % (kind, name))
     action = {"type": kind, "id": id, "name": name, "input": input}
     if extra is not None:
         if kind == "call_activity":

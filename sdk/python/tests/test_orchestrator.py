@@ -44,6 +44,15 @@ def chain(ctx):
     return out
 
 
+@app.orchestrator
+def swallow(ctx):
+    try:
+        yield ctx.call_activity("hello", ctx.get_input())
+    except:  # noqa: E722 -- user code that catches everything, the nondeterminism error included
+        return "swallowed"
+    return "done"
+
+
 @app.orchestrator("fan")
 def fan_out_fan_in(ctx):
     work = yield ctx.call_activity("list")
@@ -598,6 +607,18 @@ class OrchestratorTest(unittest.TestCase):
                                       "error": {"code": "nondeterminism", "message": message}}, message)
             data["past"] = None  # dropped, not kept
             self.assertEqual(step(self.worker, "chain", data)[1], {"need_history": True})
+
+    def test_nondeterminism_survives_code_that_catches_everything(self):
+        # The live run asked "hello" with a JSON input; history says "other"; the code's bare except
+        # must not turn the mismatch into a completion. A replay whose input is not JSON fails as
+        # the live run did, before history is consulted.
+        past = [{"type": "started", "at": "2024-05-01T12:00:00Z", "input": "x"},
+                {"type": "task_scheduled", "at": "2024-05-01T12:00:01Z", "id": 0, "name": "other"}]
+        data = {"instance": "sw-1", "name": "swallow", "past_length": 2, "past": past,
+                "new": [{"type": "event_raised", "at": "2024-05-01T12:00:09Z", "name": "poke", "data": None}]}
+        answer = step(self.worker, "swallow", data)[1]
+        self.assertEqual(answer["state"], "failed", answer)
+        self.assertEqual(answer["error"]["code"], "nondeterminism", answer)
 
     def test_replay_flags_times_and_uuids(self):
         e = self.engine("clock", instance="clock-1")
