@@ -4,14 +4,12 @@ fake platform socket (PROTOCOL.md section 5), and answers Durable Functions' 202
 import http.server
 import json
 import os
-import shutil
 import socketserver
-import tempfile
 import threading
 import unittest
 from urllib.parse import parse_qs, quote, urlsplit
 
-from .test_worker import Worker
+from .test_worker import PlatformCase
 
 ENTRY = '''
 import nimbus
@@ -109,22 +107,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class DurableClientTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.platform_dir = tempfile.mkdtemp(prefix="nimbus-py-platform-")
-        socket_path = os.path.join(cls.platform_dir, "platform.sock")
-        cls.platform = FakeDurable(socket_path)
-        cls.worker = Worker(ENTRY, env={"NIMBUS_PLATFORM_SOCKET": socket_path, "NIMBUS_PLATFORM_TOKEN": "tok"})
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.worker.stop_cleanly()
-        finally:
-            cls.platform.shutdown()
-            cls.platform.server_close()
-            shutil.rmtree(cls.platform_dir, True)
+class DurableClientTest(PlatformCase):
+    platform_class = FakeDurable
+    entry = ENTRY
 
     def setUp(self):
         del self.platform.requests[:]

@@ -13,7 +13,7 @@ import unittest
 
 import nimbus
 
-from .test_worker import Worker, recv_all, wait_for
+from .test_worker import PlatformCase, Worker, recv_all, wait_for
 
 ENTRY = '''
 import asyncio
@@ -255,22 +255,9 @@ class _PlatformHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class EnvelopeTest(unittest.TestCase):
-    @classmethod
-    def setUpClass(cls):
-        cls.platform_dir = tempfile.mkdtemp(prefix="nimbus-py-platform-")
-        socket_path = os.path.join(cls.platform_dir, "platform.sock")
-        cls.platform = FakePlatform(socket_path)
-        cls.worker = Worker(ENTRY, env={"NIMBUS_PLATFORM_SOCKET": socket_path, "NIMBUS_PLATFORM_TOKEN": "tok"})
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.worker.stop_cleanly()
-        finally:
-            cls.platform.shutdown()
-            cls.platform.server_close()
-            shutil.rmtree(cls.platform_dir, True)
+class EnvelopeTest(PlatformCase):
+    platform_class = FakePlatform
+    entry = ENTRY
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="nimbus-py-case-")

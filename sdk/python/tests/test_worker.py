@@ -340,6 +340,30 @@ class Worker:
             self.cleanup()
 
 
+class PlatformCase(unittest.TestCase):
+    """One worker per class whose platform socket is served by `cls.platform_class(socket_path)`, a fake
+    of the host's (a socketserver); `cls.entry` is the app it loads."""
+
+    platform_class = None
+    entry = ENTRY
+
+    @classmethod
+    def setUpClass(cls):
+        cls.platform_dir = tempfile.mkdtemp(prefix="nimbus-py-platform-")
+        socket_path = os.path.join(cls.platform_dir, "platform.sock")
+        cls.platform = cls.platform_class(socket_path)
+        cls.worker = Worker(cls.entry, env={"NIMBUS_PLATFORM_SOCKET": socket_path, "NIMBUS_PLATFORM_TOKEN": "tok"})
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.worker.stop_cleanly()
+        finally:
+            cls.platform.shutdown()
+            cls.platform.server_close()
+            shutil.rmtree(cls.platform_dir, True)
+
+
 class WorkerTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
