@@ -1,5 +1,5 @@
 //! The management API under `/_nimbus/durable`, in Durable Functions' shapes and status codes:
-//! - `POST /orchestrations/{name}?instanceId=` (body: the input) → `202` with `id`,
+//! - `POST /orchestrations/{name}?instanceId=&version=` (body: the input) → `202` with `id`,
 //!   `statusQueryGetUri`, `sendEventPostUri`, `terminatePostUri`, `purgeHistoryDeleteUri`;
 //! - `GET /instances/{id}?showHistory=&showInput=` → `200` once ended, `202` while pending or
 //!   running, `404` for an unknown id;
@@ -99,6 +99,8 @@ fn body_json(body: &Bytes) -> Result<Value, ApiError> {
 #[serde(rename_all = "camelCase")]
 struct StartQuery {
     instance_id: Option<String>,
+    /// The orchestration version to stamp (the node's `[durable] version` when absent).
+    version: Option<String>,
 }
 
 async fn start(
@@ -115,7 +117,7 @@ async fn start(
         Ok(input) => input,
         Err(e) => return e.into_response(),
     };
-    match api.engine.start(&name, q.instance_id, input).await {
+    match api.engine.start(&name, q.instance_id, input, q.version).await {
         Ok(id) => {
             let links = api.links(&id);
             let mut response = (StatusCode::ACCEPTED, Json(links.clone())).into_response();

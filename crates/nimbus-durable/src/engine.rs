@@ -21,7 +21,8 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::model::{self, Instance, NS, PARTITIONS, Parent, Retry, Status, Work};
 
-const LEASE_TTL: Duration = Duration::from_secs(30);
+/// A dead node's partitions wait this long for another node (or its own restart).
+const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How often an idle node looks for work other nodes wrote (its own writes wake it at once).
 const POLL: Duration = Duration::from_millis(250);
 /// Items read per partition and kind in one round.
@@ -31,6 +32,8 @@ const BATCH: usize = 256;
 const ACTIVITY_PARALLELISM: usize = 64;
 /// Waits after an invocation the pool could not take (capacity, start-up failure).
 const BUSY_BACKOFF_MS: u64 = 500;
+/// How long a node leaves an instance stamped with a newer version before looking again.
+const VERSION_WAIT_MS: u64 = 5_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DurableError {
@@ -279,6 +282,10 @@ impl Engine {
         match self.try_step(id, lease).await {
             Ok(true) => self.clear_ready(id, marker_version).await,
             Ok(false) => {}
+            Err(e @ StepError::NewerVersion { .. }) => {
+                tracing::info!(instance = id, reason = %e, "left for a node with newer code");
+                self.defer(&format!("step:{id}"), VERSION_WAIT_MS);
+            }
             Err(e) if e.is_transient() => {
                 tracing::warn!(instance = id, error = %e, "durable step failed; it will be retried");
                 self.defer(&format!("step:{id}"), BUSY_BACKOFF_MS);
@@ -318,6 +325,10 @@ impl Engine {
         };
         let mut instance: Instance =
             serde_json::from_slice(&record.value).map_err(|e| StepError::Corrupt(e.to_string()))?;
+        // Code older than the instance must not run it: it waits for a node that has its version.
+        if model::is_newer(&instance.version, &self.version) {
+            return Err(StepError::NewerVersion { instance: instance.version, node: self.version.clone() });
+        }
         let inbox = self.store.list(NS, &model::inbox_prefix(id), None, BATCH).await?;
         if inbox.is_empty() {
             return Ok(true);
@@ -497,7 +508,9 @@ impl Engine {
                 let child = child.unwrap_or_else(|| format!("{id}:{task}"));
                 model::check_instance_id(&child).map_err(StepError::Protocol)?;
                 let parent = Parent { instance: id.clone(), id: task };
-                writes.extend(self.create(&child, &name, input.clone(), Some(parent), now));
+                // A child runs the code of its parent's version.
+                let version = instance.version.clone();
+                writes.extend(self.create(&child, &name, input.clone(), Some(parent), &version, now));
                 instance.open.insert(task);
                 model::event("sub_scheduled", now, json!({"id": task, "name": name, "instance": child, "input": input}))
             }
@@ -506,11 +519,19 @@ impl Engine {
 
     /// The writes that create instance `id` (it must not exist): its record, and its `started`
     /// event in its inbox.
-    pub fn create(&self, id: &str, name: &str, input: Value, parent: Option<Parent>, now: u64) -> Vec<Write> {
+    pub fn create(
+        &self,
+        id: &str,
+        name: &str,
+        input: Value,
+        parent: Option<Parent>,
+        version: &str,
+        now: u64,
+    ) -> Vec<Write> {
         let instance = Instance {
             id: id.to_owned(),
             name: name.to_owned(),
-            version: self.version.clone(),
+            version: version.to_owned(),
             status: Status::Pending,
             input: input.clone(),
             output: Value::Null,
@@ -522,7 +543,7 @@ impl Engine {
             open: Default::default(),
             parent: parent.clone(),
         };
-        let mut started = json!({"name": name, "version": self.version, "input": input});
+        let mut started = json!({"name": name, "version": version, "input": input});
         if let Some(parent) = parent {
             started["parent"] = json!({"instance": parent.instance, "id": parent.id});
         }
@@ -658,6 +679,7 @@ impl StepError {
         match self {
             Self::Store(_) => true,
             Self::Invoke(e) => e.is_transient() || matches!(e, InvokeError::UnknownFunction { .. }),
+            Self::NewerVersion { .. } => true,
             Self::Protocol(_) | Self::Corrupt(_) => false,
         }
     }
@@ -673,4 +695,6 @@ enum StepError {
     Protocol(String),
     #[error("unreadable instance record: {0}")]
     Corrupt(String),
+    #[error("the instance is stamped with version {instance}, newer than this node's code ({node})")]
+    NewerVersion { instance: String, node: String },
 }

@@ -24,9 +24,16 @@ pub struct Filter {
 }
 
 impl Engine {
-    /// Starts orchestrator `name` with `input`, as instance `id` (a new id when `None`). An id in
-    /// use by an instance that has not ended is a conflict; one that ended is started afresh.
-    pub async fn start(&self, name: &str, id: Option<String>, input: Value) -> Result<String, DurableError> {
+    /// Starts orchestrator `name` with `input`, as instance `id` (a new id when `None`), stamped
+    /// with `version` (this node's when `None`). An id in use by an instance that has not ended is
+    /// a conflict; one that ended is started afresh.
+    pub async fn start(
+        &self,
+        name: &str,
+        id: Option<String>,
+        input: Value,
+        version: Option<String>,
+    ) -> Result<String, DurableError> {
         let declared = self.invoker.functions();
         if !declared.iter().any(|f| f.name == name && matches!(f.trigger, nimbus_api::Trigger::Orchestrator {})) {
             return Err(DurableError::UnknownOrchestrator(name.to_owned()));
@@ -39,7 +46,11 @@ impl Engine {
             None => nimbus_api::hex(&rand::random::<[u8; 16]>()),
         };
         let now = self.now_ms();
-        let mut writes = self.create(&id, name, input, None, now);
+        let version = version.unwrap_or_else(|| self.version.clone());
+        if version.is_empty() || version.len() > 100 || version.chars().any(char::is_control) {
+            return Err(DurableError::Invalid("a version has 1 to 100 printable characters".into()));
+        }
+        let mut writes = self.create(&id, name, input, None, &version, now);
         if let Some(existing) = self.store.get(NS, &model::instance_key(&id)).await? {
             let status = read(&existing.value)?.status;
             if !status.is_terminal() {

@@ -62,7 +62,7 @@ impl Durable {
         id: Option<String>,
         input: serde_json::Value,
     ) -> Result<String, DurableError> {
-        self.engine.start(name, id, input).await
+        self.engine.start(name, id, input, None).await
     }
 
     pub async fn instance(&self, id: &str) -> Result<Instance, DurableError> {

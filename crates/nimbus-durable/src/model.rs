@@ -127,6 +127,26 @@ impl Retry {
     }
 }
 
+/// Whether version `a` is newer than `b`: dot-separated parts compared as numbers where both are
+/// numbers, else as text ("2" < "10", "1.9" < "1.10", "beta" < "rc").
+pub fn is_newer(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        let order = match (a.next(), b.next()) {
+            (None, None) => return false,
+            (Some(_), None) => return true,
+            (None, Some(_)) => return false,
+            (Some(x), Some(y)) => match (x.parse::<u64>(), y.parse::<u64>()) {
+                (Ok(x), Ok(y)) => x.cmp(&y),
+                _ => x.cmp(y),
+            },
+        };
+        if order != std::cmp::Ordering::Equal {
+            return order == std::cmp::Ordering::Greater;
+        }
+    }
+}
+
 pub fn new_execution() -> String {
     nimbus_api::hex(&rand::random::<[u8; 8]>())
 }
@@ -238,6 +258,13 @@ mod tests {
         assert_eq!(partition("x"), partition("x"));
         assert!(check_instance_id("a/b").is_err() && check_instance_id("").is_err());
         assert!(check_instance_id("order-1:sub.2").is_ok());
+    }
+
+    #[test]
+    fn versions_compare_by_parts() {
+        assert!(is_newer("2", "1") && is_newer("10", "9") && is_newer("1.10", "1.9") && is_newer("1.0.1", "1.0"));
+        assert!(!is_newer("1", "1") && !is_newer("1.9", "1.10") && !is_newer("1", "1.0"));
+        assert!(is_newer("rc", "beta"));
     }
 
     #[test]

@@ -392,3 +392,34 @@ async fn node_orchestrators_run_on_the_same_engine() {
     assert!(output["caught"].as_str().unwrap().contains("RangeError: boom"), "{output}");
     assert_eq!(output["version"], "1");
 }
+
+#[tokio::test]
+async fn a_node_never_runs_an_instance_stamped_newer_than_its_code() {
+    // Stamped "8" at start while the node's code is "7": it waits; a node with version 8 runs it.
+    let app = durable_app("");
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app);
+    let (status, body, _) =
+        c.send(reqwest::Method::POST, "/_nimbus/durable/orchestrations/chain?version=8&instanceId=v8", None).await;
+    assert_eq!(status, 202, "{body}");
+    let (status, older, _) =
+        c.send(reqwest::Method::POST, "/_nimbus/durable/orchestrations/chain?version=6.9&instanceId=v6", None).await;
+    assert_eq!(status, 202, "{older}");
+    // Older instances run on newer code (the code branches on ctx.version).
+    assert_eq!(c.finished("v6", Duration::from_secs(30)).await["version"], "6.9");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, waiting) = c.status("v8").await;
+    assert_eq!((status, waiting["runtimeStatus"].as_str()), (202, Some("Pending")), "{waiting}");
+    // A clean stop hands the partitions over at once.
+    let mut node = node;
+    let (stopped, _) = node.signal_and_wait("TERM", Duration::from_secs(30));
+    assert!(stopped.success());
+    drop(node);
+
+    let manifest = std::fs::read_to_string(app.path().join("nimbus.toml")).unwrap();
+    std::fs::write(app.path().join("nimbus.toml"), manifest.replace("version = \"7\"", "version = \"8\"")).unwrap();
+    let node = app.start(&[]);
+    let c = Client { base: node.url(""), ..c };
+    let done = c.finished("v8", Duration::from_secs(30)).await;
+    assert_eq!((done["runtimeStatus"].as_str(), done["version"].as_str()), (Some("Completed"), Some("8")));
+}
