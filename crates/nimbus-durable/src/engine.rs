@@ -115,6 +115,22 @@ enum Action {
 
 impl Engine {
     pub fn new(store: Arc<dyn Store>, invoker: Invoker, version: String) -> Self {
+        metrics::describe_counter!(
+            "nimbus_durable_steps_total",
+            "orchestrator steps, by outcome (ok, retried, failed, newer_version)"
+        );
+        metrics::describe_histogram!(
+            "nimbus_durable_step_seconds",
+            "time of an orchestrator step: inbox read, worker, commit"
+        );
+        metrics::describe_counter!(
+            "nimbus_durable_activities_total",
+            "activity attempts, by activity and outcome (completed, failed, deferred)"
+        );
+        metrics::describe_gauge!(
+            "nimbus_durable_backlog",
+            "instances ready for a step and activities waiting (at most 256 counted), by partition, at the last round"
+        );
         Self {
             store,
             invoker,
@@ -203,6 +219,9 @@ impl Engine {
     async fn pump(self: Arc<Self>, p: u32, lease: Lease) {
         let now = self.now_ms();
         let ready = self.due(&model::ready_prefix(p)).await;
+        let partition = p.to_string();
+        metrics::gauge!("nimbus_durable_backlog", "kind" => "ready", "partition" => partition.clone())
+            .set(ready.len() as f64);
         for record in ready {
             let Some(id) = record.key.rsplit('/').next().map(str::to_owned) else { continue };
             if self.take(&format!("step:{id}"), now) {
@@ -214,7 +233,10 @@ impl Engine {
                 });
             }
         }
-        for record in self.due(&model::work_prefix(p)).await {
+        let work = self.due(&model::work_prefix(p)).await;
+        metrics::gauge!("nimbus_durable_backlog", "kind" => "activity", "partition" => partition)
+            .set(work.len() as f64);
+        for record in work {
             let Ok(work) = serde_json::from_slice::<Work>(&record.value) else {
                 tracing::error!(key = %record.key, "unreadable durable work item: skipped");
                 continue;
@@ -279,7 +301,17 @@ impl Engine {
     /// One step of instance `id`: its inbox events go to the orchestrator code, which answers
     /// actions; events, actions and the consumed inbox commit together.
     async fn step(&self, id: &str, marker_version: u64, lease: &Lease) {
-        match self.try_step(id, lease).await {
+        let started = std::time::Instant::now();
+        let outcome = self.try_step(id, lease).await;
+        let label = match &outcome {
+            Ok(_) => "ok",
+            Err(StepError::NewerVersion { .. }) => "newer_version",
+            Err(e) if e.is_transient() => "retried",
+            Err(_) => "failed",
+        };
+        metrics::counter!("nimbus_durable_steps_total", "outcome" => label).increment(1);
+        metrics::histogram!("nimbus_durable_step_seconds").record(started.elapsed().as_secs_f64());
+        match outcome {
             Ok(true) => self.clear_ready(id, marker_version).await,
             Ok(false) => {}
             Err(e @ StepError::NewerVersion { .. }) => {
@@ -578,6 +610,13 @@ impl Engine {
         call.delivery.insert("task".into(), json!(task));
         call.delivery.insert("attempt".into(), json!(work.attempts + 1));
         let outcome = self.invoker.invoke(call).await;
+        let label = match &outcome {
+            Ok(_) => "completed",
+            Err(InvokeError::QueueFull { .. } | InvokeError::Unavailable { .. }) => "deferred",
+            Err(_) => "failed",
+        };
+        metrics::counter!("nimbus_durable_activities_total", "activity" => work.name.clone(), "outcome" => label)
+            .increment(1);
         let now = self.now_ms();
         let Some(lease) = self.current_lease(&id) else { return };
         let mut writes = vec![Write::holding(&lease)];

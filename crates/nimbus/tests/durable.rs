@@ -257,6 +257,16 @@ async fn orchestrations_chain_fan_out_wait_retry_and_nest() {
     assert_eq!(status, 200);
     let ids: Vec<&str> = list.as_array().unwrap().iter().map(|i| i["instanceId"].as_str().unwrap()).collect();
     assert_eq!(ids, [failing.as_str()]);
+
+    // The engine's metrics.
+    let metrics = support::admin_get(&node, &app, "/_nimbus/metrics").await.text().await.unwrap();
+    let value = |prefix: &str| -> f64 {
+        metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+    };
+    assert!(value("nimbus_durable_steps_total{outcome=\"ok\"}") >= 10.0, "{metrics}");
+    assert!(value("nimbus_durable_activities_total{activity=\"double\",outcome=\"completed\"}") >= 200.0, "{metrics}");
+    assert!(value("nimbus_durable_activities_total{activity=\"flaky\",outcome=\"failed\"}") >= 2.0, "{metrics}");
+    assert!(metrics.contains("nimbus_durable_step_seconds"), "{metrics}");
 }
 
 #[tokio::test]
