@@ -128,7 +128,10 @@ async fn python_functions_are_invoked_by_name_with_typed_errors() {
     assert!(started.elapsed() < Duration::from_secs(10));
     wait_until("the worker saw the timeout's cancellation", Duration::from_secs(10), async || marker.exists()).await;
 
-    // A caller that goes away cancels it too.
+    // A caller that goes away cancels it too. First a warm instance (the timed-out one was
+    // retired), so the call reaches a worker before the caller leaves, however slow a cold start.
+    let (status, body) = invoke(&node, &app, "wait", json!({"data": {"s": 0}})).await;
+    assert_eq!(status, 200, "{body}");
     let marker = app.path().join("markers/abandoned.txt");
     let abandoned = reqwest::Client::builder()
         .timeout(Duration::from_millis(500))
