@@ -4,8 +4,9 @@
 //! - `GET /instances/{id}?showHistory=&showInput=` → `200` once ended, `202` while pending or
 //!   running, `404` for an unknown id;
 //! - `GET /instances?runtimeStatus=&name=&createdTimeFrom=&createdTimeTo=&top=&continuationToken=`;
-//! - `POST /instances/{id}/raiseEvent/{event}` (body: the data), `POST /instances/{id}/terminate?reason=`
-//!   → `202`, `410` once ended;
+//! - `POST /instances/{id}/raiseEvent/{event}` (body: the data), `POST /instances/{id}/terminate?reason=`,
+//!   `POST /instances/{id}/suspend?reason=`, `POST /instances/{id}/resume?reason=` → `202`, `410` once
+//!   ended (`409` to suspend a suspended instance or resume a running one);
 //! - `DELETE /instances/{id}` (purge) → `200` with `instancesDeleted`, `409` while it runs.
 //!
 //! Callers need the admin token or a function's `durable:<orchestration>:r|rw` grant.
@@ -42,6 +43,8 @@ pub(crate) fn router(engine: Arc<Engine>, authenticate: nimbus_api::Authenticate
         .route("/_nimbus/durable/instances/{id}", get(status).delete(purge))
         .route("/_nimbus/durable/instances/{id}/raiseEvent/{event}", post(raise))
         .route("/_nimbus/durable/instances/{id}/terminate", post(terminate))
+        .route("/_nimbus/durable/instances/{id}/suspend", post(suspend))
+        .route("/_nimbus/durable/instances/{id}/resume", post(resume))
         .with_state(api)
 }
 
@@ -270,21 +273,50 @@ async fn raise(
     }
 }
 
+/// `?reason=` of terminate, suspend and resume.
 #[derive(Deserialize)]
-struct TerminateQuery {
+struct ReasonQuery {
     reason: Option<String>,
 }
 
 async fn terminate(
     State(api): State<Api>,
     Path(id): Path<String>,
-    Query(q): Query<TerminateQuery>,
+    Query(q): Query<ReasonQuery>,
     headers: HeaderMap,
 ) -> Response {
     if let Err(response) = readable(&api, &headers, &id, true).await {
         return response;
     }
     match api.engine.terminate(&id, q.reason.map_or(Value::Null, Value::String)).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => error(e),
+    }
+}
+
+async fn suspend(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<ReasonQuery>,
+    headers: HeaderMap,
+) -> Response {
+    pause(api, id, q, headers, true).await
+}
+
+async fn resume(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<ReasonQuery>,
+    headers: HeaderMap,
+) -> Response {
+    pause(api, id, q, headers, false).await
+}
+
+async fn pause(api: Api, id: String, q: ReasonQuery, headers: HeaderMap, suspend: bool) -> Response {
+    if let Err(response) = readable(&api, &headers, &id, true).await {
+        return response;
+    }
+    match api.engine.suspend(&id, suspend, q.reason.map_or(Value::Null, Value::String)).await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => error(e),
     }

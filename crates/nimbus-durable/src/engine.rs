@@ -367,13 +367,28 @@ impl Engine {
         }
         let now = self.now_ms();
         let mut writes = vec![Write::holding(lease), Write::check(NS, &record.key, Expect::Version(record.version))];
-        writes.extend(inbox.iter().map(|r| Write::delete(NS, &r.key).expect(Expect::Version(r.version))));
         let mut new = Vec::new();
         let mut terminate = None;
+        let was_suspended = instance.status == Status::Suspended;
+        let mut suspended = was_suspended;
         for message in &inbox {
             let Ok(mut event) = serde_json::from_slice::<Value>(&message.value) else { continue };
             let kind = event["type"].as_str().unwrap_or_default().to_owned();
+            // While suspended, what arrives waits in the inbox for the resume.
+            let control = matches!(kind.as_str(), "suspended" | "resumed" | "terminated");
+            if suspended && !control {
+                continue;
+            }
+            writes.push(Write::delete(NS, &message.key).expect(Expect::Version(message.version)));
             match kind.as_str() {
+                "suspended" => {
+                    suspended = true;
+                    continue;
+                }
+                "resumed" => {
+                    suspended = false;
+                    continue;
+                }
                 "started" if instance.history == 0 && new.is_empty() => {}
                 "started" => continue,
                 "terminated" => {
@@ -408,9 +423,17 @@ impl Engine {
             self.commit(writes).await?;
             return Ok(true);
         }
-        if new.is_empty() {
+        if suspended != was_suspended {
+            instance.status = if suspended { Status::Suspended } else { Status::Running };
+            instance.updated = now;
+        }
+        if new.is_empty() || suspended {
+            if suspended != was_suspended {
+                writes.push(Write::put(NS, &record.key, to_vec(&instance)));
+            }
             self.commit(writes).await?;
-            return Ok(true);
+            // Resumed with events waiting: step again at once.
+            return Ok(suspended || !was_suspended);
         }
         let result = self.run_code(&instance, &new).await?;
         if let Some(custom) = result.custom_status {

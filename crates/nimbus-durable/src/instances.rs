@@ -134,6 +134,24 @@ impl Engine {
         Ok(())
     }
 
+    /// Pauses a running instance at its next step: what arrives meanwhile (results, events) waits
+    /// in its inbox until [`Engine::resume`]. `suspend` false resumes.
+    pub async fn suspend(&self, id: &str, suspend: bool, reason: Value) -> Result<(), DurableError> {
+        let instance = self.get(id).await?;
+        if instance.status.is_terminal() {
+            return Err(DurableError::Ended { id: id.to_owned(), status: instance.status });
+        }
+        if suspend == (instance.status == Status::Suspended) {
+            let state = if suspend { "already suspended" } else { "not suspended" };
+            return Err(DurableError::Conflict(format!("instance `{id}` is {state}")));
+        }
+        let now = self.now_ms();
+        let kind = if suspend { "suspended" } else { "resumed" };
+        self.commit(deliver(id, model::event(kind, now, json!({"reason": reason})), now)).await?;
+        self.poke();
+        Ok(())
+    }
+
     /// Deletes an ended instance and its history. A running one is refused: purging it would
     /// strand the work it scheduled.
     pub async fn purge(&self, id: &str) -> Result<(), DurableError> {

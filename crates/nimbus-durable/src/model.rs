@@ -30,6 +30,7 @@ pub enum Status {
     ContinuedAsNew,
     Failed,
     Terminated,
+    Suspended,
 }
 
 impl Status {
@@ -45,6 +46,7 @@ impl Status {
             "ContinuedAsNew" => Self::ContinuedAsNew,
             "Failed" => Self::Failed,
             "Terminated" => Self::Terminated,
+            "Suspended" => Self::Suspended,
             _ => return None,
         })
     }

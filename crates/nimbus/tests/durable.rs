@@ -312,6 +312,8 @@ async fn bad_requests_get_clear_errors_and_ended_instances_stay_ended() {
     let done = c.finished(&id, Duration::from_secs(20)).await;
     assert_eq!((done["runtimeStatus"].as_str(), done["output"].as_str()), (Some("Terminated"), Some("enough")));
     // Ended: events and terminations are gone (410); purge works, then it is unknown.
+    let (status, _, _) = c.send(Method::POST, &format!("/_nimbus/durable/instances/{id}/suspend"), None).await;
+    assert_eq!(status, 410);
     let (status, _, _) =
         c.send(Method::POST, &format!("/_nimbus/durable/instances/{id}/raiseEvent/approve"), Some(json!(1))).await;
     assert_eq!(status, 410);
@@ -432,4 +434,38 @@ async fn a_node_never_runs_an_instance_stamped_newer_than_its_code() {
     let c = Client { base: node.url(""), ..c };
     let done = c.finished("v8", Duration::from_secs(30)).await;
     assert_eq!((done["runtimeStatus"].as_str(), done["version"].as_str()), (Some("Completed"), Some("8")));
+}
+
+#[tokio::test]
+async fn a_suspended_instance_keeps_what_arrives_until_it_is_resumed() {
+    let app = durable_app("");
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app);
+    use reqwest::Method;
+    let id = c.start("approval", json!(null)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while c.status(&id).await.1["customStatus"] != "waiting for approval" {
+        assert!(std::time::Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = |what: &str| format!("/_nimbus/durable/instances/{id}/{what}");
+    assert_eq!(c.send(Method::POST, &path("resume"), None).await.0, 409, "resume a running instance");
+    assert_eq!(c.send(Method::POST, &path("suspend?reason=audit"), None).await.0, 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while c.status(&id).await.1["runtimeStatus"] != "Suspended" {
+        assert!(std::time::Instant::now() < deadline, "never suspended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.send(Method::POST, &path("suspend"), None).await.0, 409, "suspend twice");
+    // Both approvals arrive while it is suspended: it does not move.
+    for data in [json!(1), json!(2)] {
+        assert_eq!(c.send(Method::POST, &path("raiseEvent/approve"), Some(data)).await.0, 202);
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (status, body) = c.status(&id).await;
+    assert_eq!((status, body["runtimeStatus"].as_str()), (202, Some("Suspended")), "{body}");
+    // Resumed, it takes them in order and completes.
+    assert_eq!(c.send(Method::POST, &path("resume"), None).await.0, 202);
+    let done = c.finished(&id, Duration::from_secs(20)).await;
+    assert_eq!(done["output"], json!({"first": 1, "second": 2, "version": "7"}), "{done}");
 }
