@@ -56,6 +56,9 @@ pub(crate) struct Engine {
     pub invoker: Invoker,
     /// The orchestration version stamped on instances started here (`[durable] version`).
     pub version: String,
+    /// Whether starts check the orchestrator's name against the app's code (not offline: the CLI
+    /// has no workers; a wrong name then fails at its first step).
+    pub checks_names: bool,
     holder: String,
     /// Owns the loop and every step, activity and timer in flight: shutdown cancels them (their
     /// work is still in the store, so it runs again).
@@ -135,6 +138,7 @@ impl Engine {
             store,
             invoker,
             version,
+            checks_names: true,
             holder: nimbus_api::hex(&rand::random::<[u8; 8]>()),
             tasks: nimbus_api::Tasks::new("durable"),
             wake: Notify::new(),
@@ -365,6 +369,11 @@ impl Engine {
         if inbox.is_empty() {
             return Ok(true);
         }
+        // Started by name without the node's check (the CLI), or renamed in code since: it fails
+        // visibly rather than waiting forever.
+        if !instance.status.is_terminal() && !self.declares(&instance.name) {
+            return Err(StepError::Protocol(format!("no orchestrator named `{}` in this app", instance.name)));
+        }
         let now = self.now_ms();
         let mut writes = vec![Write::holding(lease), Write::check(NS, &record.key, Expect::Version(record.version))];
         let mut new = Vec::new();
@@ -485,6 +494,14 @@ impl Engine {
         self.commit(writes).await?;
         self.poke();
         Ok(instance.status != Status::ContinuedAsNew)
+    }
+
+    /// Whether the app declares orchestrator `name` (the worker indexes follow reloads).
+    pub fn declares(&self, name: &str) -> bool {
+        self.invoker
+            .functions()
+            .iter()
+            .any(|f| f.name == name && matches!(f.trigger, nimbus_api::Trigger::Orchestrator {}))
     }
 
     /// Runs the orchestrator code on the new events: first as a continuation of the session the

@@ -34,8 +34,7 @@ impl Engine {
         input: Value,
         version: Option<String>,
     ) -> Result<String, DurableError> {
-        let declared = self.invoker.functions();
-        if !declared.iter().any(|f| f.name == name && matches!(f.trigger, nimbus_api::Trigger::Orchestrator {})) {
+        if self.checks_names && !self.declares(name) {
             return Err(DurableError::UnknownOrchestrator(name.to_owned()));
         }
         let id = match id {

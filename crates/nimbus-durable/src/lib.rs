@@ -56,20 +56,66 @@ impl Durable {
         self.engine.release_all().await;
     }
 
+    /// The management operations without an engine running: for the CLI, which works on the store
+    /// directly (the node serving the app runs what it writes). Starts do not check names here.
+    pub fn offline(store: Arc<dyn nimbus_store::Store>, version: String) -> Self {
+        let mut engine = engine::Engine::new(store, Arc::new(NoWorkers), version);
+        engine.checks_names = false;
+        Self { engine: Arc::new(engine), base: String::new() }
+    }
+
     pub async fn start_instance(
         &self,
         name: &str,
         id: Option<String>,
         input: serde_json::Value,
+        version: Option<String>,
     ) -> Result<String, DurableError> {
-        self.engine.start(name, id, input, None).await
+        self.engine.start(name, id, input, version).await
     }
 
     pub async fn instance(&self, id: &str) -> Result<Instance, DurableError> {
         self.engine.get(id).await
     }
 
+    pub async fn list(&self, filter: &Filter, top: usize, continuation: Option<&str>) -> Result<Listed, DurableError> {
+        self.engine.list(filter, top, continuation).await
+    }
+
     pub async fn history(&self, id: &str) -> Result<Vec<serde_json::Value>, DurableError> {
+        self.engine.get(id).await?;
         Ok(self.engine.history(id).await?)
+    }
+
+    pub async fn raise(&self, id: &str, event: &str, data: serde_json::Value) -> Result<(), DurableError> {
+        self.engine.raise(id, event, data).await
+    }
+
+    pub async fn terminate(&self, id: &str, reason: serde_json::Value) -> Result<(), DurableError> {
+        self.engine.terminate(id, reason).await
+    }
+
+    pub async fn suspend(&self, id: &str, suspend: bool, reason: serde_json::Value) -> Result<(), DurableError> {
+        self.engine.suspend(id, suspend, reason).await
+    }
+
+    pub async fn purge(&self, id: &str) -> Result<(), DurableError> {
+        self.engine.purge(id).await
+    }
+}
+
+/// The invoker of [`Durable::offline`]: no code runs there.
+struct NoWorkers;
+
+impl nimbus_api::Invoke for NoWorkers {
+    fn invoke(&self, call: nimbus_api::Call) -> nimbus_api::InvokeFuture {
+        let function = call.function;
+        Box::pin(
+            async move { Err(nimbus_api::InvokeError::Unavailable { function, reason: "no workers run here".into() }) },
+        )
+    }
+
+    fn functions(&self) -> Vec<nimbus_api::Declared> {
+        Vec::new()
     }
 }

@@ -33,6 +33,75 @@ pub enum Command {
     Site(SiteArgs),
     /// Items in docs containers: query, get, put, rm, import and export JSON Lines.
     Docs(DocsArgs),
+    /// Orchestration instances: start, status, list, raise, terminate, suspend, resume, purge, history.
+    Durable(DurableArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DurableArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(subcommand)]
+    pub command: DurableCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DurableCommand {
+    /// Start an instance of orchestrator NAME; the node serving the app runs it. Prints its id.
+    Start {
+        name: String,
+        /// The input, as JSON.
+        #[arg(long)]
+        input: Option<String>,
+        /// The instance id. [default: a new random id]
+        #[arg(long)]
+        id: Option<String>,
+        /// The orchestration version to stamp (`ctx.version`). [default: [durable] version]
+        #[arg(long, value_name = "VERSION")]
+        orchestration_version: Option<String>,
+    },
+    /// An instance's status, input, custom status and output.
+    Status { id: String },
+    /// Instances, by id.
+    List {
+        /// Only these statuses (comma-separated or repeated): Pending, Running, Completed, ...
+        #[arg(long)]
+        status: Vec<String>,
+        /// Only instances of this orchestrator.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        top: usize,
+    },
+    /// Raise external event EVENT on an instance.
+    Raise {
+        id: String,
+        event: String,
+        /// The event's data, as JSON.
+        #[arg(long)]
+        data: Option<String>,
+    },
+    /// End a running instance.
+    Terminate {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Pause an instance: what arrives meanwhile waits for `resume`.
+    Suspend {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    Resume {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Delete an ended instance and its history.
+    Purge { id: String },
+    /// An instance's history as a timeline (each event; how long each task took).
+    History { id: String },
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ mod blob;
 mod cli;
 mod data_dir;
 mod docs;
+mod durable;
 mod init;
 mod keys;
 mod logging;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         Command::Blob(args) => blob::run(args),
         Command::Site(args) => blob::site(args),
         Command::Docs(args) => docs::run(args),
+        Command::Durable(args) => durable::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -469,3 +469,46 @@ async fn a_suspended_instance_keeps_what_arrives_until_it_is_resumed() {
     let done = c.finished(&id, Duration::from_secs(20)).await;
     assert_eq!(done["output"], json!({"first": 1, "second": 2, "version": "7"}), "{done}");
 }
+
+#[tokio::test]
+async fn the_cli_starts_reads_and_manages_instances_beside_a_running_node() {
+    let app = durable_app("");
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app);
+    let dir = app.path().display().to_string();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["durable", "--app", dir.as_str()];
+        all.extend_from_slice(args);
+        support::nimbus(&all)
+    };
+    let out = cli(&["start", "chain", "--id", "cli-1"]);
+    assert!(out.status.success(), "{}", support::text(&out.stderr));
+    assert_eq!(support::text(&out.stdout).trim(), "cli-1");
+    c.finished("cli-1", Duration::from_secs(30)).await;
+    let status = cli(&["status", "cli-1", "--json"]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!((status["runtimeStatus"].as_str(), status["version"].as_str()), (Some("Completed"), Some("7")));
+    let history = support::text(&cli(&["history", "cli-1"]).stdout);
+    assert_eq!(history.lines().filter(|l| l.contains("task_completed #")).count(), 3, "{history}");
+    assert!(history.lines().any(|l| l.contains("task_completed #2 after ") && l.contains(" ms")), "{history}");
+    let listed = support::text(&cli(&["list", "--status", "Completed"]).stdout);
+    assert!(listed.lines().any(|l| l.starts_with("cli-1\tchain\tCompleted")), "{listed}");
+
+    // A name the app does not declare: the CLI cannot check it, the node fails it at once.
+    assert!(cli(&["start", "chian", "--id", "typo"]).status.success());
+    let done = c.finished("typo", Duration::from_secs(30)).await;
+    assert_eq!(done["runtimeStatus"], "Failed", "{done}");
+    assert!(done["output"]["message"].as_str().unwrap().contains("no orchestrator named `chian`"), "{done}");
+
+    // Bad input: clear errors, non-zero exits.
+    let out = cli(&["raise", "missing", "go"]);
+    assert!(!out.status.success());
+    assert!(support::text(&out.stderr).contains("no instance `missing`"), "{}", support::text(&out.stderr));
+    let out = cli(&["start", "chain", "--input", "{nope"]);
+    assert!(!out.status.success());
+    assert!(support::text(&out.stderr).contains("--input is not JSON"), "{}", support::text(&out.stderr));
+    let out = cli(&["list", "--status", "Sleeping"]);
+    assert!(support::text(&out.stderr).contains("unknown status \"Sleeping\""), "{}", support::text(&out.stderr));
+    assert!(cli(&["purge", "cli-1"]).status.success());
+    assert_eq!(c.status("cli-1").await.0, 404);
+}
