@@ -65,6 +65,8 @@ pub(crate) struct Engine {
     pub tasks: nimbus_api::Tasks,
     wake: Notify,
     leases: Mutex<HashMap<u32, Lease>>,
+    /// Partitions this node's commits gave work since the loop last looked.
+    dirty: Mutex<HashSet<u32>>,
     /// What this node is working on now: instances mid-step, activity and timer keys in flight.
     busy: Mutex<HashSet<String>>,
     /// Keys to leave alone until a time (ms): steps and activities that could not run.
@@ -143,6 +145,7 @@ impl Engine {
             tasks: nimbus_api::Tasks::new("durable"),
             wake: Notify::new(),
             leases: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(HashSet::new()),
             busy: Mutex::new(HashSet::new()),
             deferred: Mutex::new(HashMap::new()),
             activity_slots: Mutex::new(HashMap::new()),
@@ -153,22 +156,33 @@ impl Engine {
         self.store.clock().now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
     }
 
-    /// Something new to do: look now rather than at the next poll.
-    pub fn poke(&self) {
+    /// Partitions with new work: look now rather than at the next poll.
+    fn poke(&self, partitions: impl IntoIterator<Item = u32>) {
+        self.dirty.lock().unwrap_or_else(|e| e.into_inner()).extend(partitions);
         self.wake.notify_one();
     }
 
     /// The loop of one node, until the task is cancelled.
     pub async fn run(self: Arc<Self>) {
+        let mut swept = tokio::time::Instant::now() - POLL;
         loop {
-            for p in 0..PARTITIONS {
+            // Every partition once a poll (work other nodes wrote, leases to claim or renew);
+            // between polls only those this node's own commits gave work.
+            let partitions: Vec<u32> = if swept.elapsed() >= POLL {
+                swept = tokio::time::Instant::now();
+                self.dirty.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                (0..PARTITIONS).collect()
+            } else {
+                self.dirty.lock().unwrap_or_else(|e| e.into_inner()).drain().collect()
+            };
+            for p in partitions {
                 if let Some(lease) = self.lease(p).await {
                     self.clone().pump(p, lease).await;
                 }
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep_until(swept + POLL) => {}
             }
         }
     }
@@ -492,7 +506,6 @@ impl Engine {
         instance.updated = now;
         writes.push(Write::put(NS, &record.key, to_vec(&instance)));
         self.commit(writes).await?;
-        self.poke();
         Ok(instance.status != Status::ContinuedAsNew)
     }
 
@@ -700,7 +713,6 @@ impl Engine {
         if let Err(e) = self.commit(writes).await {
             tracing::warn!(instance = %id, task, error = %e, "cannot record an activity's outcome; it will run again");
         }
-        self.poke();
     }
 
     fn slots(&self, name: &str) -> Arc<Semaphore> {
@@ -725,7 +737,6 @@ impl Engine {
         if let Err(e) = self.commit(writes).await {
             tracing::warn!(instance = %id, timer, error = %e, "cannot fire a timer; it will be tried again");
         }
-        self.poke();
     }
 
     /// Removes the ready marker if nothing arrived since it was read (a newer marker stays).
@@ -737,8 +748,17 @@ impl Engine {
         }
     }
 
+    /// Commits, then wakes the partitions the writes gave work (ready markers, activities, timers).
     pub async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        self.store.commit(writes).await.map(|_| ())
+        let woken: Vec<u32> = writes
+            .iter()
+            .filter(|w| matches!(w.op, nimbus_store::Op::Put(_)))
+            .filter_map(|w| w.key.strip_prefix("r/").or(w.key.strip_prefix("a/")).or(w.key.strip_prefix("t/")))
+            .filter_map(|rest| rest.split('/').next()?.parse().ok())
+            .collect();
+        self.store.commit(writes).await?;
+        self.poke(woken);
+        Ok(())
     }
 }
 

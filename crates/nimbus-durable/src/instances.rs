@@ -70,7 +70,6 @@ impl Engine {
             }
             Err(e) => return Err(e.into()),
         }
-        self.poke();
         Ok(id)
     }
 
@@ -116,7 +115,6 @@ impl Engine {
         }
         let now = self.now_ms();
         self.commit(deliver(id, model::event("event_raised", now, json!({"name": event, "data": data})), now)).await?;
-        self.poke();
         Ok(())
     }
 
@@ -129,7 +127,6 @@ impl Engine {
         }
         let now = self.now_ms();
         self.commit(deliver(id, model::event("terminated", now, json!({"reason": reason})), now)).await?;
-        self.poke();
         Ok(())
     }
 
@@ -147,7 +144,6 @@ impl Engine {
         let now = self.now_ms();
         let kind = if suspend { "suspended" } else { "resumed" };
         self.commit(deliver(id, model::event(kind, now, json!({"reason": reason})), now)).await?;
-        self.poke();
         Ok(())
     }
 
