@@ -205,6 +205,7 @@ async fn workers_get_a_scrubbed_environment_in_the_app_folder() {
 
 #[tokio::test]
 async fn parallel_requests_scale_out_and_queue_when_capped() {
+    let mut parallel_took = Duration::ZERO;
     for (max, expect_parallel) in [(8, true), (1, false)] {
         let app = python_app(&format!(
             "[functions.slow]\nconcurrency = 1\nmax_instances = {max}\nqueue_limit = 20\nqueue_timeout = \"30s\"\n"
@@ -221,11 +222,14 @@ async fn parallel_requests_scale_out_and_queue_when_capped() {
         }
         let took = started.elapsed();
         if expect_parallel {
-            assert!(took < Duration::from_millis(3500), "8 × 0.5 s on 8 instances took {took:?}");
+            parallel_took = took;
             assert!(pids.len() > 1, "served by several instances: {pids:?}");
         } else {
             assert!(took >= Duration::from_secs(4), "8 × 0.5 s on one instance must queue, took {took:?}");
             assert_eq!(pids.len(), 1);
+            // Compared with the queued run rather than a fixed time: eight cold starts on a loaded
+            // two-core machine take seconds, but still well under eight calls in a row.
+            assert!(parallel_took + Duration::from_millis(500) < took, "8 instances {parallel_took:?}, one {took:?}");
         }
     }
 }
