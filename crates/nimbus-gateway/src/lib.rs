@@ -16,6 +16,7 @@ mod invoke;
 mod jwt;
 mod keys;
 mod limit;
+mod linger;
 mod metrics;
 mod observe;
 mod openapi;
@@ -83,4 +84,5 @@ pub fn edge(routes: Router) -> Router {
         })
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(observe::panic_response))
         .layer(axum::middleware::from_fn(observe::observe))
+        .layer(axum::middleware::from_fn(linger::linger))
 }
