@@ -55,6 +55,8 @@ pub use site::Site;
 const NS: &str = "blob";
 /// The container the static website is served from.
 pub const SITE_CONTAINER: &str = "$web";
+/// The container of durable orchestrations' large payloads (`nimbus-durable`).
+pub const DURABLE_CONTAINER: &str = "$durable";
 
 /// What a path segment may keep unencoded (RFC 3986's unreserved characters).
 const UNRESERVED: &percent_encoding::AsciiSet =
@@ -706,9 +708,9 @@ pub struct Listing {
 }
 
 /// Container names as S3 buckets: 3-63 lowercase letters, digits and `-` (the manifest's rule,
-/// [`nimbus_config::BlobContainer`]); or `$web`.
+/// [`nimbus_config::BlobContainer`]); or the platform's own, `$web` and `$durable`.
 pub fn check_container(name: &str) -> Result<(), BlobError> {
-    let ok = name == SITE_CONTAINER || nimbus_config::BlobContainer::is_valid(name);
+    let ok = name == SITE_CONTAINER || name == DURABLE_CONTAINER || nimbus_config::BlobContainer::is_valid(name);
     if ok {
         Ok(())
     } else {

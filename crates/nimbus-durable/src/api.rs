@@ -7,9 +7,18 @@
 //! - `POST /instances/{id}/raiseEvent/{event}` (body: the data), `POST /instances/{id}/terminate?reason=`,
 //!   `POST /instances/{id}/suspend?reason=`, `POST /instances/{id}/resume?reason=` → `202`, `410` once
 //!   ended (`409` to suspend a suspended instance or resume a running one);
+//! - `POST /instances/{id}/rewind?reason=` → `202`; `410` once completed or terminated, `409` while
+//!   it runs (only a failed instance rewinds);
+//! - `POST /instances/{id}/restart?restartWithNewInstanceId=` (default `true`) → `202` with the new
+//!   run's links; `409` to restart a running instance under its own id;
 //! - `DELETE /instances/{id}` (purge) → `200` with `instancesDeleted`, `409` while it runs.
 //!
-//! Callers need the admin token or a function's `durable:<orchestration>:r|rw` grant.
+//! - `POST /payloads` (body: a value's JSON, streamed) → `201` with its reference;
+//!   `GET /payloads/{key}` → the JSON (PROTOCOL.md §7.4).
+//!
+//! Callers need the admin token or a function's `durable:<orchestration>:r|rw` grant; payloads are
+//! for the admin and the app's orchestrators and activities (a payload's random key is what
+//! opens it).
 
 use std::sync::Arc;
 
@@ -23,6 +32,8 @@ use nimbus_api::ApiError;
 use nimbus_api::extract::{Path, Query};
 use serde::Deserialize;
 use serde_json::{Value, json};
+
+use nimbus_blob::BlobError;
 
 use crate::engine::{DurableError, Engine};
 use crate::instances::Filter;
@@ -45,6 +56,10 @@ pub(crate) fn router(engine: Arc<Engine>, authenticate: nimbus_api::Authenticate
         .route("/_nimbus/durable/instances/{id}/terminate", post(terminate))
         .route("/_nimbus/durable/instances/{id}/suspend", post(suspend))
         .route("/_nimbus/durable/instances/{id}/resume", post(resume))
+        .route("/_nimbus/durable/instances/{id}/rewind", post(rewind))
+        .route("/_nimbus/durable/instances/{id}/restart", post(restart))
+        .route("/_nimbus/durable/payloads", post(upload))
+        .route("/_nimbus/durable/payloads/{key}", get(download))
         .with_state(api)
 }
 
@@ -53,6 +68,16 @@ impl Api {
         nimbus_api::authorize(&self.authenticate, headers, "durable", orchestration, write)
             .err()
             .map(IntoResponse::into_response)
+    }
+
+    /// `202` with the links of a started instance, and its status URL as `Location`.
+    fn accepted(&self, id: &str) -> Response {
+        let links = self.links(id);
+        let mut response = (StatusCode::ACCEPTED, Json(links.clone())).into_response();
+        if let Some(location) = links["statusQueryGetUri"].as_str().and_then(|l| HeaderValue::from_str(l).ok()) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        response
     }
 
     /// Durable Functions' management URLs of an instance.
@@ -84,7 +109,16 @@ fn error(e: DurableError) -> Response {
         DurableError::NotFound(_) => (StatusCode::NOT_FOUND, "instance_not_found"),
         DurableError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
         DurableError::Ended { .. } => (StatusCode::GONE, "instance_ended"),
+        // Durable Functions answers 410 to rewind an instance that completed or was terminated.
+        DurableError::NotFailed { status, .. } if status.is_terminal() => (StatusCode::GONE, "instance_not_failed"),
+        DurableError::NotFailed { .. } => (StatusCode::CONFLICT, "instance_not_failed"),
         DurableError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        DurableError::Payload(e) => match e {
+            BlobError::NotFound(_) => (StatusCode::NOT_FOUND, "payload_not_found"),
+            BlobError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            BlobError::Invalid(_) | BlobError::Incomplete => (StatusCode::BAD_REQUEST, "invalid_request"),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "payload_unavailable"),
+        },
     };
     ApiError::new(status, code, e.to_string()).into_response()
 }
@@ -121,14 +155,7 @@ async fn start(
         Err(e) => return e.into_response(),
     };
     match api.engine.start(&name, q.instance_id, input, q.version).await {
-        Ok(id) => {
-            let links = api.links(&id);
-            let mut response = (StatusCode::ACCEPTED, Json(links.clone())).into_response();
-            if let Some(location) = links["statusQueryGetUri"].as_str().and_then(|l| HeaderValue::from_str(l).ok()) {
-                response.headers_mut().insert(header::LOCATION, location);
-            }
-            response
-        }
+        Ok(id) => api.accepted(&id),
         Err(e) => error(e),
     }
 }
@@ -168,6 +195,10 @@ async fn status(
     let instance = match readable(&api, &headers, &id, false).await {
         Ok(instance) => instance,
         Err(response) => return response,
+    };
+    let instance = match api.engine.get_resolved(&instance.id, q.show_input).await {
+        Ok(instance) => instance,
+        Err(e) => return error(e),
     };
     let mut body = describe(&instance, q.show_input);
     if q.show_history {
@@ -322,6 +353,43 @@ async fn pause(api: Api, id: String, q: ReasonQuery, headers: HeaderMap, suspend
     }
 }
 
+async fn rewind(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<ReasonQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = readable(&api, &headers, &id, true).await {
+        return response;
+    }
+    match api.engine.rewind(&id, q.reason.map_or(Value::Null, Value::String)).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RestartQuery {
+    #[serde(default = "yes")]
+    restart_with_new_instance_id: bool,
+}
+
+async fn restart(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<RestartQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(response) = readable(&api, &headers, &id, true).await {
+        return response;
+    }
+    match api.engine.restart(&id, q.restart_with_new_instance_id).await {
+        Ok(id) => api.accepted(&id),
+        Err(e) => error(e),
+    }
+}
+
 async fn purge(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     if let Err(response) = readable(&api, &headers, &id, true).await {
         return response;
@@ -329,5 +397,52 @@ async fn purge(State(api): State<Api>, Path(id): Path<String>, headers: HeaderMa
     match api.engine.purge(&id).await {
         Ok(()) => Json(json!({"instancesDeleted": 1})).into_response(),
         Err(e) => error(e),
+    }
+}
+
+/// Payloads are for the admin and the app's orchestrators and activities.
+fn may_use_payloads(api: &Api, headers: &HeaderMap) -> Result<(), ApiError> {
+    match (api.authenticate)(headers) {
+        Some(nimbus_api::Principal::Admin) => Ok(()),
+        Some(nimbus_api::Principal::Function { function, .. }) => {
+            let durable = api.engine.invoker.functions().iter().any(|f| {
+                *f.name == *function
+                    && matches!(f.trigger, nimbus_api::Trigger::Orchestrator {} | nimbus_api::Trigger::Activity {})
+            });
+            if durable {
+                Ok(())
+            } else {
+                Err(ApiError::forbidden(format!(
+                    "function \"{function}\" is neither an orchestrator nor an activity: durable payloads are not for it"
+                )))
+            }
+        }
+        None => Err(ApiError::unauthorized("this endpoint needs the admin token or a worker's token")),
+    }
+}
+
+async fn upload(State(api): State<Api>, headers: HeaderMap, body: axum::body::Body) -> Response {
+    if let Err(refused) = may_use_payloads(&api, &headers) {
+        return refused.into_response();
+    }
+    match api.engine.payloads.upload(body.into_data_stream()).await {
+        Ok(reference) => (StatusCode::CREATED, Json(reference)).into_response(),
+        Err(e) => error(e.into()),
+    }
+}
+
+async fn download(State(api): State<Api>, Path(key): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(refused) = may_use_payloads(&api, &headers) {
+        return refused.into_response();
+    }
+    match api.engine.payloads.open(&key).await {
+        Ok(download) => {
+            let mut response = axum::body::Body::from_stream(download.body).into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(download.info.size));
+            response
+        }
+        Err(e) => error(e.into()),
     }
 }

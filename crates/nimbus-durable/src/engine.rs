@@ -32,6 +32,8 @@ const BATCH: usize = 256;
 const ACTIVITY_PARALLELISM: usize = 64;
 /// Waits after an invocation the pool could not take (capacity, start-up failure).
 const BUSY_BACKOFF_MS: u64 = 500;
+/// How often instances are counted by status (a scan of their records, by one node).
+const COUNT_EVERY: Duration = Duration::from_secs(30);
 /// How long a node leaves an instance stamped with a newer version before looking again.
 const VERSION_WAIT_MS: u64 = 5_000;
 
@@ -47,8 +49,12 @@ pub enum DurableError {
     Conflict(String),
     #[error("instance `{id}` has ended ({status:?})")]
     Ended { id: String, status: Status },
+    #[error("instance `{id}` is {status:?}: only a failed instance can be rewound")]
+    NotFailed { id: String, status: Status },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("payload: {0}")]
+    Payload(#[from] nimbus_blob::BlobError),
 }
 
 pub(crate) struct Engine {
@@ -59,6 +65,8 @@ pub(crate) struct Engine {
     /// Whether starts check the orchestrator's name against the app's code (not offline: the CLI
     /// has no workers; a wrong name then fails at its first step).
     pub checks_names: bool,
+    /// Where payloads above 64 KB live.
+    pub payloads: crate::payloads::Payloads,
     holder: String,
     /// Owns the loop and every step, activity and timer in flight: shutdown cancels them (their
     /// work is still in the store, so it runs again).
@@ -119,7 +127,7 @@ enum Action {
 }
 
 impl Engine {
-    pub fn new(store: Arc<dyn Store>, invoker: Invoker, version: String) -> Self {
+    pub fn new(store: Arc<dyn Store>, invoker: Invoker, version: String, payloads: crate::payloads::Payloads) -> Self {
         metrics::describe_counter!(
             "nimbus_durable_steps_total",
             "orchestrator steps, by outcome (ok, retried, failed, newer_version)"
@@ -136,11 +144,20 @@ impl Engine {
             "nimbus_durable_backlog",
             "instances ready for a step and activities waiting (at most 256 counted), by partition, at the last round"
         );
+        metrics::describe_gauge!(
+            "nimbus_durable_backlog_age_seconds",
+            "age of the oldest activity due and not yet done, by partition, at the last round"
+        );
+        metrics::describe_gauge!(
+            "nimbus_durable_instances",
+            "instances by status (counted every 30 s by the node working partition 0)"
+        );
         Self {
             store,
             invoker,
             version,
             checks_names: true,
+            payloads,
             holder: nimbus_api::hex(&rand::random::<[u8; 8]>()),
             tasks: nimbus_api::Tasks::new("durable"),
             wake: Notify::new(),
@@ -165,6 +182,7 @@ impl Engine {
     /// The loop of one node, until the task is cancelled.
     pub async fn run(self: Arc<Self>) {
         let mut swept = tokio::time::Instant::now() - POLL;
+        let mut counted = tokio::time::Instant::now() - COUNT_EVERY;
         loop {
             // Every partition once a poll (work other nodes wrote, leases to claim or renew);
             // between polls only those this node's own commits gave work.
@@ -177,6 +195,10 @@ impl Engine {
             };
             for p in partitions {
                 if let Some(lease) = self.lease(p).await {
+                    if p == 0 && counted.elapsed() >= COUNT_EVERY {
+                        counted = tokio::time::Instant::now();
+                        self.tasks.spawn(self.clone().count_instances());
+                    }
                     self.clone().pump(p, lease).await;
                 }
             }
@@ -184,6 +206,39 @@ impl Engine {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(swept + POLL) => {}
             }
+        }
+    }
+
+    /// Sets the `nimbus_durable_instances` gauge from a scan of the instance records.
+    async fn count_instances(self: Arc<Self>) {
+        let mut counts: HashMap<&'static str, u64> = HashMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = match self.store.list(NS, "i/", after.as_deref(), 1000).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot count durable instances");
+                    return;
+                }
+            };
+            let done = page.len() < 1000;
+            after = page.last().map(|r| r.key.clone());
+            for record in page {
+                #[derive(Deserialize)]
+                struct Head {
+                    status: Status,
+                }
+                if let Ok(head) = serde_json::from_slice::<Head>(&record.value) {
+                    *counts.entry(head.status.as_str()).or_default() += 1;
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        for status in Status::ALL {
+            let n = counts.get(status.as_str()).copied().unwrap_or(0);
+            metrics::gauge!("nimbus_durable_instances", "status" => status.as_str()).set(n as f64);
         }
     }
 
@@ -252,13 +307,17 @@ impl Engine {
             }
         }
         let work = self.due(&model::work_prefix(p)).await;
-        metrics::gauge!("nimbus_durable_backlog", "kind" => "activity", "partition" => partition)
+        metrics::gauge!("nimbus_durable_backlog", "kind" => "activity", "partition" => partition.clone())
             .set(work.len() as f64);
+        let mut oldest = now;
         for record in work {
             let Ok(work) = serde_json::from_slice::<Work>(&record.value) else {
                 tracing::error!(key = %record.key, "unreadable durable work item: skipped");
                 continue;
             };
+            if work.not_before <= now && work.created > 0 {
+                oldest = oldest.min(work.created.max(work.not_before));
+            }
             if work.not_before <= now && self.take(&record.key, now) {
                 let engine = self.clone();
                 self.tasks.spawn(async move {
@@ -268,6 +327,8 @@ impl Engine {
                 });
             }
         }
+        metrics::gauge!("nimbus_durable_backlog_age_seconds", "partition" => partition)
+            .set(now.saturating_sub(oldest) as f64 / 1000.0);
         for record in self.due(&model::timer_prefix(p)).await {
             let due = record.key.split('/').nth(2).and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(u64::MAX);
             if due > now {
@@ -418,7 +479,7 @@ impl Engine {
                     terminate = Some(event);
                     continue;
                 }
-                "event_raised" => {}
+                "event_raised" | "rewound" => {}
                 // Results: only for what it still waits for (a second delivery is dropped).
                 _ => {
                     let Some(task) = event["id"].as_u64() else { continue };
@@ -462,10 +523,12 @@ impl Engine {
         if let Some(custom) = result.custom_status {
             instance.custom_status = custom;
         }
+        let mut forgotten = Vec::new();
         if result.state.as_deref() == Some("continued_as_new") {
             // A fresh history that starts with `started`; what the old run scheduled is dropped.
-            for old in self.history_keys(id).await? {
-                writes.push(Write::delete(NS, &old));
+            for old in self.history_records(id).await? {
+                writes.push(Write::delete(NS, &old.key));
+                forgotten.extend(serde_json::from_slice::<Value>(&old.value));
             }
             instance.history = 0;
             instance.open.clear();
@@ -506,6 +569,7 @@ impl Engine {
         instance.updated = now;
         writes.push(Write::put(NS, &record.key, to_vec(&instance)));
         self.commit(writes).await?;
+        self.payloads.forget(&forgotten, &instance.input);
         Ok(instance.status != Status::ContinuedAsNew)
     }
 
@@ -541,16 +605,12 @@ impl Engine {
         Err(StepError::Protocol("the worker asked for the history it was sent".into()))
     }
 
-    pub async fn history_keys(&self, id: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self.history_records(id).await?.into_iter().map(|r| r.key).collect())
-    }
-
     pub async fn history(&self, id: &str) -> Result<Vec<Value>, StoreError> {
         let records = self.history_records(id).await?;
         Ok(records.iter().filter_map(|r| serde_json::from_slice::<Value>(&r.value).ok()).collect())
     }
 
-    async fn history_records(&self, id: &str) -> Result<Vec<Record>, StoreError> {
+    pub(crate) async fn history_records(&self, id: &str) -> Result<Vec<Record>, StoreError> {
         let prefix = model::history_prefix(id);
         let mut events = Vec::new();
         let mut after: Option<String> = None;
@@ -576,7 +636,8 @@ impl Engine {
         let id = instance.id.clone();
         Ok(match action {
             Action::CallActivity { id: task, name, input, retry } => {
-                let work = Work { name: name.clone(), input: input.clone(), attempts: 0, retry, not_before: 0 };
+                let work =
+                    Work { name: name.clone(), input: input.clone(), attempts: 0, retry, not_before: 0, created: now };
                 writes.push(Write::put(NS, &model::work_key(&id, task), to_vec(&work)));
                 instance.open.insert(task);
                 model::event("task_scheduled", now, json!({"id": task, "name": name, "input": input}))

@@ -8,13 +8,15 @@
 //!
 //! - `model.rs`: the records and their keys;
 //! - `engine.rs`: partitions under leases, steps, activities, timers;
-//! - `instances.rs`: start, read, list, raise, terminate, purge;
+//! - `instances.rs`: start, read, list, raise, terminate, suspend, rewind, restart, purge;
+//! - `payloads.rs`: values above 64 KB as blobs, referred to from history;
 //! - `api.rs`: the REST API under `/_nimbus/durable`.
 
 mod api;
 mod engine;
 mod instances;
 mod model;
+mod payloads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,11 +37,13 @@ impl Durable {
     /// `base` is the node's public URL, for the management links.
     pub fn start(
         store: Arc<dyn nimbus_store::Store>,
+        blobs: nimbus_blob::Blobs,
         invoker: nimbus_api::Invoker,
         version: String,
         base: &str,
     ) -> Self {
-        let engine = Arc::new(engine::Engine::new(store, invoker, version));
+        let payloads = payloads::Payloads::new(Some(blobs));
+        let engine = Arc::new(engine::Engine::new(store, invoker, version, payloads));
         engine.tasks.spawn(engine.clone().run());
         Self { engine, base: base.to_owned() }
     }
@@ -58,8 +62,9 @@ impl Durable {
 
     /// The management operations without an engine running: for the CLI, which works on the store
     /// directly (the node serving the app runs what it writes). Starts do not check names here.
-    pub fn offline(store: Arc<dyn nimbus_store::Store>, version: String) -> Self {
-        let mut engine = engine::Engine::new(store, Arc::new(NoWorkers), version);
+    pub fn offline(store: Arc<dyn nimbus_store::Store>, blobs: nimbus_blob::Blobs, version: String) -> Self {
+        let payloads = payloads::Payloads::new(Some(blobs));
+        let mut engine = engine::Engine::new(store, Arc::new(NoWorkers), version, payloads);
         engine.checks_names = false;
         Self { engine: Arc::new(engine), base: String::new() }
     }
@@ -74,8 +79,9 @@ impl Durable {
         self.engine.start(name, id, input, version).await
     }
 
+    /// An instance, its input and output as values (not references to payloads).
     pub async fn instance(&self, id: &str) -> Result<Instance, DurableError> {
-        self.engine.get(id).await
+        self.engine.get_resolved(id, true).await
     }
 
     pub async fn list(&self, filter: &Filter, top: usize, continuation: Option<&str>) -> Result<Listed, DurableError> {
@@ -97,6 +103,14 @@ impl Durable {
 
     pub async fn suspend(&self, id: &str, suspend: bool, reason: serde_json::Value) -> Result<(), DurableError> {
         self.engine.suspend(id, suspend, reason).await
+    }
+
+    pub async fn rewind(&self, id: &str, reason: serde_json::Value) -> Result<(), DurableError> {
+        self.engine.rewind(id, reason).await
+    }
+
+    pub async fn restart(&self, id: &str, new_id: bool) -> Result<String, DurableError> {
+        self.engine.restart(id, new_id).await
     }
 
     pub async fn purge(&self, id: &str) -> Result<(), DurableError> {

@@ -3,7 +3,7 @@
 //! | key | value |
 //! |---|---|
 //! | `i/<id>` | the [`Instance`]: status, input, output, the ids it waits for |
-//! | `h/<id>/<seq>` | one history event (PROTOCOL.md §7.2), `seq` from 0, never rewritten |
+//! | `h/<id>/<seq>` | one history event (PROTOCOL.md §7.2), `seq` from 0, appended only (a rewind alone replaces failures by markers) |
 //! | `n/<id>/<time>-<rand>` | an event delivered to the instance, not yet in its history (its inbox) |
 //! | `r/<partition>/<id>` | the instance has inbox events: it needs a step |
 //! | `a/<partition>/<id>/<task>` | an activity to run ([`Work`]) |
@@ -38,17 +38,30 @@ impl Status {
         matches!(self, Self::Completed | Self::Failed | Self::Terminated)
     }
 
+    pub const ALL: [Self; 7] = [
+        Self::Pending,
+        Self::Running,
+        Self::Completed,
+        Self::ContinuedAsNew,
+        Self::Failed,
+        Self::Terminated,
+        Self::Suspended,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Running => "Running",
+            Self::Completed => "Completed",
+            Self::ContinuedAsNew => "ContinuedAsNew",
+            Self::Failed => "Failed",
+            Self::Terminated => "Terminated",
+            Self::Suspended => "Suspended",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "Pending" => Self::Pending,
-            "Running" => Self::Running,
-            "Completed" => Self::Completed,
-            "ContinuedAsNew" => Self::ContinuedAsNew,
-            "Failed" => Self::Failed,
-            "Terminated" => Self::Terminated,
-            "Suspended" => Self::Suspended,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|status| status.as_str() == s)
     }
 }
 
@@ -99,6 +112,9 @@ pub struct Work {
     /// Not before this time (ms): a retry's back-off.
     #[serde(default)]
     pub not_before: u64,
+    /// When it was scheduled (ms), for the backlog's age.
+    #[serde(default)]
+    pub created: u64,
 }
 
 /// A retry policy as the SDKs send it (PROTOCOL.md §7.2): the engine runs the attempts.

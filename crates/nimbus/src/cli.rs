@@ -98,6 +98,19 @@ pub enum DurableCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Put a failed instance back to work from the step that failed (after a fix).
+    Rewind {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Run an instance's orchestration again with its input; prints the new instance's id.
+    Restart {
+        id: String,
+        /// Under the same id (the instance must have ended) rather than a new one.
+        #[arg(long)]
+        same_id: bool,
+    },
     /// Delete an ended instance and its history.
     Purge { id: String },
     /// An instance's history as a timeline (each event; how long each task took).

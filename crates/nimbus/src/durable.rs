@@ -1,4 +1,4 @@
-//! `nimbus durable start|status|list|raise|terminate|suspend|resume|purge|history`: orchestration
+//! `nimbus durable start|status|list|raise|terminate|suspend|resume|rewind|restart|purge|history`: orchestration
 //! instances, read and written directly in the store (`Durable::offline`); the node serving the app
 //! runs what is written here. `history` prints a timeline: each event, when, and how long each task,
 //! timer and sub-orchestration took.
@@ -15,8 +15,11 @@ use crate::keys::with_store;
 
 pub fn run(args: DurableArgs) -> Result<(), Failure> {
     let json = args.store.json;
+    let data_dir = args.store.data_dir.clone();
     with_store(&args.store, false, async |store, config| {
-        let durable = Durable::offline(store, config.manifest.durable.version.clone());
+        let data_dir = data_dir.unwrap_or_else(|| config.dir.join(".nimbus"));
+        let blobs = crate::up::open_blobs(&config, &data_dir, store.clone()).await?;
+        let durable = Durable::offline(store, blobs, config.manifest.durable.version.clone());
         match args.command {
             DurableCommand::Start { name, input, id, orchestration_version } => {
                 let input = parse_json("--input", input.as_deref())?;
@@ -65,6 +68,17 @@ pub fn run(args: DurableArgs) -> Result<(), Failure> {
             }
             DurableCommand::Resume { id, reason } => {
                 durable.suspend(&id, false, reason.map_or(Value::Null, Value::String)).await?;
+            }
+            DurableCommand::Rewind { id, reason } => {
+                durable.rewind(&id, reason.map_or(Value::Null, Value::String)).await?;
+            }
+            DurableCommand::Restart { id, same_id } => {
+                let id = durable.restart(&id, !same_id).await?;
+                if json {
+                    println!("{}", json!({"id": id}));
+                } else {
+                    println!("{id}");
+                }
             }
             DurableCommand::Purge { id } => durable.purge(&id).await?,
             DurableCommand::History { id } => {

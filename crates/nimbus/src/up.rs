@@ -109,8 +109,13 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         operations: Arc::new(move || operations(&listed.list())),
     };
     let invoker = functions.invoker();
-    let durable =
-        nimbus_durable::Durable::start(store.clone(), invoker.clone(), manifest.durable.version.clone(), &public_url);
+    let durable = nimbus_durable::Durable::start(
+        store.clone(),
+        blobs.clone(),
+        invoker.clone(),
+        manifest.durable.version.clone(),
+        &public_url,
+    );
     let mut admin = functions
         .admin_router()
         .merge(nimbus_gateway::keys_admin_router(gateway.keys().clone()))

@@ -89,6 +89,68 @@ def counter(ctx):
         return
     return n
 
+FRAGILE_BROKEN = True
+
+@app.activity("fragile")
+def fragile(data, ctx):
+    if FRAGILE_BROKEN:
+        raise ConnectionError("the dependency is down")
+    return "fixed " + data
+
+@app.orchestrator("mend")
+def mend(ctx):
+    a = yield ctx.call_activity("hello", "a")
+    try:
+        yield ctx.call_activity("broken")
+    except nimbus.TaskFailedError:
+        pass  # handled: a rewind leaves it alone
+    fan = yield ctx.task_all([ctx.call_activity("hello", "b"), ctx.call_activity("fragile", "c"),
+                              ctx.call_activity("fragile", "d")])
+    return [a] + fan
+
+@app.orchestrator("mend_child")
+def mend_child(ctx):
+    return (yield ctx.call_activity("fragile", ctx.get_input()))
+
+@app.orchestrator("mend_parent")
+def mend_parent(ctx):
+    first = yield ctx.call_activity("hello", "parent")
+    child = yield ctx.call_sub_orchestrator("mend_child", "child")
+    return [first, child]
+
+DRIFT = "hello"
+
+@app.orchestrator("drift")
+def drift(ctx):
+    yield ctx.call_activity(DRIFT, 1 if DRIFT == "double" else "a")
+    yield ctx.wait_for_external_event("go")
+    return "done"
+
+@app.orchestrator("slow_step")
+def slow_step(ctx):
+    a = yield ctx.call_activity("hello", "before")
+    yield ctx.wait_for_external_event("go")
+    import time
+    time.sleep(3)  # a worker killed now dies in the middle of this step
+    b = yield ctx.call_activity("hello", "after")
+    return [a, b]
+
+@app.activity("big")
+def big(n, ctx):
+    return "x" * n
+
+@app.activity("measure")
+def measure(text, ctx):
+    return len(text)
+
+@app.orchestrator("large")
+def large(ctx):
+    blob = yield ctx.call_activity("big", ctx.get_input()["n"])
+    size = yield ctx.call_activity("measure", blob)
+    note = yield ctx.wait_for_external_event("note")
+    return {"size": size, "head": blob[:3], "pad": len(ctx.get_input()["pad"]), "note": len(note),
+            "echo": ctx.get_input()["pad"]}
+
 @app.http("/begin/{name}", methods=["POST"])
 async def begin(req, ctx):
     started = await ctx.durable.start(req.params["name"], await req.json())
@@ -511,4 +573,230 @@ async fn the_cli_starts_reads_and_manages_instances_beside_a_running_node() {
     assert!(support::text(&out.stderr).contains("unknown status \"Sleeping\""), "{}", support::text(&out.stderr));
     assert!(cli(&["purge", "cli-1"]).status.success());
     assert_eq!(c.status("cli-1").await.0, 404);
+}
+
+#[tokio::test]
+async fn a_failed_instance_rewinds_to_its_failed_step_after_a_fix() {
+    use reqwest::Method;
+    let app = durable_app("");
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app);
+    for (name, id) in [("mend", "m1"), ("mend_parent", "p1"), ("chain", "done1"), ("drift", "d1")] {
+        let (status, body, _) =
+            c.send(Method::POST, &format!("/_nimbus/durable/orchestrations/{name}?instanceId={id}"), None).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    for id in ["m1", "p1"] {
+        let failed = c.finished(id, Duration::from_secs(30)).await;
+        assert_eq!(failed["runtimeStatus"], "Failed", "{failed}");
+    }
+    assert!(c.finished("p1:1", Duration::from_secs(5)).await["runtimeStatus"] == "Failed");
+    c.finished("done1", Duration::from_secs(30)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body, _) = c.send(Method::GET, "/_nimbus/durable/instances/d1?showHistory=true", None).await;
+        if body["historyEvents"].as_array().is_some_and(|h| h.iter().any(|e| e["type"] == "task_completed")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "drift never ran its activity: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Only a failed instance rewinds.
+    let (status, body, _) = c.send(Method::POST, "/_nimbus/durable/instances/done1/rewind", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (410, Some("instance_not_failed")), "{body}");
+    assert_eq!(c.send(Method::POST, "/_nimbus/durable/instances/nope/rewind", None).await.0, 404);
+    let waiting = c.start("approval", json!(null)).await;
+    let (status, body, _) = c.send(Method::POST, &format!("/_nimbus/durable/instances/{waiting}/rewind"), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("instance_not_failed")), "{body}");
+
+    // The fix ships (new code, same version); the failed instances rewind and complete.
+    let mut node = node;
+    let (stopped, _) = node.signal_and_wait("TERM", Duration::from_secs(30));
+    assert!(stopped.success());
+    drop(node);
+    let code = APP_PY
+        .replace("FRAGILE_BROKEN = True", "FRAGILE_BROKEN = False")
+        .replace(r#"DRIFT = "hello""#, r#"DRIFT = "double""#);
+    std::fs::write(app.path().join("app.py"), code).unwrap();
+    let node = app.start(&[]);
+    let c = Client { base: node.url(""), ..c };
+    for id in ["m1", "p1"] {
+        let (status, body, _) =
+            c.send(Method::POST, &format!("/_nimbus/durable/instances/{id}/rewind?reason=fixed"), None).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let m1 = c.finished("m1", Duration::from_secs(30)).await;
+    assert_eq!(m1["output"], json!(["Hello a!", "Hello b!", "fixed c", "fixed d"]), "{m1}");
+    let p1 = c.finished("p1", Duration::from_secs(30)).await;
+    assert_eq!(p1["output"], json!(["Hello parent!", "fixed child"]), "{p1}");
+
+    // Code that no longer asks for what its history holds fails, naming the step and both actions.
+    assert_eq!(c.send(Method::POST, "/_nimbus/durable/instances/d1/raiseEvent/go", None).await.0, 202);
+    let d1 = c.finished("d1", Duration::from_secs(30)).await;
+    assert_eq!((d1["runtimeStatus"].as_str(), d1["output"]["code"].as_str()), (Some("Failed"), Some("nondeterminism")));
+    let message = d1["output"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("step 0")
+            && message.contains("task_scheduled hello")
+            && message.contains("call_activity double"),
+        "{message}"
+    );
+
+    // What succeeded ran once; the handled failure stayed; the failed activities ran again.
+    let (_, body, _) = c.send(Method::GET, "/_nimbus/durable/instances/m1?showHistory=true", None).await;
+    let history = body["historyEvents"].as_array().unwrap();
+    let scheduled = |name: &str| history.iter().filter(|e| e["type"] == "task_scheduled" && e["name"] == name).count();
+    assert_eq!((scheduled("hello"), scheduled("broken"), scheduled("fragile")), (2, 1, 2), "{body}");
+    assert_eq!(history.iter().filter(|e| e["type"] == "task_failed").count(), 1, "{body}");
+    let voided: Vec<&str> = history
+        .iter()
+        .filter(|e| e["type"] == "rewound" && e["was"].is_object())
+        .map(|e| e["was"]["type"].as_str().unwrap())
+        .collect();
+    // Both fragile tasks are asked again: the one whose failure failed the instance, and the other
+    // (its failure recorded too, or dropped when it came after the instance had failed).
+    assert_eq!(voided.iter().filter(|t| **t == "task_scheduled").count(), 2, "{voided:?}");
+    assert!((1..=2).contains(&voided.iter().filter(|t| **t == "task_failed").count()), "{voided:?}");
+
+    // Restart: the same orchestration and input, under a new id, or under its own once ended.
+    let (status, body, _) = c.send(Method::POST, "/_nimbus/durable/instances/m1/restart", None).await;
+    assert_eq!(status, 202, "{body}");
+    let again = body["id"].as_str().unwrap();
+    assert_ne!(again, "m1");
+    assert_eq!(c.finished(again, Duration::from_secs(30)).await["output"], m1["output"]);
+    let path = "/_nimbus/durable/instances/m1/restart?restartWithNewInstanceId=false";
+    let (status, body, _) = c.send(Method::POST, path, None).await;
+    assert_eq!((status, body["id"].as_str()), (202, Some("m1")), "{body}");
+    let waiting = c.start("approval", json!(null)).await;
+    let path = format!("/_nimbus/durable/instances/{waiting}/restart?restartWithNewInstanceId=false");
+    assert_eq!(c.send(Method::POST, &path, None).await.0, 409);
+    assert_eq!(c.finished("m1", Duration::from_secs(30)).await["runtimeStatus"], "Completed");
+}
+
+/// The host's peak resident memory (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+#[tokio::test]
+async fn payloads_above_64_kb_live_in_blobs_and_a_100_mb_result_works() {
+    use reqwest::Method;
+    let app = durable_app("");
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app);
+    let size = 100 * 1024 * 1024;
+    let pad = "p".repeat(100 * 1024);
+    let before = peak_rss_mib(node.pid());
+    let id = c.start("large", json!({"n": size, "pad": pad})).await;
+    // The 100 MB went worker → blob → orchestrator → blob → activity; the store keeps references.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let history = loop {
+        let (_, body, _) = c
+            .send(Method::GET, &format!("/_nimbus/durable/instances/{id}?showHistory=true&showInput=false"), None)
+            .await;
+        let events = body["historyEvents"].as_array().cloned().unwrap_or_default();
+        if events.iter().filter(|e| e["type"] == "task_completed").count() == 2 {
+            break events;
+        }
+        assert!(std::time::Instant::now() < deadline, "the activities did not finish: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let result = &history.iter().find(|e| e["type"] == "task_completed" && e["id"] == 0).unwrap()["result"];
+    assert_eq!(result["bytes"], json!(size + 2), "{result}");
+    assert!(result["$nimbus.payload"].is_string(), "{result}");
+    let scheduled = history.iter().find(|e| e["type"] == "task_scheduled" && e["name"] == "measure").unwrap();
+    assert!(scheduled["input"]["$nimbus.payload"].is_string(), "{scheduled}");
+    assert!(history[0]["input"]["$nimbus.payload"].is_string(), "the start's input: {}", history[0]);
+    // An event's data above the limit goes the same way.
+    let note = json!("n".repeat(70 * 1024));
+    let (status, _, _) =
+        c.send(Method::POST, &format!("/_nimbus/durable/instances/{id}/raiseEvent/note"), Some(note)).await;
+    assert_eq!(status, 202);
+    let done = c.finished(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["runtimeStatus"], "Completed", "{done}");
+    // The status shows values, not references (the output is above the limit too).
+    assert_eq!(done["output"]["size"], json!(size));
+    assert_eq!(done["output"]["head"], "xxx");
+    assert_eq!((done["output"]["pad"].as_u64(), done["output"]["note"].as_u64()), (Some(100 * 1024), Some(70 * 1024)));
+    assert_eq!(done["input"]["pad"].as_str().map(str::len), Some(100 * 1024));
+    // The host streamed the 100 MB through (four times) without holding it: its peak grows by its
+    // upload buffers (~65 MiB measured, the same for 50 and 150 MB), not by the payload.
+    let grown = peak_rss_mib(node.pid()).saturating_sub(before);
+    assert!(grown < 90, "the host's peak memory grew by {grown} MiB");
+
+    // Payloads are for the admin and the app's orchestrators and activities, by key.
+    let (status, body, _) = c.send(Method::GET, "/_nimbus/durable/payloads/nope", None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("payload_not_found")), "{body}");
+    let anonymous = reqwest::get(node.url("/_nimbus/durable/payloads/nope")).await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    // Purged, the instance's payloads go too.
+    let key = result["$nimbus.payload"].as_str().unwrap().to_owned();
+    assert_eq!(c.send(Method::GET, &format!("/_nimbus/durable/payloads/{key}"), None).await.0, 200);
+    assert_eq!(c.send(Method::DELETE, &format!("/_nimbus/durable/instances/{id}"), None).await.0, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.send(Method::GET, &format!("/_nimbus/durable/payloads/{key}"), None).await.0 != 404 {
+        assert!(std::time::Instant::now() < deadline, "the payload outlived its instance");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_worker_killed_in_the_middle_of_a_step_costs_a_retry_not_the_instance() {
+    use reqwest::Method;
+    let app = durable_app("");
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app);
+    let id = c.start("slow_step", json!(null)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body, _) =
+            c.send(Method::GET, &format!("/_nimbus/durable/instances/{id}?showHistory=true"), None).await;
+        if body["historyEvents"].as_array().is_some_and(|h| h.iter().any(|e| e["type"] == "task_completed")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ran: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.send(Method::POST, &format!("/_nimbus/durable/instances/{id}/raiseEvent/go"), None).await.0, 202);
+    tokio::time::sleep(Duration::from_millis(1000)).await; // the step sleeps 3 s
+    let killed = std::process::Command::new("pkill").args(["-9", "-P", &node.pid().to_string()]).status().unwrap();
+    assert!(killed.success(), "no worker process to kill");
+    let done = c.finished(&id, Duration::from_secs(60)).await;
+    assert_eq!(done["output"], json!(["Hello before!", "Hello after!"]), "{done}");
+    let (_, body, _) = c.send(Method::GET, &format!("/_nimbus/durable/instances/{id}?showHistory=true"), None).await;
+    let history = body["historyEvents"].as_array().unwrap();
+    let count = |kind: &str| history.iter().filter(|e| e["type"] == kind).count();
+    assert_eq!((count("task_scheduled"), count("task_completed"), count("event_raised")), (2, 2, 1), "{body}");
+    assert!(node.stderr().contains("it will be retried"), "the step was not cut off: {}", node.stderr());
+}
+
+#[tokio::test]
+async fn two_nodes_share_one_postgresql_database_and_one_finishes_what_the_other_left() {
+    use nimbus_store::testing::{Backend, TestDb};
+    let db = TestDb::new(Backend::Postgres).await;
+    let (app1, app2) = (durable_app(""), durable_app(""));
+    let mut node1 = app1.start(&["--store", db.url()]);
+    let node2 = app2.start(&["--store", db.url()]);
+    let (c1, c2) = (Client::new(&node1, &app1), Client::new(&node2, &app2));
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(c1.start("fanout", json!({"n": 300, "activity": "slow_double", "i": i})).await);
+    }
+    // Node 1 came first and holds the partitions; node 2 waits for their leases. Node 1 dies with
+    // work in flight.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, _) = node1.signal_and_wait("KILL", Duration::from_secs(10));
+    assert!(!status.success());
+    for id in &ids {
+        let done = c2.finished(id, Duration::from_secs(90)).await;
+        assert_eq!((done["runtimeStatus"].as_str(), done["output"].as_i64()), (Some("Completed"), Some(300 * 299)));
+        // No result was applied twice: one completion per task.
+        let (_, body, _) =
+            c2.send(reqwest::Method::GET, &format!("/_nimbus/durable/instances/{id}?showHistory=true"), None).await;
+        let history = body["historyEvents"].as_array().unwrap();
+        assert_eq!(history.iter().filter(|e| e["type"] == "task_completed").count(), 300);
+    }
+    drop(c1);
 }

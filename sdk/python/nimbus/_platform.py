@@ -577,3 +577,57 @@ def client():
             )
         _client = Client(socket_path, token)
     return _client
+
+
+# --- durable payloads (PROTOCOL.md section 7.4) ---------------------------------------------------------
+
+PAYLOAD_LIMIT = 64 * 1024
+_PAYLOAD = "$nimbus.payload"
+# The fields of events and answers that may hold a payload.
+_PAYLOAD_FIELDS = ("input", "result", "data", "output")
+
+
+def payload_key(value):
+    """The key a payload reference names, or None when `value` is no reference."""
+    if type(value) is dict and len(value) == 2 and "bytes" in value:
+        key = value.get(_PAYLOAD)
+        if isinstance(key, str):
+            return key
+    return None
+
+
+async def offload_payload(text):
+    """Keeps JSON text (bytes) as a durable payload: its reference."""
+    response = await client().request("POST", "/_nimbus/durable/payloads", text, {"Content-Type": "application/json"})
+    await response.raise_for_status()
+    return await response.json()
+
+
+async def fetch_payload(value):
+    """The value a reference stands for; any other value as it is."""
+    key = payload_key(value)
+    if key is None:
+        return value
+    response = await client().request("GET", "/_nimbus/durable/payloads/" + quote(key, safe=""))
+    await response.raise_for_status()
+    return json.loads(await response.read())
+
+
+async def fetch_payloads(events):
+    """Replaces, in place, the references in the payload fields of `events` (dicts) by their values."""
+    for event in events:
+        if type(event) is dict:
+            for field in _PAYLOAD_FIELDS:
+                if payload_key(event.get(field)) is not None:
+                    event[field] = await fetch_payload(event[field])
+
+
+async def offload_payloads(objects, dumps):
+    """Replaces, in place, the payload fields of `objects` (dicts) whose JSON is above the limit by
+    references."""
+    for obj in objects:
+        for field in _PAYLOAD_FIELDS:
+            if field in obj:
+                text = dumps(obj[field]).encode("utf-8")
+                if len(text) > PAYLOAD_LIMIT:
+                    obj[field] = await offload_payload(text)

@@ -1032,8 +1032,14 @@ class _Connection:
             if trigger is None:
                 trigger = function.trigger()
             ctx = Context(name, invocation_id, first.get("traceparent"), timeout_ms, self.worker.loggers[name], trigger)
+            from . import _platform
+
+            data = envelope.get("data")
+            activity = function.trigger_type == "activity"
             try:
-                result = function.handler(envelope.get("data"), ctx)
+                if activity:
+                    data = await _platform.fetch_payload(data)  # a large input arrives as a reference (section 7.4)
+                result = function.handler(data, ctx)
                 if hasattr(result, "__await__"):
                     result = await result
             except HTTPError as exc:
@@ -1046,6 +1052,12 @@ class _Connection:
                 return  # the handler swallowed its cancellation: nobody is listening
             try:
                 payload = _dumps(result).encode("utf-8")
+                if activity and len(payload) > _platform.PAYLOAD_LIMIT:
+                    payload = _dumps(await _platform.offload_payload(payload)).encode("utf-8")
+            except (_platform.PlatformError, OSError) as exc:
+                ctx.log.error("invocation %s failed: its large result could not be stored: %s", invocation_id, exc)
+                await self._send_error(500, "handler_error", "the result could not be stored: %s" % (exc,))
+                return
             except (TypeError, ValueError, RecursionError) as exc:
                 await _close_iterator(result)  # an async generator returned by mistake
                 ctx.log.error("invocation %s failed: the function's result is not JSON: %s", invocation_id, exc)
@@ -1069,11 +1081,27 @@ class _Connection:
         does no I/O, and nothing else may touch the instance's session meanwhile."""
         from ._durable import StepError
 
+        from . import _platform
+
         log = self.worker.loggers[function.name]
         try:
-            payload = _dumps(self.worker.sessions.step(function, data, log)).encode("utf-8")
+            # Large values arrive as references and leave as references (PROTOCOL.md section 7.4); the
+            # code in between sees values.
+            if type(data) is dict:
+                for part in ("past", "new"):
+                    if type(data.get(part)) is list:
+                        await _platform.fetch_payloads(data[part])
+            outcome = self.worker.sessions.step(function, data, log)
+            payload = _dumps(outcome).encode("utf-8")
+            if len(payload) > _platform.PAYLOAD_LIMIT:
+                await _platform.offload_payloads([outcome] + outcome.get("actions", []), _dumps)
+                payload = _dumps(outcome).encode("utf-8")
         except StepError as exc:
             await self._send_error(400, "invalid_envelope", str(exc))
+            return
+        except (_platform.PlatformError, OSError) as exc:
+            log.error("invocation %s failed: a large payload could not be moved: %s", invocation_id, exc)
+            await self._send_error(503, "payload_unavailable", "a large payload could not be moved: %s" % (exc,))
             return
         except Exception:
             log.error("invocation %s failed: the orchestration step failed", invocation_id, exc_info=True)

@@ -420,4 +420,60 @@ class Durable {
   }
 }
 
-module.exports = { Blob, Docs, Durable, PlatformError, client };
+// --- durable payloads (PROTOCOL.md §7.4) --------------------------------------------------------------
+
+const PAYLOAD_LIMIT = 64 * 1024;
+// The fields of events and answers that may hold a payload.
+const PAYLOAD_FIELDS = ["input", "result", "data", "output"];
+
+/** The key a payload reference names, or null when `value` is no reference. */
+function payloadKey(value) {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return null;
+  const keys = Object.keys(value);
+  if (keys.length !== 2 || !("bytes" in value)) return null;
+  const key = value["$nimbus.payload"];
+  return typeof key === "string" ? key : null;
+}
+
+/** Keeps JSON text (a Buffer) as a durable payload: its reference. */
+async function offloadPayload(text) {
+  const res = await check(await request(client(), "POST", "/_nimbus/durable/payloads", {
+    body: text,
+    headers: { "content-type": "application/json" },
+  }));
+  return JSON.parse((await readAll(res)).toString("utf8"));
+}
+
+/** The value a reference stands for; any other value as it is. */
+async function fetchPayload(value) {
+  const key = payloadKey(value);
+  if (key === null) return value;
+  const res = await check(await request(client(), "GET", `/_nimbus/durable/payloads/${encodeURIComponent(key)}`));
+  return JSON.parse((await readAll(res)).toString("utf8"));
+}
+
+/** Replaces, in place, the references in the payload fields of `events` by their values. */
+async function fetchPayloads(events) {
+  for (const event of events) {
+    if (event === null || typeof event !== "object") continue;
+    for (const field of PAYLOAD_FIELDS) {
+      if (payloadKey(event[field]) !== null) event[field] = await fetchPayload(event[field]);
+    }
+  }
+}
+
+/** Replaces, in place, the payload fields of `objects` whose JSON is above the limit by references. */
+async function offloadPayloads(objects) {
+  for (const obj of objects) {
+    for (const field of PAYLOAD_FIELDS) {
+      if (!(field in obj)) continue;
+      const text = Buffer.from(strictJson(obj[field]), "utf8");
+      if (text.length > PAYLOAD_LIMIT) obj[field] = await offloadPayload(text);
+    }
+  }
+}
+
+module.exports = {
+  Blob, Docs, Durable, PlatformError, client,
+  PAYLOAD_LIMIT, fetchPayload, fetchPayloads, offloadPayload, offloadPayloads,
+};

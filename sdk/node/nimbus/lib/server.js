@@ -342,13 +342,28 @@ function sendJsonText(res, json) {
 
 /** One step of an orchestration (PROTOCOL.md §7.1). Synchronous: orchestrator code does no I/O, and
  *  nothing else touches the instance's session meanwhile. */
-function runStep(fn, data, inv, res, sessions) {
+async function runStep(fn, data, inv, res, sessions) {
   const { StepError } = require("./durable");
+  const platform = require("./platform");
   let json;
   try {
-    json = strictJson(sessions.step(fn, data === undefined ? null : data, makeLogger(inv.id)));
+    // Large values arrive as references and leave as references (PROTOCOL.md §7.4); the code in
+    // between sees values.
+    if (data !== null && typeof data === "object") {
+      for (const part of ["past", "new"]) if (Array.isArray(data[part])) await platform.fetchPayloads(data[part]);
+    }
+    const outcome = sessions.step(fn, data === undefined ? null : data, makeLogger(inv.id));
+    json = strictJson(outcome);
+    if (Buffer.byteLength(json) > platform.PAYLOAD_LIMIT) {
+      await platform.offloadPayloads([outcome, ...(outcome.actions || [])]);
+      json = strictJson(outcome);
+    }
   } catch (err) {
     if (err instanceof StepError) return sendError(res, 400, "invalid_envelope", err.message);
+    if (err instanceof platform.PlatformError || (err && err.code && err.syscall)) {
+      log(`function "${fn.name}" failed (invocation ${inv.id}): a large payload could not be moved: ${err.message}`);
+      return sendError(res, 503, "payload_unavailable", `a large payload could not be moved: ${err.message}`);
+    }
     log(`function "${fn.name}" failed (invocation ${inv.id}): the orchestration step failed:\n${stackOf(err)}`);
     return sendError(res, 500, "handler_error", "the orchestration step failed");
   }
@@ -390,9 +405,13 @@ async function invokeEnvelope(fn, req, res, dev, sessions) {
     // the envelope's trigger, else (invoked by name) the declared one, as a copy the handler may keep
     trigger: envelope.trigger ?? { ...fn.trigger },
   });
+  const activity = fn.trigger.type === "activity";
   let result;
   try {
-    result = await fn.handler(envelope.data === undefined ? null : envelope.data, ctx);
+    let data = envelope.data === undefined ? null : envelope.data;
+    // A large input arrives as a reference (PROTOCOL.md §7.4).
+    if (activity) data = await require("./platform").fetchPayload(data);
+    result = await fn.handler(data, ctx);
   } catch (err) {
     return fail(err, fn, inv, res, dev);
   }
@@ -404,6 +423,14 @@ async function invokeEnvelope(fn, req, res, dev, sessions) {
     discard(result);
     log(`function "${fn.name}" failed (invocation ${inv.id}): ${err.message}`);
     return sendError(res, 500, "handler_error", err.message);
+  }
+  if (activity && Buffer.byteLength(json) > require("./platform").PAYLOAD_LIMIT) {
+    try {
+      json = strictJson(await require("./platform").offloadPayload(Buffer.from(json, "utf8")));
+    } catch (err) {
+      log(`function "${fn.name}" failed (invocation ${inv.id}): its large result could not be stored: ${err.message}`);
+      return sendError(res, 500, "handler_error", `the result could not be stored: ${err.message}`);
+    }
   }
   sendJsonText(res, json);
 }
