@@ -566,6 +566,26 @@ test("sessions tell generations and executions apart", async () => {
   });
 });
 
+test("a rewound history asks again for what it voided", async () => {
+  // A rewind (PROTOCOL.md §7.2) replaces a failure and its activity's scheduling event by `rewound`
+  // markers: the replay asks for that activity again, under the same id, and skips the markers.
+  const e = engine("chain", ["a", "b", "c"], { instance: "rewound" });
+  await e.step();
+  e.complete(0, "A");
+  await e.step();
+  e.fail(1, "handler_error", "Error: down");
+  assert.equal((await e.step()).state, "failed");
+  e.history = e.history.map((event) =>
+    event.id === 1 && ["task_scheduled", "task_failed"].includes(event.type)
+      ? { type: "rewound", at: event.at, was: event }
+      : event,
+  );
+  e.event("rewound", { reason: "fixed" });
+  const [status, answer] = await step(w, "chain", { ...e.data(true), execution: "after-rewind" });
+  assert.equal(status, 200, JSON.stringify(answer));
+  assert.deepEqual(answer, running([activity(1, "hello", "b")]));
+});
+
 test("scheduling events may come back in new", async () => {
   const e = engine("chain", ["a", "b"], { instance: "in-new", countsScheduled: false });
   await e.step();

@@ -528,6 +528,25 @@ class OrchestratorTest(unittest.TestCase):
         data = dict(data, past_length=2, new=[], execution="e2")
         self.assertEqual(step(self.worker, "chain", data)[1], {"need_history": True})
 
+    def test_a_rewound_history_asks_again_for_what_it_voided(self):
+        # A rewind (PROTOCOL.md section 7.2) replaces a failure and its activity's scheduling event by
+        # `rewound` markers: the replay asks for that activity again, under the same id, and skips the
+        # markers; what completed is not asked for again.
+        e = self.engine("chain", ["a", "b", "c"], instance="rewound")
+        e.step()
+        e.complete(0, "A")
+        e.step()
+        e.fail(1, "handler_error", "ConnectionError: down")
+        self.assertEqual(e.step()["state"], "failed")
+        for seq, event in enumerate(e.history):
+            if event.get("id") == 1 and event["type"] in ("task_scheduled", "task_failed"):
+                e.history[seq] = {"type": "rewound", "at": event["at"], "was": event}
+        e.event("rewound", reason="fixed")
+        data = dict(e.data(True), execution="after-rewind")
+        status, answer = step(self.worker, "chain", data)
+        self.assertEqual(status, 200, answer)
+        self.assert_running(answer, [{"type": "call_activity", "id": 1, "name": "hello", "input": "b"}])
+
     def test_scheduling_events_may_come_back_in_new(self):
         e = self.engine("chain", ["a", "b"], counts_scheduled=False)
         e.step()
