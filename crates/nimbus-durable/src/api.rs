@@ -53,11 +53,8 @@ pub(crate) fn router(engine: Arc<Engine>, authenticate: nimbus_api::Authenticate
         .route("/_nimbus/durable/instances", get(list))
         .route("/_nimbus/durable/instances/{id}", get(status).delete(purge))
         .route("/_nimbus/durable/instances/{id}/raiseEvent/{event}", post(raise))
-        .route("/_nimbus/durable/instances/{id}/terminate", post(terminate))
-        .route("/_nimbus/durable/instances/{id}/suspend", post(suspend))
-        .route("/_nimbus/durable/instances/{id}/resume", post(resume))
-        .route("/_nimbus/durable/instances/{id}/rewind", post(rewind))
         .route("/_nimbus/durable/instances/{id}/restart", post(restart))
+        .route("/_nimbus/durable/instances/{id}/{action}", post(control))
         .route("/_nimbus/durable/payloads", post(upload))
         .route("/_nimbus/durable/payloads/{key}", get(download))
         .with_state(api)
@@ -304,65 +301,34 @@ async fn raise(
     }
 }
 
-/// `?reason=` of terminate, suspend and resume.
+/// `?reason=` of terminate, suspend, resume and rewind.
 #[derive(Deserialize)]
 struct ReasonQuery {
     reason: Option<String>,
 }
 
-async fn terminate(
+/// `POST /instances/{id}/{terminate|suspend|resume|rewind}?reason=`.
+async fn control(
     State(api): State<Api>,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     Query(q): Query<ReasonQuery>,
     headers: HeaderMap,
 ) -> Response {
+    if !matches!(action.as_str(), "terminate" | "suspend" | "resume" | "rewind") {
+        return ApiError::not_found(format!("no route matches POST /_nimbus/durable/instances/{id}/{action}"))
+            .into_response();
+    }
     if let Err(response) = readable(&api, &headers, &id, true).await {
         return response;
     }
-    match api.engine.terminate(&id, q.reason.map_or(Value::Null, Value::String)).await {
-        Ok(()) => StatusCode::ACCEPTED.into_response(),
-        Err(e) => error(e),
-    }
-}
-
-async fn suspend(
-    State(api): State<Api>,
-    Path(id): Path<String>,
-    Query(q): Query<ReasonQuery>,
-    headers: HeaderMap,
-) -> Response {
-    pause(api, id, q, headers, true).await
-}
-
-async fn resume(
-    State(api): State<Api>,
-    Path(id): Path<String>,
-    Query(q): Query<ReasonQuery>,
-    headers: HeaderMap,
-) -> Response {
-    pause(api, id, q, headers, false).await
-}
-
-async fn pause(api: Api, id: String, q: ReasonQuery, headers: HeaderMap, suspend: bool) -> Response {
-    if let Err(response) = readable(&api, &headers, &id, true).await {
-        return response;
-    }
-    match api.engine.suspend(&id, suspend, q.reason.map_or(Value::Null, Value::String)).await {
-        Ok(()) => StatusCode::ACCEPTED.into_response(),
-        Err(e) => error(e),
-    }
-}
-
-async fn rewind(
-    State(api): State<Api>,
-    Path(id): Path<String>,
-    Query(q): Query<ReasonQuery>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(response) = readable(&api, &headers, &id, true).await {
-        return response;
-    }
-    match api.engine.rewind(&id, q.reason.map_or(Value::Null, Value::String)).await {
+    let reason = q.reason.map_or(Value::Null, Value::String);
+    let done = match action.as_str() {
+        "terminate" => api.engine.terminate(&id, reason).await,
+        "suspend" => api.engine.suspend(&id, true, reason).await,
+        "resume" => api.engine.suspend(&id, false, reason).await,
+        _ => api.engine.rewind(&id, reason).await,
+    };
+    match done {
         Ok(()) => StatusCode::ACCEPTED.into_response(),
         Err(e) => error(e),
     }
