@@ -79,6 +79,8 @@ pub(crate) struct Engine {
     busy: Mutex<HashSet<String>>,
     /// Keys to leave alone until a time (ms): steps and activities that could not run.
     deferred: Mutex<HashMap<String, u64>>,
+    /// Suspended instances with events waiting, as their inbox was when they parked.
+    parked: Mutex<HashMap<String, Parked>>,
     activity_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
@@ -165,6 +167,7 @@ impl Engine {
             dirty: Mutex::new(HashSet::new()),
             busy: Mutex::new(HashSet::new()),
             deferred: Mutex::new(HashMap::new()),
+            parked: Mutex::new(HashMap::new()),
             activity_slots: Mutex::new(HashMap::new()),
         }
     }
@@ -193,15 +196,20 @@ impl Engine {
             } else {
                 self.dirty.lock().unwrap_or_else(|e| e.into_inner()).drain().collect()
             };
-            for p in partitions {
-                if let Some(lease) = self.lease(p).await {
-                    if p == 0 && counted.elapsed() >= COUNT_EVERY {
-                        counted = tokio::time::Instant::now();
-                        self.tasks.spawn(self.clone().count_instances());
-                    }
-                    self.clone().pump(p, lease).await;
-                }
+            if partitions.contains(&0) && counted.elapsed() >= COUNT_EVERY && self.lease(0).await.is_some() {
+                counted = tokio::time::Instant::now();
+                self.tasks.spawn(self.clone().count_instances());
             }
+            // The partitions' reads overlap: one slow listing does not hold the others' work back.
+            let rounds = partitions.into_iter().map(|p| {
+                let engine = self.clone();
+                async move {
+                    if let Some(lease) = engine.lease(p).await {
+                        engine.pump(p, lease).await;
+                    }
+                }
+            });
+            futures_util::future::join_all(rounds).await;
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(swept + POLL) => {}
@@ -291,22 +299,37 @@ impl Engine {
     /// Starts what is due in partition `p` and not already running here.
     async fn pump(self: Arc<Self>, p: u32, lease: Lease) {
         let now = self.now_ms();
-        let ready = self.due(&model::ready_prefix(p)).await;
+        let prefixes = [model::inboxes_prefix(p), model::work_prefix(p), model::timer_prefix(p)];
+        let (inboxes, work, timers) =
+            tokio::join!(self.due(&prefixes[0]), self.due(&prefixes[1]), self.due(&prefixes[2]));
         let partition = p.to_string();
+        // The instances with inbox events, in the order of their first, with what they hold.
+        let mut ready: Vec<(String, Parked)> = Vec::new();
+        for record in &inboxes {
+            let Some(id) = model::inbox_owner(&record.key) else { continue };
+            match ready.last_mut() {
+                Some((last, held)) if last == id => {
+                    *held = Parked { events: held.events + 1, last: record.key.clone() }
+                }
+                _ => ready.push((id.to_owned(), Parked { events: 1, last: record.key.clone() })),
+            }
+        }
         metrics::gauge!("nimbus_durable_backlog", "kind" => "ready", "partition" => partition.clone())
             .set(ready.len() as f64);
-        for record in ready {
-            let Some(id) = record.key.rsplit('/').next().map(str::to_owned) else { continue };
+        for (id, held) in ready {
+            // A suspended instance's waiting events wake it only when more arrive.
+            if self.parked.lock().unwrap_or_else(|e| e.into_inner()).get(&id) == Some(&held) {
+                continue;
+            }
             if self.take(&format!("step:{id}"), now) {
                 let engine = self.clone();
                 let lease = lease.clone();
                 self.tasks.spawn(async move {
-                    engine.step(&id, record.version, &lease).await;
+                    engine.step(&id, held, &lease).await;
                     engine.done(&format!("step:{id}"));
                 });
             }
         }
-        let work = self.due(&model::work_prefix(p)).await;
         metrics::gauge!("nimbus_durable_backlog", "kind" => "activity", "partition" => partition.clone())
             .set(work.len() as f64);
         let mut oldest = now;
@@ -329,7 +352,7 @@ impl Engine {
         }
         metrics::gauge!("nimbus_durable_backlog_age_seconds", "partition" => partition)
             .set(now.saturating_sub(oldest) as f64 / 1000.0);
-        for record in self.due(&model::timer_prefix(p)).await {
+        for record in timers {
             let due = record.key.split('/').nth(2).and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(u64::MAX);
             if due > now {
                 break; // keys sort by due time
@@ -379,7 +402,7 @@ impl Engine {
 
     /// One step of instance `id`: its inbox events go to the orchestrator code, which answers
     /// actions; events, actions and the consumed inbox commit together.
-    async fn step(&self, id: &str, marker_version: u64, lease: &Lease) {
+    async fn step(&self, id: &str, held: Parked, lease: &Lease) {
         let started = std::time::Instant::now();
         let outcome = self.try_step(id, lease).await;
         let label = match &outcome {
@@ -390,9 +413,15 @@ impl Engine {
         };
         metrics::counter!("nimbus_durable_steps_total", "outcome" => label).increment(1);
         metrics::histogram!("nimbus_durable_step_seconds").record(started.elapsed().as_secs_f64());
+        if !matches!(outcome, Ok(Next::Park)) {
+            self.parked.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        }
         match outcome {
-            Ok(true) => self.clear_ready(id, marker_version).await,
-            Ok(false) => {}
+            Ok(Next::Done) => {}
+            Ok(Next::Park) => {
+                self.parked.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_owned(), held);
+            }
+            Ok(Next::Again) => self.poke([model::partition(id)]),
             Err(e @ StepError::NewerVersion { .. }) => {
                 tracing::info!(instance = id, reason = %e, "left for a node with newer code");
                 self.defer(&format!("step:{id}"), VERSION_WAIT_MS);
@@ -429,10 +458,12 @@ impl Engine {
         self.commit(writes).await
     }
 
-    /// `Ok(true)` when the inbox was consumed (or empty).
-    async fn try_step(&self, id: &str, lease: &Lease) -> Result<bool, StepError> {
+    async fn try_step(&self, id: &str, lease: &Lease) -> Result<Next, StepError> {
         let Some(record) = self.store.get(NS, &model::instance_key(id)).await? else {
-            return Ok(true);
+            // Events for an instance purged meanwhile.
+            let stale = self.store.list(NS, &model::inbox_prefix(id), None, BATCH).await?;
+            self.commit(stale.iter().map(|r| Write::delete(NS, &r.key)).collect()).await?;
+            return Ok(Next::Done);
         };
         let mut instance: Instance =
             serde_json::from_slice(&record.value).map_err(|e| StepError::Corrupt(e.to_string()))?;
@@ -442,7 +473,7 @@ impl Engine {
         }
         let inbox = self.store.list(NS, &model::inbox_prefix(id), None, BATCH).await?;
         if inbox.is_empty() {
-            return Ok(true);
+            return Ok(Next::Done);
         }
         // Started by name without the node's check (the CLI), or renamed in code since: it fails
         // visibly rather than waiting forever.
@@ -493,7 +524,7 @@ impl Engine {
         }
         if instance.status.is_terminal() {
             self.commit(writes).await?;
-            return Ok(true);
+            return Ok(Next::Done);
         }
         if let Some(mut event) = terminate {
             event["at"] = json!(model::rfc3339(now));
@@ -505,7 +536,7 @@ impl Engine {
             self.finish(&mut instance, now, &mut writes, Err(json!({"code": "terminated", "message": "terminated"})));
             writes.push(Write::put(NS, &record.key, to_vec(&instance)));
             self.commit(writes).await?;
-            return Ok(true);
+            return Ok(Next::Done);
         }
         if suspended != was_suspended {
             instance.status = if suspended { Status::Suspended } else { Status::Running };
@@ -516,8 +547,13 @@ impl Engine {
                 writes.push(Write::put(NS, &record.key, to_vec(&instance)));
             }
             self.commit(writes).await?;
-            // Resumed with events waiting: step again at once.
-            return Ok(suspended || !was_suspended);
+            return Ok(if suspended {
+                Next::Park
+            } else if was_suspended {
+                Next::Again // resumed with events waiting: step again at once
+            } else {
+                Next::Done
+            });
         }
         let result = self.run_code(&instance, &new).await?;
         if let Some(custom) = result.custom_status {
@@ -570,7 +606,8 @@ impl Engine {
         writes.push(Write::put(NS, &record.key, to_vec(&instance)));
         self.commit(writes).await?;
         self.payloads.forget(&forgotten, &instance.input);
-        Ok(instance.status != Status::ContinuedAsNew)
+        // More than one batch of events: the rest next.
+        Ok(if inbox.len() == BATCH { Next::Again } else { Next::Done })
     }
 
     /// Whether the app declares orchestrator `name` (the worker indexes follow reloads).
@@ -696,7 +733,6 @@ impl Engine {
         vec![
             Write::put(NS, &model::instance_key(id), to_vec(&instance)).expect(Expect::Absent),
             Write::put(NS, &model::inbox_key(id, now), to_vec(&model::event("started", now, started))),
-            Write::put(NS, &model::ready_key(id), Vec::new()),
         ]
     }
 
@@ -800,21 +836,12 @@ impl Engine {
         }
     }
 
-    /// Removes the ready marker if nothing arrived since it was read (a newer marker stays).
-    async fn clear_ready(&self, id: &str, version: u64) {
-        let write = Write::delete(NS, &model::ready_key(id)).expect(Expect::Version(version));
-        match self.store.commit(vec![write]).await {
-            Ok(_) | Err(StoreError::Conflict { .. }) => {}
-            Err(e) => tracing::warn!(instance = id, error = %e, "cannot clear a ready marker"),
-        }
-    }
-
-    /// Commits, then wakes the partitions the writes gave work (ready markers, activities, timers).
+    /// Commits, then wakes the partitions the writes gave work (inbox events, activities, timers).
     pub async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         let woken: Vec<u32> = writes
             .iter()
             .filter(|w| matches!(w.op, nimbus_store::Op::Put(_)))
-            .filter_map(|w| w.key.strip_prefix("r/").or(w.key.strip_prefix("a/")).or(w.key.strip_prefix("t/")))
+            .filter_map(|w| w.key.strip_prefix("n/").or(w.key.strip_prefix("a/")).or(w.key.strip_prefix("t/")))
             .filter_map(|rest| rest.split('/').next()?.parse().ok())
             .collect();
         self.store.commit(writes).await?;
@@ -823,9 +850,25 @@ impl Engine {
     }
 }
 
-/// The writes that put `event` in instance `id`'s inbox and mark it ready.
+/// The write that puts `event` in instance `id`'s inbox.
 pub fn deliver(id: &str, event: Value, now: u64) -> Vec<Write> {
-    vec![Write::put(NS, &model::inbox_key(id, now), to_vec(&event)), Write::put(NS, &model::ready_key(id), Vec::new())]
+    vec![Write::put(NS, &model::inbox_key(id, now), to_vec(&event))]
+}
+
+/// What a step leaves to do.
+enum Next {
+    Done,
+    /// Suspended with events waiting: not again until more arrive.
+    Park,
+    /// Events are left that this step did not take: another step at once.
+    Again,
+}
+
+/// An inbox as a round saw it: a parked instance is stepped again when this changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Parked {
+    events: usize,
+    last: String,
 }
 
 pub fn to_vec(value: &impl serde::Serialize) -> Vec<u8> {

@@ -173,7 +173,6 @@ impl Engine {
         let mut writes = vec![Write::delete(NS, &record.key).expect(Expect::Version(record.version))];
         let mut forgotten = self.doomed(id, &mut writes).await?;
         forgotten.push(to_value(&instance));
-        writes.push(Write::delete(NS, &model::ready_key(id)));
         match self.commit(writes).await {
             Ok(()) => {
                 self.payloads.forget(&forgotten, &Value::Null);

@@ -4,8 +4,7 @@
 //! |---|---|
 //! | `i/<id>` | the [`Instance`]: status, input, output, the ids it waits for |
 //! | `h/<id>/<seq>` | one history event (PROTOCOL.md §7.2), `seq` from 0, appended only (a rewind alone replaces failures by markers) |
-//! | `n/<id>/<time>-<rand>` | an event delivered to the instance, not yet in its history (its inbox) |
-//! | `r/<partition>/<id>` | the instance has inbox events: it needs a step |
+//! | `n/<partition>/<id>/<time>-<rand>` | an event delivered to the instance, not yet in its history (its inbox: an instance with one needs a step) |
 //! | `a/<partition>/<id>/<task>` | an activity to run ([`Work`]) |
 //! | `t/<partition>/<fire ms>/<id>/<timer>` | a timer to fire |
 //!
@@ -192,20 +191,22 @@ pub fn history_key(id: &str, seq: u64) -> String {
 }
 
 pub fn inbox_prefix(id: &str) -> String {
-    format!("n/{id}/")
+    format!("n/{}/{id}/", partition(id))
 }
 
 /// Inbox keys sort by arrival (then randomly among the same millisecond).
 pub fn inbox_key(id: &str, now_ms: u64) -> String {
-    format!("n/{id}/{now_ms:015}-{}", nimbus_api::hex(&rand::random::<[u8; 6]>()))
+    format!("n/{}/{id}/{now_ms:015}-{}", partition(id), nimbus_api::hex(&rand::random::<[u8; 6]>()))
 }
 
-pub fn ready_prefix(p: u32) -> String {
-    format!("r/{p}/")
+/// Every inbox of partition `p`: the instances listed there need a step.
+pub fn inboxes_prefix(p: u32) -> String {
+    format!("n/{p}/")
 }
 
-pub fn ready_key(id: &str) -> String {
-    format!("r/{}/{id}", partition(id))
+/// The instance whose inbox holds `key`.
+pub fn inbox_owner(key: &str) -> Option<&str> {
+    key.split('/').nth(2)
 }
 
 pub fn work_prefix(p: u32) -> String {
@@ -270,6 +271,9 @@ mod tests {
     #[test]
     fn keys_sort_and_parse_back() {
         assert!(history_key("a", 9) < history_key("a", 10));
+        assert_eq!(inbox_owner(&inbox_key("order-1", 5)), Some("order-1"));
+        assert!(inbox_key("order-1", 5).starts_with(&inbox_prefix("order-1")));
+        assert!(inbox_prefix("order-1").starts_with(&inboxes_prefix(partition("order-1"))));
         assert!(timer_key("a", 1, 999) < timer_key("a", 0, 1000));
         assert_eq!(owner_of(&work_key("order-1", 42)), Some(("order-1", 42)));
         assert_eq!(owner_of(&timer_key("order-1", 7, 5)), Some(("order-1", 7)));
