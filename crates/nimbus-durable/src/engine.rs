@@ -321,14 +321,7 @@ impl Engine {
             if self.parked.lock().unwrap_or_else(|e| e.into_inner()).get(&id) == Some(&held) {
                 continue;
             }
-            if self.take(&format!("step:{id}"), now) {
-                let engine = self.clone();
-                let lease = lease.clone();
-                self.tasks.spawn(async move {
-                    engine.step(&id, held, &lease).await;
-                    engine.done(&format!("step:{id}"));
-                });
-            }
+            self.spawn_step(&id, held, &lease, now);
         }
         metrics::gauge!("nimbus_durable_backlog", "kind" => "activity", "partition" => partition.clone())
             .set(work.len() as f64);
@@ -341,13 +334,8 @@ impl Engine {
             if work.not_before <= now && work.created > 0 {
                 oldest = oldest.min(work.created.max(work.not_before));
             }
-            if work.not_before <= now && self.take(&record.key, now) {
-                let engine = self.clone();
-                self.tasks.spawn(async move {
-                    let key = record.key.clone();
-                    engine.run_activity(record, work).await;
-                    engine.done(&key);
-                });
+            if work.not_before <= now {
+                self.spawn_activity(record, work, now);
             }
         }
         metrics::gauge!("nimbus_durable_backlog_age_seconds", "partition" => partition)
@@ -365,6 +353,30 @@ impl Engine {
                     engine.done(&key);
                 });
             }
+        }
+    }
+
+    /// Runs a step of `id` unless one is running here (or it is deferred).
+    fn spawn_step(self: &Arc<Self>, id: &str, held: Parked, lease: &Lease, now: u64) {
+        let key = format!("step:{id}");
+        if self.take(&key, now) {
+            let (engine, id, lease) = (self.clone(), id.to_owned(), lease.clone());
+            self.tasks.spawn(async move {
+                engine.step(&id, held, &lease).await;
+                engine.done(&key);
+            });
+        }
+    }
+
+    /// Runs an activity's work item unless it runs here already (or is deferred).
+    fn spawn_activity(self: &Arc<Self>, record: Record, work: Work, now: u64) {
+        if self.take(&record.key, now) {
+            let engine = self.clone();
+            self.tasks.spawn(async move {
+                let key = record.key.clone();
+                engine.run_activity(record, work).await;
+                engine.done(&key);
+            });
         }
     }
 
@@ -402,7 +414,7 @@ impl Engine {
 
     /// One step of instance `id`: its inbox events go to the orchestrator code, which answers
     /// actions; events, actions and the consumed inbox commit together.
-    async fn step(&self, id: &str, held: Parked, lease: &Lease) {
+    async fn step(self: &Arc<Self>, id: &str, held: Parked, lease: &Lease) {
         let started = std::time::Instant::now();
         let outcome = self.try_step(id, lease).await;
         let label = match &outcome {
@@ -458,7 +470,7 @@ impl Engine {
         self.commit(writes).await
     }
 
-    async fn try_step(&self, id: &str, lease: &Lease) -> Result<Next, StepError> {
+    async fn try_step(self: &Arc<Self>, id: &str, lease: &Lease) -> Result<Next, StepError> {
         let Some(record) = self.store.get(NS, &model::instance_key(id)).await? else {
             // Events for an instance purged meanwhile.
             let stale = self.store.list(NS, &model::inbox_prefix(id), None, BATCH).await?;
@@ -604,7 +616,22 @@ impl Engine {
         }
         instance.updated = now;
         writes.push(Write::put(NS, &record.key, to_vec(&instance)));
-        self.commit(writes).await?;
+        // The activities it scheduled start now, not at the next round's listing.
+        let scheduled: Vec<(usize, String, Vec<u8>)> = writes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, w)| match &w.op {
+                nimbus_store::Op::Put(value) if w.key.starts_with("a/") => Some((i, w.key.clone(), value.clone())),
+                _ => None,
+            })
+            .collect();
+        let versions = self.commit_versions(writes).await?;
+        for (i, key, value) in scheduled {
+            let (Some(Some(version)), Ok(work)) = (versions.get(i), serde_json::from_slice::<Work>(&value)) else {
+                continue;
+            };
+            self.spawn_activity(Record { ns: NS.to_owned(), key, value, version: *version }, work, now);
+        }
         self.payloads.forget(&forgotten, &instance.input);
         // More than one batch of events: the rest next.
         Ok(if inbox.len() == BATCH { Next::Again } else { Next::Done })
@@ -751,7 +778,7 @@ impl Engine {
 
     /// Runs one scheduled activity and delivers its result (or, after its last attempt, its
     /// failure) to the instance.
-    async fn run_activity(&self, record: Record, mut work: Work) {
+    async fn run_activity(self: &Arc<Self>, record: Record, mut work: Work) {
         let Some((id, task)) = model::owner_of(&record.key).map(|(i, t)| (i.to_owned(), t)) else { return };
         let slots = self.slots(&work.name);
         let Ok(_slot) = slots.acquire().await else { return };
@@ -807,8 +834,12 @@ impl Engine {
                 }
             }
         }
-        if let Err(e) = self.commit(writes).await {
-            tracing::warn!(instance = %id, task, error = %e, "cannot record an activity's outcome; it will run again");
+        match self.commit(writes).await {
+            // Its instance steps now, not at the next round's listing.
+            Ok(()) => self.spawn_step(&id, Parked::default(), &lease, now),
+            Err(e) => {
+                tracing::warn!(instance = %id, task, error = %e, "cannot record an activity's outcome; it will run again")
+            }
         }
     }
 
@@ -838,15 +869,20 @@ impl Engine {
 
     /// Commits, then wakes the partitions the writes gave work (inbox events, activities, timers).
     pub async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.commit_versions(writes).await.map(drop)
+    }
+
+    /// [`Engine::commit`], answering the version each write gave its record.
+    async fn commit_versions(&self, writes: Vec<Write>) -> Result<Vec<Option<u64>>, StoreError> {
         let woken: Vec<u32> = writes
             .iter()
             .filter(|w| matches!(w.op, nimbus_store::Op::Put(_)))
             .filter_map(|w| w.key.strip_prefix("n/").or(w.key.strip_prefix("a/")).or(w.key.strip_prefix("t/")))
             .filter_map(|rest| rest.split('/').next()?.parse().ok())
             .collect();
-        self.store.commit(writes).await?;
+        let versions = self.store.commit(writes).await?;
         self.poke(woken);
-        Ok(())
+        Ok(versions)
     }
 }
 
@@ -865,7 +901,7 @@ enum Next {
 }
 
 /// An inbox as a round saw it: a parked instance is stepped again when this changes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Parked {
     events: usize,
     last: String,
