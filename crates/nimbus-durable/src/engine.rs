@@ -89,6 +89,9 @@ pub(crate) struct Engine {
 struct StepResult {
     #[serde(default)]
     need_history: bool,
+    /// The worker instance that ran it (`NIMBUS_INSTANCE_ID`), when the SDK says.
+    #[serde(default)]
+    worker: Option<String>,
     #[serde(default)]
     actions: Vec<Action>,
     #[serde(default)]
@@ -471,6 +474,7 @@ impl Engine {
     }
 
     async fn try_step(self: &Arc<Self>, id: &str, lease: &Lease) -> Result<Next, StepError> {
+        let began = std::time::Instant::now();
         let Some(record) = self.store.get(NS, &model::instance_key(id)).await? else {
             // Events for an instance purged meanwhile.
             let stale = self.store.list(NS, &model::inbox_prefix(id), None, BATCH).await?;
@@ -568,6 +572,11 @@ impl Engine {
             });
         }
         let result = self.run_code(&instance, &new).await?;
+        // For the timeline: which worker instance ran the step, and how long it took until now.
+        if let Some(first) = new.first_mut() {
+            let ms = (began.elapsed().as_secs_f64() * 10_000.0).round() / 10.0;
+            first["step"] = json!({"worker": result.worker, "ms": ms});
+        }
         if let Some(custom) = result.custom_status {
             instance.custom_status = custom;
         }

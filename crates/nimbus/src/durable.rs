@@ -1,7 +1,7 @@
 //! `nimbus durable start|status|list|raise|terminate|suspend|resume|rewind|restart|purge|history`: orchestration
 //! instances, read and written directly in the store (`Durable::offline`); the node serving the app
-//! runs what is written here. `history` prints a timeline: each event, when, and how long each task,
-//! timer and sub-orchestration took.
+//! runs what is written here. `history` prints a timeline: each event, when, how long each task,
+//! timer and sub-orchestration took, and each step with its worker instance and duration.
 
 use std::collections::HashMap;
 
@@ -154,6 +154,11 @@ fn timeline(events: &[Value]) -> String {
             "event_raised" => event["name"].as_str().unwrap_or_default().to_owned(),
             _ => String::new(),
         };
+        if let Some(step) = event.get("step") {
+            let worker = step["worker"].as_str().unwrap_or("a worker");
+            let took = step["ms"].as_f64().map(|ms| format!(" in {ms} ms")).unwrap_or_default();
+            out.push_str(&format!("{:>9} ms  step on {worker}{took}\n", when.saturating_sub(start)));
+        }
         let id = id.map(|i| format!(" #{i}")).unwrap_or_default();
         let line = format!("{:>9} ms  {kind}{id} {what}", when.saturating_sub(start));
         out.push_str(line.trim_end());

@@ -553,6 +553,9 @@ async fn the_cli_starts_reads_and_manages_instances_beside_a_running_node() {
     let history = support::text(&cli(&["history", "cli-1"]).stdout);
     assert_eq!(history.lines().filter(|l| l.contains("task_completed #")).count(), 3, "{history}");
     assert!(history.lines().any(|l| l.contains("task_completed #2 after ") && l.contains(" ms")), "{history}");
+    // Each step with the worker instance that ran it and its time.
+    let steps = history.lines().filter(|l| l.contains("step on chain-") && l.ends_with(" ms")).count();
+    assert_eq!(steps, 4, "{history}");
     let listed = support::text(&cli(&["list", "--status", "Completed"]).stdout);
     assert!(listed.lines().any(|l| l.starts_with("cli-1\tchain\tCompleted")), "{listed}");
 

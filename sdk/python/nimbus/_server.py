@@ -66,6 +66,8 @@ _KEY_HEADER = "x-nimbus-worker-key"
 
 _encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _dumps = _encoder.encode
+# This worker instance, as the host named it (PROTOCOL.md section 1).
+_INSTANCE_ID = os.environ.get("NIMBUS_INSTANCE_ID")
 
 
 def _fast_dumps(
@@ -1092,6 +1094,8 @@ class _Connection:
                     if type(data.get(part)) is list:
                         await _platform.fetch_payloads(data[part])
             outcome = self.worker.sessions.step(function, data, log)
+            if _INSTANCE_ID and "need_history" not in outcome:
+                outcome["worker"] = _INSTANCE_ID  # for the host's timeline
             payload = _dumps(outcome).encode("utf-8")
             if len(payload) > _platform.PAYLOAD_LIMIT:
                 await _platform.offload_payloads([outcome] + outcome.get("actions", []), _dumps)

@@ -353,6 +353,7 @@ async function runStep(fn, data, inv, res, sessions) {
       for (const part of ["past", "new"]) if (Array.isArray(data[part])) await platform.fetchPayloads(data[part]);
     }
     const outcome = sessions.step(fn, data === undefined ? null : data, makeLogger(inv.id));
+    if (process.env.NIMBUS_INSTANCE_ID && !outcome.need_history) outcome.worker = process.env.NIMBUS_INSTANCE_ID; // for the host's timeline
     json = strictJson(outcome);
     if (Buffer.byteLength(json) > platform.PAYLOAD_LIMIT) {
       await platform.offloadPayloads([outcome, ...(outcome.actions || [])]);
