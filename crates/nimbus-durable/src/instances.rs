@@ -235,15 +235,18 @@ impl Engine {
                     Write::put(NS, &history[seq].key, to_vec(&marker)).expect(Expect::Version(history[seq].version)),
                 );
             };
+            // Where each (type, id) first appears: one pass, so a long history rewinds in linear time.
+            let mut index: std::collections::HashMap<(&str, u64), usize> = std::collections::HashMap::new();
+            for (seq, e) in events.iter().enumerate() {
+                if let (Some(kind), Some(task)) = (e["type"].as_str(), e["id"].as_u64()) {
+                    index.entry((kind, task)).or_insert(seq);
+                }
+            }
             let answered = |seq: usize, kinds: &[&str]| {
                 let task = events[seq]["id"].as_u64();
-                events
-                    .iter()
-                    .any(|e| kinds.contains(&e["type"].as_str().unwrap_or_default()) && e["id"].as_u64() == task)
+                task.is_some_and(|task| kinds.iter().any(|kind| index.contains_key(&(*kind, task))))
             };
-            let scheduling = |kind: &str, task: Option<u64>| {
-                events.iter().position(|e| e["type"].as_str() == Some(kind) && e["id"].as_u64() == task)
-            };
+            let scheduling = |kind: &str, task: Option<u64>| index.get(&(kind, task?)).copied();
             for seq in 0..events.len() {
                 let task = events[seq]["id"].as_u64();
                 match events[seq]["type"].as_str() {
