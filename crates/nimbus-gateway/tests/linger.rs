@@ -17,22 +17,25 @@ fn app() -> Router {
     )
 }
 
-/// Reads one response (headers and a `Content-Length` body) and returns its status line.
-async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+/// Reads a response head up to its blank line.
+async fn read_head(stream: &mut (impl AsyncReadExt + Unpin)) -> String {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     while !buf.ends_with(b"\r\n\r\n") {
         assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "the connection closed mid-response: {buf:?}");
         buf.push(byte[0]);
     }
-    let head = String::from_utf8(buf).unwrap();
+    String::from_utf8(buf).unwrap()
+}
+
+/// Reads the body a head announces with `Content-Length`.
+async fn skip_body(stream: &mut (impl AsyncReadExt + Unpin), head: &str) {
     let length: usize = head
         .lines()
         .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
         .unwrap();
     let mut body = vec![0; length];
     stream.read_exact(&mut body).await.unwrap();
-    head.lines().next().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -55,26 +58,13 @@ async fn a_refused_upload_keeps_its_answer_and_its_connection() {
         writer.write_all(b"POST /small HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi").await.unwrap();
         writer
     });
-    let mut stream_half = Vec::new();
-    let mut byte = [0u8; 1];
-    while !stream_half.ends_with(b"\r\n\r\n") {
-        assert_eq!(reader.read(&mut byte).await.unwrap(), 1);
-        stream_half.push(byte[0]);
-    }
-    assert!(
-        String::from_utf8_lossy(&stream_half).starts_with("HTTP/1.1 413"),
-        "{}",
-        String::from_utf8_lossy(&stream_half)
-    );
+    let refused = read_head(&mut reader).await;
+    assert!(refused.starts_with("HTTP/1.1 413"), "{refused}");
+    skip_body(&mut reader, &refused).await;
     let writer = upload.await.unwrap();
     let mut stream = reader.reunite(writer).unwrap();
-    // Skip the 413's body, then the next request on the same connection is answered.
-    let rest: String = String::from_utf8_lossy(&stream_half).into_owned();
-    let length: usize = rest
-        .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
-        .unwrap();
-    let mut body = vec![0; length];
-    stream.read_exact(&mut body).await.unwrap();
-    assert_eq!(read_response(&mut stream).await, "HTTP/1.1 200 OK");
+    // The next request on the same connection is answered.
+    let next = read_head(&mut stream).await;
+    assert!(next.starts_with("HTTP/1.1 200 OK"), "{next}");
+    skip_body(&mut stream, &next).await;
 }
