@@ -302,21 +302,9 @@ impl Engine {
     /// Starts what is due in partition `p` and not already running here.
     async fn pump(self: Arc<Self>, p: u32, lease: Lease) {
         let now = self.now_ms();
-        let prefixes = [model::inboxes_prefix(p), model::work_prefix(p), model::timer_prefix(p)];
-        let (inboxes, work, timers) =
-            tokio::join!(self.due(&prefixes[0]), self.due(&prefixes[1]), self.due(&prefixes[2]));
+        let (work_prefix, timer_prefix) = (model::work_prefix(p), model::timer_prefix(p));
+        let (ready, work, timers) = tokio::join!(self.ready(p), self.due(&work_prefix), self.due(&timer_prefix));
         let partition = p.to_string();
-        // The instances with inbox events, in the order of their first, with what they hold.
-        let mut ready: Vec<(String, Parked)> = Vec::new();
-        for record in &inboxes {
-            let Some(id) = model::inbox_owner(&record.key) else { continue };
-            match ready.last_mut() {
-                Some((last, held)) if last == id => {
-                    *held = Parked { events: held.events + 1, last: record.key.clone() }
-                }
-                _ => ready.push((id.to_owned(), Parked { events: 1, last: record.key.clone() })),
-            }
-        }
         metrics::gauge!("nimbus_durable_backlog", "kind" => "ready", "partition" => partition.clone())
             .set(ready.len() as f64);
         for (id, held) in ready {
@@ -380,6 +368,38 @@ impl Engine {
                 engine.run_activity(record, work).await;
                 engine.done(&key);
             });
+        }
+    }
+
+    /// The instances of partition `p` with inbox events, in the order of their keys, with what their
+    /// inboxes hold (up to a page each): at most [`BATCH`] instances. A page that ends inside one
+    /// inbox skips the rest of it, so an inbox of thousands (a fan-in, a parked instance) does not
+    /// hide the partition's other instances.
+    async fn ready(&self, p: u32) -> Vec<(String, Parked)> {
+        let prefix = model::inboxes_prefix(p);
+        let mut ready: Vec<(String, Parked)> = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = match self.store.list(NS, &prefix, after.as_deref(), BATCH).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(prefix, error = %e, "cannot read durable work");
+                    return ready;
+                }
+            };
+            for record in &page {
+                let Some(id) = model::inbox_owner(&record.key) else { continue };
+                match ready.last_mut() {
+                    Some((last, held)) if last == id => {
+                        *held = Parked { events: held.events + 1, last: record.key.clone() }
+                    }
+                    _ => ready.push((id.to_owned(), Parked { events: 1, last: record.key.clone() })),
+                }
+            }
+            match ready.last() {
+                Some((last, _)) if page.len() == BATCH && ready.len() < BATCH => after = Some(model::after_inbox(last)),
+                _ => return ready,
+            }
         }
     }
 
@@ -506,8 +526,7 @@ impl Engine {
             let Ok(mut event) = serde_json::from_slice::<Value>(&message.value) else { continue };
             let kind = event["type"].as_str().unwrap_or_default().to_owned();
             // While suspended, what arrives waits in the inbox for the resume.
-            let control = matches!(kind.as_str(), "suspended" | "resumed" | "terminated");
-            if suspended && !control {
+            if suspended && !model::is_control(&kind) {
                 continue;
             }
             writes.push(Write::delete(NS, &message.key).expect(Expect::Version(message.version)));
@@ -766,10 +785,9 @@ impl Engine {
         if let Some(parent) = parent {
             started["parent"] = json!({"instance": parent.instance, "id": parent.id});
         }
-        vec![
-            Write::put(NS, &model::instance_key(id), to_vec(&instance)).expect(Expect::Absent),
-            Write::put(NS, &model::inbox_key(id, now), to_vec(&model::event("started", now, started))),
-        ]
+        let mut writes = vec![Write::put(NS, &model::instance_key(id), to_vec(&instance)).expect(Expect::Absent)];
+        writes.extend(deliver(id, model::event("started", now, started), now));
+        writes
     }
 
     /// An instance ended: its parent, if any, learns how.
@@ -897,7 +915,7 @@ impl Engine {
 
 /// The write that puts `event` in instance `id`'s inbox.
 pub fn deliver(id: &str, event: Value, now: u64) -> Vec<Write> {
-    vec![Write::put(NS, &model::inbox_key(id, now), to_vec(&event))]
+    vec![Write::put(NS, &model::inbox_key(id, &event, now), to_vec(&event))]
 }
 
 /// What a step leaves to do.
@@ -926,6 +944,8 @@ impl StepError {
     fn is_transient(&self) -> bool {
         match self {
             Self::Store(_) => true,
+            // The worker could not move a large payload (the blob store): the step runs again.
+            Self::Invoke(InvokeError::Failed { code, .. }) => code == "payload_unavailable",
             Self::Invoke(e) => e.is_transient() || matches!(e, InvokeError::UnknownFunction { .. }),
             Self::NewerVersion { .. } => true,
             Self::Protocol(_) | Self::Corrupt(_) => false,
@@ -945,4 +965,21 @@ enum StepError {
     Corrupt(String),
     #[error("the instance is stamped with version {instance}, newer than this node's code ({node})")]
     NewerVersion { instance: String, node: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_is_retried_only_when_it_may_work_later() {
+        let failed = |code: &str| {
+            StepError::Invoke(InvokeError::Failed { function: "o".into(), code: code.into(), message: "m".into() })
+        };
+        // A worker that could not move a large payload (the blob store was down) retries the step.
+        assert!(failed("payload_unavailable").is_transient());
+        assert!(!failed("handler_error").is_transient());
+        assert!(StepError::Invoke(InvokeError::Crashed { function: "o".into() }).is_transient());
+        assert!(!StepError::Protocol("bad answer".into()).is_transient());
+    }
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use engine::DurableError;
 pub use instances::{Filter, Listed};
-pub use model::{Instance, Status};
+pub use model::{Instance, Status, partition};
 
 /// The component: its engine runs in the background from [`Durable::start`] to
 /// [`Durable::shutdown`].

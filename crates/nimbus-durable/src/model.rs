@@ -168,6 +168,7 @@ pub fn new_execution() -> String {
     nimbus_api::hex(&rand::random::<[u8; 8]>())
 }
 
+/// The partition of instance `id`: its work is ordered by that partition's lease.
 pub fn partition(id: &str) -> u32 {
     // FNV-1a: stable across processes and versions (std's hasher is not).
     let mut h: u32 = 0x811c_9dc5;
@@ -194,9 +195,23 @@ pub fn inbox_prefix(id: &str) -> String {
     format!("n/{}/{id}/", partition(id))
 }
 
-/// Inbox keys sort by arrival (then randomly among the same millisecond).
-pub fn inbox_key(id: &str, now_ms: u64) -> String {
-    format!("n/{}/{id}/{now_ms:015}-{}", partition(id), nimbus_api::hex(&rand::random::<[u8; 6]>()))
+/// Inbox keys sort by arrival (then randomly among the same millisecond), control events
+/// (suspend, resume, terminate) before all others: a suspended instance with many events waiting
+/// still finds its resume in the first page of its inbox.
+pub fn inbox_key(id: &str, event: &Value, now_ms: u64) -> String {
+    let control = if is_control(event["type"].as_str().unwrap_or_default()) { "!" } else { "" };
+    format!("n/{}/{id}/{control}{now_ms:015}-{}", partition(id), nimbus_api::hex(&rand::random::<[u8; 6]>()))
+}
+
+/// Events that act on the instance rather than on its code; they apply while it is suspended.
+pub fn is_control(kind: &str) -> bool {
+    matches!(kind, "suspended" | "resumed" | "terminated")
+}
+
+/// The key after the last of instance `id`'s inbox (`/` + 1 is `0`): a listing resumed from it
+/// skips the rest of that inbox.
+pub fn after_inbox(id: &str) -> String {
+    format!("n/{}/{id}0", partition(id))
 }
 
 /// Every inbox of partition `p`: the instances listed there need a step.
@@ -271,8 +286,14 @@ mod tests {
     #[test]
     fn keys_sort_and_parse_back() {
         assert!(history_key("a", 9) < history_key("a", 10));
-        assert_eq!(inbox_owner(&inbox_key("order-1", 5)), Some("order-1"));
-        assert!(inbox_key("order-1", 5).starts_with(&inbox_prefix("order-1")));
+        let raised = event("event_raised", 5, json!({}));
+        assert_eq!(inbox_owner(&inbox_key("order-1", &raised, 5)), Some("order-1"));
+        assert!(inbox_key("order-1", &raised, 5).starts_with(&inbox_prefix("order-1")));
+        // A later resume sorts before an earlier event; the end of the inbox is past both.
+        let resumed = inbox_key("order-1", &event("resumed", 9, json!({})), 9);
+        assert!(resumed < inbox_key("order-1", &raised, 5));
+        assert!(resumed.as_str() < after_inbox("order-1").as_str());
+        assert!(inbox_key("order-1", &raised, u64::MAX / 2) < after_inbox("order-1"));
         assert!(inbox_prefix("order-1").starts_with(&inboxes_prefix(partition("order-1"))));
         assert!(timer_key("a", 1, 999) < timer_key("a", 0, 1000));
         assert_eq!(owner_of(&work_key("order-1", 42)), Some(("order-1", 42)));

@@ -519,14 +519,25 @@ async fn a_suspended_instance_keeps_what_arrives_until_it_is_resumed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(c.send(Method::POST, &path("suspend"), None).await.0, 409, "suspend twice");
-    // Both approvals arrive while it is suspended: it does not move.
+    // More events than a page of its inbox arrive while it is suspended, the approvals last: it
+    // does not move.
+    for i in 0..300 {
+        assert_eq!(c.send(Method::POST, &path("raiseEvent/noise"), Some(json!(i))).await.0, 202);
+    }
     for data in [json!(1), json!(2)] {
         assert_eq!(c.send(Method::POST, &path("raiseEvent/approve"), Some(data)).await.0, 202);
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Another instance of its partition still runs beside that full inbox.
+    let partition = nimbus_durable::partition(&id);
+    let neighbour =
+        (0..).map(|k| format!("neighbour-{k}")).find(|n| nimbus_durable::partition(n) == partition).unwrap();
+    let started = format!("/_nimbus/durable/orchestrations/chain?instanceId={neighbour}");
+    assert_eq!(c.send(Method::POST, &started, None).await.0, 202);
+    let done = c.finished(&neighbour, Duration::from_secs(20)).await;
+    assert_eq!(done["runtimeStatus"], "Completed", "{done}");
     let (status, body) = c.status(&id).await;
     assert_eq!((status, body["runtimeStatus"].as_str()), (202, Some("Suspended")), "{body}");
-    // Resumed, it takes them in order and completes.
+    // Resumed (its resume sorts before the 302 events waiting), it takes them in order and completes.
     assert_eq!(c.send(Method::POST, &path("resume"), None).await.0, 202);
     let done = c.finished(&id, Duration::from_secs(20)).await;
     assert_eq!(done["output"], json!({"first": 1, "second": 2, "version": "7"}), "{done}");
