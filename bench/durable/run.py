@@ -3,7 +3,8 @@
 1. throughput: N instances of a 5-activity sequential orchestration started at once (activities that
    return at once); work items/s = (N x (5 activities + 6 orchestrator steps)) / wall time;
 2. fan-out/fan-in: one instance calling 1,000 no-op activities with task_all: wall time;
-3. a chain of 100 sequential no-op activities in one instance: wall time / 100 = time per step.
+3. a chain of 100 sequential no-op activities in one instance: each activity answers the time it ran,
+   and the gaps between them are the steps' latencies (p50, p90 and the mean reported).
 Usage: run.py NIMBUS_BINARY   (N=1000 instances by default; PG_URL for PostgreSQL, "" to skip it)"""
 import http.client, json, os, shutil, socket, subprocess, sys, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,9 +13,13 @@ NIMBUS = os.path.abspath(sys.argv[1])
 N = int(os.environ.get("N", "1000"))
 # Clients starting the N instances at once (1: one after another, as the first slice measured).
 STARTERS = int(os.environ.get("STARTERS", "8"))
+# Chains measured one after another (ONLY=chain measures chains alone).
+CHAINS = int(os.environ.get("CHAINS", "3"))
+ONLY = os.environ.get("ONLY", "")
 PG_URL = os.environ.get("PG_URL", "postgres://postgres@127.0.0.1:5432/test")
 
 APP = '''
+import time
 import nimbus
 app = nimbus.App()
 
@@ -34,11 +39,17 @@ def fanout(ctx):
     results = yield ctx.task_all([ctx.call_activity("noop", i) for i in range(ctx.get_input())])
     return len(results)
 
+@app.activity("clock")
+def clock(x, ctx):
+    return time.time()
+
 @app.orchestrator("chain")
 def chain(ctx):
+    # Each activity answers when it ran: the gaps are the steps' latencies, end to end.
+    times = []
     for i in range(ctx.get_input()):
-        yield ctx.call_activity("noop", i)
-    return "done"
+        times.append((yield ctx.call_activity("clock", i)))
+    return times
 '''
 
 MANIFEST = '''
@@ -56,6 +67,10 @@ max_instances = 1
 
 [functions.fanout]
 concurrency = 4
+max_instances = 1
+
+[functions.clock]
+concurrency = 16
 max_instances = 1
 
 [functions.chain]
@@ -149,27 +164,39 @@ class Node:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def throughput_and_fanout(node, label):
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(STARTERS) as pool:
+        ids = list(pool.map(lambda _: node.start("sequence", None), range(N)))
+    started = time.perf_counter() - t0
+    node.wait_listed()
+    wall = time.perf_counter() - t0
+    items = N * (5 + 6)
+    print(f"{label}: {N} x 5-activity sequences: {wall:.2f} s ({started:.2f} s to start them, {STARTERS} at once), "
+          f"{items / wall:,.0f} work items/s, {N * 5 / wall:,.0f} activities/s")
+    t0 = time.perf_counter()
+    node.wait_all([node.start("fanout", 1000)])
+    print(f"{label}: fan-out/fan-in of 1,000 activities: {time.perf_counter() - t0:.2f} s")
+
+
 def run(label, store):
     node = Node(store)
     try:
         # Warm the pools: one of each.
         node.wait_all([node.start("sequence", None), node.start("fanout", 10), node.start("chain", 3)])
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(STARTERS) as pool:
-            ids = list(pool.map(lambda _: node.start("sequence", None), range(N)))
-        started = time.perf_counter() - t0
-        node.wait_listed()
-        wall = time.perf_counter() - t0
-        items = N * (5 + 6)
-        print(f"{label}: {N} x 5-activity sequences: {wall:.2f} s ({started:.2f} s to start them, {STARTERS} at once), "
-              f"{items / wall:,.0f} work items/s, {N * 5 / wall:,.0f} activities/s")
-        t0 = time.perf_counter()
-        node.wait_all([node.start("fanout", 1000)])
-        print(f"{label}: fan-out/fan-in of 1,000 activities: {time.perf_counter() - t0:.2f} s")
-        t0 = time.perf_counter()
-        node.wait_all([node.start("chain", 100)])
-        chain = time.perf_counter() - t0
-        print(f"{label}: chain of 100 activities: {chain:.2f} s, {chain * 10:.1f} ms a step")
+        if ONLY != "chain":
+            throughput_and_fanout(node, label)
+        for _ in range(CHAINS):
+            t0 = time.time()
+            id = node.start("chain", 100)
+            node.wait_all([id])
+            wall = time.time() - t0
+            times = node.request("GET", f"/_nimbus/durable/instances/{id}")[1]["output"]
+            gaps = sorted((b - a) * 1000 for a, b in zip(times, times[1:]))
+            print(f"{label}: chain of 100 activities, a step: p50 {gaps[len(gaps) // 2]:.2f} ms, "
+                  f"p90 {gaps[len(gaps) * 9 // 10]:.2f} ms, mean {sum(gaps) / len(gaps):.2f} ms; "
+                  f"start to first activity {(times[0] - t0) * 1000:.1f} ms, last activity to status seen "
+                  f"completed {(t0 + wall - times[-1]) * 1000:.1f} ms, wall {wall * 1000:.0f} ms")
     finally:
         node.stop()
 
