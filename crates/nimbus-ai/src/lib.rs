@@ -1,5 +1,488 @@
-//! The OpenAI-compatible AI gateway: providers, token accounting and limits, failover, and the local model.
+//! The AI gateway: OpenAI's `chat/completions`, `embeddings` and `models` endpoints in front of
+//! OpenAI-compatible backends (`[[ai.backends]]`: OpenAI, Azure OpenAI, Ollama, vLLM, llama.cpp).
 //!
-//! Not built yet: this crate reserves the component's place in the workspace (see ARCHITECTURE.md).
-//! It will depend on `nimbus-config` and `nimbus-store` only, and expose an axum `Router` plus a
-//! small typed API that the `nimbus` binary wires into the one-port server.
+//! It is a backend of the gateway (`backend = "ai"`), so a route's authentication, scopes and
+//! limits apply before it; the caller's verified claims (`Caller`) say whom usage is metered to.
+//! A request goes to the backends that serve its model, by priority then weight; a `429`, a
+//! `5xx`, a refused key, no connection, a timeout, or a stream that ends before its first event
+//! moves it to the next one, and when every one failed the round is tried again (`retries`),
+//! waiting as `Retry-After` says. Once a byte has reached the client there is no failover: a
+//! stream that breaks ends with an error event. Backends failing in a row are left out for a
+//! cool-down (`circuit_breaker`). Metering: `usage.rs`; streams: `relay.rs`.
+
+mod backend;
+mod error;
+mod relay;
+mod usage;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
+use nimbus_api::{Caller, RoutePolicy, TraceContext};
+use nimbus_config::AiSection;
+use serde_json::{Value, json};
+
+use crate::backend::{Backend, Endpoint};
+use crate::error::AiError;
+use crate::usage::{Account, Meter};
+
+/// A request body beyond this is refused when no route says otherwise.
+const DEFAULT_MAX_BODY: u64 = 32 * 1024 * 1024;
+/// The longest `Retry-After` honoured between rounds; longer ones end the request (with it).
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
+/// The first wait between rounds when no backend said how long; it doubles each round.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// An upstream error body read to explain a refusal, at most.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// Names the backend that answered, for clients and tests.
+const BACKEND_HEADER: &str = "x-nimbus-ai-backend";
+
+pub struct Ai {
+    backends: Vec<Backend>,
+    retries: u32,
+    client: reqwest::Client,
+}
+
+impl Ai {
+    /// The gateway for `[ai]` (already validated: at least one backend).
+    pub fn new(section: &AiSection) -> Result<Arc<Self>, String> {
+        usage::describe();
+        tokio::task::spawn_blocking(usage::warm);
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .user_agent(concat!("nimbus/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("cannot build the AI gateway's HTTP client: {e}"))?;
+        let backends: Vec<Backend> =
+            section.backends.iter().map(|b| Backend::new(b.clone(), &section.circuit_breaker)).collect();
+        for backend in &backends {
+            metrics::gauge!("nimbus_ai_circuit_open", "backend" => backend.name().to_owned()).set(0.0);
+        }
+        Ok(Arc::new(Self { backends, retries: section.retries, client }))
+    }
+
+    /// The OpenAI-compatible API, matched by the end of the path (`…/chat/completions`,
+    /// `…/embeddings`, `…/models`) so that a route may serve it under any prefix.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new().fallback(serve).with_state(self.clone())
+    }
+
+    fn failed(&self, i: usize) {
+        let backend = &self.backends[i];
+        if backend.circuit.failed(Instant::now()) {
+            tracing::warn!(backend = backend.name(), "AI backend left out after failures in a row (circuit open)");
+            metrics::gauge!("nimbus_ai_circuit_open", "backend" => backend.name().to_owned()).set(1.0);
+        }
+    }
+
+    fn succeeded(&self, i: usize) {
+        let backend = &self.backends[i];
+        if backend.circuit.is_open() {
+            metrics::gauge!("nimbus_ai_circuit_open", "backend" => backend.name().to_owned()).set(0.0);
+        }
+        backend.circuit.succeeded();
+    }
+
+    /// `GET …/models`: every model a backend lists (aliases included), first by priority.
+    fn models(&self) -> Response {
+        let mut data: Vec<Value> = Vec::new();
+        let mut backends: Vec<&Backend> = self.backends.iter().collect();
+        backends.sort_by_key(|b| b.config.priority);
+        for backend in backends {
+            for id in backend.config.models.iter().chain(backend.config.model_map.keys()) {
+                if !data.iter().any(|m| m["id"] == id.as_str()) {
+                    data.push(json!({"id": id, "object": "model", "created": 0, "owned_by": backend.name()}));
+                }
+            }
+        }
+        axum::Json(json!({"object": "list", "data": data})).into_response()
+    }
+
+    /// Sends the request to the backends in turn until one answers (see the module's comment).
+    async fn complete(
+        self: &Arc<Self>,
+        endpoint: Endpoint,
+        mut body: Value,
+        call: CallInfo,
+    ) -> Result<Response, AiError> {
+        let model = body["model"].as_str().unwrap_or_default().to_owned();
+        let order: Vec<usize> = backend::order(&self.backends, &model)
+            .into_iter()
+            .filter_map(|b| self.backends.iter().position(|x| std::ptr::eq(x, b)))
+            .collect();
+        if order.is_empty() {
+            return Err(AiError::unknown_model(&model));
+        }
+        let stream = endpoint == Endpoint::Chat && body["stream"] == json!(true);
+        let wants_usage = body["stream_options"]["include_usage"] == json!(true);
+        if stream {
+            // Asked of the upstream always, so that a stream is metered by its own count.
+            match body.get_mut("stream_options").and_then(Value::as_object_mut) {
+                Some(options) => {
+                    options.insert("include_usage".into(), json!(true));
+                }
+                None => body["stream_options"] = json!({"include_usage": true}),
+            }
+        }
+        let prompt_estimate = usage::estimate_prompt(endpoint, &model, &body);
+        let mut last: Option<AiError> = None;
+        for round in 0..=self.retries {
+            let mut wait = FIRST_BACKOFF * 2u32.saturating_pow(round.saturating_sub(1));
+            let mut tried = false;
+            for &i in &order {
+                let backend = &self.backends[i];
+                if !backend.circuit.admit(Instant::now()) {
+                    continue;
+                }
+                tried = true;
+                body["model"] = json!(backend.config.upstream_model(&model));
+                let meter = || Meter::new(&model, backend.name(), call.account.clone(), prompt_estimate, call.started);
+                match self.attempt(i, endpoint, &body, stream, &call).await {
+                    Ok(Answer::Whole(status, content_type, bytes)) => {
+                        self.succeeded(i);
+                        return Ok(whole(meter(), backend.name(), status, content_type, bytes));
+                    }
+                    Ok(Answer::Stream(first, rest)) => {
+                        let idle = backend.config.timeout.get();
+                        let meter = meter();
+                        let relay =
+                            relay::Relay { ai: self.clone(), backend: i, first, rest, meter, wants_usage, idle };
+                        return Ok(streamed(backend.name(), relay));
+                    }
+                    Ok(Answer::Refused(response)) => {
+                        // The request itself is wrong (400, 404…): another backend would say the same.
+                        let key = call.account.key.clone().unwrap_or_default();
+                        metrics::counter!("nimbus_ai_requests_total", "model" => model.clone(), "backend" => backend.name().to_owned(), "key" => key, "outcome" => "refused").increment(1);
+                        return Ok(response);
+                    }
+                    Err(failure) => {
+                        self.failed(i);
+                        if let Some(after) = failure.retry_after {
+                            wait = wait.max(after);
+                        }
+                        last = Some(failure.error);
+                    }
+                }
+            }
+            if !tried {
+                // Every backend is out (circuits open): say when the first is back.
+                let now = Instant::now();
+                let back = order.iter().map(|&i| self.backends[i].circuit.closed_in(now)).min().unwrap_or_default();
+                let mut error = AiError::upstream(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "backends_unavailable",
+                    format!("every backend serving `{model}` is failing; try again in {} s", back.as_secs().max(1)),
+                );
+                error.retry_after = Some(back.as_secs().max(1));
+                return Err(last.unwrap_or(error));
+            }
+            if round < self.retries {
+                if wait > MAX_RETRY_WAIT {
+                    break;
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+        Err(last.unwrap_or_else(|| AiError::upstream(StatusCode::BAD_GATEWAY, "upstream_error", "no backend answered")))
+    }
+
+    /// One call to backend `i`: its answer, or why it failed (so the next backend is tried).
+    async fn attempt(
+        &self,
+        i: usize,
+        endpoint: Endpoint,
+        body: &Value,
+        stream: bool,
+        call: &CallInfo,
+    ) -> Result<Answer, Failure> {
+        let backend = &self.backends[i];
+        let name = backend.name().to_owned();
+        let deadline = tokio::time::Instant::now() + backend.config.timeout.get();
+        let fail = |outcome: &'static str, status: StatusCode, message: String| {
+            metrics::counter!("nimbus_ai_upstream_attempts_total", "backend" => name.clone(), "outcome" => outcome)
+                .increment(1);
+            tracing::warn!(backend = %name, outcome, %message, "AI backend failed; trying the next");
+            let code = if status == StatusCode::GATEWAY_TIMEOUT { "upstream_timeout" } else { "upstream_error" };
+            Failure { error: AiError::upstream(status, code, message), retry_after: None }
+        };
+        let accept = if stream { "text/event-stream" } else { "application/json" };
+        let mut request = backend.request(&self.client, endpoint, body).header(header::ACCEPT, accept);
+        if let Some(trace) = call.trace {
+            request = request.header("traceparent", trace.traceparent());
+        }
+        let response = match tokio::time::timeout_at(deadline, request.send()).await {
+            Err(_) => {
+                return Err(fail(
+                    "timeout",
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("backend `{name}` did not answer in time"),
+                ));
+            }
+            Ok(Err(e)) => {
+                let message = format!("backend `{name}` could not be reached: {}", error_chain(&e));
+                return Err(fail("connect", StatusCode::BAD_GATEWAY, message));
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status();
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT
+        {
+            let retry_after = retry_after(response.headers());
+            let detail = error_message(response, deadline).await;
+            let (outcome, answer) = if status == StatusCode::TOO_MANY_REQUESTS {
+                ("status_429", StatusCode::TOO_MANY_REQUESTS)
+            } else {
+                ("status_5xx", StatusCode::BAD_GATEWAY)
+            };
+            let mut failure = fail(outcome, answer, format!("backend `{name}` answered {status}{detail}"));
+            failure.retry_after = retry_after;
+            failure.error.retry_after = retry_after.map(|d| d.as_secs().max(1));
+            return Err(failure);
+        }
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            // The backend's key, not the client's: the gateway's configuration is wrong.
+            let detail = error_message(response, deadline).await;
+            return Err(fail(
+                "refused",
+                StatusCode::BAD_GATEWAY,
+                format!("backend `{name}` refused its key ({status}){detail}"),
+            ));
+        }
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        if !status.is_success() {
+            metrics::counter!("nimbus_ai_upstream_attempts_total", "backend" => name.clone(), "outcome" => "client_error")
+                .increment(1);
+            let bytes = read_bounded(response, deadline, ERROR_BODY_LIMIT).await.unwrap_or_default();
+            let mut answer = (status, bytes).into_response();
+            if let Some(ct) = content_type {
+                answer.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            return Ok(Answer::Refused(answer));
+        }
+        let is_sse =
+            content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
+        if !(stream && is_sse) {
+            return match tokio::time::timeout_at(deadline, response.bytes()).await {
+                Ok(Ok(bytes)) => {
+                    metrics::counter!("nimbus_ai_upstream_attempts_total", "backend" => name.clone(), "outcome" => "ok")
+                        .increment(1);
+                    Ok(Answer::Whole(status, content_type, bytes))
+                }
+                Ok(Err(e)) => {
+                    Err(fail("broken", StatusCode::BAD_GATEWAY, format!("backend `{name}`'s answer broke off: {e}")))
+                }
+                Err(_) => Err(fail(
+                    "timeout",
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("backend `{name}` did not answer in time"),
+                )),
+            };
+        }
+        let mut events: relay::Events =
+            response.bytes_stream().eventsource().map(|event| event.map_err(|e| e.to_string())).boxed();
+        // Nothing has reached the client yet: a stream that fails before its first event fails over.
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(Ok(first))) => {
+                metrics::counter!("nimbus_ai_upstream_attempts_total", "backend" => name.clone(), "outcome" => "ok")
+                    .increment(1);
+                Ok(Answer::Stream(first, events))
+            }
+            Ok(Some(Err(e))) => Err(fail(
+                "broken",
+                StatusCode::BAD_GATEWAY,
+                format!("backend `{name}`'s stream broke before its first event: {e}"),
+            )),
+            Ok(None) => Err(fail(
+                "broken",
+                StatusCode::BAD_GATEWAY,
+                format!("backend `{name}`'s stream ended before its first event"),
+            )),
+            Err(_) => {
+                Err(fail("timeout", StatusCode::GATEWAY_TIMEOUT, format!("backend `{name}` sent no event in time")))
+            }
+        }
+    }
+}
+
+/// What a request carries besides its body.
+struct CallInfo {
+    account: Account,
+    trace: Option<TraceContext>,
+    started: Instant,
+}
+
+enum Answer {
+    /// A whole (non-streamed) answer.
+    Whole(StatusCode, Option<HeaderValue>, bytes::Bytes),
+    /// A stream, its first event read.
+    Stream(eventsource_stream::Event, relay::Events),
+    /// The upstream's refusal of the request itself, passed on.
+    Refused(Response),
+}
+
+struct Failure {
+    error: AiError,
+    retry_after: Option<Duration>,
+}
+
+/// `Retry-After` in seconds (an HTTP date is rare from these APIs and read as one second).
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?;
+    Some(Duration::from_secs(value.trim().parse::<u64>().unwrap_or(1)))
+}
+
+/// `: <the upstream's message>` from an error body, when it has one.
+async fn error_message(response: reqwest::Response, deadline: tokio::time::Instant) -> String {
+    let Some(bytes) = read_bounded(response, deadline, ERROR_BODY_LIMIT).await else { return String::new() };
+    let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    match value["error"]["message"].as_str().or(value["error"].as_str()).or(value["message"].as_str()) {
+        Some(message) => format!(": {message}"),
+        None => String::new(),
+    }
+}
+
+/// A body up to `limit` bytes (the rest is not read), within the deadline.
+async fn read_bounded(
+    response: reqwest::Response,
+    deadline: tokio::time::Instant,
+    limit: usize,
+) -> Option<bytes::Bytes> {
+    let mut out = Vec::new();
+    let mut stream = response.bytes_stream();
+    while out.len() < limit {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => out.extend_from_slice(&chunk[..chunk.len().min(limit - out.len())]),
+            Ok(None) => break,
+            _ => return None,
+        }
+    }
+    Some(out.into())
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}
+
+/// A whole answer, metered from its `usage` (or counted when it has none).
+fn whole(
+    mut meter: Meter,
+    backend: &str,
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    bytes: bytes::Bytes,
+) -> Response {
+    meter.first_token();
+    if let Ok(value) = serde_json::from_slice::<Value>(&bytes) {
+        match usage::from_upstream(&value) {
+            Some(used) => meter.upstream_usage(used),
+            None => meter.generated(&value),
+        }
+    }
+    meter.finish("ok");
+    let mut response = (status, bytes).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, content_type.unwrap_or(HeaderValue::from_static("application/json")));
+    if let Ok(v) = HeaderValue::from_str(backend) {
+        headers.insert(BACKEND_HEADER, v);
+    }
+    response
+}
+
+fn streamed(backend: &str, relay: relay::Relay) -> Response {
+    let mut response = Response::new(Body::from_stream(relay.into_stream()));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(backend) {
+        headers.insert(BACKEND_HEADER, v);
+    }
+    response
+}
+
+async fn serve(State(ai): State<Arc<Ai>>, req: Request) -> Response {
+    let path = req.uri().path().trim_end_matches('/');
+    let endpoint = if path.ends_with("/chat/completions") {
+        Some(Endpoint::Chat)
+    } else if path.ends_with("/embeddings") {
+        Some(Endpoint::Embeddings)
+    } else if path.ends_with("/models") {
+        None
+    } else {
+        let message = format!(
+            "Invalid URL ({} {}): use …/chat/completions, …/embeddings or …/models",
+            req.method(),
+            req.uri().path()
+        );
+        let mut error = AiError::invalid(message, None);
+        (error.status, error.code) = (StatusCode::NOT_FOUND, "unknown_url");
+        return error.into_response();
+    };
+    let allowed = if endpoint.is_some() { Method::POST } else { Method::GET };
+    if *req.method() != allowed {
+        let mut error =
+            AiError::invalid(format!("{} takes {allowed} requests, not {}", req.uri().path(), req.method()), None);
+        (error.status, error.code) = (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+        let mut response = error.into_response();
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_str(allowed.as_str()).unwrap_or(HeaderValue::from_static("POST")));
+        return response;
+    }
+    let Some(endpoint) = endpoint else { return ai.models() };
+    let call = CallInfo {
+        account: Account::of(req.extensions().get::<Caller>()),
+        trace: req.extensions().get::<TraceContext>().copied(),
+        started: Instant::now(),
+    };
+    let limit = req.extensions().get::<RoutePolicy>().map_or(DEFAULT_MAX_BODY, |p| p.max_body);
+    let bytes = match axum::body::to_bytes(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX)).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e).is_some_and(nimbus_api::body::is_too_large);
+            let mut error = AiError::invalid(format!("the request body could not be read: {e}"), None);
+            if too_large {
+                (error.status, error.code) = (StatusCode::PAYLOAD_TOO_LARGE, "request_too_large");
+                error.message = format!("the request body is larger than {limit} bytes");
+            }
+            return error.into_response();
+        }
+    };
+    let body: Value = match serde_json::from_slice(&bytes) {
+        Ok(body @ Value::Object(_)) => body,
+        Ok(_) => return AiError::invalid("the request body must be a JSON object", None).into_response(),
+        Err(e) => {
+            return AiError::invalid(format!("We could not parse the JSON body of your request: {e}"), None)
+                .into_response();
+        }
+    };
+    if !body["model"].is_string() || body["model"] == "" {
+        return AiError::invalid("you must provide a model parameter", Some("model")).into_response();
+    }
+    match endpoint {
+        Endpoint::Chat if body["messages"].as_array().is_none_or(|m| m.is_empty()) => {
+            return AiError::invalid("`messages` must be a non-empty array", Some("messages")).into_response();
+        }
+        Endpoint::Embeddings if body.get("input").is_none_or(Value::is_null) => {
+            return AiError::invalid("you must provide an input parameter", Some("input")).into_response();
+        }
+        _ => {}
+    }
+    ai.complete(endpoint, body, call).await.unwrap_or_else(IntoResponse::into_response)
+}

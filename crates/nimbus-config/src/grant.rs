@@ -22,7 +22,7 @@ impl Grant {
     pub fn parse(grant: &str) -> Result<Self, String> {
         let parts: Vec<&str> = grant.split(':').collect();
         if let [component, ..] = parts.as_slice()
-            && let Some(missing) = crate::unbuilt(component)
+            && let Some(missing) = crate::unbuilt_grant(component)
         {
             return Err(format!("grant \"{grant}\": {missing}"));
         }
@@ -79,7 +79,7 @@ mod tests {
             assert!(Grant::parse(bad).unwrap_err().starts_with("invalid grant"), "{bad}");
         }
         for unbuilt in ["ai:chat", "queues:jobs", "ai"] {
-            assert!(Grant::parse(unbuilt).unwrap_err().contains("not in this version"), "{unbuilt}");
+            assert!(Grant::parse(unbuilt).unwrap_err().contains("in this version of nimbus yet"), "{unbuilt}");
         }
     }
 }

@@ -111,6 +111,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ConfigError> {
     })?;
     let problems = validate::check(&manifest);
     if problems.is_empty() {
+        let mut manifest = manifest;
+        add_implicit_routes(&mut manifest);
         return Ok(manifest);
     }
     let diagnostics = problems
@@ -118,6 +120,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ConfigError> {
         .map(|p| located(diagnostic::offset_of(&doc, &p.path).unwrap_or(0), &p.path, p.message))
         .collect();
     Err(ConfigError::Invalid(sorted(diagnostics)))
+}
+
+/// `[ai]` with no route of `backend = "ai"` serves at `/v1/*` (where OpenAI's SDKs look), with the
+/// default policy of a route: a valid token. A route the manifest declares at `/v1/*` wins.
+fn add_implicit_routes(manifest: &mut Manifest) {
+    let declared = manifest.routes.iter().any(|r| r.backend == Backend::Ai || r.path.to_string() == "/v1/*");
+    if manifest.ai.is_some() && !declared {
+        manifest.routes.push(RouteSection::new(PathPattern::parse("/v1/*").expect("a valid pattern"), Backend::Ai));
+    }
 }
 
 fn sorted(mut diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
@@ -145,12 +156,19 @@ where
     deserializer.deserialize_str(Visitor(parse))
 }
 
-/// What a manifest may name before this version of nimbus has it: a top-level section of that
-/// name and grants for it are refused (nothing would read them).
-pub(crate) fn unbuilt(component: &str) -> Option<&'static str> {
-    match component {
-        "ai" => Some("the AI gateway is not in this version of nimbus yet"),
+/// Top-level sections of components this version does not have: refused, not ignored (nothing
+/// would read them), and so are grants for them.
+pub(crate) fn unbuilt(section: &str) -> Option<&'static str> {
+    match section {
         "queues" => Some("queues are not in this version of nimbus yet"),
         _ => None,
+    }
+}
+
+/// Grants for what functions cannot reach in this version.
+pub(crate) fn unbuilt_grant(component: &str) -> Option<&'static str> {
+    match component {
+        "ai" => Some("functions cannot call the AI gateway in this version of nimbus yet"),
+        other => unbuilt(other),
     }
 }

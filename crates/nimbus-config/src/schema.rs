@@ -14,9 +14,8 @@ use crate::{
     Backend, BlobsUrl, ByteSize, Duration, EnvString, Grant, JsonPath, LimitKey, Origins, PathPattern, StoreUrl,
 };
 
-/// The whole manifest as written. Cross-field rules are checked by [`crate::validate`]. `[ai]`
-/// and `[queues]` are refused before this is read (see [`crate::parse`]): this version has
-/// neither.
+/// The whole manifest as written. Cross-field rules are checked by [`crate::validate`].
+/// `[queues]` is refused before this is read (see [`crate::parse`]): this version has none.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -45,6 +44,103 @@ pub struct Manifest {
     pub blob: BlobSection,
     #[serde(default)]
     pub durable: DurableSection,
+    /// The AI gateway (`/v1/*`, OpenAI-compatible); off without this section.
+    pub ai: Option<AiSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiSection {
+    /// The OpenAI-compatible services that answer, tried by `priority`, shared by `weight`.
+    #[serde(default)]
+    pub backends: Vec<AiBackend>,
+    /// Attempts after the first when every backend failed (429, 5xx, no connection), waiting as
+    /// `Retry-After` says (at most 10 s) or backing off.
+    #[serde(default = "two")]
+    pub retries: u32,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreaker,
+    /// Not in this version yet; refused by [`crate::validate`] with a precise message rather than
+    /// an unknown key.
+    pub token_limit: Option<toml::Value>,
+    pub quota: Option<toml::Value>,
+    pub cache: Option<toml::Value>,
+}
+
+fn two() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiBackend {
+    /// Names the backend in metrics, logs and `owned_by` (letters, digits, `-`, `_`).
+    pub name: String,
+    /// The API's base URL, e.g. `https://api.openai.com/v1`, `http://127.0.0.1:11434/v1` (Ollama), or
+    /// for Azure OpenAI `https://<resource>.openai.azure.com/openai` with `api_version`.
+    #[serde(deserialize_with = "crate::web::base_url")]
+    pub url: http::Uri,
+    /// Sent as `Authorization: Bearer` (as `api-key` to Azure OpenAI); write `${ENV}`. Clients and
+    /// workers never see it.
+    pub api_key: Option<EnvString>,
+    /// Azure OpenAI: its `api-version` query parameter; the model names the deployment.
+    pub api_version: Option<String>,
+    /// The models it serves, as clients name them; none (and no `model_map`) means any.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Aliases: the name a client uses to the name this backend knows, e.g. `{ fast = "gpt-4o-mini" }`.
+    #[serde(default)]
+    pub model_map: BTreeMap<String, String>,
+    /// Lower first; a higher priority serves only while every lower one fails.
+    #[serde(default = "one")]
+    pub priority: u32,
+    /// Share among backends of one priority.
+    #[serde(default = "one_nonzero")]
+    pub weight: NonZeroU32,
+    /// Until the answer's head (non-streamed: its whole body); a stream then runs as long as it sends.
+    #[serde(default = "default_ai_timeout")]
+    pub timeout: Duration,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn one_nonzero() -> NonZeroU32 {
+    NonZeroU32::MIN
+}
+
+fn default_ai_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+impl AiBackend {
+    /// Whether it serves `model` (as a client names it).
+    pub fn serves(&self, model: &str) -> bool {
+        (self.models.is_empty() && self.model_map.is_empty())
+            || self.models.iter().any(|m| m == model)
+            || self.model_map.contains_key(model)
+    }
+
+    /// The name this backend knows `model` by.
+    pub fn upstream_model<'a>(&'a self, model: &'a str) -> &'a str {
+        self.model_map.get(model).map_or(model, String::as_str)
+    }
+}
+
+/// A backend that fails `failures` times in a row is left out for `cool_down`, then tried again
+/// with one request.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreaker {
+    pub failures: NonZeroU32,
+    pub cool_down: Duration,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        Self { failures: NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN), cool_down: Duration::from_secs(30) }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,6 +422,30 @@ pub struct RouteSection {
     pub request_headers: HeaderTransform,
     #[serde(default)]
     pub response_headers: HeaderTransform,
+}
+
+impl RouteSection {
+    /// A route with every setting at its default (a token required).
+    pub fn new(path: PathPattern, backend: Backend) -> Self {
+        Self {
+            path,
+            methods: Vec::new(),
+            auth: None,
+            scopes: Vec::new(),
+            roles: Vec::new(),
+            claims: BTreeMap::new(),
+            rate_limit: None,
+            quota: None,
+            cors: None,
+            max_body: None,
+            timeout: None,
+            respond_async: false,
+            backend,
+            rewrite_prefix: None,
+            request_headers: HeaderTransform::default(),
+            response_headers: HeaderTransform::default(),
+        }
+    }
 }
 
 /// Headers set (replacing any present) and removed on the way through.

@@ -87,6 +87,7 @@ pub(crate) fn check(m: &Manifest) -> Vec<Problem> {
     check_identity(&mut c, m);
     check_docs(&mut c, m);
     check_gateway(&mut c, m);
+    check_ai(&mut c, m);
     c.problems
 }
 
@@ -283,6 +284,59 @@ fn check_routes(c: &mut Checker, m: &Manifest) {
         {
             c.fail(p!["routes", i, "rate_limit", "per"], "must be longer than 0s");
         }
+    }
+}
+
+fn check_ai(c: &mut Checker, m: &Manifest) {
+    let Some(ai) = &m.ai else {
+        if let Some(i) = m.routes.iter().position(|r| r.backend == Backend::Ai) {
+            c.fail(p!["routes", i, "backend"], "\"ai\" needs an `[ai]` section with its backends");
+        }
+        return;
+    };
+    for (key, set) in [("token_limit", &ai.token_limit), ("quota", &ai.quota), ("cache", &ai.cache)] {
+        if set.is_some() {
+            c.fail(p!["ai", key], "not in this version of nimbus yet; remove it");
+        }
+    }
+    if ai.backends.is_empty() {
+        c.fail(
+            p!["ai"],
+            "list at least one `[[ai.backends]]` (name, url): the local model is not in this version of nimbus yet",
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (i, b) in ai.backends.iter().enumerate() {
+        if !is_name(&b.name) {
+            c.fail(
+                p!["ai", "backends", i, "name"],
+                "must be 1-63 characters of lowercase letters, digits, `-` and `_`, starting with a letter or digit",
+            );
+        } else if !seen.insert(b.name.as_str()) {
+            c.fail(p!["ai", "backends", i, "name"], format!("\"{}\" is declared twice", b.name));
+        }
+        if b.timeout.get().is_zero() {
+            c.fail(p!["ai", "backends", i, "timeout"], "must be longer than 0s");
+        }
+        if let Some(v) = &b.api_version
+            && (v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+        {
+            c.fail(
+                p!["ai", "backends", i, "api_version"],
+                format!("\"{v}\" is not an API version like \"2024-10-21\""),
+            );
+        }
+        for model in b.models.iter().chain(b.model_map.keys()).chain(b.model_map.values()) {
+            if model.is_empty() || model.len() > 256 || model.chars().any(char::is_control) {
+                c.fail(p!["ai", "backends", i], format!("{model:?} is not a model name (1-256 characters)"));
+            }
+        }
+    }
+    if ai.retries > 10 {
+        c.fail(p!["ai", "retries"], "at most 10 (each waits for every backend first)");
+    }
+    if ai.circuit_breaker.cool_down.get().is_zero() {
+        c.fail(p!["ai", "circuit_breaker", "cool_down"], "must be longer than 0s");
     }
 }
 

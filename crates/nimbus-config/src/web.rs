@@ -70,6 +70,26 @@ item!(HeaderValue, parse_header_value);
 item!(globset::Glob, parse_glob);
 
 /// `methods = ["GET", "POST"]`.
+/// An `http(s)://` base URL with a host and no query or fragment, as an HTTP request can be sent to.
+pub(crate) fn parse_base_url(s: &str) -> Result<http::Uri, String> {
+    let refused = || format!("\"{s}\" is not an http(s):// URL");
+    let url = url::Url::parse(s).map_err(|_| refused())?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(refused());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("\"{s}\": a base URL takes no query or fragment"));
+    }
+    match url.as_str().parse::<http::Uri>() {
+        Ok(uri) if uri.authority().is_some() => Ok(uri),
+        _ => Err(format!("\"{s}\" is not a URL an HTTP request can be sent to")),
+    }
+}
+
+pub(crate) fn base_url<'de, D: Deserializer<'de>>(d: D) -> Result<http::Uri, D::Error> {
+    crate::from_str(d, parse_base_url)
+}
+
 pub(crate) fn methods<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Method>, D::Error> {
     Ok(Vec::<Item<Method>>::deserialize(d)?.into_iter().map(|i| i.0).collect())
 }

@@ -41,6 +41,8 @@ pub struct Backends {
     pub site: Router,
     /// The app's HTTP operations, for the OpenAPI document.
     pub operations: Arc<dyn Fn() -> Vec<Operation> + Send + Sync>,
+    /// The AI gateway's OpenAI-compatible API, when the app has `[ai]`.
+    pub ai: Option<Router>,
 }
 
 /// One function route, as the OpenAPI document describes it.
@@ -344,14 +346,22 @@ async fn authenticate(gateway: &Gateway, route: &Route, req: &mut Request) -> Re
             }
         }
         AuthMode::ApiKey => {
-            let presented = req
-                .headers()
-                .get("x-api-key")
-                .or_else(|| req.headers().get("ocp-apim-subscription-key"))
-                .and_then(|v| v.to_str().ok());
+            // Where clients' SDKs put a key: APIM's headers, Azure OpenAI's `api-key`, or (OpenAI's
+            // SDKs) a bearer token.
+            let header = ["x-api-key", "ocp-apim-subscription-key", "api-key", "authorization"]
+                .into_iter()
+                .find(|name| req.headers().contains_key(*name))
+                .unwrap_or("x-api-key");
+            let presented = match header {
+                "authorization" => nimbus_api::bearer(req.headers()),
+                name => req.headers().get(name).and_then(|v| v.to_str().ok()),
+            };
             let Some(presented) = presented else {
                 route.metrics.rejected("authentication");
-                return Err(key_refused("api_key_required", "this route requires an API key in `x-api-key`"));
+                return Err(key_refused(
+                    "api_key_required",
+                    "this route requires an API key in `x-api-key` (or `api-key`, or as a bearer token)",
+                ));
             };
             let info = match gateway.keys.verify(presented).await {
                 Ok(Ok(info)) => info,
@@ -375,8 +385,7 @@ async fn authenticate(gateway: &Gateway, route: &Route, req: &mut Request) -> Re
                 return Err(refusal.into_response());
             }
             // The key is a secret between the client and the gateway: it goes no further.
-            req.headers_mut().remove("x-api-key");
-            req.headers_mut().remove("ocp-apim-subscription-key");
+            req.headers_mut().remove(header);
             let claims = Arc::new(json!({"api_key": {"id": info.id, "name": info.name}}));
             Ok(Authenticated { claims: Some(claims), api_key: Some(info.id) })
         }
@@ -469,6 +478,13 @@ async fn forward(
         }
         Backend::Site => backends.site.clone(),
         Backend::Function => backends.functions.clone(),
+        Backend::Ai => match &backends.ai {
+            Some(ai) => ai.clone(),
+            None => {
+                let why = "this route's backend is the AI gateway, which this node does not run";
+                return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ai_unavailable", why).into_response());
+            }
+        },
     };
     req.extensions_mut().insert(route.policy);
     if path != req.uri().path() {

@@ -20,6 +20,8 @@ use crate::proxy::Upstream;
 pub(crate) enum Backend {
     Function,
     Site,
+    /// The AI gateway (`nimbus-ai`).
+    Ai,
     Upstream(Upstream),
 }
 
@@ -155,6 +157,7 @@ impl Route {
         let backend = match &section.backend {
             nimbus_config::Backend::Function => Backend::Function,
             nimbus_config::Backend::Site => Backend::Site,
+            nimbus_config::Backend::Ai => Backend::Ai,
             // `nimbus-config` checked that it has a scheme and a host.
             nimbus_config::Backend::Upstream(uri) => {
                 Backend::Upstream(Upstream::new(uri).ok_or_else(|| format!("backend \"{uri}\" has no scheme or host"))?)

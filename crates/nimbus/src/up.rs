@@ -102,11 +102,16 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     };
     let site = nimbus_blob::Site::new(blobs.clone(), manifest.site.as_ref());
     let listed = functions.clone();
+    let ai = match &manifest.ai {
+        Some(section) => Some(nimbus_ai::Ai::new(section).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let backends = nimbus_gateway::Backends {
         functions: functions.router(),
         serves_function: Arc::new(functions.route_probe()),
         site: site.router(),
         operations: Arc::new(move || operations(&listed.list())),
+        ai: ai.as_ref().map(|ai| ai.router()),
     };
     let invoker = functions.invoker();
     let durable = nimbus_durable::Durable::start(

@@ -1,0 +1,485 @@
+//! The AI gateway (issue 16) through the real binary, against a fake OpenAI-compatible upstream
+//! whose behaviour each backend picks by its URL's first segment: `ok`, `nousage` (never sends
+//! usage), `status500`, `status429` (with `Retry-After: 1`), `breakearly` (a stream that dies
+//! before its first event), `breaklate` (after two chunks), `trickle` (a chunk every 100 ms for
+//! 5 s), `slow` (answers after 3 s).
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use support::{App, Node};
+
+/// What the fake upstream saw: hits per mode, and the last request (headers, body) per mode.
+#[derive(Default)]
+struct Seen {
+    hits: HashMap<String, usize>,
+    last: HashMap<String, (HeaderMap, Value)>,
+}
+
+struct Fake {
+    url: String,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl Fake {
+    async fn start() -> Self {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let app = axum::Router::new()
+            .route("/{mode}/v1/chat/completions", axum::routing::post(fake_chat))
+            .route("/{mode}/v1/embeddings", axum::routing::post(fake_embeddings))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, seen }
+    }
+
+    fn hits(&self, mode: &str) -> usize {
+        self.seen.lock().unwrap().hits.get(mode).copied().unwrap_or(0)
+    }
+
+    fn last(&self, mode: &str) -> (HeaderMap, Value) {
+        self.seen.lock().unwrap().last[mode].clone()
+    }
+
+    fn backend(&self, name: &str, mode: &str, extra: &str) -> String {
+        format!("[[ai.backends]]\nname = \"{name}\"\nurl = \"{}/{mode}/v1\"\n{extra}\n", self.url)
+    }
+}
+
+fn chunk(content: &str) -> String {
+    let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "model": "m",
+                       "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]});
+    format!("data: {chunk}\n\n")
+}
+
+async fn fake_chat(
+    State(seen): State<Arc<Mutex<Seen>>>,
+    Path(mode): Path<String>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let body = body.0;
+    {
+        let mut seen = seen.lock().unwrap();
+        *seen.hits.entry(mode.clone()).or_default() += 1;
+        seen.last.insert(mode.clone(), (headers, body.clone()));
+    }
+    let stream = body["stream"] == true;
+    let usage = body["stream_options"]["include_usage"] == true && mode != "nousage";
+    match mode.as_str() {
+        "status500" => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": {"message": "upstream exploded"}})))
+                .into_response();
+        }
+        "status429" => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", "1")],
+                axum::Json(json!({"error": {"message": "slow down"}})),
+            )
+                .into_response();
+        }
+        "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
+        _ => {}
+    }
+    if !stream {
+        let mut answer = json!({"id": "x", "object": "chat.completion", "model": body["model"],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there, friend"}, "finish_reason": "stop"}]});
+        if mode != "nousage" {
+            answer["usage"] = json!({"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15});
+        }
+        return axum::Json(answer).into_response();
+    }
+    let words: Vec<String> = match mode.as_str() {
+        "trickle" => (0..50).map(|i| format!("w{i} ")).collect(),
+        _ => vec!["Hello".into(), " there".into(), ",".into(), " friend".into()],
+    };
+    let mut items: Vec<Result<String, std::io::Error>> = words.iter().map(|w| Ok(chunk(w))).collect();
+    if usage {
+        let last = json!({"id": "c1", "object": "chat.completion.chunk", "choices": [],
+                          "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}});
+        items.push(Ok(format!("data: {last}\n\n")));
+    }
+    items.push(Ok("data: [DONE]\n\n".into()));
+    match mode.as_str() {
+        "breakearly" => items = vec![Err(std::io::Error::other("died"))],
+        "breaklate" => {
+            items.truncate(2);
+            items.push(Err(std::io::Error::other("died")));
+        }
+        _ => {}
+    }
+    let trickle = mode == "trickle";
+    let events = futures_util::StreamExt::then(futures_util::stream::iter(items), move |item| async move {
+        // (before an error too: the chunks before it reach the gateway before the connection dies)
+        if trickle || item.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        item
+    });
+    Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(events)).unwrap()
+}
+
+async fn fake_embeddings(
+    State(seen): State<Arc<Mutex<Seen>>>,
+    Path(mode): Path<String>,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    {
+        let mut seen = seen.lock().unwrap();
+        *seen.hits.entry(mode.clone()).or_default() += 1;
+        seen.last.insert(mode.clone(), (headers, body.0.clone()));
+    }
+    axum::Json(json!({"object": "list", "model": body.0["model"],
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -0.5]}],
+        "usage": {"prompt_tokens": 3, "total_tokens": 3}}))
+    .into_response()
+}
+
+/// An app whose `/v1/*` takes API keys (as OpenAI's SDKs send them: a bearer token).
+fn app(ai: &str) -> App {
+    let manifest = format!("[[routes]]\npath = \"/v1/*\"\nbackend = \"ai\"\nauth = \"api_key\"\n\n[ai]\n{ai}");
+    App::new(Some(&manifest))
+}
+
+async fn key(node: &Node, app: &App) -> String {
+    let reply = reqwest::Client::new()
+        .post(node.url("/_nimbus/admin/keys"))
+        .bearer_auth(support::admin_token(app))
+        .json(&json!({"name": "sdk"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 201);
+    reply.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_owned()
+}
+
+struct Client {
+    http: reqwest::Client,
+    node_url: String,
+    key: String,
+}
+
+impl Client {
+    async fn new(node: &Node, app: &App) -> Self {
+        Self { http: reqwest::Client::new(), node_url: node.url(""), key: key(node, app).await }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http.post(format!("{}{path}", self.node_url)).bearer_auth(&self.key).json(&body).send().await.unwrap()
+    }
+
+    async fn chat(&self, body: Value) -> (u16, Value, HeaderMap) {
+        let response = self.post("/v1/chat/completions", body).await;
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
+        (status, response.json().await.unwrap_or(Value::Null), headers)
+    }
+
+    /// A streamed chat: its status, backend and the `data:` payloads in order.
+    async fn stream(&self, body: Value) -> (u16, String, Vec<String>) {
+        let response = self.post("/v1/chat/completions", body).await;
+        let status = response.status().as_u16();
+        let backend =
+            response.headers().get("x-nimbus-ai-backend").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let text = response.text().await.unwrap_or_default();
+        let data = text.lines().filter_map(|l| l.strip_prefix("data: ")).map(str::to_owned).collect();
+        (status, backend, data)
+    }
+
+    async fn metrics(&self, app: &App) -> String {
+        let response = self
+            .http
+            .get(format!("{}/_nimbus/metrics", self.node_url))
+            .bearer_auth(support::admin_token(app))
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
+    }
+}
+
+fn messages() -> Value {
+    json!([{"role": "user", "content": "Say hello"}])
+}
+
+/// The value of the first metrics line that starts with `name{` and contains every label.
+fn metric(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .reduce(|a, b| a + b)
+}
+
+#[tokio::test]
+async fn chat_embeddings_and_models_pass_through_with_aliases_and_the_backend_key() {
+    let fake = Fake::start().await;
+    let ai = fake.backend("main", "ok", "api_key = \"${NIMBUS_TEST_AI_KEY}\"\nmodels = [\"gpt-4o-mini\", \"text-embedding-3-small\"]\nmodel_map = { fast = \"gpt-4o-mini\" }");
+    let app = app(&ai);
+    let mut cmd = support::command();
+    cmd.env("NIMBUS_TEST_AI_KEY", "sk-upstream-secret");
+    let node = Node::start_with(cmd, app.path(), &[]);
+    let c = Client::new(&node, &app).await;
+
+    let (status, body, headers) = c.chat(json!({"model": "fast", "messages": messages(), "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello there, friend");
+    assert_eq!(headers["x-nimbus-ai-backend"], "main");
+    let (seen_headers, seen_body) = fake.last("ok");
+    assert_eq!(seen_body["model"], "gpt-4o-mini", "the alias is mapped");
+    assert_eq!(seen_body["tools"][0]["function"]["name"], "f", "tools pass through");
+    assert_eq!(seen_headers["authorization"], "Bearer sk-upstream-secret", "the backend's key, never the client's");
+
+    let response = c.post("/v1/embeddings", json!({"model": "text-embedding-3-small", "input": "hi"})).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["data"][0]["embedding"], json!([0.5, -0.5]));
+
+    let models: Value =
+        c.http.get(format!("{}/v1/models", c.node_url)).bearer_auth(&c.key).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["gpt-4o-mini", "text-embedding-3-small", "fast"]);
+    assert_eq!(models["data"][0]["owned_by"], "main");
+
+    // Without a key: the route's authentication answers before any upstream is called.
+    let hits = fake.hits("ok");
+    let response = c
+        .http
+        .post(format!("{}/v1/chat/completions", c.node_url))
+        .json(&json!({"model": "fast"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(fake.hits("ok"), hits);
+
+    let metrics = c.metrics(&app).await;
+    assert_eq!(
+        metric(&metrics, "nimbus_ai_tokens_total", &["model=\"fast\"", "kind=\"prompt\"", "source=\"upstream\""]),
+        Some(11.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "nimbus_ai_tokens_total", &["model=\"text-embedding-3-small\"", "kind=\"prompt\""]),
+        Some(3.0)
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_openai_shaped_errors() {
+    let fake = Fake::start().await;
+    let app = app(&fake.backend("main", "ok", "models = [\"m\"]"));
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app).await;
+    for (body, status, param) in [
+        (json!({"messages": messages()}), 400, json!("model")),
+        (json!({"model": "m"}), 400, json!("messages")),
+        (json!({"model": "m", "messages": []}), 400, json!("messages")),
+        (json!({"model": "nope", "messages": messages()}), 404, json!("model")),
+        (json!([1, 2]), 400, Value::Null),
+    ] {
+        let (got, error, _) = c.chat(body.clone()).await;
+        assert_eq!(got, status, "{body}: {error}");
+        assert!(error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{error}");
+        assert!(error["error"]["type"].is_string(), "{error}");
+        assert_eq!(error["error"]["param"], param, "{body}: {error}");
+    }
+    let response = c
+        .http
+        .post(format!("{}/v1/chat/completions", c.node_url))
+        .bearer_auth(&c.key)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let response = c.http.get(format!("{}/v1/chat/completions", c.node_url)).bearer_auth(&c.key).send().await.unwrap();
+    assert_eq!((response.status().as_u16(), response.headers()["allow"].to_str().unwrap()), (405, "POST"));
+    let response = c.post("/v1/images/generations", json!({"model": "m"})).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(fake.hits("ok"), 0, "no bad request reached the upstream");
+}
+
+#[tokio::test]
+async fn failover_before_the_first_byte_retries_and_a_circuit_that_opens() {
+    let fake = Fake::start().await;
+    let ai = format!(
+        "circuit_breaker = {{ failures = 2, cool_down = \"60s\" }}\n{}{}{}",
+        fake.backend("broken", "status500", "priority = 1"),
+        fake.backend("early", "breakearly", "priority = 2"),
+        fake.backend("good", "ok", "priority = 3"),
+    );
+    let app = app(&ai);
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app).await;
+    // A 5xx, then a stream that dies before its first event: the client sees neither.
+    let (status, backend, data) = c.stream(json!({"model": "m", "messages": messages(), "stream": true})).await;
+    assert_eq!((status, backend.as_str(), &data[..0]), (200, "good", &[][..]), "{data:?}");
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let text: String = data
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, "Hello there, friend");
+    assert!(
+        data.iter().all(|d| !d.contains("\"usage\"")),
+        "the usage chunk the gateway asked for is not the client's: {data:?}"
+    );
+    // Two failures in a row open both circuits: the next requests go straight to the good one.
+    let (status, backend, _) = c.stream(json!({"model": "m", "messages": messages(), "stream": true})).await;
+    assert_eq!((status, backend.as_str()), (200, "good"));
+    let (broken, early) = (fake.hits("status500"), fake.hits("breakearly"));
+    assert_eq!((broken, early), (2, 2));
+    for _ in 0..3 {
+        assert_eq!(c.chat(json!({"model": "m", "messages": messages()})).await.0, 200);
+    }
+    assert_eq!((fake.hits("status500"), fake.hits("breakearly")), (broken, early), "open circuits are skipped");
+    let metrics = c.metrics(&app).await;
+    assert_eq!(metric(&metrics, "nimbus_ai_circuit_open", &["backend=\"broken\""]), Some(1.0), "{metrics}");
+    assert_eq!(metric(&metrics, "nimbus_ai_circuit_open", &["backend=\"good\""]), Some(0.0));
+    assert!(
+        metric(&metrics, "nimbus_ai_upstream_attempts_total", &["backend=\"early\"", "outcome=\"broken\""]).is_some()
+    );
+}
+
+#[tokio::test]
+async fn rate_limited_backends_are_retried_after_retry_after_and_then_the_client_is_told() {
+    let fake = Fake::start().await;
+    let app = app(&format!("retries = 1\n{}", fake.backend("busy", "status429", "")));
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app).await;
+    let started = std::time::Instant::now();
+    let (status, error, headers) = c.chat(json!({"model": "m", "messages": messages()})).await;
+    assert_eq!(status, 429, "{error}");
+    assert_eq!(error["error"]["type"], "rate_limit_error");
+    assert!(error["error"]["message"].as_str().unwrap().contains("slow down"), "{error}");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(fake.hits("status429"), 2, "the first call and one retry");
+    assert!(started.elapsed() >= Duration::from_secs(1), "the retry waited as Retry-After said");
+}
+
+#[tokio::test]
+async fn a_stream_that_breaks_after_its_first_byte_ends_with_an_error_not_done() {
+    let fake = Fake::start().await;
+    let app = app(&format!(
+        "{}{}",
+        fake.backend("flaky", "breaklate", "priority = 1"),
+        fake.backend("good", "ok", "priority = 2")
+    ));
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app).await;
+    let (status, backend, data) = c.stream(json!({"model": "m", "messages": messages(), "stream": true})).await;
+    assert_eq!((status, backend.as_str()), (200, "flaky"));
+    assert_eq!(data.len(), 3, "two chunks, then the error: {data:?}");
+    assert!(data[0].contains("Hello") && data[1].contains(" there"));
+    let error: Value = serde_json::from_str(&data[2]).unwrap();
+    assert_eq!(error["error"]["code"], "stream_interrupted", "{error}");
+    assert!(!data.iter().any(|d| d == "[DONE]"));
+    assert_eq!(fake.hits("ok"), 0, "no failover once the client has bytes");
+    let metrics = c.metrics(&app).await;
+    assert_eq!(
+        metric(&metrics, "nimbus_ai_requests_total", &["backend=\"flaky\"", "outcome=\"broken\""]),
+        Some(1.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn usage_is_metered_from_the_upstream_or_counted_and_a_client_that_leaves_is_billed() {
+    let fake = Fake::start().await;
+    let ai = format!(
+        "{}{}{}",
+        fake.backend("counted", "nousage", "models = [\"gpt-4o\"]"),
+        fake.backend("reported", "ok", "models = [\"reported\"]"),
+        fake.backend("trickle", "trickle", "models = [\"long\"]")
+    );
+    let app = app(&ai);
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app).await;
+    // The client asks for usage itself: it gets the usage chunk, and the upstream was asked.
+    let (status, _, data) = c.stream(json!({"model": "reported", "messages": messages(), "stream": true, "stream_options": {"include_usage": true}})).await;
+    assert_eq!(status, 200);
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 4, "{data:?}");
+    // An upstream that never says: the streamed text is counted with the tokenizer.
+    let (status, _, data) = c.stream(json!({"model": "gpt-4o", "messages": messages(), "stream": true})).await;
+    assert_eq!((status, data.last().map(String::as_str)), (200, Some("[DONE]")));
+    assert_eq!(fake.last("nousage").1["stream_options"]["include_usage"], true, "the gateway asked for usage");
+    // A client that leaves mid-stream.
+    let mut response =
+        c.post("/v1/chat/completions", json!({"model": "long", "messages": messages(), "stream": true})).await;
+    let mut seen = String::new();
+    while seen.matches("data: ").count() < 5 {
+        seen.push_str(&String::from_utf8_lossy(&response.chunk().await.unwrap().unwrap()));
+    }
+    drop(response);
+    let metrics = loop {
+        let metrics = c.metrics(&app).await;
+        if metric(&metrics, "nimbus_ai_requests_total", &["model=\"long\"", "outcome=\"client_closed\""]).is_some() {
+            break metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // "Hello there, friend" is 4 tokens; "w0 w1 w2 w3 w4 " at least 5.
+    assert_eq!(
+        metric(
+            &metrics,
+            "nimbus_ai_tokens_total",
+            &["model=\"gpt-4o\"", "kind=\"completion\"", "source=\"tokenizer\""]
+        ),
+        Some(4.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "nimbus_ai_tokens_total",
+            &["model=\"reported\"", "kind=\"completion\"", "source=\"upstream\""]
+        ),
+        Some(4.0)
+    );
+    let left = metric(&metrics, "nimbus_ai_tokens_total", &["model=\"long\"", "kind=\"completion\""]).unwrap();
+    assert!((5.0..40.0).contains(&left), "billed for what was generated before it left: {left}");
+    assert!(fake.hits("trickle") == 1);
+}
+
+#[tokio::test]
+async fn an_ai_section_serves_v1_with_a_token_required_by_default() {
+    let fake = Fake::start().await;
+    let app = App::new(Some(&format!("[ai]\n{}", fake.backend("main", "ok", ""))));
+    let node = app.start(&[]);
+    let response = reqwest::Client::new()
+        .post(node.url("/v1/chat/completions"))
+        .json(&json!({"model": "m", "messages": messages()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(fake.hits("ok"), 0);
+}
+
+#[tokio::test]
+async fn a_backend_past_its_timeout_fails_over() {
+    let fake = Fake::start().await;
+    let app = app(&format!(
+        "{}{}",
+        fake.backend("slow", "slow", "priority = 1\ntimeout = \"1s\""),
+        fake.backend("good", "ok", "priority = 2")
+    ));
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app).await;
+    let started = std::time::Instant::now();
+    let (status, body, headers) = c.chat(json!({"model": "m", "messages": messages()})).await;
+    assert_eq!((status, headers["x-nimbus-ai-backend"].to_str().unwrap()), (200, "good"), "{body}");
+    assert!(started.elapsed() < Duration::from_millis(2900), "the slow backend was given up at its timeout");
+    assert_eq!(fake.hits("slow"), 1);
+}
