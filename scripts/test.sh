@@ -146,11 +146,12 @@ echo "test.sh: SDK tests" >&2
 python3 -m unittest discover -s sdk/python/tests -t sdk/python
 node --test sdk/node/test/
 
-# The identity provider as a real relying party (Python's authlib) sees it, against the built binary.
-# The virtualenv is made once and reused while it still imports both packages.
-echo "test.sh: relying-party tests (authlib)" >&2
+# The identity provider as a real relying party (Python's authlib) sees it, and the AI gateway as
+# OpenAI's Python SDK does, against the built binary. The virtualenv is made once and reused while
+# it still imports the packages.
+echo "test.sh: relying-party tests (authlib) and OpenAI SDK tests" >&2
 RP_VENV=target/test-venv
-if ! "$RP_VENV/bin/python" -c 'import authlib, requests' >/dev/null 2>&1; then
+if ! "$RP_VENV/bin/python" -c 'import authlib, requests, openai' >/dev/null 2>&1; then
   if ! python3 -m venv --clear "$RP_VENV" >/dev/null 2>&1; then
     # Debian ships venv's ensurepip apart from python3.
     echo "test.sh: installing Debian's python3-venv package for the relying-party tests" >&2
@@ -160,7 +161,7 @@ if ! "$RP_VENV/bin/python" -c 'import authlib, requests' >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv --clear "$RP_VENV"
   fi
-  "$RP_VENV/bin/pip" install --quiet --disable-pip-version-check 'authlib>=1.3,<2' 'requests>=2.31,<3'
+  "$RP_VENV/bin/pip" install --quiet --disable-pip-version-check 'authlib>=1.3,<2' 'requests>=2.31,<3' 'openai>=1.50,<3'
 fi
 
 # The cloud blob backends' servers start now and are awaited before the Rust tests.
@@ -178,6 +179,7 @@ start_blob_servers "$RP_VENV" "$AZURITE_DIR"
 
 cargo build --quiet -p nimbus
 "$RP_VENV/bin/python" tests/identity/rp_flow.py
+"$RP_VENV/bin/python" tests/ai/openai_sdk.py
 
 wait_for_blob_servers
 if cargo nextest --version >/dev/null 2>&1; then

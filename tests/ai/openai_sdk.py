@@ -1,0 +1,208 @@
+"""The AI gateway as OpenAI's own Python SDK sees it, unchanged but for `base_url`.
+
+Starts a fake OpenAI-compatible upstream (a ThreadingHTTPServer here) and the real binary
+(`target/debug/nimbus`, or `$NIMBUS_BIN`) on a temporary app whose `/v1/*` route takes API keys,
+creates a key with the admin API, and then uses `openai.OpenAI(base_url=…/v1, api_key=key)`: a
+streamed chat completion (with and without `stream_options.include_usage`), a tool call, embeddings,
+the model list, and the SDK's typed errors for an unknown model and a bad key.
+
+Run by `scripts/test.sh` in the virtualenv `target/test-venv` (`pip install openai`); by hand:
+`target/test-venv/bin/python tests/ai/openai_sdk.py -v`.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import unittest
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import openai
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("NIMBUS_BIN", os.path.join(ROOT, "target", "debug", "nimbus"))
+WORDS = ["Hello", " from", " the", " fake", " upstream"]
+
+
+class Upstream(BaseHTTPRequestHandler):
+    """Speaks OpenAI's chat/completions (streamed or not, tool calls) and embeddings."""
+
+    protocol_version = "HTTP/1.1"
+    seen = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Upstream.seen.append((self.path, self.headers, body))  # headers: case-insensitive
+        if self.path.endswith("/embeddings"):
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            data = [{"object": "embedding", "index": i, "embedding": [0.25, -0.5, float(len(s))]} for i, s in enumerate(inputs)]
+            return self.json({"object": "list", "model": body["model"], "data": data,
+                              "usage": {"prompt_tokens": 4, "total_tokens": 4}})
+        if body.get("tools"):
+            call = {"id": "call_1", "type": "function",
+                    "function": {"name": body["tools"][0]["function"]["name"], "arguments": '{"city": "Oslo"}'}}
+            return self.json({"id": "chatcmpl-2", "object": "chat.completion", "created": 1, "model": body["model"],
+                              "choices": [{"index": 0, "finish_reason": "tool_calls",
+                                           "message": {"role": "assistant", "content": None, "tool_calls": [call]}}],
+                              "usage": {"prompt_tokens": 30, "completion_tokens": 9, "total_tokens": 39}})
+        if not body.get("stream"):
+            return self.json({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": body["model"],
+                              "choices": [{"index": 0, "finish_reason": "stop",
+                                           "message": {"role": "assistant", "content": "".join(WORDS)}}],
+                              "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}})
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def event(payload):
+            data = ("data: %s\n\n" % (payload if isinstance(payload, str) else json.dumps(payload))).encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        base = {"id": "chatcmpl-3", "object": "chat.completion.chunk", "created": 1, "model": body["model"]}
+        for word in WORDS:
+            event(dict(base, choices=[{"index": 0, "delta": {"content": word}, "finish_reason": None}]))
+        event(dict(base, choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+        if body.get("stream_options", {}).get("include_usage"):
+            event(dict(base, choices=[], usage={"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}))
+        event("[DONE]")
+        self.wfile.write(b"0\r\n\r\n")
+
+    def json(self, value):
+        data = json.dumps(value).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class Node:
+    """`nimbus up` on a temporary app whose AI backend is the fake upstream."""
+
+    def __init__(self, upstream_url):
+        if not os.access(BIN, os.X_OK):
+            raise RuntimeError(f"{BIN} is missing: run `cargo build -p nimbus` first")
+        self.dir = tempfile.mkdtemp(prefix="nimbus-openai-")
+        with open(os.path.join(self.dir, "nimbus.toml"), "w") as f:
+            f.write(f"""
+[[routes]]
+path = "/v1/*"
+backend = "ai"
+auth = "api_key"
+
+[ai]
+[[ai.backends]]
+name = "fake"
+url = "{upstream_url}/v1"
+api_key = "sk-upstream"
+models = ["gpt-4o-mini", "text-embedding-3-small"]
+model_map = {{ fast = "gpt-4o-mini" }}
+""")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NIMBUS_")}
+        env["NIMBUS_LOG"] = "warn"
+        self.proc = subprocess.Popen([BIN, "up", self.dir, "--port", "0"], stdout=subprocess.PIPE,  # noqa: SIM115
+                                     stderr=subprocess.DEVNULL, text=True, env=env)
+        deadline = time.monotonic() + 30
+        self.url = None
+        for line in self.proc.stdout:
+            m = re.match(r"\s*listening on\s+(http://\S+)", line)
+            if m:
+                self.url = m.group(1)
+                break
+            if time.monotonic() > deadline:
+                break
+        if not self.url:
+            self.stop()
+            raise RuntimeError("nimbus up did not print its URL")
+        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
+        with open(os.path.join(self.dir, ".nimbus", "admin-token")) as f:
+            token = f.read().strip()
+        request = urllib.request.Request(self.url + "/_nimbus/admin/keys", data=json.dumps({"name": "sdk"}).encode(),
+                                         headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            self.key = json.load(response)["key"]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def setUpModule():
+    global SERVER, NODE, CLIENT
+    SERVER = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=SERVER.serve_forever, daemon=True).start()
+    NODE = Node("http://127.0.0.1:%d" % SERVER.server_address[1])
+    CLIENT = openai.OpenAI(base_url=NODE.url + "/v1", api_key=NODE.key, max_retries=0, timeout=20)
+
+
+def tearDownModule():
+    CLIENT.close()
+    NODE.stop()
+    SERVER.shutdown()
+    SERVER.server_close()
+
+
+class OpenAISdk(unittest.TestCase):
+    def test_a_streamed_chat_completion(self):
+        stream = CLIENT.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}], stream=True)
+        chunks = list(stream)
+        self.assertEqual("".join(c.choices[0].delta.content or "" for c in chunks if c.choices), "".join(WORDS))
+        self.assertTrue(all(c.usage is None for c in chunks), "no usage chunk unless asked")
+        path, headers, body = Upstream.seen[-1]
+        self.assertEqual(body["model"], "gpt-4o-mini")
+        self.assertEqual(headers["Authorization"], "Bearer sk-upstream")
+
+    def test_a_streamed_chat_completion_with_usage(self):
+        stream = CLIENT.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                                stream=True, stream_options={"include_usage": True})
+        chunks = list(stream)
+        self.assertEqual(chunks[-1].usage.completion_tokens, 5)
+        self.assertEqual(chunks[-1].choices, [])
+
+    def test_a_whole_answer_and_a_tool_call(self):
+        answer = CLIENT.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
+        self.assertEqual(answer.choices[0].message.content, "".join(WORDS))
+        self.assertEqual(answer.usage.total_tokens, 17)
+        tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+        answer = CLIENT.chat.completions.create(model="fast", messages=[{"role": "user", "content": "Weather in Oslo?"}],
+                                                tools=tools, tool_choice="auto")
+        call = answer.choices[0].message.tool_calls[0]
+        self.assertEqual((call.function.name, json.loads(call.function.arguments)), ("get_weather", {"city": "Oslo"}))
+
+    def test_embeddings_and_models(self):
+        result = CLIENT.embeddings.create(model="text-embedding-3-small", input=["a", "bcd"])
+        self.assertEqual([d.embedding for d in result.data], [[0.25, -0.5, 1.0], [0.25, -0.5, 3.0]])
+        self.assertEqual(result.usage.prompt_tokens, 4)
+        self.assertEqual([m.id for m in CLIENT.models.list()], ["gpt-4o-mini", "text-embedding-3-small", "fast"])
+
+    def test_errors_are_the_sdks_typed_errors(self):
+        with self.assertRaises(openai.NotFoundError) as caught:
+            CLIENT.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+        self.assertIn("no-such-model", str(caught.exception))
+        with self.assertRaises(openai.BadRequestError):
+            CLIENT.chat.completions.create(model="fast", messages=[])
+        with openai.OpenAI(base_url=NODE.url + "/v1", api_key="not-a-key", max_retries=0) as stranger:
+            with self.assertRaises(openai.AuthenticationError):
+                stranger.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
+
+
+if __name__ == "__main__":
+    unittest.main()
