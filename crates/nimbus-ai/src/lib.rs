@@ -8,12 +8,18 @@
 //! moves it to the next one, and when every one failed the round is tried again (`retries`),
 //! waiting as `Retry-After` says. Once a byte has reached the client there is no failover: a
 //! stream that breaks ends with an error event. Backends failing in a row are left out for a
-//! cool-down (`circuit_breaker`). Metering: `usage.rs`; streams: `relay.rs`.
+//! cool-down (`circuit_breaker`). Token limits and quotas are reserved before the first call and
+//! settled after the last (`limits.rs`). Metering: `usage.rs`, into the hourly usage ledger
+//! (`ledger.rs`); streams: `relay.rs`.
 
 mod backend;
 mod error;
+mod ledger;
+mod limits;
 mod relay;
 mod usage;
+
+pub use ledger::{Dimension, report};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,10 +33,12 @@ use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use nimbus_api::{Caller, RoutePolicy, TraceContext};
 use nimbus_config::AiSection;
+use nimbus_store::Store;
 use serde_json::{Value, json};
 
 use crate::backend::{Backend, Endpoint};
 use crate::error::AiError;
+use crate::limits::{Limits, Remaining, Reservation};
 use crate::usage::{Account, Meter};
 
 /// A request body beyond this is refused when no route says otherwise.
@@ -49,11 +57,21 @@ pub struct Ai {
     backends: Vec<Backend>,
     retries: u32,
     client: reqwest::Client,
+    limits: Limits,
+    store: Arc<dyn Store>,
+    /// `[server] trusted_proxies`, for the client address a limit may count by.
+    trusted_proxies: Vec<nimbus_api::Cidr>,
+    /// Deleting the counters of windows and periods that are over, and old usage.
+    tasks: nimbus_api::Tasks,
 }
 
 impl Ai {
     /// The gateway for `[ai]` (already validated: at least one backend).
-    pub fn new(section: &AiSection) -> Result<Arc<Self>, String> {
+    pub fn new(
+        section: &AiSection,
+        store: Arc<dyn Store>,
+        trusted_proxies: Vec<nimbus_api::Cidr>,
+    ) -> Result<Arc<Self>, String> {
         usage::describe();
         tokio::task::spawn_blocking(usage::warm);
         let client = reqwest::Client::builder()
@@ -68,7 +86,34 @@ impl Ai {
         for backend in &backends {
             metrics::gauge!("nimbus_ai_circuit_open", "backend" => backend.name().to_owned()).set(0.0);
         }
-        Ok(Arc::new(Self { backends, retries: section.retries, client }))
+        let limits = Limits::new(section, store.clone());
+        let tasks = nimbus_api::Tasks::new("ai");
+        let ai = Arc::new(Self { backends, retries: section.retries, client, limits, store, trusted_proxies, tasks });
+        let weak = Arc::downgrade(&ai);
+        ai.tasks.every("housekeeping", limits::HOUSEKEEPING, move || {
+            let weak = weak.clone();
+            async move {
+                let Some(ai) = weak.upgrade() else { return };
+                if let Err(e) = ai.limits.housekeep().await {
+                    tracing::warn!(error = %e, "cannot delete old AI token counters");
+                }
+                if let Err(e) = ledger::housekeep(ai.store.as_ref()).await {
+                    tracing::warn!(error = %e, "cannot delete old AI usage");
+                }
+            }
+        });
+        Ok(ai)
+    }
+
+    /// Stops the housekeeping within `grace`.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.tasks.shutdown(grace).await;
+    }
+
+    /// `GET /_nimbus/admin/usage?since=7d&by=user,model`: the usage ledger summed (admin only:
+    /// the binary mounts it behind the admin token).
+    pub fn admin_router(self: &Arc<Self>) -> Router {
+        Router::new().route("/_nimbus/admin/usage", axum::routing::get(usage_report)).with_state(self.clone())
     }
 
     /// The OpenAI-compatible API, matched by the end of the path (`…/chat/completions`,
@@ -114,6 +159,7 @@ impl Ai {
         endpoint: Endpoint,
         mut body: Value,
         call: CallInfo,
+        subject: &nimbus_api::Subject<'_>,
     ) -> Result<Response, AiError> {
         let model = body["model"].as_str().unwrap_or_default().to_owned();
         let order: Vec<usize> = backend::order(&self.backends, &model)
@@ -135,6 +181,15 @@ impl Ai {
             }
         }
         let prompt_estimate = usage::estimate_prompt(endpoint, &model, &body);
+        let completion_bound = match endpoint {
+            Endpoint::Embeddings => 0,
+            Endpoint::Chat => {
+                let asked = body["max_completion_tokens"].as_u64().or(body["max_tokens"].as_u64());
+                asked.unwrap_or(limits::COMPLETION_RESERVE) * body["n"].as_u64().unwrap_or(1).max(1)
+            }
+        };
+        let (reservation, remaining) = self.limits.reserve(subject, prompt_estimate + completion_bound).await?;
+        let mut reservation = Some(reservation);
         let mut last: Option<AiError> = None;
         for round in 0..=self.retries {
             let mut wait = FIRST_BACKOFF * 2u32.saturating_pow(round.saturating_sub(1));
@@ -146,18 +201,26 @@ impl Ai {
                 }
                 tried = true;
                 body["model"] = json!(backend.config.upstream_model(&model));
-                let meter = || Meter::new(&model, backend.name(), call.account.clone(), prompt_estimate, call.started);
+                let meter = |reservation: Option<Reservation>| {
+                    let (account, store) = (call.account.clone(), self.store.clone());
+                    Meter::new(&model, backend.name(), account, prompt_estimate, call.started, reservation, store)
+                };
                 match self.attempt(i, endpoint, &body, stream, &call).await {
                     Ok(Answer::Whole(status, content_type, bytes)) => {
                         self.succeeded(i);
-                        return Ok(whole(meter(), backend.name(), status, content_type, bytes));
+                        let mut response =
+                            whole(meter(reservation.take()), backend.name(), status, content_type, bytes);
+                        limit_headers(&mut response, remaining.as_ref());
+                        return Ok(response);
                     }
                     Ok(Answer::Stream(first, rest)) => {
                         let idle = backend.config.timeout.get();
-                        let meter = meter();
+                        let meter = meter(reservation.take());
                         let relay =
                             relay::Relay { ai: self.clone(), backend: i, first, rest, meter, wants_usage, idle };
-                        return Ok(streamed(backend.name(), relay));
+                        let mut response = streamed(backend.name(), relay);
+                        limit_headers(&mut response, remaining.as_ref());
+                        return Ok(response);
                     }
                     Ok(Answer::Refused(response)) => {
                         // The request itself is wrong (400, 404…): another backend would say the same.
@@ -314,6 +377,17 @@ impl Ai {
     }
 }
 
+/// OpenAI's `x-ratelimit-*-tokens` headers, from the tightest limit the request was reserved in.
+fn limit_headers(response: &mut Response, remaining: Option<&Remaining>) {
+    let Some(r) = remaining else { return };
+    let headers = response.headers_mut();
+    headers.insert("x-ratelimit-limit-tokens", HeaderValue::from(r.limit));
+    headers.insert("x-ratelimit-remaining-tokens", HeaderValue::from(r.remaining));
+    if let Ok(v) = HeaderValue::from_str(&format!("{}s", r.reset_secs)) {
+        headers.insert("x-ratelimit-reset-tokens", v);
+    }
+}
+
 /// What a request carries besides its body.
 struct CallInfo {
     account: Account,
@@ -446,13 +520,26 @@ async fn serve(State(ai): State<Arc<Ai>>, req: Request) -> Response {
         return response;
     }
     let Some(endpoint) = endpoint else { return ai.models() };
+    let (parts, body) = req.into_parts();
+    let caller = parts.extensions.get::<Caller>();
     let call = CallInfo {
-        account: Account::of(req.extensions().get::<Caller>()),
-        trace: req.extensions().get::<TraceContext>().copied(),
+        account: Account::of(caller),
+        trace: parts.extensions.get::<TraceContext>().copied(),
         started: Instant::now(),
     };
-    let limit = req.extensions().get::<RoutePolicy>().map_or(DEFAULT_MAX_BODY, |p| p.max_body);
-    let bytes = match axum::body::to_bytes(req.into_body(), usize::try_from(limit).unwrap_or(usize::MAX)).await {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let api_key = call.account.key.clone();
+    let subject = nimbus_api::Subject {
+        ip: nimbus_api::client_ip(peer, &parts.headers, &ai.trusted_proxies),
+        headers: &parts.headers,
+        claims: caller.map(|c| c.0.as_ref()),
+        api_key: api_key.as_deref(),
+    };
+    let limit = parts.extensions.get::<RoutePolicy>().map_or(DEFAULT_MAX_BODY, |p| p.max_body);
+    let bytes = match axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await {
         Ok(bytes) => bytes,
         Err(e) => {
             let too_large = std::error::Error::source(&e).is_some_and(nimbus_api::body::is_too_large);
@@ -484,5 +571,34 @@ async fn serve(State(ai): State<Arc<Ai>>, req: Request) -> Response {
         }
         _ => {}
     }
-    ai.complete(endpoint, body, call).await.unwrap_or_else(IntoResponse::into_response)
+    ai.complete(endpoint, body, call, &subject).await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn usage_report(
+    State(ai): State<Arc<Ai>>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let invalid =
+        |message: String| nimbus_api::ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message).into_response();
+    let since = match query.get("since").map(String::as_str).unwrap_or("1d").parse::<nimbus_config::Duration>() {
+        Ok(d) => d.get(),
+        Err(e) => return invalid(format!("since: {e}")),
+    };
+    let mut by = Vec::new();
+    for name in query.get("by").map(String::as_str).unwrap_or("").split(',').filter(|s| !s.is_empty()) {
+        match Dimension::parse(name.trim()) {
+            Some(d) if !by.contains(&d) => by.push(d),
+            Some(_) => {}
+            None => return invalid(format!("by: \"{name}\" is not one of model, backend, user, key")),
+        }
+    }
+    let now = ai.store.clock().now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    match report(ai.store.as_ref(), now.saturating_sub(since.as_secs()), &by).await {
+        Ok(report) => axum::Json(report).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read AI usage");
+            nimbus_api::ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", "usage cannot be read now")
+                .into_response()
+        }
+    }
 }

@@ -2,12 +2,15 @@
 //! tokenizer (tiktoken's encodings) when it does not; recorded once per request, when it ends, is
 //! answered, or its client goes away mid-stream (what was generated until then still counts).
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use nimbus_store::Store;
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
 
 use crate::backend::Endpoint;
+use crate::limits::Reservation;
 
 /// The tokenizer for `model`: its own encoding when tiktoken knows the model, else o200k (the
 /// encoding of OpenAI's current models; an estimate for others).
@@ -126,11 +129,14 @@ impl Account {
 }
 
 /// One request's metering, recorded once: by [`Meter::finish`], or when dropped unfinished (a
-/// client that went away mid-stream is billed for what was generated until then).
+/// client that went away mid-stream is billed for what was generated until then). Recording
+/// settles the request's token reservation and adds it to the usage ledger.
 pub(crate) struct Meter {
     pub model: String,
     pub backend: String,
     account: Account,
+    reservation: Option<Reservation>,
+    ledger: Arc<dyn Store>,
     started: Instant,
     first_token: Option<Instant>,
     prompt_estimate: u64,
@@ -142,11 +148,21 @@ pub(crate) struct Meter {
 }
 
 impl Meter {
-    pub fn new(model: &str, backend: &str, account: Account, prompt_estimate: u64, started: Instant) -> Self {
+    pub fn new(
+        model: &str,
+        backend: &str,
+        account: Account,
+        prompt_estimate: u64,
+        started: Instant,
+        reservation: Option<Reservation>,
+        ledger: Arc<dyn Store>,
+    ) -> Self {
         Self {
             model: model.to_owned(),
             backend: backend.to_owned(),
             account,
+            reservation,
+            ledger,
             started,
             first_token: None,
             prompt_estimate,
@@ -200,6 +216,18 @@ impl Meter {
                     .record(completion as f64 / generating);
             }
         }
+        if let Some(reservation) = self.reservation.take() {
+            reservation.settle(prompt + completion);
+        }
+        let entry = crate::ledger::Entry {
+            model: &self.model,
+            backend: &self.backend,
+            user: self.account.user.as_deref(),
+            key: self.account.key.as_deref(),
+            prompt,
+            completion,
+        };
+        crate::ledger::record(&self.ledger, &entry);
         tracing::info!(
             model = %self.model, backend = %self.backend, user = self.account.user.as_deref().unwrap_or("-"),
             key = self.account.key.as_deref().unwrap_or("-"), prompt_tokens = prompt, completion_tokens = completion,

@@ -13,6 +13,7 @@ mod access;
 pub mod body;
 pub mod extract;
 mod invoke;
+mod limit;
 mod source;
 mod tasks;
 mod trace_context;
@@ -25,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 pub use access::{Authenticate, Grant, Principal, authorize, bearer};
 pub use invoke::{Call, Declared, FeedStart, Invoke, InvokeError, InvokeFuture, Invoker, Trigger};
+pub use limit::Subject;
 pub use source::{Cidr, client_ip, is_trusted, source_key};
 pub use tasks::Tasks;
 pub use trace_context::{TraceContext, hex};

@@ -10,6 +10,7 @@ mod env;
 mod grant;
 mod json_path;
 mod pattern;
+mod period;
 mod policy;
 mod schema;
 mod size;

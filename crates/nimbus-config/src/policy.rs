@@ -21,14 +21,18 @@ pub enum LimitKey {
     Header(HeaderName),
     /// A claim of the token.
     Claim(String),
+    /// Everyone on the route together.
+    Route,
 }
 
 impl FromStr for LimitKey {
     type Err = String;
 
     fn from_str(key: &str) -> Result<Self, String> {
-        let refused = || format!("\"{key}\" is not a limit key: use ip, sub, api_key, header:<name> or claim:<name>");
+        let refused =
+            || format!("\"{key}\" is not a limit key: use ip, sub, api_key, header:<name>, claim:<name> or route");
         Ok(match key {
+            "route" => Self::Route,
             "ip" => Self::Ip,
             "sub" => Self::Sub,
             "api_key" => Self::ApiKey,
@@ -51,6 +55,7 @@ impl fmt::Display for LimitKey {
             Self::ApiKey => f.write_str("api_key"),
             Self::Header(name) => write!(f, "header:{name}"),
             Self::Claim(name) => write!(f, "claim:{name}"),
+            Self::Route => f.write_str("route"),
         }
     }
 }
@@ -121,11 +126,11 @@ mod tests {
         assert_eq!("api_key".parse(), Ok(LimitKey::ApiKey));
         assert_eq!("claim:tid".parse(), Ok(LimitKey::Claim("tid".into())));
         assert_eq!("header:X-Client".parse(), Ok(LimitKey::Header(HeaderName::from_static("x-client"))));
-        for bad in ["everyone", "claim:", "header:", "IP", "route"] {
+        for bad in ["everyone", "claim:", "header:", "IP", "Route"] {
             assert!(bad.parse::<LimitKey>().unwrap_err().contains("is not a limit key"), "{bad}");
         }
         assert!("header:bad header".parse::<LimitKey>().unwrap_err().contains("is not a header name"));
-        for key in ["ip", "sub", "api_key", "header:x-client", "claim:tid"] {
+        for key in ["ip", "sub", "api_key", "header:x-client", "claim:tid", "route"] {
             assert_eq!(key.parse::<LimitKey>().unwrap().to_string(), key);
         }
     }

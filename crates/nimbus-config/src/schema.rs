@@ -60,11 +60,31 @@ pub struct AiSection {
     pub retries: u32,
     #[serde(default)]
     pub circuit_breaker: CircuitBreaker,
+    /// Tokens (prompt and completion) per window, per key: a request's estimate is reserved
+    /// before any backend is called (`429` when it does not fit) and settled with its usage after.
+    pub token_limit: Option<TokenLimit>,
+    /// Tokens per calendar day or month (UTC), per key, reserved and settled the same way.
+    pub quota: Option<TokenQuota>,
     /// Not in this version yet; refused by [`crate::validate`] with a precise message rather than
     /// an unknown key.
-    pub token_limit: Option<toml::Value>,
-    pub quota: Option<toml::Value>,
     pub cache: Option<toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenLimit {
+    /// `sub`, `api_key`, `claim:<name>`, `route`, `ip` or `header:<name>`, as for `rate_limit`.
+    pub key: LimitKey,
+    pub tokens: NonZeroU64,
+    pub per: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenQuota {
+    pub key: LimitKey,
+    pub tokens: NonZeroU64,
+    pub per: QuotaPeriod,
 }
 
 fn two() -> u32 {
@@ -501,7 +521,8 @@ pub struct CorsSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimit {
-    /// What a limit is counted per: `ip`, `sub`, `api_key`, `header:<name>` or `claim:<name>`.
+    /// What a limit is counted per: `ip`, `sub`, `api_key`, `header:<name>`, `claim:<name>` or
+    /// `route` (everyone together).
     pub key: LimitKey,
     pub requests: NonZeroU32,
     pub per: Duration,

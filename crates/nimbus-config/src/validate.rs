@@ -294,10 +294,13 @@ fn check_ai(c: &mut Checker, m: &Manifest) {
         }
         return;
     };
-    for (key, set) in [("token_limit", &ai.token_limit), ("quota", &ai.quota), ("cache", &ai.cache)] {
-        if set.is_some() {
-            c.fail(p!["ai", key], "not in this version of nimbus yet; remove it");
-        }
+    if ai.cache.is_some() {
+        c.fail(p!["ai", "cache"], "not in this version of nimbus yet; remove it");
+    }
+    if let Some(limit) = &ai.token_limit
+        && !(1..=86_400).contains(&limit.per.get().as_secs())
+    {
+        c.fail(p!["ai", "token_limit", "per"], "must be 1s to 1d (use `quota` for days and months)");
     }
     if ai.backends.is_empty() {
         c.fail(

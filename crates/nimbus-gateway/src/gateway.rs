@@ -27,8 +27,9 @@ use tower::util::BoxCloneSyncService;
 use crate::client::HttpClient;
 use crate::jwt::Verifier;
 use crate::keys::{ApiKeys, KeyRejection};
-use crate::limit::{LimitHeaders, Subject};
+use crate::limit::LimitHeaders;
 use crate::route::{Backend, Delivered, Route};
+use nimbus_api::Subject;
 
 /// The components a route can lead to, as the binary wires them.
 #[derive(Clone)]

@@ -16,39 +16,6 @@ use sha2::{Digest, Sha256};
 
 const NS: &str = "gateway";
 
-/// One request's facts a limit key is taken from.
-pub(crate) struct Subject<'a> {
-    pub ip: std::net::IpAddr,
-    pub headers: &'a axum::http::HeaderMap,
-    pub claims: Option<&'a serde_json::Value>,
-    pub api_key: Option<&'a str>,
-}
-
-impl Subject<'_> {
-    /// The value a limit counts per. What the request does not carry (no token on an anonymous
-    /// route, a missing header) falls back to the client's IP, so it cannot share one bucket.
-    pub fn key(&self, key: &LimitKey) -> String {
-        let found = match key {
-            LimitKey::Ip => None,
-            LimitKey::Sub => self.claims.and_then(|c| c.get("sub")).map(claim_text),
-            LimitKey::ApiKey => self.api_key.map(str::to_owned),
-            LimitKey::Header(name) => self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned),
-            LimitKey::Claim(name) => self.claims.and_then(|c| c.get(name)).map(claim_text),
-        };
-        match found {
-            Some(value) => format!("k:{value}"),
-            None => format!("ip:{}", self.ip),
-        }
-    }
-}
-
-fn claim_text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 /// A refused request: how long to wait, and the headers that say so.
 pub(crate) struct Exceeded {
     pub retry_after: u64,
@@ -151,7 +118,7 @@ impl Quota {
     /// Counts one request against `key`'s quota for the current period.
     pub async fn take(&self, key: &str, headers: &mut LimitHeaders) -> Result<Result<(), Exceeded>, StoreError> {
         let now = self.now();
-        let (period_id, start, end) = period_bounds(self.period, now);
+        let (period_id, start, end) = self.period.bounds(now);
         let left_secs = end.saturating_sub(now);
         headers.policy.push(format!("\"quota\";q={};w={}", self.requests, end - start));
         let record_key = format!("quota/{}/{period_id}/{}", digest(&self.route), digest(key));
@@ -173,7 +140,7 @@ impl Quota {
     /// Deletes the counters of periods that are over.
     pub async fn housekeep(&self) -> Result<(), StoreError> {
         let now = self.now();
-        let (current, _, _) = period_bounds(self.period, now);
+        let (current, _, _) = self.period.bounds(now);
         let prefix = format!("quota/{}/", digest(&self.route));
         let mut after: Option<String> = None;
         loop {
@@ -203,84 +170,9 @@ fn digest(s: &str) -> String {
     nimbus_api::hex(&Sha256::digest(s.as_bytes())[..16])
 }
 
-/// The period containing `now` (Unix seconds): its id (`2026-11-25` or `2026-11`), start and end.
-fn period_bounds(period: QuotaPeriod, now: u64) -> (String, u64, u64) {
-    let day = now / 86_400;
-    let (y, m, d) = civil_from_days(day as i64);
-    match period {
-        QuotaPeriod::Day => (format!("{y:04}-{m:02}-{d:02}"), day * 86_400, (day + 1) * 86_400),
-        QuotaPeriod::Month => {
-            let start = (day as i64 - (d as i64 - 1)) as u64 * 86_400;
-            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-            let end = days_from_civil(ny, nm, 1) as u64 * 86_400;
-            (format!("{y:04}-{m:02}"), start, end)
-        }
-    }
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (H. Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn calendar_periods() {
-        // 2026-11-25T09:16:32Z
-        let now = 1_795_598_192;
-        assert_eq!(civil_from_days((now / 86_400) as i64), (2026, 11, 25));
-        let (id, start, end) = period_bounds(QuotaPeriod::Day, now);
-        assert_eq!((id.as_str(), end - start), ("2026-11-25", 86_400));
-        let (id, start, end) = period_bounds(QuotaPeriod::Month, now);
-        assert_eq!((id.as_str(), (end - start) / 86_400), ("2026-11", 30));
-        assert_eq!(civil_from_days(start as i64 / 86_400), (2026, 11, 1));
-        let dec = days_from_civil(2026, 12, 31) as u64 * 86_400;
-        let (id, _, end) = period_bounds(QuotaPeriod::Month, dec);
-        assert_eq!((id.as_str(), civil_from_days(end as i64 / 86_400)), ("2026-12", (2027, 1, 1)));
-        let leap = days_from_civil(2028, 2, 10) as u64 * 86_400;
-        let (_, start, end) = period_bounds(QuotaPeriod::Month, leap);
-        assert_eq!((end - start) / 86_400, 29);
-        for day in [-1000, 0, 59, 60, 365, 11_000, 20_000, 200_000] {
-            let (y, m, d) = civil_from_days(day);
-            assert_eq!(days_from_civil(y, m, d), day);
-        }
-    }
-
-    #[test]
-    fn limit_keys() {
-        let mut headers = axum::http::HeaderMap::new();
-        headers.insert("x-client", axum::http::HeaderValue::from_static("c1"));
-        let claims = serde_json::json!({"sub": "u1", "n": 5});
-        let subject = Subject { ip: [10, 0, 0, 1].into(), headers: &headers, claims: Some(&claims), api_key: None };
-        assert_eq!(subject.key(&LimitKey::Sub), "k:u1");
-        assert_eq!(subject.key(&LimitKey::Claim("n".into())), "k:5");
-        assert_eq!(subject.key(&LimitKey::ApiKey), "ip:10.0.0.1");
-        assert_eq!(subject.key(&LimitKey::Ip), "ip:10.0.0.1");
-        assert_eq!(subject.key(&"header:X-Client".parse().unwrap()), "k:c1");
-        assert_eq!(subject.key(&"header:x-other".parse().unwrap()), "ip:10.0.0.1");
-    }
 
     #[test]
     fn rate_limit_counts_down_and_refuses() {

@@ -35,6 +35,29 @@ pub enum Command {
     Docs(DocsArgs),
     /// Orchestration instances: start, status, list, raise, terminate, suspend, resume, purge, history.
     Durable(DurableArgs),
+    /// The AI gateway's usage ledger.
+    Ai(AiArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AiArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(subcommand)]
+    pub command: AiCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AiCommand {
+    /// Tokens and requests since a time, summed by user, key, model or backend (hourly records).
+    Usage {
+        /// What to sum by, comma-separated: user, key, model, backend. [default: one total]
+        #[arg(long, value_delimiter = ',')]
+        by: Vec<String>,
+        /// How far back, as a duration ("7d", "12h").
+        #[arg(long, default_value = "1d")]
+        since: String,
+    },
 }
 
 #[derive(Debug, Args)]

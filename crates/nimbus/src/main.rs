@@ -1,6 +1,7 @@
 //! `nimbus`: the serverless stack for generative-AI apps, as one binary. This crate is the CLI and
 //! the wiring of components into one server; the components themselves live in their own crates.
 
+mod ai;
 mod blob;
 mod cli;
 mod data_dir;
@@ -38,6 +39,7 @@ fn main() -> ExitCode {
         Command::Site(args) => blob::site(args),
         Command::Docs(args) => docs::run(args),
         Command::Durable(args) => durable::run(args),
+        Command::Ai(args) => ai::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -103,7 +103,10 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     let site = nimbus_blob::Site::new(blobs.clone(), manifest.site.as_ref());
     let listed = functions.clone();
     let ai = match &manifest.ai {
-        Some(section) => Some(nimbus_ai::Ai::new(section).map_err(anyhow::Error::msg)?),
+        Some(section) => Some(
+            nimbus_ai::Ai::new(section, store.clone(), manifest.server.trusted_proxies.clone())
+                .map_err(anyhow::Error::msg)?,
+        ),
         None => None,
     };
     let backends = nimbus_gateway::Backends {
@@ -149,6 +152,9 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     serve_platform(functions.platform_socket(), platform_api, addr, &node_tasks)?;
     if let Some(identity) = &identity {
         admin = admin.merge(identity.admin_router());
+    }
+    if let Some(ai) = &ai {
+        admin = admin.merge(ai.admin_router());
     }
     let mut routes = nimbus_gateway::platform_routes(platform)
         .merge(nimbus_gateway::admin_only(admin, admin_token))
@@ -197,6 +203,10 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     tracing::info!(component = "gateway", "stopped");
     docs.shutdown(left()).await;
     tracing::info!(component = "docs", "stopped");
+    if let Some(ai) = &ai {
+        ai.shutdown(left()).await;
+        tracing::info!(component = "ai", "stopped");
+    }
     blobs.shutdown(left()).await;
     tracing::info!(component = "blob", "stopped");
     if let Some(identity) = &identity {

@@ -483,3 +483,86 @@ async fn a_backend_past_its_timeout_fails_over() {
     assert!(started.elapsed() < Duration::from_millis(2900), "the slow backend was given up at its timeout");
     assert_eq!(fake.hits("slow"), 1);
 }
+
+#[tokio::test]
+async fn token_limits_are_reserved_before_the_call_and_hold_under_50_concurrent_requests() {
+    let fake = Fake::start().await;
+    // Each request below reserves 19 tokens (a 9-token prompt and max_tokens 10) and uses 15
+    // (the fake's usage): ten reservations fit in 190.
+    let app = app(&format!(
+        "token_limit = {{ key = \"route\", tokens = 190, per = \"1d\" }}\nquota = {{ key = \"api_key\", tokens = 100000, per = \"month\" }}\n{}",
+        fake.backend("main", "ok", "")
+    ));
+    let node = app.start(&[]);
+    let c = Arc::new(Client::new(&node, &app).await);
+    let body = json!({"model": "gpt-4o", "messages": messages(), "max_tokens": 10});
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let (c, body) = (c.clone(), body.clone());
+            tokio::spawn(async move { c.chat(body).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        let (status, body, headers) = task.await.unwrap();
+        match status {
+            200 => {
+                ok += 1;
+                assert_eq!(headers["x-ratelimit-limit-tokens"], "190");
+                assert!(headers.contains_key("x-ratelimit-remaining-tokens"));
+            }
+            429 => {
+                assert_eq!(body["error"]["code"], "tokens_exceeded", "{body}");
+                assert!(headers["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    // Used: 15 a request; allowed: 190 plus at most one request's estimate.
+    assert!((10..=13).contains(&ok), "{ok} requests answered");
+    assert_eq!(fake.hits("ok"), ok, "a refused request never reached the upstream");
+    // More than the limit allows at all: refused with the reason.
+    let (status, error, _) = c.chat(json!({"model": "gpt-4o", "messages": messages(), "max_tokens": 1000})).await;
+    assert_eq!(status, 429);
+    assert!(error["error"]["message"].as_str().unwrap().contains("allows at all"), "{error}");
+
+    // The ledger, through the admin API and the CLI (beside the running node).
+    let token = support::admin_token(&app);
+    let mut report = Value::Null;
+    for _ in 0..50 {
+        report = c
+            .http
+            .get(node.url("/_nimbus/admin/usage?since=1h&by=key,model"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if report["rows"][0]["requests"] == ok {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let row = &report["rows"][0];
+    assert_eq!(
+        (row["requests"].as_u64(), row["prompt_tokens"].as_u64(), row["model"].as_str()),
+        (Some(ok as u64), Some(11 * ok as u64), Some("gpt-4o")),
+        "{report}"
+    );
+    assert!(row["key"].as_str().is_some_and(|k| k != "-"), "{report}");
+    let bad = c.http.get(node.url("/_nimbus/admin/usage?by=colour")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let app_dir = app.path().to_str().unwrap().to_owned();
+    let out = support::nimbus(&["ai", "usage", "--app", &app_dir, "--by", "model", "--since", "2h", "--json"]);
+    assert!(out.status.success(), "{}", support::text(&out.stderr));
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli["rows"][0]["completion_tokens"], 4 * ok as u64, "{cli}");
+    let out = support::nimbus(&["ai", "usage", "--app", &app_dir, "--by", "colour"]);
+    assert!(
+        !out.status.success() && support::text(&out.stderr).contains("--by: \"colour\""),
+        "{}",
+        support::text(&out.stderr)
+    );
+}
