@@ -105,6 +105,37 @@ impl Ai {
         Ok(ai)
     }
 
+    /// The API on the platform socket, for functions (`ctx.ai`): their worker's token with an
+    /// `ai:<model>` grant (or the admin token); a request without `model` gets [`Ai::default_model`].
+    pub fn platform_router(self: &Arc<Self>, authenticate: nimbus_api::Authenticate) -> Router {
+        let ai = self.clone();
+        let handler = move |mut req: Request| {
+            let (ai, authenticate) = (ai.clone(), authenticate.clone());
+            async move {
+                let Some(principal) = authenticate(req.headers()) else {
+                    let mut error = AiError::invalid(
+                        "this endpoint needs a worker's token (`Authorization: Bearer <token>`)",
+                        None,
+                    );
+                    (error.status, error.kind, error.code) =
+                        (StatusCode::UNAUTHORIZED, "authentication_error", "unauthorized");
+                    return error.into_response();
+                };
+                req.extensions_mut().insert(Platform(principal));
+                serve(State(ai), req).await
+            }
+        };
+        Router::new().route("/v1/{*rest}", axum::routing::any(handler))
+    }
+
+    /// The model a function gets when it names none: the first listed by the backend of the
+    /// lowest priority that lists models.
+    pub fn default_model(&self) -> Option<&str> {
+        let mut backends: Vec<&Backend> = self.backends.iter().filter(|b| !b.config.models.is_empty()).collect();
+        backends.sort_by_key(|b| b.config.priority);
+        backends.first().map(|b| b.config.models[0].as_str())
+    }
+
     /// Stops the housekeeping within `grace`.
     pub async fn shutdown(&self, grace: Duration) {
         self.tasks.shutdown(grace).await;
@@ -521,23 +552,6 @@ async fn serve(State(ai): State<Arc<Ai>>, req: Request) -> Response {
     }
     let Some(endpoint) = endpoint else { return ai.models() };
     let (parts, body) = req.into_parts();
-    let caller = parts.extensions.get::<Caller>();
-    let call = CallInfo {
-        account: Account::of(caller),
-        trace: parts.extensions.get::<TraceContext>().copied(),
-        started: Instant::now(),
-    };
-    let peer = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    let api_key = call.account.key.clone();
-    let subject = nimbus_api::Subject {
-        ip: nimbus_api::client_ip(peer, &parts.headers, &ai.trusted_proxies),
-        headers: &parts.headers,
-        claims: caller.map(|c| c.0.as_ref()),
-        api_key: api_key.as_deref(),
-    };
     let limit = parts.extensions.get::<RoutePolicy>().map_or(DEFAULT_MAX_BODY, |p| p.max_body);
     let bytes = match axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX)).await {
         Ok(bytes) => bytes,
@@ -551,7 +565,7 @@ async fn serve(State(ai): State<Arc<Ai>>, req: Request) -> Response {
             return error.into_response();
         }
     };
-    let body: Value = match serde_json::from_slice(&bytes) {
+    let mut body: Value = match serde_json::from_slice(&bytes) {
         Ok(body @ Value::Object(_)) => body,
         Ok(_) => return AiError::invalid("the request body must be a JSON object", None).into_response(),
         Err(e) => {
@@ -559,6 +573,13 @@ async fn serve(State(ai): State<Arc<Ai>>, req: Request) -> Response {
                 .into_response();
         }
     };
+    let platform = parts.extensions.get::<Platform>();
+    if platform.is_some()
+        && body.get("model").is_none_or(Value::is_null)
+        && let Some(model) = ai.default_model()
+    {
+        body["model"] = json!(model);
+    }
     if !body["model"].is_string() || body["model"] == "" {
         return AiError::invalid("you must provide a model parameter", Some("model")).into_response();
     }
@@ -571,8 +592,48 @@ async fn serve(State(ai): State<Arc<Ai>>, req: Request) -> Response {
         }
         _ => {}
     }
+    // A client is metered to its token's `sub` or its API key; a function (platform socket) to the
+    // user it names in `user` (OpenAI's field for the end user), its calls counted as its own.
+    let caller = parts.extensions.get::<Caller>();
+    let (account, on_behalf) = match platform {
+        Some(Platform(principal)) => {
+            let model = body["model"].as_str().unwrap_or_default();
+            if !principal.may("ai", model, true) {
+                let mut error = AiError::invalid(
+                    format!("{} may not call model `{model}` (grant it with \"ai:{model}\")", principal.describe()),
+                    Some("model"),
+                );
+                (error.status, error.kind, error.code) = (StatusCode::FORBIDDEN, "permission_error", "forbidden");
+                return error.into_response();
+            }
+            let user = body["user"].as_str().filter(|u| !u.is_empty()).map(str::to_owned);
+            let key = match principal {
+                nimbus_api::Principal::Admin => "admin".to_owned(),
+                nimbus_api::Principal::Function { function, .. } => format!("function:{function}"),
+            };
+            let on_behalf = user.as_ref().map(|u| json!({"sub": u}));
+            (Account { user, key: Some(key) }, on_behalf)
+        }
+        None => (Account::of(caller), None),
+    };
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let api_key = account.key.clone();
+    let subject = nimbus_api::Subject {
+        ip: nimbus_api::client_ip(peer, &parts.headers, &ai.trusted_proxies),
+        headers: &parts.headers,
+        claims: on_behalf.as_ref().or(caller.map(|c| c.0.as_ref())),
+        api_key: api_key.as_deref(),
+    };
+    let call = CallInfo { account, trace: parts.extensions.get::<TraceContext>().copied(), started: Instant::now() };
     ai.complete(endpoint, body, call, &subject).await.unwrap_or_else(IntoResponse::into_response)
 }
+
+/// A request on the platform socket, with who sent it (the admin token, or a function's worker).
+#[derive(Clone)]
+struct Platform(nimbus_api::Principal);
 
 async fn usage_report(
     State(ai): State<Arc<Ai>>,

@@ -20,9 +20,15 @@ pub struct Grant {
 
 impl Grant {
     pub fn parse(grant: &str) -> Result<Self, String> {
+        // `ai:<model>` (or `ai:*`): calling the AI gateway for that model; model names may hold `:`.
+        if let Some(model) = grant.strip_prefix("ai:")
+            && !model.is_empty()
+        {
+            return Ok(Self { component: "ai".into(), name: model.to_owned(), write: true });
+        }
         let parts: Vec<&str> = grant.split(':').collect();
         if let [component, ..] = parts.as_slice()
-            && let Some(missing) = crate::unbuilt_grant(component)
+            && let Some(missing) = crate::unbuilt(component)
         {
             return Err(format!("grant \"{grant}\": {missing}"));
         }
@@ -31,7 +37,7 @@ impl Grant {
                 Ok(Self { component: (*component).to_owned(), name: (*name).to_owned(), write: *access == "rw" })
             }
             _ => Err(format!(
-                "invalid grant \"{grant}\": expected \"docs:<container>:r|rw\", \"blob:<container>:r|rw\" or \"durable:<orchestration>:r|rw\""
+                "invalid grant \"{grant}\": expected \"docs:<container>:r|rw\", \"blob:<container>:r|rw\", \"durable:<orchestration>:r|rw\" or \"ai:<model>\""
             )),
         }
     }
@@ -44,6 +50,9 @@ impl Grant {
 
 impl fmt::Display for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.component == "ai" {
+            return write!(f, "ai:{}", self.name);
+        }
         write!(f, "{}:{}:{}", self.component, self.name, if self.write { "rw" } else { "r" })
     }
 }
@@ -78,8 +87,13 @@ mod tests {
         for bad in ["blob:uploads", "blob::rw", "docs:x:w", "files:x:r", "docs:x:rw:y", ""] {
             assert!(Grant::parse(bad).unwrap_err().starts_with("invalid grant"), "{bad}");
         }
-        for unbuilt in ["ai:chat", "queues:jobs", "ai"] {
+        for unbuilt in ["queues:jobs", "queues"] {
             assert!(Grant::parse(unbuilt).unwrap_err().contains("in this version of nimbus yet"), "{unbuilt}");
         }
+        let ai = Grant::parse("ai:llama3:8b").unwrap();
+        assert!(ai.allows("ai", "llama3:8b", true) && !ai.allows("ai", "gpt-4o", true));
+        assert_eq!(ai.to_string(), "ai:llama3:8b");
+        assert!(Grant::parse("ai:*").unwrap().allows("ai", "gpt-4o", true));
+        assert!(Grant::parse("ai:").is_err() && Grant::parse("ai").is_err());
     }
 }

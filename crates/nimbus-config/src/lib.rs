@@ -165,11 +165,3 @@ pub(crate) fn unbuilt(section: &str) -> Option<&'static str> {
         _ => None,
     }
 }
-
-/// Grants for what functions cannot reach in this version.
-pub(crate) fn unbuilt_grant(component: &str) -> Option<&'static str> {
-    match component {
-        "ai" => Some("functions cannot call the AI gateway in this version of nimbus yet"),
-        other => unbuilt(other),
-    }
-}

@@ -292,6 +292,11 @@ fn check_ai(c: &mut Checker, m: &Manifest) {
         if let Some(i) = m.routes.iter().position(|r| r.backend == Backend::Ai) {
             c.fail(p!["routes", i, "backend"], "\"ai\" needs an `[ai]` section with its backends");
         }
+        for (name, f) in &m.functions {
+            if let Some(i) = f.grants.iter().position(|g| g.component == "ai") {
+                c.fail(p!["functions", name, "grants", i], "an `ai:` grant needs an `[ai]` section with its backends");
+            }
+        }
         return;
     };
     if ai.cache.is_some() {

@@ -146,9 +146,12 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     let component_apis = nimbus_blob::api_router(blobs.clone(), admin_auth.clone())
         .merge(nimbus_docs::router(docs.clone(), admin_auth.clone()))
         .merge(durable.router(admin_auth));
-    let platform_api = nimbus_blob::api_router(blobs.clone(), worker_auth.clone())
+    let mut platform_api = nimbus_blob::api_router(blobs.clone(), worker_auth.clone())
         .merge(nimbus_docs::router(docs.clone(), worker_auth.clone()))
-        .merge(durable.router(worker_auth));
+        .merge(durable.router(worker_auth.clone()));
+    if let Some(ai) = &ai {
+        platform_api = platform_api.merge(ai.platform_router(worker_auth));
+    }
     serve_platform(functions.platform_socket(), platform_api, addr, &node_tasks)?;
     if let Some(identity) = &identity {
         admin = admin.merge(identity.admin_router());

@@ -566,3 +566,93 @@ async fn token_limits_are_reserved_before_the_call_and_hold_under_50_concurrent_
         support::text(&out.stderr)
     );
 }
+
+const FUNCTIONS_PY: &str = r#"
+import nimbus
+app = nimbus.App()
+
+@app.http("/py/ask", methods=["POST"])
+async def ask(req, ctx):
+    body = await req.json()
+    answer = await ctx.ai.chat([{"role": "user", "content": body["q"]}], user="alice")
+    streamed = [piece async for piece in ctx.ai.chat_stream([{"role": "user", "content": body["q"]}], model="fast")]
+    vector = await ctx.ai.embed("hi", model="text-embedding-3-small")
+    return {"answer": answer["choices"][0]["message"]["content"], "streamed": streamed, "vector": vector}
+
+@app.http("/py/forbidden", methods=["POST"])
+async def forbidden(req, ctx):
+    try:
+        await ctx.ai.chat([{"role": "user", "content": "hi"}], model="text-embedding-3-small")
+    except nimbus.PlatformError as e:
+        return {"status": e.status, "code": e.code, "message": e.message}
+    return {"status": 200}
+"#;
+
+const FUNCTIONS_JS: &str = r#"
+const { App } = require("nimbus");
+const app = new App();
+
+app.http("/js/ask", { methods: ["POST"], name: "js_ask" }, async (req, ctx) => {
+  const answer = await ctx.ai.chat([{ role: "user", content: "hi" }], { model: "fast" });
+  const streamed = [];
+  for await (const piece of ctx.ai.chatStream([{ role: "user", content: "hi" }])) streamed.push(piece);
+  const vectors = await ctx.ai.embed(["a", "b"], { model: "text-embedding-3-small" });
+  return { answer: answer.choices[0].message.content, streamed, vectors };
+});
+
+module.exports = app;
+"#;
+
+#[tokio::test]
+async fn functions_call_the_gateway_with_their_grant_and_for_their_user() {
+    let fake = Fake::start().await;
+    let manifest = format!(
+        "[workers.py]\nruntime = \"python\"\nentry = \"app.py\"\n\n[workers.js]\nruntime = \"node\"\nentry = \"app.js\"\n\n\
+         [functions.ask]\ngrants = [\"ai:gpt-4o-mini\", \"ai:fast\", \"ai:text-embedding-3-small\"]\n\n\
+         [functions.forbidden]\ngrants = [\"ai:gpt-4o-mini\"]\n\n[functions.js_ask]\ngrants = [\"ai:*\"]\n\n\
+         [[routes]]\npath = \"/py/*\"\nauth = \"anonymous\"\n\n[[routes]]\npath = \"/js/*\"\nauth = \"anonymous\"\n\n[ai]\n{}",
+        fake.backend(
+            "main",
+            "ok",
+            "models = [\"gpt-4o-mini\", \"text-embedding-3-small\"]\nmodel_map = { fast = \"gpt-4o-mini\" }"
+        )
+    );
+    let app = App::new(Some(&manifest));
+    std::fs::write(app.path().join("app.py"), FUNCTIONS_PY).unwrap();
+    std::fs::write(app.path().join("app.js"), FUNCTIONS_JS).unwrap();
+    let node = app.start(&[]);
+    let http = reqwest::Client::new();
+
+    let reply: Value =
+        http.post(node.url("/py/ask")).json(&json!({"q": "hello?"})).send().await.unwrap().json().await.unwrap();
+    assert_eq!(reply["answer"], "Hello there, friend", "{reply}");
+    assert_eq!(reply["streamed"], json!(["Hello", " there", ",", " friend"]));
+    assert_eq!(reply["vector"], json!([0.5, -0.5]));
+    let (_, last) = fake.last("ok");
+    assert_eq!(last["model"], "text-embedding-3-small");
+
+    let reply: Value = http.post(node.url("/py/forbidden")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(reply["status"], 403, "{reply}");
+    assert!(reply["message"].as_str().unwrap().contains("ai:text-embedding-3-small"), "{reply}");
+
+    let reply: Value = http.post(node.url("/js/ask")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(reply["answer"], "Hello there, friend", "{reply}");
+    assert_eq!(reply["streamed"].as_array().unwrap().len(), 4, "{reply}");
+    assert_eq!(reply["vectors"], json!([[0.5, -0.5]]));
+
+    // Metered to the user the function named, as the function's own calls.
+    let token = support::admin_token(&app);
+    let report: Value = http
+        .get(node.url("/_nimbus/admin/usage?since=1h&by=user,key"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let alice = rows.iter().find(|r| r["user"] == "alice").unwrap_or_else(|| panic!("{report}"));
+    assert_eq!((alice["key"].as_str(), alice["requests"].as_u64()), (Some("function:ask"), Some(1)), "{report}");
+    assert!(rows.iter().any(|r| r["key"] == "function:js_ask"), "{report}");
+}

@@ -562,6 +562,80 @@ class Durable:
         return Response(payload, status=202, headers={"location": payload["statusQueryGetUri"]})
 
 
+class Ai:
+    """The AI gateway from a function, with the grant `ai:<model>` (or `ai:*`): OpenAI's chat
+    completions and embeddings. Usage is metered to the user the function serves (the caller's `sub`,
+    sent as OpenAI's `user`); `model` defaults to the gateway's first model.
+
+        answer = await ctx.ai.chat([{"role": "user", "content": "Hi"}])     # the chat.completion (dict)
+        async for delta in ctx.ai.chat_stream(messages):                    # the text as it is generated
+            ...
+        vectors = await ctx.ai.embed(["a", "b"])                            # one vector per input
+    """
+
+    __slots__ = ("_client", "_traceparent", "_user")
+
+    def __init__(self, client, traceparent=None, user=None):
+        self._client = client
+        self._traceparent = traceparent
+        self._user = user
+
+    async def _post(self, path, body):
+        if self._user is not None and "user" not in body:
+            body["user"] = self._user
+        headers = {"Content-Type": "application/json"}
+        return await self._client.request("POST", path, _json(body), headers, self._traceparent)
+
+    @staticmethod
+    def _body(model, options, **fields):
+        body = dict(options)
+        body.update(fields)
+        if model is not None:
+            body["model"] = model
+        return body
+
+    async def chat(self, messages, model=None, **options):
+        """One whole answer: OpenAI's `chat.completion` as a dict (`["choices"][0]["message"]["content"]`).
+        `options` are OpenAI's (`temperature`, `max_tokens`, `tools`, `response_format`...)."""
+        response = await self._post("/v1/chat/completions", self._body(model, options, messages=messages))
+        await response.raise_for_status()
+        return await response.json()
+
+    async def chat_stream(self, messages, model=None, **options):
+        """The answer's text, piece by piece as the model generates it. A stream the gateway could not
+        finish raises PlatformError (code `stream_interrupted`) after the pieces that arrived."""
+        body = self._body(model, options, messages=messages, stream=True)
+        response = await self._post("/v1/chat/completions", body)
+        await response.raise_for_status()
+        pending = b""
+        async for chunk in response.chunks():
+            pending += chunk
+            while b"\n\n" in pending:
+                event, pending = pending.split(b"\n\n", 1)
+                data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+                if not data:
+                    continue
+                if data == b"[DONE]":
+                    return
+                value = json.loads(data)
+                if "error" in value:
+                    error = value["error"]
+                    raise PlatformError(502, error.get("code") or "stream_interrupted", error.get("message", ""))
+                for choice in value.get("choices") or ():
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        yield text
+        raise PlatformError(502, "stream_interrupted", "the answer ended before its end")
+
+    async def embed(self, input, model=None):
+        """Embeddings: one vector (a list of floats) for a str, a list of vectors for a list of them."""
+        response = await self._post("/v1/embeddings", self._body(model, {}, input=input))
+        await response.raise_for_status()
+        data = sorted((await response.json())["data"], key=lambda d: d["index"])
+        vectors = [d["embedding"] for d in data]
+        return vectors[0] if isinstance(input, str) else vectors
+
+
 _client = None
 
 

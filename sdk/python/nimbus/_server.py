@@ -312,9 +312,9 @@ class Context:
     `timeout_ms` (None if the host gave none), `trigger` (the envelope's trigger for a non-HTTP function,
     the declared trigger for an HTTP one) and `log`, a logging.Logger writing to stderr; `blob` and `docs`
     reach the platform's blob and docs containers the function is granted, `durable` starts and manages
-    orchestrations."""
+    orchestrations, `ai` calls the AI gateway for the user the invocation serves."""
 
-    __slots__ = ("function_name", "invocation_id", "traceparent", "timeout_ms", "log", "_trigger")
+    __slots__ = ("function_name", "invocation_id", "traceparent", "timeout_ms", "log", "_trigger", "_request")
 
     def __init__(self, function_name, invocation_id, traceparent, timeout_ms, log, trigger=None):
         self.function_name = function_name
@@ -323,6 +323,7 @@ class Context:
         self.timeout_ms = timeout_ms
         self.log = log
         self._trigger = trigger  # a dict; or (HTTP) the Function, whose trigger dict is made when first asked
+        self._request = None  # (HTTP) the Request, whose claims say whom `ai` works for
 
     @property
     def trigger(self):
@@ -349,6 +350,14 @@ class Context:
         from . import _platform
 
         return _platform.Durable(_platform.client(), self.traceparent)
+
+    @property
+    def ai(self):
+        from . import _platform
+
+        claims = self._request.claims if self._request is not None else None
+        user = claims.get("sub") if claims else None
+        return _platform.Ai(_platform.client(), self.traceparent, user if isinstance(user, str) else None)
 
     def __repr__(self):
         return "Context(%r, %r)" % (self.function_name, self.invocation_id)
@@ -958,6 +967,7 @@ class _Connection:
         timeout_ms = int(timeout) if timeout is not None and timeout.isdigit() else None
         name = function.name
         ctx = Context(name, invocation_id, first.get("traceparent"), timeout_ms, self.worker.loggers[name], function)
+        ctx._request = request
         reader, token = self._begin(invocation_id)
         try:
             # the handler's result; the common cases are answered here without a detour

@@ -22,7 +22,7 @@ function makeLogger(invocationId, write = (s) => process.stderr.write(s)) {
 }
 
 class Context {
-  constructor({ functionName, invocationId, traceparent, timeoutMs, signal, trigger }) {
+  constructor({ functionName, invocationId, traceparent, timeoutMs, signal, trigger, claims }) {
     this.functionName = functionName;
     this.invocationId = invocationId;
     this.traceparent = traceparent;
@@ -30,6 +30,8 @@ class Context {
     this.signal = signal;
     this.trigger = trigger;
     this.log = makeLogger(invocationId);
+    // (HTTP) the caller's claims: whom `ai` works for
+    this._claims = claims ?? null;
   }
 
   /** The platform's blob containers this function is granted (`[functions.<name>] grants`). */
@@ -48,6 +50,13 @@ class Context {
   get durable() {
     const platform = require("./platform");
     return new platform.Durable(platform.client(), this.traceparent);
+  }
+
+  /** Calls the AI gateway for the user this invocation serves (`grants = ["ai:gpt-4o-mini"]`). */
+  get ai() {
+    const platform = require("./platform");
+    const sub = this._claims && typeof this._claims.sub === "string" ? this._claims.sub : undefined;
+    return new platform.Ai(platform.client(), this.traceparent, sub);
   }
 }
 

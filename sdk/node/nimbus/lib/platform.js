@@ -1,5 +1,5 @@
 "use strict";
-// The platform API as a function sees it: `ctx.blob`, `ctx.docs` and `ctx.durable`, over the host's
+// The platform API as a function sees it: `ctx.blob`, `ctx.docs`, `ctx.durable` and `ctx.ai`, over the host's
 // private Unix socket (NIMBUS_PLATFORM_SOCKET) with the instance's scoped token (NIMBUS_PLATFORM_TOKEN).
 // What a function may reach is what the manifest grants it (`[functions.<name>] grants =
 // ["blob:uploads:rw", "docs:conversations:r", "durable:research:rw"]`); anything else answers 403 and throws.
@@ -473,7 +473,75 @@ async function offloadPayloads(objects) {
   }
 }
 
+/** The AI gateway from a function, with the grant `ai:<model>` (or `ai:*`): OpenAI's chat completions
+ *  and embeddings. Usage is metered to the user the function serves (the caller's `sub`, sent as
+ *  OpenAI's `user`); `model` defaults to the gateway's first model.
+ *
+ *    const answer = await ctx.ai.chat([{ role: "user", content: "Hi" }]);   // the chat.completion
+ *    for await (const delta of ctx.ai.chatStream(messages)) { ... }         // the text as generated
+ *    const vectors = await ctx.ai.embed(["a", "b"]);                        // one vector per input */
+class Ai {
+  constructor(c, traceparent, user) {
+    this.c = c;
+    this.traceparent = traceparent;
+    this.user = user;
+  }
+
+  post(path, body) {
+    if (this.user != null && body.user === undefined) body.user = this.user;
+    const headers = { "content-type": "application/json" };
+    return request(this.c, "POST", path, { body: JSON.stringify(body), headers, traceparent: this.traceparent });
+  }
+
+  /** One whole answer: OpenAI's `chat.completion` (`.choices[0].message.content`). `options` are
+   *  OpenAI's (`model`, `temperature`, `max_tokens`, `tools`, `response_format`...). */
+  async chat(messages, options = {}) {
+    const res = await check(await this.post("/v1/chat/completions", { ...options, messages }));
+    return JSON.parse((await readAll(res)).toString("utf8"));
+  }
+
+  /** The answer's text, piece by piece as the model generates it. A stream the gateway could not
+   *  finish throws a PlatformError (code `stream_interrupted`) after the pieces that arrived. */
+  async *chatStream(messages, options = {}) {
+    const res = await check(await this.post("/v1/chat/completions", { ...options, messages, stream: true }));
+    let pending = "";
+    res.setEncoding("utf8");
+    for await (const chunk of res) {
+      pending += chunk;
+      let end;
+      while ((end = pending.indexOf("\n\n")) >= 0) {
+        const event = pending.slice(0, end);
+        pending = pending.slice(end + 2);
+        const data = event
+          .split("\n")
+          .filter((line) => line.startsWith("data:"))
+          .map((line) => line.slice(5).trimStart())
+          .join("\n");
+        if (!data) continue;
+        if (data === "[DONE]") return;
+        const value = JSON.parse(data);
+        if (value.error) {
+          throw new PlatformError(502, value.error.code || "stream_interrupted", value.error.message || "");
+        }
+        for (const choice of value.choices || []) {
+          const text = choice.delta && choice.delta.content;
+          if (text) yield text;
+        }
+      }
+    }
+    throw new PlatformError(502, "stream_interrupted", "the answer ended before its end");
+  }
+
+  /** Embeddings: one vector for a string, an array of vectors for an array of them. */
+  async embed(input, options = {}) {
+    const res = await check(await this.post("/v1/embeddings", { ...options, input }));
+    const data = JSON.parse((await readAll(res)).toString("utf8")).data.sort((a, b) => a.index - b.index);
+    const vectors = data.map((d) => d.embedding);
+    return typeof input === "string" ? vectors[0] : vectors;
+  }
+}
+
 module.exports = {
-  Blob, Docs, Durable, PlatformError, client,
+  Ai, Blob, Docs, Durable, PlatformError, client,
   PAYLOAD_LIMIT, fetchPayload, fetchPayloads, offloadPayload, offloadPayloads,
 };

@@ -279,6 +279,7 @@ async function invokeHttp(fn, params, path, rawQuery, req, res, dev) {
     timeoutMs: timeoutOf(req),
     signal: inv.controller.signal,
     trigger: fn.trigger,
+    claims,
   });
   let result;
   try {
