@@ -484,21 +484,22 @@ async fn a_backend_past_its_timeout_fails_over() {
     assert_eq!(fake.hits("slow"), 1);
 }
 
-#[tokio::test]
-async fn token_limits_are_reserved_before_the_call_and_hold_under_50_concurrent_requests() {
-    let fake = Fake::start().await;
-    // Each request below reserves 19 tokens (a 9-token prompt and max_tokens 10) and uses 15
-    // (the fake's usage): ten reservations fit in 190.
-    let app = app(&format!(
+/// The `[ai]` of the limit tests: each request below reserves 19 tokens (a 9-token prompt and
+/// `max_tokens` 10) and uses 15 (the fake's usage): ten reservations fit in 190.
+fn limited(fake: &Fake) -> String {
+    format!(
         "token_limit = {{ key = \"route\", tokens = 190, per = \"1d\" }}\nquota = {{ key = \"api_key\", tokens = 100000, per = \"month\" }}\n{}",
         fake.backend("main", "ok", "")
-    ));
-    let node = app.start(&[]);
-    let c = Arc::new(Client::new(&node, &app).await);
+    )
+}
+
+/// 50 requests at once, spread over `clients`: how many were answered (the others must be refused
+/// with `tokens_exceeded` before reaching the upstream).
+async fn fifty_at_once(clients: &[Arc<Client>], fake: &Fake) -> usize {
     let body = json!({"model": "gpt-4o", "messages": messages(), "max_tokens": 10});
     let tasks: Vec<_> = (0..50)
-        .map(|_| {
-            let (c, body) = (c.clone(), body.clone());
+        .map(|i| {
+            let (c, body) = (clients[i % clients.len()].clone(), body.clone());
             tokio::spawn(async move { c.chat(body).await })
         })
         .collect();
@@ -521,6 +522,16 @@ async fn token_limits_are_reserved_before_the_call_and_hold_under_50_concurrent_
     // Used: 15 a request; allowed: 190 plus at most one request's estimate.
     assert!((10..=13).contains(&ok), "{ok} requests answered");
     assert_eq!(fake.hits("ok"), ok, "a refused request never reached the upstream");
+    ok
+}
+
+#[tokio::test]
+async fn token_limits_are_reserved_before_the_call_and_hold_under_50_concurrent_requests() {
+    let fake = Fake::start().await;
+    let app = app(&limited(&fake));
+    let node = app.start(&[]);
+    let c = Arc::new(Client::new(&node, &app).await);
+    let ok = fifty_at_once(std::slice::from_ref(&c), &fake).await;
     // More than the limit allows at all: refused with the reason.
     let (status, error, _) = c.chat(json!({"model": "gpt-4o", "messages": messages(), "max_tokens": 1000})).await;
     assert_eq!(status, 429);
@@ -655,4 +666,18 @@ async fn functions_call_the_gateway_with_their_grant_and_for_their_user() {
     let alice = rows.iter().find(|r| r["user"] == "alice").unwrap_or_else(|| panic!("{report}"));
     assert_eq!((alice["key"].as_str(), alice["requests"].as_u64()), (Some("function:ask"), Some(1)), "{report}");
     assert!(rows.iter().any(|r| r["key"] == "function:js_ask"), "{report}");
+}
+
+#[tokio::test]
+async fn token_limits_hold_across_two_nodes_on_one_postgresql_database() {
+    use nimbus_store::testing::{Backend, TestDb};
+    let db = TestDb::new(Backend::Postgres).await;
+    let fake = Fake::start().await;
+    let (app1, app2) = (app(&limited(&fake)), app(&limited(&fake)));
+    let node1 = app1.start(&["--store", db.url()]);
+    let node2 = app2.start(&["--store", db.url()]);
+    let c1 = Arc::new(Client::new(&node1, &app1).await);
+    // The key lives in the shared store: node 2 takes it too.
+    let c2 = Arc::new(Client { http: reqwest::Client::new(), node_url: node2.url(""), key: c1.key.clone() });
+    fifty_at_once(&[c1, c2], &fake).await;
 }
