@@ -46,8 +46,8 @@ http {
   fastcgi_temp_path $TMP; uwsgi_temp_path $TMP; scgi_temp_path $TMP;
   server { listen 127.0.0.1:$UP_PORT; keepalive_requests 1000000;
     location = /v1/chat/completions { default_type application/json; return 200 '$ANSWER'; }
-    # (a static file would answer POST with 405: the answer is the config's own string, newlines and all)
-    location = /stream/v1/chat/completions { default_type text/event-stream; return 200 '$(cat "$TMP/stream.sse")'; }
+    # A static file answers POST with 405; the error page redirects to the same URI as a GET.
+    location = /stream/v1/chat/completions { default_type text/event-stream; error_page 405 =200 \$uri; alias $TMP/stream.sse; }
   }
 }
 CONF

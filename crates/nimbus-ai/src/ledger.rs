@@ -1,10 +1,13 @@
 //! The usage ledger: per hour (UTC), model, backend, user and API key, counters of requests and of
 //! prompt and completion tokens, in the store (`u/<hour>/<model>/<backend>/<user>/<key>/<n|p|c>`),
-//! kept [`RETENTION`]. [`report`] sums them for the admin API (`/_nimbus/admin/usage`) and the CLI
-//! (`nimbus ai usage`).
+//! kept [`RETENTION`]. Requests add to counters in memory, written every [`FLUSH`] (and at shutdown)
+//! as one add per counter: a busy gateway makes a few writes a second, not three per request; a node
+//! killed outright loses at most the last second of the ledger (never a limit's accounting, which is
+//! settled per request). [`report`] sums the counters for the admin API (`/_nimbus/admin/usage`) and
+//! the CLI (`nimbus ai usage`).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use nimbus_store::{Expect, Store, StoreError, Write};
@@ -51,31 +54,58 @@ pub(crate) struct Entry<'a> {
     pub completion: u64,
 }
 
-/// Adds one request to the ledger (in the background: the answer does not wait for it).
-pub(crate) fn record(store: &Arc<dyn Store>, entry: &Entry<'_>) {
-    let now = store.clock().now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let base = format!(
-        "u/{}/{}/{}/{}/{}",
-        hour(now),
-        escape(entry.model),
-        escape(entry.backend),
-        escape(entry.user.unwrap_or("-")),
-        escape(entry.key.unwrap_or("-"))
-    );
-    let adds = [("n", 1), ("p", entry.prompt), ("c", entry.completion)];
-    let store = store.clone();
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-    runtime.spawn(async move {
-        for (field, n) in adds {
-            if n == 0 && field != "n" {
-                continue;
-            }
-            let n = i64::try_from(n).unwrap_or(i64::MAX);
-            if let Err(e) = store.add(NS, &format!("{base}/{field}"), n, None).await {
-                tracing::warn!(error = %e, "cannot record AI usage");
+/// How often the counters gathered in memory are written.
+pub(crate) const FLUSH: Duration = Duration::from_secs(1);
+
+/// The counters not written yet, by key.
+pub(crate) struct Ledger {
+    store: Arc<dyn Store>,
+    pending: Mutex<HashMap<String, i64>>,
+}
+
+impl Ledger {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store, pending: Mutex::new(HashMap::new()) }
+    }
+
+    /// Adds one request (in memory until the next flush).
+    pub fn record(&self, entry: &Entry<'_>) {
+        let now = self.store.clock().now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let base = format!(
+            "u/{}/{}/{}/{}/{}",
+            hour(now),
+            escape(entry.model),
+            escape(entry.backend),
+            escape(entry.user.unwrap_or("-")),
+            escape(entry.key.unwrap_or("-"))
+        );
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (field, n) in [("n", 1), ("p", entry.prompt), ("c", entry.completion)] {
+            if n > 0 {
+                *pending.entry(format!("{base}/{field}")).or_default() += i64::try_from(n).unwrap_or(i64::MAX);
             }
         }
-    });
+    }
+
+    /// Writes what was gathered; what cannot be written now is kept for the next flush.
+    pub async fn flush(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut failed: Vec<(String, i64)> = Vec::new();
+        for (key, n) in pending {
+            if !failed.is_empty() {
+                failed.push((key, n));
+                continue;
+            }
+            if let Err(e) = self.store.add(NS, &key, n, None).await {
+                tracing::warn!(error = %e, "cannot record AI usage; it will be tried again");
+                failed.push((key, n));
+            }
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, n) in failed {
+            *pending.entry(key).or_default() += n;
+        }
+    }
 }
 
 /// `2026-12-07T17`: the hour (UTC) containing `secs`.

@@ -58,6 +58,7 @@ pub struct Ai {
     retries: u32,
     client: reqwest::Client,
     limits: Limits,
+    ledger: Arc<ledger::Ledger>,
     store: Arc<dyn Store>,
     /// `[server] trusted_proxies`, for the client address a limit may count by.
     trusted_proxies: Vec<nimbus_api::Cidr>,
@@ -88,7 +89,21 @@ impl Ai {
         }
         let limits = Limits::new(section, store.clone());
         let tasks = nimbus_api::Tasks::new("ai");
-        let ai = Arc::new(Self { backends, retries: section.retries, client, limits, store, trusted_proxies, tasks });
+        let ledger = Arc::new(ledger::Ledger::new(store.clone()));
+        let ai = Arc::new(Self {
+            backends,
+            retries: section.retries,
+            client,
+            limits,
+            ledger: ledger.clone(),
+            store,
+            trusted_proxies,
+            tasks,
+        });
+        ai.tasks.every("usage ledger", ledger::FLUSH, move || {
+            let ledger = ledger.clone();
+            async move { ledger.flush().await }
+        });
         let weak = Arc::downgrade(&ai);
         ai.tasks.every("housekeeping", limits::HOUSEKEEPING, move || {
             let weak = weak.clone();
@@ -136,9 +151,10 @@ impl Ai {
         backends.first().map(|b| b.config.models[0].as_str())
     }
 
-    /// Stops the housekeeping within `grace`.
+    /// Stops the housekeeping within `grace`, then writes the usage gathered since the last flush.
     pub async fn shutdown(&self, grace: Duration) {
         self.tasks.shutdown(grace).await;
+        self.ledger.flush().await;
     }
 
     /// `GET /_nimbus/admin/usage?since=7d&by=user,model`: the usage ledger summed (admin only:
@@ -233,8 +249,8 @@ impl Ai {
                 tried = true;
                 body["model"] = json!(backend.config.upstream_model(&model));
                 let meter = |reservation: Option<Reservation>| {
-                    let (account, store) = (call.account.clone(), self.store.clone());
-                    Meter::new(&model, backend.name(), account, prompt_estimate, call.started, reservation, store)
+                    let (account, ledger) = (call.account.clone(), self.ledger.clone());
+                    Meter::new(&model, backend.name(), account, prompt_estimate, call.started, reservation, ledger)
                 };
                 match self.attempt(i, endpoint, &body, stream, &call).await {
                     Ok(Answer::Whole(status, content_type, bytes)) => {

@@ -1,22 +1,30 @@
-//! A streamed answer, relayed event by event as it arrives (nothing is held back): usage is read
-//! from the chunks, the usage chunk the gateway asked for is dropped when the client did not ask,
-//! and a stream that breaks after its first byte ends with an error event, never a clean `[DONE]`.
+//! A streamed answer, relayed as it arrives: each event is passed on as soon as it is read, and
+//! those already read together (an upstream that sends a burst) leave in one write; nothing waits
+//! for more. Each event is read with a borrowing parse (no tree of values), and passed on verbatim
+//! unless the client must not see it: the usage chunk the gateway asked for is dropped (or its
+//! `usage` removed) when the client did not ask. A stream that breaks after its first byte ends with
+//! an error event, never a clean `[DONE]`.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use eventsource_stream::Event;
-use futures_util::{Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::Ai;
 use crate::error::AiError;
-use crate::usage::{self, Meter};
+use crate::usage::Meter;
 
 pub(crate) type Events = Pin<Box<dyn Stream<Item = Result<Event, String>> + Send>>;
+
+/// Events already read are written together up to this size.
+const COALESCE: usize = 64 * 1024;
 
 pub(crate) struct Relay {
     pub ai: Arc<Ai>,
@@ -31,6 +39,53 @@ pub(crate) struct Relay {
     pub idle: Duration,
 }
 
+/// What a chunk says that the relay needs: its text (for counting when the upstream gives no
+/// usage), its usage, whether it is an error. Borrowed from the event's data where it can be.
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<Choice<'a>>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<Delta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(default, borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    tool_calls: Option<Vec<ToolCall<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCall<'a> {
+    #[serde(default, borrow)]
+    function: Option<Function<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Function<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Usage {
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+}
+
 struct State {
     relay: Relay,
     pending: Option<Event>,
@@ -42,72 +97,88 @@ impl Relay {
         let first = self.first.clone();
         let state = State { relay: self, pending: Some(first), ended: false };
         futures_util::stream::unfold(state, |mut state| async move {
-            loop {
-                if state.ended {
-                    return None;
-                }
+            let mut out = BytesMut::new();
+            while !state.ended && out.is_empty() {
                 let next = match state.pending.take() {
-                    Some(event) => Ok(event),
+                    Some(event) => Some(Ok(event)),
                     None => match tokio::time::timeout(state.relay.idle, state.relay.rest.next()).await {
-                        Ok(Some(event)) => event,
-                        Ok(None) => Err("the backend's stream ended before `[DONE]`".to_owned()),
-                        Err(_) => Err(format!("the backend sent nothing for {} s", state.relay.idle.as_secs())),
+                        Ok(next) => next,
+                        Err(_) => Some(Err(format!("the backend sent nothing for {} s", state.relay.idle.as_secs()))),
                     },
                 };
-                let event = match next {
-                    Ok(event) => event,
-                    Err(why) => return Some((state.broken(&why), state)),
-                };
-                if event.data == "[DONE]" {
-                    state.ended = true;
-                    state.relay.meter.finish("ok");
-                    state.relay.ai.backends[state.relay.backend].circuit.succeeded();
-                    return Some((Ok(Bytes::from_static(b"data: [DONE]\n\n")), state));
-                }
-                if let Some(bytes) = state.chunk(event) {
-                    return Some((Ok(bytes), state));
+                state.take(next, &mut out);
+                // What has arrived meanwhile goes out in the same write.
+                while !state.ended && out.len() < COALESCE {
+                    match state.relay.rest.next().now_or_never() {
+                        Some(next) => state.take(next, &mut out),
+                        None => break,
+                    }
                 }
             }
+            (!out.is_empty()).then(|| (Ok(out.freeze()), state))
         })
     }
 }
 
 impl State {
-    /// What the client gets of one event; `None` to drop it.
-    fn chunk(&mut self, event: Event) -> Option<Bytes> {
-        let meter = &mut self.relay.meter;
-        let Ok(mut chunk) = serde_json::from_str::<Value>(&event.data) else {
-            return Some(frame(&event.event, &event.data));
+    /// Appends what the client gets of the stream's next item (`None`: the stream ended).
+    fn take(&mut self, next: Option<Result<Event, String>>, out: &mut BytesMut) {
+        let event = match next {
+            Some(Ok(event)) => event,
+            Some(Err(why)) => return self.broken(&why, out),
+            None => return self.broken("the backend's stream ended before `[DONE]`", out),
         };
-        if chunk.get("error").is_some() {
+        if event.data == "[DONE]" {
+            self.ended = true;
+            self.relay.meter.finish("ok");
+            self.relay.ai.succeeded(self.relay.backend);
+            out.extend_from_slice(b"data: [DONE]\n\n");
+            return;
+        }
+        let Ok(chunk) = serde_json::from_str::<Chunk<'_>>(&event.data) else {
+            return frame(&event.event, &event.data, out);
+        };
+        if chunk.error.is_some() {
             // The upstream's own error event: the client gets it, the request ends there.
             self.ended = true;
-            meter.finish("broken");
-            return Some(frame(&event.event, &event.data));
+            self.relay.meter.finish("broken");
+            return frame(&event.event, &event.data, out);
         }
+        let meter = &mut self.relay.meter;
         let before = meter.text_len();
-        meter.generated(&chunk);
+        for choice in chunk.choices.iter().flatten() {
+            let Some(delta) = &choice.delta else { continue };
+            if let Some(text) = &delta.content {
+                meter.push_text(text);
+            }
+            for call in delta.tool_calls.iter().flatten() {
+                if let Some(f) = &call.function {
+                    meter.push_text(f.name.as_deref().unwrap_or_default());
+                    meter.push_text(f.arguments.as_deref().unwrap_or_default());
+                }
+            }
+        }
         if meter.text_len() > before {
             meter.first_token();
         }
-        if let Some(used) = usage::from_upstream(&chunk) {
-            meter.upstream_usage(used);
+        let Some(usage) = chunk.usage else { return frame(&event.event, &event.data, out) };
+        meter.upstream_usage((usage.prompt_tokens, usage.completion_tokens));
+        if self.relay.wants_usage {
+            return frame(&event.event, &event.data, out);
         }
-        if self.relay.wants_usage || chunk.get("usage").is_none() {
-            return Some(frame(&event.event, &event.data));
+        // Asked for by the gateway only: the usage-only chunk goes, another loses the field.
+        if chunk.choices.is_none_or(|c| c.is_empty()) {
+            return;
         }
-        // Asked for by the gateway only: the usage-only chunk goes, the others lose the field.
-        if chunk["choices"].as_array().is_none_or(|c| c.is_empty()) {
-            return None;
-        }
-        if let Some(object) = chunk.as_object_mut() {
+        let Ok(mut value) = serde_json::from_str::<Value>(&event.data) else { return };
+        if let Some(object) = value.as_object_mut() {
             object.remove("usage");
         }
-        Some(frame(&event.event, &chunk.to_string()))
+        frame(&event.event, &value.to_string(), out);
     }
 
     /// Ends the stream with an error event: the client can tell it from a complete answer.
-    fn broken(&mut self, why: &str) -> Result<Bytes, Infallible> {
+    fn broken(&mut self, why: &str, out: &mut BytesMut) {
         self.ended = true;
         let backend = &self.relay.ai.backends[self.relay.backend];
         tracing::warn!(backend = backend.name(), reason = why, "an AI stream broke after its first byte");
@@ -119,35 +190,51 @@ impl State {
             "stream_interrupted",
             format!("the answer was interrupted: {why}"),
         );
-        Ok(frame("", &error.body().to_string()))
+        frame("", &error.body().to_string(), out);
     }
 }
 
 /// One SSE event: its name when it has one (OpenAI sends none), its data.
-fn frame(event: &str, data: &str) -> Bytes {
-    let mut out = String::with_capacity(data.len() + 16);
+fn frame(event: &str, data: &str, out: &mut BytesMut) {
     if !event.is_empty() && event != "message" {
-        out.push_str("event: ");
-        out.push_str(event);
-        out.push('\n');
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(event.as_bytes());
+        out.extend_from_slice(b"\n");
     }
     for line in data.split('\n') {
-        out.push_str("data: ");
-        out.push_str(line);
-        out.push('\n');
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\n");
     }
-    out.push('\n');
-    Bytes::from(out)
+    out.extend_from_slice(b"\n");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn framed(event: &str, data: &str) -> BytesMut {
+        let mut out = BytesMut::new();
+        frame(event, data, &mut out);
+        out
+    }
+
     #[test]
     fn frames_carry_each_data_line() {
-        assert_eq!(frame("", "{\"a\":1}"), "data: {\"a\":1}\n\n");
-        assert_eq!(frame("message", "x\ny"), "data: x\ndata: y\n\n");
-        assert_eq!(frame("ping", "1"), "event: ping\ndata: 1\n\n");
+        assert_eq!(framed("", "{\"a\":1}"), "data: {\"a\":1}\n\n");
+        assert_eq!(framed("message", "x\ny"), "data: x\ndata: y\n\n");
+        assert_eq!(framed("ping", "1"), "event: ping\ndata: 1\n\n");
+    }
+
+    #[test]
+    fn chunks_are_read_without_a_tree() {
+        let data = r#"{"choices":[{"delta":{"content":"caf\u00e9","tool_calls":[{"function":{"arguments":"{}"}}]}}],"usage":null}"#;
+        let chunk: Chunk<'_> = serde_json::from_str(data).unwrap();
+        let delta = chunk.choices.as_ref().unwrap()[0].delta.as_ref().unwrap();
+        assert_eq!(delta.content.as_deref(), Some("café"));
+        assert!(chunk.usage.is_none() && chunk.error.is_none());
+        let last: Chunk<'_> =
+            serde_json::from_str(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#).unwrap();
+        assert_eq!(last.usage.map(|u| (u.prompt_tokens, u.completion_tokens)), Some((3, 2)));
     }
 }

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use nimbus_store::Store;
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
 
 use crate::backend::Endpoint;
+use crate::ledger::Ledger;
 use crate::limits::Reservation;
 
 /// The tokenizer for `model`: its own encoding when tiktoken knows the model, else o200k (the
@@ -136,7 +136,7 @@ pub(crate) struct Meter {
     pub backend: String,
     account: Account,
     reservation: Option<Reservation>,
-    ledger: Arc<dyn Store>,
+    ledger: Arc<Ledger>,
     started: Instant,
     first_token: Option<Instant>,
     prompt_estimate: u64,
@@ -155,7 +155,7 @@ impl Meter {
         prompt_estimate: u64,
         started: Instant,
         reservation: Option<Reservation>,
-        ledger: Arc<dyn Store>,
+        ledger: Arc<Ledger>,
     ) -> Self {
         Self {
             model: model.to_owned(),
@@ -182,6 +182,11 @@ impl Meter {
 
     pub fn generated(&mut self, value: &Value) {
         generated_text(value, &mut self.text);
+    }
+
+    /// Generated text, as a stream's chunks carry it.
+    pub fn push_text(&mut self, text: &str) {
+        self.text.push_str(text);
     }
 
     /// Bytes of generated text seen so far.
@@ -227,7 +232,7 @@ impl Meter {
             prompt,
             completion,
         };
-        crate::ledger::record(&self.ledger, &entry);
+        self.ledger.record(&entry);
         tracing::info!(
             model = %self.model, backend = %self.backend, user = self.account.user.as_deref().unwrap_or("-"),
             key = self.account.key.as_deref().unwrap_or("-"), prompt_tokens = prompt, completion_tokens = completion,

@@ -653,15 +653,16 @@ async fn functions_call_the_gateway_with_their_grant_and_for_their_user() {
 
     // Metered to the user the function named, as the function's own calls.
     let token = support::admin_token(&app);
-    let report: Value = http
-        .get(node.url("/_nimbus/admin/usage?since=1h&by=user,key"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // (the ledger is written every second)
+    let mut report = Value::Null;
+    for _ in 0..50 {
+        let url = node.url("/_nimbus/admin/usage?since=1h&by=user,key");
+        report = http.get(url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        if report["rows"].as_array().is_some_and(|rows| rows.iter().any(|r| r["key"] == "function:js_ask")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let rows = report["rows"].as_array().unwrap();
     let alice = rows.iter().find(|r| r["user"] == "alice").unwrap_or_else(|| panic!("{report}"));
     assert_eq!((alice["key"].as_str(), alice["requests"].as_u64()), (Some("function:ask"), Some(1)), "{report}");
