@@ -398,8 +398,12 @@ impl Ai {
                 )),
             };
         }
-        let mut events: relay::Events =
-            response.bytes_stream().eventsource().map(|event| event.map_err(|e| e.to_string())).boxed();
+        let mut events: relay::Events = response
+            .bytes_stream()
+            .flat_map(|chunk| futures_util::stream::iter(relay::by_line(chunk)))
+            .eventsource()
+            .map(|event| event.map_err(|e| e.to_string()))
+            .boxed();
         // Nothing has reached the client yet: a stream that fails before its first event fails over.
         match tokio::time::timeout_at(deadline, events.next()).await {
             Ok(Some(Ok(first))) => {

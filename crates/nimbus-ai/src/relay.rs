@@ -194,6 +194,25 @@ impl State {
     }
 }
 
+/// A network chunk as one piece per line (each ending after its `\n`, without copying): the SSE
+/// parser keeps what it has not parsed yet and copies that rest after each line, so a burst of a
+/// hundred events fed at once would be copied a hundred times over.
+pub(crate) fn by_line<E>(chunk: Result<Bytes, E>) -> Vec<Result<Bytes, E>> {
+    let Ok(chunk) = chunk else { return vec![chunk] };
+    let mut lines = Vec::new();
+    let mut start = 0;
+    for (i, byte) in chunk.iter().enumerate() {
+        if *byte == b'\n' {
+            lines.push(Ok(chunk.slice(start..=i)));
+            start = i + 1;
+        }
+    }
+    if start < chunk.len() {
+        lines.push(Ok(chunk.slice(start..)));
+    }
+    lines
+}
+
 /// One SSE event: its name when it has one (OpenAI sends none), its data.
 fn frame(event: &str, data: &str, out: &mut BytesMut) {
     if !event.is_empty() && event != "message" {
@@ -224,6 +243,17 @@ mod tests {
         assert_eq!(framed("", "{\"a\":1}"), "data: {\"a\":1}\n\n");
         assert_eq!(framed("message", "x\ny"), "data: x\ndata: y\n\n");
         assert_eq!(framed("ping", "1"), "event: ping\ndata: 1\n\n");
+    }
+
+    #[test]
+    fn chunks_split_after_each_line() {
+        let pieces: Vec<Bytes> = by_line::<()>(Ok(Bytes::from_static(b"data: a\n\ndata: b\r\nda")))
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(pieces, ["data: a\n", "\n", "data: b\r\n", "da"]);
+        assert!(by_line::<()>(Ok(Bytes::new())).is_empty());
+        assert!(by_line(Err::<Bytes, _>("broken")).first().is_some_and(Result::is_err));
     }
 
     #[test]
