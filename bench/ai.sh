@@ -6,7 +6,8 @@
 # metering (tiktoken when the answer has no usage), relaying the stream event by event.
 #  1. latency at a fixed rate (RATE, default 1,000 req/s, open loop with oha's latency correction):
 #     p50 and p99, direct and through Nimbus; the difference is what the gateway adds;
-#  2. streamed: events relayed per second at full load (oha -c 50), direct and through Nimbus.
+#  2. streamed: events relayed per second at full load (oha -c 50), direct, through Nimbus, and
+#     through nginx's own reverse proxy (unbuffered, keep-alive: a relay that parses nothing) as a peer.
 # ROUNDS rounds alternate direct and Nimbus; DURATION each.
 source "$(dirname "$0")/common.sh"
 need_packages nginx-light curl python3
@@ -24,7 +25,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-UP_PORT=$(free_port); NIMBUS_PORT=$(free_port)
+UP_PORT=$(free_port); NIMBUS_PORT=$(free_port); PROXY_PORT=$(free_port)
 mkdir -p "$TMP/app"
 ANSWER='{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there, friend"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13}}'
 EVENTS=64
@@ -48,6 +49,10 @@ http {
     location = /v1/chat/completions { default_type application/json; return 200 '$ANSWER'; }
     # A static file answers POST with 405; the error page redirects to the same URI as a GET.
     location = /stream/v1/chat/completions { default_type text/event-stream; error_page 405 =200 \$uri; alias $TMP/stream.sse; }
+  }
+  upstream up { server 127.0.0.1:$UP_PORT; keepalive 64; }
+  server { listen 127.0.0.1:$PROXY_PORT; keepalive_requests 1000000;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; }
   }
 }
 CONF
@@ -116,7 +121,9 @@ done
 echo "Streamed ($EVENTS content events + usage + [DONE] an answer; -c 50, requests/s x $EVENTS = events/s)"
 for round in $(seq 1 "$ROUNDS"); do
   read -r drps dok < <(streamed "http://127.0.0.1:$UP_PORT/stream/v1/chat/completions")
-  read -r nrps nok < <(streamed "http://127.0.0.1:$NIMBUS_PORT/v1/chat/completions")
-  awk -v r="$round" -v d="$drps" -v n="$nrps" -v e="$EVENTS" -v dok="$dok" -v nok="$nok" 'BEGIN {
-    printf "round %d  direct %.0f events/s (%s)  nimbus %.0f events/s (%s)  ratio %.2f\n", r, d * e, dok, n * e, nok, n / d }'
+  read -r nrps nok < <(streamed "http://127.0.0.1:$NIMBUS_PORT/s/v1/chat/completions")
+  read -r prps pok < <(streamed "http://127.0.0.1:$PROXY_PORT/stream/v1/chat/completions")
+  awk -v r="$round" -v d="$drps" -v n="$nrps" -v p="$prps" -v e="$EVENTS" -v dok="$dok" -v nok="$nok" -v pok="$pok" 'BEGIN {
+    printf "round %d  direct %.0f events/s (%s)  nimbus %.0f (%s) ratio %.2f  nginx proxy %.0f (%s) ratio %.2f\n",
+      r, d * e, dok, n * e, nok, n / d, p * e, pok, p / d }'
 done
