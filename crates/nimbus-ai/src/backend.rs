@@ -73,20 +73,21 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// The backends that serve `model`, in the order to try them: by priority, and within one
-/// priority in a random order weighted by `weight` (Efraimidis–Spirakis: each draws
+/// The indices of the backends that serve `model`, in the order to try them: by priority, and
+/// within one priority in a random order weighted by `weight` (Efraimidis–Spirakis: each draws
 /// `u^(1/weight)`, the largest first).
-pub(crate) fn order<'a>(backends: &'a [Backend], model: &str) -> Vec<&'a Backend> {
-    let mut candidates: Vec<(u32, f64, &Backend)> = backends
+pub(crate) fn order(backends: &[Backend], model: &str) -> Vec<usize> {
+    let mut candidates: Vec<(u32, f64, usize)> = backends
         .iter()
-        .filter(|b| b.config.serves(model))
-        .map(|b| {
+        .enumerate()
+        .filter(|(_, b)| b.config.serves(model))
+        .map(|(i, b)| {
             let u: f64 = rand::random::<f64>().max(f64::MIN_POSITIVE);
-            (b.config.priority, u.powf(1.0 / f64::from(b.config.weight.get())), b)
+            (b.config.priority, u.powf(1.0 / f64::from(b.config.weight.get())), i)
         })
         .collect();
     candidates.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.total_cmp(&a.1)));
-    candidates.into_iter().map(|(_, _, b)| b).collect()
+    candidates.into_iter().map(|(_, _, i)| i).collect()
 }
 
 /// Closed, it lets every request through and counts failures in a row; at the threshold it opens
@@ -190,7 +191,7 @@ mod tests {
         ];
         let mut first_a = 0;
         for _ in 0..4000 {
-            let order: Vec<&str> = order(&backends, "m").iter().map(|b| b.name()).collect();
+            let order: Vec<&str> = order(&backends, "m").into_iter().map(|i| backends[i].name()).collect();
             assert_eq!(order.len(), 3, "{order:?}");
             assert_eq!(order[2], "c", "a lower priority serves first: {order:?}");
             first_a += usize::from(order[0] == "a");

@@ -209,10 +209,7 @@ impl Ai {
         subject: &nimbus_api::Subject<'_>,
     ) -> Result<Response, AiError> {
         let model = body["model"].as_str().unwrap_or_default().to_owned();
-        let order: Vec<usize> = backend::order(&self.backends, &model)
-            .into_iter()
-            .filter_map(|b| self.backends.iter().position(|x| std::ptr::eq(x, b)))
-            .collect();
+        let order = backend::order(&self.backends, &model);
         if order.is_empty() {
             return Err(AiError::unknown_model(&model));
         }
@@ -239,7 +236,7 @@ impl Ai {
         let mut reservation = Some(reservation);
         let mut last: Option<AiError> = None;
         for round in 0..=self.retries {
-            let mut wait = FIRST_BACKOFF * 2u32.saturating_pow(round.saturating_sub(1));
+            let mut wait = FIRST_BACKOFF * 2u32.saturating_pow(round);
             let mut tried = false;
             for &i in &order {
                 let backend = &self.backends[i];
