@@ -239,6 +239,22 @@ async fn chat_embeddings_and_models_pass_through_with_aliases_and_the_backend_ke
     assert_eq!(seen_body["tools"][0]["function"]["name"], "f", "tools pass through");
     assert_eq!(seen_headers["authorization"], "Bearer sk-upstream-secret", "the backend's key, never the client's");
 
+    // The client's trace goes on to the backend (W3C traceparent: same trace, the node's span).
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let response = c
+        .http
+        .post(format!("{}/v1/chat/completions", c.node_url))
+        .bearer_auth(&c.key)
+        .header("traceparent", format!("00-{trace}-b7ad6b7169203331-01"))
+        .json(&json!({"model": "fast", "messages": messages()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (seen_headers, _) = fake.last("ok");
+    let sent = seen_headers["traceparent"].to_str().unwrap();
+    assert!(sent.starts_with(&format!("00-{trace}-")) && !sent.contains("b7ad6b7169203331"), "{sent}");
+
     let response = c.post("/v1/embeddings", json!({"model": "text-embedding-3-small", "input": "hi"})).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.json::<Value>().await.unwrap()["data"][0]["embedding"], json!([0.5, -0.5]));
@@ -261,10 +277,11 @@ async fn chat_embeddings_and_models_pass_through_with_aliases_and_the_backend_ke
     assert_eq!(response.status(), 401);
     assert_eq!(fake.hits("ok"), hits);
 
+    // Two answers of model "fast", 11 prompt tokens each by the upstream's usage.
     let metrics = c.metrics(&app).await;
     assert_eq!(
         metric(&metrics, "nimbus_ai_tokens_total", &["model=\"fast\"", "kind=\"prompt\"", "source=\"upstream\""]),
-        Some(11.0),
+        Some(22.0),
         "{metrics}"
     );
     assert_eq!(
