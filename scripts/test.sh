@@ -147,7 +147,7 @@ python3 -m unittest discover -s sdk/python/tests -t sdk/python
 node --test sdk/node/test/
 
 # The identity provider as a real relying party (Python's authlib) sees it, and the AI gateway as
-# OpenAI's Python SDK does, against the built binary. The virtualenv is made once and reused while
+# OpenAI's Python and Node.js SDKs do, against the built binary. The virtualenv is made once and reused while
 # it still imports the packages.
 echo "test.sh: relying-party tests (authlib) and OpenAI SDK tests" >&2
 RP_VENV=target/test-venv
@@ -180,6 +180,14 @@ start_blob_servers "$RP_VENV" "$AZURITE_DIR"
 cargo build --quiet -p nimbus
 "$RP_VENV/bin/python" tests/identity/rp_flow.py
 "$RP_VENV/bin/python" tests/ai/openai_sdk.py
+# ...and as OpenAI's Node.js SDK does (npm `openai`, installed once into target/openai-npm).
+OPENAI_NPM_DIR=target/openai-npm
+if [[ ! -f "$OPENAI_NPM_DIR/node_modules/openai/package.json" ]]; then
+  install_missing npm npm
+  echo "test.sh: installing OpenAI's Node.js SDK into $OPENAI_NPM_DIR" >&2
+  npm install --prefix "$OPENAI_NPM_DIR" --no-audit --no-fund --loglevel=error 'openai@^7' >/dev/null
+fi
+node --test tests/ai/openai_sdk.test.js
 
 wait_for_blob_servers
 if cargo nextest --version >/dev/null 2>&1; then
