@@ -2,7 +2,7 @@
 //! whose behaviour each backend picks by its URL's first segment: `ok`, `nousage` (never sends
 //! usage), `status500`, `status429` (with `Retry-After: 1`), `breakearly` (a stream that dies
 //! before its first event), `breaklate` (after two chunks), `trickle` (a chunk every 100 ms for
-//! 5 s), `slow` (answers after 3 s).
+//! 5 s), `slow` (answers after 3 s); and `azure`, which answers in Azure OpenAI's shape.
 
 mod support;
 
@@ -35,6 +35,7 @@ impl Fake {
         let app = axum::Router::new()
             .route("/{mode}/v1/chat/completions", axum::routing::post(fake_chat))
             .route("/{mode}/v1/embeddings", axum::routing::post(fake_embeddings))
+            .route("/azure/openai/deployments/{deployment}/chat/completions", axum::routing::post(fake_azure))
             .with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -127,6 +128,24 @@ async fn fake_chat(
         item
     });
     Response::builder().header("content-type", "text/event-stream").body(Body::from_stream(events)).unwrap()
+}
+
+/// Azure OpenAI's shape: the deployment in the path, `api-version` in the query, `api-key`.
+async fn fake_azure(
+    State(seen): State<Arc<Mutex<Seen>>>,
+    Path(deployment): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+    body: axum::Json<Value>,
+) -> Response {
+    let mut seen = seen.lock().unwrap();
+    *seen.hits.entry("azure".into()).or_default() += 1;
+    let request = json!({"deployment": deployment, "query": query, "body": body.0});
+    seen.last.insert("azure".into(), (headers, request));
+    axum::Json(json!({"id": "x", "object": "chat.completion", "model": deployment,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "from Azure"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}))
+    .into_response()
 }
 
 async fn fake_embeddings(
@@ -698,4 +717,23 @@ async fn token_limits_hold_across_two_nodes_on_one_postgresql_database() {
     // The key lives in the shared store: node 2 takes it too.
     let c2 = Arc::new(Client { http: reqwest::Client::new(), node_url: node2.url(""), key: c1.key.clone() });
     fifty_at_once(&[c1, c2], &fake).await;
+}
+
+#[tokio::test]
+async fn azure_openai_gets_its_deployment_path_api_version_and_api_key() {
+    let fake = Fake::start().await;
+    let ai = format!(
+        "[[ai.backends]]\nname = \"azure\"\nurl = \"{}/azure/openai\"\napi_key = \"azure-secret\"\napi_version = \"2024-10-21\"\nmodels = [\"gpt-4o-mini\"]\n",
+        fake.url
+    );
+    let app = app(&ai);
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app).await;
+    let (status, body, _) = c.chat(json!({"model": "gpt-4o-mini", "messages": messages()})).await;
+    assert_eq!((status, body["choices"][0]["message"]["content"].as_str()), (200, Some("from Azure")), "{body}");
+    let (headers, request) = fake.last("azure");
+    assert_eq!(request["deployment"], "gpt-4o-mini");
+    assert_eq!(request["query"], "api-version=2024-10-21");
+    assert_eq!(headers["api-key"], "azure-secret");
+    assert!(headers.get("authorization").is_none(), "the client's key stays at the gateway");
 }
