@@ -369,6 +369,15 @@ fn print_banner(
     if !containers.is_empty() {
         banner.push_str(&format!("  documents      {url}/_nimbus/docs/ ({})\n", containers.join(", ")));
     }
+    if let Some(ai) = &config.manifest.ai {
+        // The prefix OpenAI's SDKs take as `base_url`: the route's path without its `*`.
+        let routes = config.manifest.routes.iter().filter(|r| r.backend == nimbus_config::Backend::Ai);
+        let bases: Vec<String> = routes
+            .map(|r| format!("{url}{}", r.path.to_string().trim_end_matches('*').trim_end_matches('/')))
+            .collect();
+        let backends: Vec<&str> = ai.backends.iter().map(|b| b.name.as_str()).collect();
+        banner.push_str(&format!("  AI (OpenAI)    {} (backends {})\n", bases.join(" "), backends.join(", ")));
+    }
     for f in functions {
         let serves = match &f.trigger {
             nimbus_api::Trigger::Http { .. } => {
