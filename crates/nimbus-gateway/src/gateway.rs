@@ -281,7 +281,10 @@ fn pipeline(gateway: Arc<Gateway>, route: Arc<Route>, backends: Backends) -> Svc
         async move {
             let started = Instant::now();
             let mut response = match run(&gateway, &route, &backends, req).await {
-                Ok(r) | Err(r) => r,
+                Ok(r) => r,
+                // OpenAI's SDKs read their own error shape: the route's refusals speak it too.
+                Err(r) if matches!(route.backend, Backend::Ai) => openai_shaped(r).await,
+                Err(r) => r,
             };
             route.metrics.record(response.status(), started.elapsed());
             if response.extensions().get::<RouteLabel>().is_none() {
@@ -495,6 +498,30 @@ async fn forward(
         }
     }
     Ok(backend.oneshot(req).await.unwrap_or_else(|e| match e {}))
+}
+
+/// A refusal (`{"error": {"code", "message"}}`) in OpenAI's error shape: `type` (from the status)
+/// and `param` added, as an AI route's clients expect.
+async fn openai_shaped(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let mut value: Value = match serde_json::from_slice(&bytes) {
+        Ok(value @ Value::Object(_)) if value["error"].is_object() => value,
+        _ => return Response::from_parts(parts, axum::body::Body::from(bytes)),
+    };
+    let kind = match parts.status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "api_error",
+    };
+    value["error"]["type"] = json!(kind);
+    value["error"]["param"] = Value::Null;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from(value.to_string()))
 }
 
 /// Refuses paths that could mean another path to a backend than to the route matcher: `.` and

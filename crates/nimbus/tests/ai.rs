@@ -294,6 +294,13 @@ async fn chat_embeddings_and_models_pass_through_with_aliases_and_the_backend_ke
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(
+        (error["error"]["type"].as_str(), error["error"]["code"].as_str()),
+        (Some("authentication_error"), Some("api_key_required")),
+        "{error}"
+    );
+    assert!(error["error"]["message"].is_string() && error["error"]["param"].is_null(), "{error}");
     assert_eq!(fake.hits("ok"), hits);
 
     // Two answers of model "fast", 11 prompt tokens each by the upstream's usage.
