@@ -47,6 +47,9 @@ const DEFAULT_MAX_BODY: u64 = 32 * 1024 * 1024;
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(10);
 /// The first wait between rounds when no backend said how long; it doubles each round.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// A whole (non-streamed) answer is read to meter it: at most this (a batch of embeddings is the
+/// largest answer an API gives).
+const MAX_ANSWER: usize = 256 * 1024 * 1024;
 /// An upstream error body read to explain a refusal, at most.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
@@ -169,6 +172,16 @@ impl Ai {
         Router::new().fallback(serve).with_state(self.clone())
     }
 
+    /// `model` as a metrics label: a model some backend lists (or aliases), else `unlisted`, so that
+    /// clients naming models at random (a backend that serves any) cannot grow the label set.
+    fn model_label(&self, model: &str) -> String {
+        let listed = self
+            .backends
+            .iter()
+            .any(|b| b.config.models.iter().any(|m| m == model) || b.config.model_map.contains_key(model));
+        if listed { model.to_owned() } else { "unlisted".to_owned() }
+    }
+
     fn failed(&self, i: usize) {
         let backend = &self.backends[i];
         if backend.circuit.failed(Instant::now()) {
@@ -224,15 +237,24 @@ impl Ai {
                 None => body["stream_options"] = json!({"include_usage": true}),
             }
         }
-        let prompt_estimate = usage::estimate_prompt(endpoint, &model, &body);
+        // Tokenizing is CPU work in proportion to the prompt (up to the route's body limit): on
+        // the blocking pool, not the threads that serve every other request.
+        let prompt_estimate = {
+            let (model, body) = (model.clone(), body.clone());
+            tokio::task::spawn_blocking(move || usage::estimate_prompt(endpoint, &model, &body))
+                .await
+                .unwrap_or(u64::MAX)
+        };
         let completion_bound = match endpoint {
             Endpoint::Embeddings => 0,
             Endpoint::Chat => {
                 let asked = body["max_completion_tokens"].as_u64().or(body["max_tokens"].as_u64());
-                asked.unwrap_or(limits::COMPLETION_RESERVE) * body["n"].as_u64().unwrap_or(1).max(1)
+                // (saturating: huge values must not wrap into a small reservation)
+                asked.unwrap_or(limits::COMPLETION_RESERVE).saturating_mul(body["n"].as_u64().unwrap_or(1).max(1))
             }
         };
-        let (reservation, remaining) = self.limits.reserve(subject, prompt_estimate + completion_bound).await?;
+        let estimate = prompt_estimate.saturating_add(completion_bound);
+        let (reservation, remaining) = self.limits.reserve(subject, estimate).await?;
         let mut reservation = Some(reservation);
         let mut last: Option<AiError> = None;
         for round in 0..=self.retries {
@@ -246,8 +268,8 @@ impl Ai {
                 tried = true;
                 body["model"] = json!(backend.config.upstream_model(&model));
                 let meter = |reservation: Option<Reservation>| {
-                    let (account, ledger) = (call.account.clone(), self.ledger.clone());
-                    Meter::new(&model, backend.name(), account, prompt_estimate, call.started, reservation, ledger)
+                    let model = usage::Model { name: model.clone(), label: self.model_label(&model) };
+                    Meter::new(model, backend.name(), &call, prompt_estimate, reservation, self.ledger.clone())
                 };
                 match self.attempt(i, endpoint, &body, stream, &call).await {
                     Ok(Answer::Whole(status, content_type, bytes)) => {
@@ -269,7 +291,7 @@ impl Ai {
                     Ok(Answer::Refused(response)) => {
                         // The request itself is wrong (400, 404…): another backend would say the same.
                         let key = call.account.key.clone().unwrap_or_default();
-                        metrics::counter!("nimbus_ai_requests_total", "model" => model.clone(), "backend" => backend.name().to_owned(), "key" => key, "outcome" => "refused").increment(1);
+                        metrics::counter!("nimbus_ai_requests_total", "model" => self.model_label(&model), "backend" => backend.name().to_owned(), "key" => key, "outcome" => "refused").increment(1);
                         return Ok(response);
                     }
                     Err(failure) => {
@@ -369,7 +391,7 @@ impl Ai {
         if !status.is_success() {
             metrics::counter!("nimbus_ai_upstream_attempts_total", "backend" => name.clone(), "outcome" => "client_error")
                 .increment(1);
-            let bytes = read_bounded(response, deadline, ERROR_BODY_LIMIT).await.unwrap_or_default();
+            let bytes = read_bounded(response, deadline, ERROR_BODY_LIMIT).await.map(|(b, _)| b).unwrap_or_default();
             let mut answer = (status, bytes).into_response();
             if let Some(ct) = content_type {
                 answer.headers_mut().insert(header::CONTENT_TYPE, ct);
@@ -379,16 +401,21 @@ impl Ai {
         let is_sse =
             content_type.as_ref().and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
         if !(stream && is_sse) {
-            return match tokio::time::timeout_at(deadline, response.bytes()).await {
-                Ok(Ok(bytes)) => {
+            return match read_bounded(response, deadline, MAX_ANSWER).await {
+                Ok((bytes, true)) => {
                     metrics::counter!("nimbus_ai_upstream_attempts_total", "backend" => name.clone(), "outcome" => "ok")
                         .increment(1);
                     Ok(Answer::Whole(status, content_type, bytes))
                 }
-                Ok(Err(e)) => {
+                Ok((_, false)) => Err(fail(
+                    "broken",
+                    StatusCode::BAD_GATEWAY,
+                    format!("backend `{name}`'s answer is larger than {MAX_ANSWER} bytes"),
+                )),
+                Err(ReadFailure::Broken(e)) => {
                     Err(fail("broken", StatusCode::BAD_GATEWAY, format!("backend `{name}`'s answer broke off: {e}")))
                 }
-                Err(_) => Err(fail(
+                Err(ReadFailure::Timeout) => Err(fail(
                     "timeout",
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("backend `{name}` did not answer in time"),
@@ -437,10 +464,10 @@ fn limit_headers(response: &mut Response, remaining: Option<&Remaining>) {
 }
 
 /// What a request carries besides its body.
-struct CallInfo {
-    account: Account,
-    trace: Option<TraceContext>,
-    started: Instant,
+pub(crate) struct CallInfo {
+    pub account: Account,
+    pub trace: Option<TraceContext>,
+    pub started: Instant,
 }
 
 enum Answer {
@@ -465,7 +492,7 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 
 /// `: <the upstream's message>` from an error body, when it has one.
 async fn error_message(response: reqwest::Response, deadline: tokio::time::Instant) -> String {
-    let Some(bytes) = read_bounded(response, deadline, ERROR_BODY_LIMIT).await else { return String::new() };
+    let Ok((bytes, _)) = read_bounded(response, deadline, ERROR_BODY_LIMIT).await else { return String::new() };
     let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     match value["error"]["message"].as_str().or(value["error"].as_str()).or(value["message"].as_str()) {
         Some(message) => format!(": {message}"),
@@ -473,22 +500,32 @@ async fn error_message(response: reqwest::Response, deadline: tokio::time::Insta
     }
 }
 
-/// A body up to `limit` bytes (the rest is not read), within the deadline.
+/// A body up to `limit` bytes (the rest is not read), within the deadline: the bytes, and whether
+/// that was all of it.
 async fn read_bounded(
     response: reqwest::Response,
     deadline: tokio::time::Instant,
     limit: usize,
-) -> Option<bytes::Bytes> {
+) -> Result<(bytes::Bytes, bool), ReadFailure> {
     let mut out = Vec::new();
     let mut stream = response.bytes_stream();
-    while out.len() < limit {
+    loop {
         match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(Ok(chunk))) => out.extend_from_slice(&chunk[..chunk.len().min(limit - out.len())]),
-            Ok(None) => break,
-            _ => return None,
+            Ok(Some(Ok(chunk))) if out.len() + chunk.len() > limit => {
+                out.extend_from_slice(&chunk[..limit - out.len()]);
+                return Ok((out.into(), false));
+            }
+            Ok(Some(Ok(chunk))) => out.extend_from_slice(&chunk),
+            Ok(None) => return Ok((out.into(), true)),
+            Ok(Some(Err(e))) => return Err(ReadFailure::Broken(e.to_string())),
+            Err(_) => return Err(ReadFailure::Timeout),
         }
     }
-    Some(out.into())
+}
+
+enum ReadFailure {
+    Broken(String),
+    Timeout,
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

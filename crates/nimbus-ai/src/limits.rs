@@ -102,6 +102,17 @@ impl Limits {
         let amount = i64::try_from(tokens).unwrap_or(i64::MAX);
         for limit in &self.limits {
             let (period, end) = limit.period(now);
+            let what = if limit.kind == "t" { "token limit" } else { "token quota" };
+            if tokens > limit.tokens {
+                // Never fits (and a huge estimate would overflow the counter): no store call.
+                let message = format!(
+                    "this request needs about {tokens} tokens, more than the {what} of {} allows at all; lower max_tokens or the prompt",
+                    limit.tokens
+                );
+                let mut error = AiError::upstream(StatusCode::TOO_MANY_REQUESTS, "tokens_exceeded", message);
+                error.retry_after = Some(end.saturating_sub(now).max(1));
+                return Err(error);
+            }
             let counter = format!("{}/{}/{period}", limit.kind, digest(&subject.key(&limit.key)));
             let max = i64::try_from(limit.tokens).unwrap_or(i64::MAX);
             match self.store.add(NS, &counter, amount, Some(max)).await {
@@ -115,15 +126,7 @@ impl Limits {
                 Ok(None) => {
                     // The reservations made so far go back at once (settled with nothing used).
                     let wait = end.saturating_sub(now).max(1);
-                    let what = if limit.kind == "t" { "token limit" } else { "token quota" };
-                    let message = if tokens > limit.tokens {
-                        format!(
-                            "this request needs about {tokens} tokens, more than the {what} of {} allows at all; lower max_tokens or the prompt",
-                            limit.tokens
-                        )
-                    } else {
-                        format!("{what} of {} tokens reached; try again in {wait} s", limit.tokens)
-                    };
+                    let message = format!("{what} of {} tokens reached; try again in {wait} s", limit.tokens);
                     let mut error = AiError::upstream(StatusCode::TOO_MANY_REQUESTS, "tokens_exceeded", message);
                     error.retry_after = Some(wait);
                     return Err(error);

@@ -145,20 +145,17 @@ impl State {
             return frame(&event.event, &event.data, out);
         }
         let meter = &mut self.relay.meter;
-        let before = meter.text_len();
+        let mut generated = false;
         for choice in chunk.choices.iter().flatten() {
             let Some(delta) = &choice.delta else { continue };
-            if let Some(text) = &delta.content {
+            let calls = delta.tool_calls.iter().flatten().filter_map(|c| c.function.as_ref());
+            let texts = calls.flat_map(|f| [f.name.as_deref(), f.arguments.as_deref()]);
+            for text in std::iter::once(delta.content.as_deref()).chain(texts).flatten().filter(|t| !t.is_empty()) {
                 meter.push_text(text);
-            }
-            for call in delta.tool_calls.iter().flatten() {
-                if let Some(f) = &call.function {
-                    meter.push_text(f.name.as_deref().unwrap_or_default());
-                    meter.push_text(f.arguments.as_deref().unwrap_or_default());
-                }
+                generated = true;
             }
         }
-        if meter.text_len() > before {
+        if generated {
             meter.first_token();
         }
         let Some(usage) = chunk.usage else { return frame(&event.event, &event.data, out) };

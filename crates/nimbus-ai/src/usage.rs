@@ -128,12 +128,21 @@ impl Account {
     }
 }
 
+/// Generated text is counted in pieces of this size.
+const COUNT_EVERY: usize = 1024 * 1024;
+
+/// A request's model: its name, and its label in metrics (see `Ai::model_label`).
+pub(crate) struct Model {
+    pub name: String,
+    pub label: String,
+}
+
 /// One request's metering, recorded once: by [`Meter::finish`], or when dropped unfinished (a
 /// client that went away mid-stream is billed for what was generated until then). Recording
 /// settles the request's token reservation and adds it to the usage ledger.
 pub(crate) struct Meter {
-    pub model: String,
-    pub backend: String,
+    model: Model,
+    backend: String,
     account: Account,
     reservation: Option<Reservation>,
     ledger: Arc<Ledger>,
@@ -142,32 +151,34 @@ pub(crate) struct Meter {
     prompt_estimate: u64,
     /// What the upstream said it used.
     upstream: Option<(u64, u64)>,
-    /// What was generated, when the upstream does not say (streams).
+    /// What was generated and not counted yet, when the upstream does not say (streams).
     text: String,
+    /// Tokens of the text counted already.
+    counted: u64,
     recorded: bool,
 }
 
 impl Meter {
     pub fn new(
-        model: &str,
+        model: Model,
         backend: &str,
-        account: Account,
+        call: &crate::CallInfo,
         prompt_estimate: u64,
-        started: Instant,
         reservation: Option<Reservation>,
         ledger: Arc<Ledger>,
     ) -> Self {
         Self {
-            model: model.to_owned(),
+            model,
             backend: backend.to_owned(),
-            account,
+            account: call.account.clone(),
             reservation,
             ledger,
-            started,
+            started: call.started,
             first_token: None,
             prompt_estimate,
             upstream: None,
             text: String::new(),
+            counted: 0,
             recorded: false,
         }
     }
@@ -184,14 +195,14 @@ impl Meter {
         generated_text(value, &mut self.text);
     }
 
-    /// Generated text, as a stream's chunks carry it.
+    /// Generated text, as a stream's chunks carry it. It is counted a megabyte at a time, so a
+    /// long stream holds no more than that.
     pub fn push_text(&mut self, text: &str) {
         self.text.push_str(text);
-    }
-
-    /// Bytes of generated text seen so far.
-    pub fn text_len(&self) -> usize {
-        self.text.len()
+        if self.text.len() > COUNT_EVERY {
+            self.counted += count(&self.model.name, &self.text);
+            self.text.clear();
+        }
     }
 
     /// Records the request with `outcome` (`ok`, `broken`, `client_closed`).
@@ -201,9 +212,9 @@ impl Meter {
         }
         let (prompt, completion, source) = match self.upstream {
             Some((prompt, completion)) => (prompt, completion, "upstream"),
-            None => (self.prompt_estimate, count(&self.model, &self.text), "tokenizer"),
+            None => (self.prompt_estimate, self.counted + count(&self.model.name, &self.text), "tokenizer"),
         };
-        let (model, backend) = (self.model.clone(), self.backend.clone());
+        let (model, backend) = (self.model.label.clone(), self.backend.clone());
         let key = self.account.key.clone().unwrap_or_default();
         metrics::counter!("nimbus_ai_requests_total", "model" => model.clone(), "backend" => backend.clone(), "key" => key.clone(), "outcome" => outcome).increment(1);
         for (kind, n) in [("prompt", prompt), ("completion", completion)] {
@@ -225,7 +236,7 @@ impl Meter {
             reservation.settle(prompt + completion);
         }
         let entry = crate::ledger::Entry {
-            model: &self.model,
+            model: &self.model.name,
             backend: &self.backend,
             user: self.account.user.as_deref(),
             key: self.account.key.as_deref(),
@@ -234,7 +245,7 @@ impl Meter {
         };
         self.ledger.record(&entry);
         tracing::info!(
-            model = %self.model, backend = %self.backend, user = self.account.user.as_deref().unwrap_or("-"),
+            model = %self.model.name, backend = %self.backend, user = self.account.user.as_deref().unwrap_or("-"),
             key = self.account.key.as_deref().unwrap_or("-"), prompt_tokens = prompt, completion_tokens = completion,
             counted_by = source, outcome, "ai usage"
         );

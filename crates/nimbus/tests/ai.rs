@@ -392,6 +392,9 @@ async fn failover_before_the_first_byte_retries_and_a_circuit_that_opens() {
     assert!(
         metric(&metrics, "nimbus_ai_upstream_attempts_total", &["backend=\"early\"", "outcome=\"broken\""]).is_some()
     );
+    // No backend lists "m": it is labelled as unlisted, so random model names cannot grow the metrics.
+    assert!(metric(&metrics, "nimbus_ai_requests_total", &["model=\"unlisted\""]).is_some(), "{metrics}");
+    assert!(!metrics.contains("model=\"m\""), "{metrics}");
 }
 
 #[tokio::test]
@@ -575,6 +578,10 @@ async fn token_limits_are_reserved_before_the_call_and_hold_under_50_concurrent_
     let node = app.start(&[]);
     let c = Arc::new(Client::new(&node, &app).await);
     let ok = fifty_at_once(std::slice::from_ref(&c), &fake).await;
+    // A bound so large it would wrap (2^63 tokens, twice) is not a small one.
+    let (status, error, _) =
+        c.chat(json!({"model": "gpt-4o", "messages": messages(), "max_tokens": 9223372036854775808u64, "n": 2})).await;
+    assert_eq!(status, 429, "{error}");
     // More than the limit allows at all: refused with the reason.
     let (status, error, _) = c.chat(json!({"model": "gpt-4o", "messages": messages(), "max_tokens": 1000})).await;
     assert_eq!(status, 429);
