@@ -12,20 +12,17 @@ Run by `scripts/test.sh` in the virtualenv `target/test-venv` (`pip install open
 
 import json
 import os
-import re
-import shutil
-import subprocess
-import tempfile
+import sys
 import threading
-import time
 import unittest
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import openai
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("NIMBUS_BIN", os.path.join(ROOT, "target", "debug", "nimbus"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from nimbus_node import Node  # noqa: E402
+
 WORDS = ["Hello", " from", " the", " fake", " upstream"]
 
 
@@ -86,15 +83,7 @@ class Upstream(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-class Node:
-    """`nimbus up` on a temporary app whose AI backend is the fake upstream."""
-
-    def __init__(self, upstream_url):
-        if not os.access(BIN, os.X_OK):
-            raise RuntimeError(f"{BIN} is missing: run `cargo build -p nimbus` first")
-        self.dir = tempfile.mkdtemp(prefix="nimbus-openai-")
-        with open(os.path.join(self.dir, "nimbus.toml"), "w") as f:
-            f.write(f"""
+MANIFEST = """
 [[routes]]
 path = "/v1/*"
 backend = "ai"
@@ -103,53 +92,28 @@ auth = "api_key"
 [ai]
 [[ai.backends]]
 name = "fake"
-url = "{upstream_url}/v1"
+url = "{upstream}/v1"
 api_key = "sk-upstream"
 models = ["gpt-4o-mini", "text-embedding-3-small"]
 model_map = {{ fast = "gpt-4o-mini" }}
-""")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NIMBUS_")}
-        env["NIMBUS_LOG"] = "warn"
-        self.proc = subprocess.Popen([BIN, "up", self.dir, "--port", "0"], stdout=subprocess.PIPE,  # noqa: SIM115
-                                     stderr=subprocess.DEVNULL, text=True, env=env)
-        deadline = time.monotonic() + 30
-        self.url = None
-        for line in self.proc.stdout:
-            m = re.match(r"\s*listening on\s+(http://\S+)", line)
-            if m:
-                self.url = m.group(1)
-                break
-            if time.monotonic() > deadline:
-                break
-        if not self.url:
-            self.stop()
-            raise RuntimeError("nimbus up did not print its URL")
-        threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
-        with open(os.path.join(self.dir, ".nimbus", "admin-token")) as f:
-            token = f.read().strip()
-        request = urllib.request.Request(self.url + "/_nimbus/admin/keys", data=json.dumps({"name": "sdk"}).encode(),
-                                         headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            self.key = json.load(response)["key"]
+"""
 
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc.stdout.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+
+def api_key(node):
+    """A key from the admin API, for the `/v1/*` route."""
+    request = urllib.request.Request(node.url + "/_nimbus/admin/keys", data=json.dumps({"name": "sdk"}).encode(),
+                                     headers={"Authorization": "Bearer " + node.admin_token(),
+                                              "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["key"]
 
 
 def setUpModule():
     global SERVER, NODE, CLIENT
     SERVER = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
     threading.Thread(target=SERVER.serve_forever, daemon=True).start()
-    NODE = Node("http://127.0.0.1:%d" % SERVER.server_address[1])
-    CLIENT = openai.OpenAI(base_url=NODE.url + "/v1", api_key=NODE.key, max_retries=0, timeout=20)
+    NODE = Node(MANIFEST.format(upstream="http://127.0.0.1:%d" % SERVER.server_address[1]))
+    CLIENT = openai.OpenAI(base_url=NODE.url + "/v1", api_key=api_key(NODE), max_retries=0, timeout=20)
 
 
 def tearDownModule():

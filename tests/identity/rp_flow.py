@@ -16,13 +16,8 @@ other failure fails the run.
 
 import html.parser
 import os
-import re
 import secrets
-import shutil
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 import unittest
 import urllib.parse
@@ -39,8 +34,8 @@ from authlib.jose import JsonWebKey, JsonWebToken  # noqa: E402
 from authlib.oidc.core import CodeIDToken  # noqa: E402
 from authlib.oidc.discovery import OpenIDProviderMetadata  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.environ.get("NIMBUS_BIN", os.path.join(ROOT, "target", "debug", "nimbus"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from nimbus_node import Node  # noqa: E402
 REDIRECT_URI = "http://localhost:9/cb"  # registered, never served: redirects to it are caught
 PASSWORD = "correct horse battery"
 TIMEOUT = 10
@@ -66,68 +61,6 @@ def known_bug(test, description):
     """Reports a product bug that a test shows, without failing the run: a `BUG:` line, then a skip."""
     print(f"\nBUG: {test.id()}: {description}", file=sys.stderr)
     test.skipTest(f"BUG: {description}")
-
-
-class Node:
-    """A running `nimbus up` on a temporary app folder; stopped (and the folder removed) by `stop`."""
-
-    def __init__(self):
-        if not os.access(BIN, os.X_OK):
-            raise RuntimeError(f"{BIN} is missing: run `cargo build -p nimbus` first")
-        self.dir = tempfile.mkdtemp(prefix="nimbus-rp-")
-        with open(os.path.join(self.dir, "nimbus.toml"), "w") as f:
-            f.write(MANIFEST)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("NIMBUS_")}
-        env["NIMBUS_LOG"] = "warn"
-        self.proc = subprocess.Popen(
-            [BIN, "up", self.dir, "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        self.stderr = []
-        threading.Thread(target=self._drain, args=(self.proc.stderr, self.stderr), daemon=True).start()
-        self.url = self._wait_for_url()
-        threading.Thread(target=self._drain, args=(self.proc.stdout, []), daemon=True).start()
-
-    @staticmethod
-    def _drain(pipe, sink):
-        for line in pipe:
-            sink.append(line)
-
-    def _wait_for_url(self):
-        deadline = time.monotonic() + 30
-        lines = []
-        result = {}
-
-        def read():
-            for line in self.proc.stdout:
-                lines.append(line)
-                m = re.match(r"\s*listening on\s+(http://\S+)", line)
-                if m:
-                    result["url"] = m.group(1)
-                    return
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        reader.join(max(0, deadline - time.monotonic()))
-        if "url" not in result:
-            self.stop()
-            raise RuntimeError(
-                "nimbus up did not print its URL\nstdout:\n" + "".join(lines) + "\nstderr:\n" + "".join(self.stderr)
-            )
-        return result["url"]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class Forms(html.parser.HTMLParser):
@@ -191,7 +124,7 @@ def query(location):
 class RelyingPartyFlow(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.node = Node()
+        cls.node = Node(MANIFEST)
         response = requests.get(cls.node.url + "/.well-known/openid-configuration", timeout=TIMEOUT)
         response.raise_for_status()
         cls.metadata = OpenIDProviderMetadata(response.json())
