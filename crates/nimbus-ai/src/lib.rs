@@ -50,6 +50,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// A whole (non-streamed) answer is read to meter it: at most this (a batch of embeddings is the
 /// largest answer an API gives).
 const MAX_ANSWER: usize = 256 * 1024 * 1024;
+/// Prompts up to this size (the request body's) are counted on the request's own thread.
+const INLINE_TOKENIZE: usize = 64 * 1024;
 /// An upstream error body read to explain a refusal, at most.
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
@@ -237,13 +239,22 @@ impl Ai {
                 None => body["stream_options"] = json!({"include_usage": true}),
             }
         }
-        // Tokenizing is CPU work in proportion to the prompt (up to the route's body limit): on
-        // the blocking pool, not the threads that serve every other request.
-        let prompt_estimate = {
-            let (model, body) = (model.clone(), body.clone());
-            tokio::task::spawn_blocking(move || usage::estimate_prompt(endpoint, &model, &body))
-                .await
-                .unwrap_or(u64::MAX)
+        // Tokenizing is CPU work in proportion to the prompt (up to the route's body limit): a
+        // large one goes to the blocking pool, not the threads that serve every other request.
+        let prompt_estimate = if call.body_len <= INLINE_TOKENIZE {
+            usage::estimate_prompt(endpoint, &model, &body)
+        } else {
+            let model = model.clone();
+            let counted = tokio::task::spawn_blocking(move || (usage::estimate_prompt(endpoint, &model, &body), body));
+            let Ok((estimate, returned)) = counted.await else {
+                return Err(AiError::upstream(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the prompt could not be counted",
+                ));
+            };
+            body = returned;
+            estimate
         };
         let completion_bound = match endpoint {
             Endpoint::Embeddings => 0,
@@ -466,6 +477,8 @@ fn limit_headers(response: &mut Response, remaining: Option<&Remaining>) {
 /// What a request carries besides its body.
 pub(crate) struct CallInfo {
     pub account: Account,
+    /// The request body's size.
+    pub body_len: usize,
     pub trace: Option<TraceContext>,
     pub started: Instant,
 }
@@ -681,7 +694,8 @@ async fn serve(State(ai): State<Arc<Ai>>, req: Request) -> Response {
         claims: on_behalf.as_ref().or(caller.map(|c| c.0.as_ref())),
         api_key: api_key.as_deref(),
     };
-    let call = CallInfo { account, trace: parts.extensions.get::<TraceContext>().copied(), started: Instant::now() };
+    let trace = parts.extensions.get::<TraceContext>().copied();
+    let call = CallInfo { account, body_len: bytes.len(), trace, started: Instant::now() };
     ai.complete(endpoint, body, call, &subject).await.unwrap_or_else(IntoResponse::into_response)
 }
 

@@ -258,6 +258,11 @@ async fn chat_embeddings_and_models_pass_through_with_aliases_and_the_backend_ke
     assert_eq!(seen_body["tools"][0]["function"]["name"], "f", "tools pass through");
     assert_eq!(seen_headers["authorization"], "Bearer sk-upstream-secret", "the backend's key, never the client's");
 
+    // A prompt above 64 KB is counted off the request's thread, and still answered.
+    let long = "lorem ipsum ".repeat(10_000);
+    let (status, body, _) = c.chat(json!({"model": "fast", "messages": [{"role": "user", "content": long}]})).await;
+    assert_eq!(status, 200, "{body}");
+
     // The client's trace goes on to the backend (W3C traceparent: same trace, the node's span).
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let response = c
@@ -303,11 +308,11 @@ async fn chat_embeddings_and_models_pass_through_with_aliases_and_the_backend_ke
     assert!(error["error"]["message"].is_string() && error["error"]["param"].is_null(), "{error}");
     assert_eq!(fake.hits("ok"), hits);
 
-    // Two answers of model "fast", 11 prompt tokens each by the upstream's usage.
+    // Three answers of model "fast", 11 prompt tokens each by the upstream's usage.
     let metrics = c.metrics(&app).await;
     assert_eq!(
         metric(&metrics, "nimbus_ai_tokens_total", &["model=\"fast\"", "kind=\"prompt\"", "source=\"upstream\""]),
-        Some(22.0),
+        Some(33.0),
         "{metrics}"
     );
     assert_eq!(
