@@ -15,7 +15,9 @@ unique_keys = [["/slug"]]
 
 [docs.containers.sessions]
 partition_key = "/userId"
-default_ttl = "1s"
+# 2 s, not 1: `_ts` is in whole seconds, so an item lives between ttl - 1 and ttl seconds, and with
+# 1 s a read right after the write could already miss it.
+default_ttl = "2s"
 "#;
 
 struct Client {
