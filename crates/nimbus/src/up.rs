@@ -104,7 +104,8 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     let listed = functions.clone();
     let ai = match &manifest.ai {
         Some(section) => Some(
-            nimbus_ai::Ai::new(section, store.clone(), manifest.server.trusted_proxies.clone())
+            nimbus_ai::Ai::new(section, &config.dir, store.clone(), manifest.server.trusted_proxies.clone())
+                .await
                 .map_err(anyhow::Error::msg)?,
         ),
         None => None,
@@ -375,7 +376,10 @@ fn print_banner(
         let bases: Vec<String> = routes
             .map(|r| format!("{url}{}", r.path.to_string().trim_end_matches('*').trim_end_matches('/')))
             .collect();
-        let backends: Vec<&str> = ai.backends.iter().map(|b| b.name.as_str()).collect();
+        let mut backends: Vec<&str> = ai.backends.iter().map(|b| b.name.as_str()).collect();
+        if ai.local().is_some() {
+            backends.push("local");
+        }
         banner.push_str(&format!("  AI (OpenAI)    {} (backends {})\n", bases.join(" "), backends.join(", ")));
     }
     for f in functions {

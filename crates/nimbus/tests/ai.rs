@@ -756,3 +756,142 @@ async fn azure_openai_gets_its_deployment_path_api_version_and_api_key() {
     assert_eq!(headers["api-key"], "azure-secret");
     assert!(headers.get("authorization").is_none(), "the client's key stays at the gateway");
 }
+
+// --- the local provider (`[ai.local]`: the models `scripts/models.sh` installs) -------------------
+
+const LOCAL_CHAT: &str = "SmolLM2-135M-Instruct.Q4_1";
+const LOCAL_EMBEDDINGS: &str = "all-MiniLM-L6-v2";
+
+fn france() -> Value {
+    json!([{"role": "system", "content": "You are a helpful assistant."},
+           {"role": "user", "content": "What is the capital of France?"}])
+}
+
+#[tokio::test]
+async fn with_no_backend_the_local_model_chats_streams_and_embeds() {
+    let app = app("");
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app).await;
+    let models: Value =
+        c.http.get(node.url("/v1/models")).bearer_auth(&c.key).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [LOCAL_CHAT, LOCAL_EMBEDDINGS]);
+
+    // A whole answer, greedy: coherent, with its usage.
+    let (status, answer, headers) =
+        c.chat(json!({"model": LOCAL_CHAT, "messages": france(), "temperature": 0, "max_tokens": 40})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(headers["x-nimbus-ai-backend"], "local");
+    let content = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.contains("Paris"), "{answer}");
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    let usage = &answer["usage"];
+    assert!(
+        usage["prompt_tokens"].as_u64().unwrap() > 10 && usage["completion_tokens"].as_u64().unwrap() > 2,
+        "{usage}"
+    );
+
+    // Streamed: the same text in pieces, then the finish, the usage asked for, and [DONE].
+    let body = json!({"model": LOCAL_CHAT, "messages": france(), "temperature": 0, "max_tokens": 40,
+                      "stream": true, "stream_options": {"include_usage": true}});
+    let (status, backend, data) = c.stream(body).await;
+    assert_eq!((status, backend.as_str()), (200, "local"), "{data:?}");
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let pieces: Vec<&str> = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert!(pieces.iter().filter(|p| !p.is_empty()).count() > 3, "{pieces:?}");
+    assert_eq!(pieces.concat(), content);
+    assert_eq!(chunks.last().unwrap()["usage"], *usage, "{chunks:?}");
+
+    // Stop strings and max_tokens.
+    let (_, cut, _) =
+        c.chat(json!({"model": LOCAL_CHAT, "messages": france(), "temperature": 0, "stop": ["Paris"]})).await;
+    assert_eq!(cut["choices"][0]["message"]["content"], content[..content.find("Paris").unwrap()]);
+    let (_, short, _) = c.chat(json!({"model": LOCAL_CHAT, "messages": france(), "max_tokens": 2})).await;
+    assert_eq!(
+        (short["choices"][0]["finish_reason"].as_str(), short["usage"]["completion_tokens"].as_u64()),
+        (Some("length"), Some(2))
+    );
+
+    // Embeddings, as floats and as base64 (little-endian float32): the same unit vectors.
+    let floats: Value = c
+        .post("/v1/embeddings", json!({"model": LOCAL_EMBEDDINGS, "input": ["A cat sits on the mat.", "Stocks fell."]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first: Vec<f32> =
+        floats["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    assert_eq!((first.len(), floats["data"].as_array().unwrap().len()), (384, 2));
+    assert!(floats["usage"]["prompt_tokens"].as_u64().unwrap() > 5);
+    let encoded: Value = c
+        .post(
+            "/v1/embeddings",
+            json!({"model": LOCAL_EMBEDDINGS, "input": "A cat sits on the mat.", "encoding_format": "base64"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    use base64::Engine as _;
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(encoded["data"][0]["embedding"].as_str().unwrap()).unwrap();
+    let decoded: Vec<f32> = bytes.chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    assert_eq!(decoded, first);
+
+    // What the local models cannot do is refused, naming the parameter; nothing is generated.
+    for (body, param) in [
+        (
+            json!({"model": LOCAL_CHAT, "messages": messages(), "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tools",
+        ),
+        (
+            json!({"model": LOCAL_CHAT, "messages": messages(), "response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (json!({"model": LOCAL_CHAT, "messages": messages(), "temperature": 3}), "temperature"),
+        (json!({"model": LOCAL_EMBEDDINGS, "messages": messages()}), "model"),
+        (json!({"model": LOCAL_CHAT, "messages": messages(), "max_tokens": 100_000}), "messages"),
+    ] {
+        let (status, error, _) = c.chat(body.clone()).await;
+        assert_eq!((status, error["error"]["param"].as_str()), (400, Some(param)), "{body} → {error}");
+    }
+    let (status, error, _) = c.chat(json!({"model": LOCAL_CHAT, "messages": messages(), "max_tokens": 100_000})).await;
+    assert_eq!((status, error["error"]["code"].as_str()), (400, Some("context_length_exceeded")));
+
+    // Metered like any backend.
+    let metrics = c.metrics(&app).await;
+    assert!(
+        metric(&metrics, "nimbus_ai_tokens_total", &["backend=\"local\"", "kind=\"completion\""]).unwrap_or(0.0) > 10.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(&metrics, "nimbus_ai_local_tokens_per_second_count", &["phase=\"generation\""]).is_some(),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_local_model_serves_when_the_backends_before_it_fail() {
+    let fake = Fake::start().await;
+    let ai =
+        format!("retries = 0\n{}\n[ai.local]\npriority = 2\n", fake.backend("broken", "status500", "priority = 1"));
+    let app = app(&ai);
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app).await;
+    let (status, answer, headers) = c.chat(json!({"model": LOCAL_CHAT, "messages": france(), "max_tokens": 5})).await;
+    assert_eq!(
+        (status, &headers["x-nimbus-ai-backend"]),
+        (200, &"local".parse::<axum::http::HeaderValue>().unwrap()),
+        "{answer}"
+    );
+    // The broken backend (it serves any model) was asked first.
+    assert_eq!(fake.hits("status500"), 1);
+}
+
+#[tokio::test]
+async fn a_missing_local_model_stops_the_start_with_the_fix() {
+    let app = app("[ai.local]\nchat = \"models/none.gguf\"\n");
+    let error = support::Node::try_start(app.path(), &[]).err().expect("the node must not start");
+    assert!(error.contains("none.gguf is missing") && error.contains("[ai.local] chat"), "{error}");
+}
