@@ -13,6 +13,7 @@
 //! (`ledger.rs`); streams: `relay.rs`.
 
 mod backend;
+mod cache;
 mod error;
 mod ledger;
 mod limits;
@@ -71,6 +72,8 @@ pub struct Ai {
     trusted_proxies: Vec<nimbus_api::Cidr>,
     /// Deleting the counters of windows and periods that are over, and old usage.
     tasks: nimbus_api::Tasks,
+    /// `[ai.cache]`.
+    cache: Option<Arc<cache::Cache>>,
 }
 
 impl Ai {
@@ -100,6 +103,22 @@ impl Ai {
                 .map_err(|e| format!("cannot load the local AI models: {e}"))??;
             backends.push(Backend::local(Arc::new(local), &config, &section.circuit_breaker));
         }
+        let cache = match &section.cache {
+            Some(config) => {
+                let shared = backends.iter().find_map(|b| b.local.as_ref()).map(|l| l.embedding_model());
+                let embedder = match (shared, &config.embeddings) {
+                    (Some(model), None) => model,
+                    (_, given) => {
+                        let (given, app_dir) = (given.clone(), app_dir.to_owned());
+                        let load = move || local::load_embeddings(&given, "[ai.cache] embeddings", &app_dir);
+                        let loaded = tokio::task::spawn_blocking(load).await;
+                        Arc::new(loaded.map_err(|e| format!("cannot load the semantic cache's model: {e}"))??)
+                    }
+                };
+                Some(Arc::new(cache::Cache::new(config.clone(), embedder)))
+            }
+            None => None,
+        };
         for backend in &backends {
             metrics::gauge!("nimbus_ai_circuit_open", "backend" => backend.name().to_owned()).set(0.0);
         }
@@ -115,6 +134,7 @@ impl Ai {
             store,
             trusted_proxies,
             tasks,
+            cache,
         });
         ai.tasks.every("usage ledger", ledger::FLUSH, move || {
             let ledger = ledger.clone();
@@ -250,6 +270,19 @@ impl Ai {
         }
         let stream = endpoint == Endpoint::Chat && body["stream"] == json!(true);
         let wants_usage = body["stream_options"]["include_usage"] == json!(true);
+        // The semantic cache answers before anything is reserved or called.
+        let mut miss = None;
+        if let Some(cache) = self.cache.as_ref().filter(|_| endpoint == Endpoint::Chat && call.semantic_cache) {
+            match cache.lookup(&body, &call.account).await {
+                cache::Lookup::Hit(answer) => {
+                    let key = call.account.key.clone().unwrap_or_default();
+                    metrics::counter!("nimbus_ai_requests_total", "model" => self.model_label(&model), "backend" => "cache", "key" => key, "outcome" => "ok").increment(1);
+                    return Ok(cache::respond(&answer, stream, wants_usage));
+                }
+                cache::Lookup::Miss(m) => miss = Some((cache.clone(), m)),
+                cache::Lookup::Skip => {}
+            }
+        }
         if stream {
             // Asked of the upstream always, so that a stream is metered by its own count.
             match body.get_mut("stream_options").and_then(Value::as_object_mut) {
@@ -305,18 +338,35 @@ impl Ai {
                 match self.attempt(i, endpoint, &body, stream, &call).await {
                     Ok(Answer::Whole(status, content_type, bytes)) => {
                         self.succeeded(i);
+                        if let Some((cache, miss)) = miss.take()
+                            && status.is_success()
+                            && let Some(answer) = cache::Answer::from_whole(&bytes)
+                        {
+                            cache.keep(miss, answer);
+                        }
                         let mut response =
                             whole(meter(reservation.take()), backend.name(), status, content_type, bytes);
                         limit_headers(&mut response, remaining.as_ref());
+                        cache_header(&mut response, self.cache.is_some() && call.semantic_cache);
                         return Ok(response);
                     }
                     Ok(Answer::Stream(first, rest)) => {
                         let idle = backend.config.timeout.get();
                         let meter = meter(reservation.take());
-                        let relay =
-                            relay::Relay { ai: self.clone(), backend: i, first, rest, meter, wants_usage, idle };
+                        let capture = miss.take().map(|(cache, miss)| relay::Capture::new(cache, miss));
+                        let relay = relay::Relay {
+                            ai: self.clone(),
+                            backend: i,
+                            first,
+                            rest,
+                            meter,
+                            wants_usage,
+                            idle,
+                            capture,
+                        };
                         let mut response = streamed(backend.name(), relay);
                         limit_headers(&mut response, remaining.as_ref());
+                        cache_header(&mut response, self.cache.is_some() && call.semantic_cache);
                         return Ok(response);
                     }
                     Ok(Answer::Refused(response)) => {
@@ -502,6 +552,13 @@ fn limit_headers(response: &mut Response, remaining: Option<&Remaining>) {
     }
 }
 
+/// `x-nimbus-ai-cache: miss` on an answer the cache could have given but did not.
+fn cache_header(response: &mut Response, cached_route: bool) {
+    if cached_route {
+        response.headers_mut().insert(cache::HEADER, HeaderValue::from_static("miss"));
+    }
+}
+
 /// What a request carries besides its body.
 pub(crate) struct CallInfo {
     pub account: Account,
@@ -509,6 +566,8 @@ pub(crate) struct CallInfo {
     pub body_len: usize,
     pub trace: Option<TraceContext>,
     pub started: Instant,
+    /// The route has `semantic_cache = true`.
+    pub semantic_cache: bool,
 }
 
 enum Answer {
@@ -723,7 +782,8 @@ async fn serve(State(ai): State<Arc<Ai>>, req: Request) -> Response {
         api_key: api_key.as_deref(),
     };
     let trace = parts.extensions.get::<TraceContext>().copied();
-    let call = CallInfo { account, body_len: bytes.len(), trace, started: Instant::now() };
+    let semantic_cache = parts.extensions.get::<RoutePolicy>().is_some_and(|p| p.semantic_cache);
+    let call = CallInfo { account, body_len: bytes.len(), trace, started: Instant::now(), semantic_cache };
     ai.complete(endpoint, body, call, &subject).await.unwrap_or_else(IntoResponse::into_response)
 }
 

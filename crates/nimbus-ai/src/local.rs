@@ -26,7 +26,7 @@ const MAX_INPUTS: usize = 2048;
 
 pub(crate) struct Local {
     chat: ChatModel,
-    embeddings: EmbeddingModel,
+    embeddings: Arc<EmbeddingModel>,
     /// One batch of embeddings at a time: the CPU is shared with generation.
     embedding_turn: tokio::sync::Semaphore,
 }
@@ -39,36 +39,49 @@ pub fn models_dir() -> PathBuf {
     }
 }
 
+/// A model's path: as configured (relative to the app folder), else `default` in the models folder;
+/// an error naming the fix when it is not there.
+pub(crate) fn model_path(given: &Option<PathBuf>, key: &str, default: &str, app_dir: &Path) -> Result<PathBuf, String> {
+    let models = models_dir();
+    let path = match given {
+        Some(p) => app_dir.join(p),
+        None => models.join(default),
+    };
+    if path.exists() {
+        return Ok(path);
+    }
+    let fix = match given {
+        Some(_) => format!("fix `{key}`"),
+        None => format!(
+            "run scripts/models.sh from the nimbus repository to install the default models into {}, \
+             or name your own with `{key}`",
+            models.display()
+        ),
+    };
+    Err(format!("the local AI model {} is missing: {fix}", path.display()))
+}
+
+pub(crate) const DEFAULT_EMBEDDINGS: &str = "all-MiniLM-L6-v2";
+
+pub(crate) fn load_embeddings(given: &Option<PathBuf>, key: &str, app_dir: &Path) -> Result<EmbeddingModel, String> {
+    let path = model_path(given, key, DEFAULT_EMBEDDINGS, app_dir)?;
+    EmbeddingModel::load(&path).map_err(|e| format!("{key}: {e}"))
+}
+
 impl Local {
     /// Loads both models (CPU and disk work: call it off the async threads).
     pub fn load(config: &AiLocal, app_dir: &Path) -> Result<Self, String> {
-        let models = models_dir();
-        let path = |given: &Option<PathBuf>, default: &str| match given {
-            Some(p) => app_dir.join(p),
-            None => models.join(default),
-        };
-        let chat_path = path(&config.chat, "SmolLM2-135M-Instruct.Q4_1.gguf");
-        let embeddings_path = path(&config.embeddings, "all-MiniLM-L6-v2");
-        for (p, key, given) in
-            [(&chat_path, "chat", &config.chat), (&embeddings_path, "embeddings", &config.embeddings)]
-        {
-            if !p.exists() {
-                let fix = match given {
-                    Some(_) => format!("fix `[ai.local] {key}`"),
-                    None => format!(
-                        "run scripts/models.sh from the nimbus repository to install the default models into {}, \
-                         or name your own with `[ai.local] {key}`",
-                        models.display()
-                    ),
-                };
-                return Err(format!("the local AI model {} is missing: {fix}", p.display()));
-            }
-        }
+        let chat_path = model_path(&config.chat, "[ai.local] chat", "SmolLM2-135M-Instruct.Q4_1.gguf", app_dir)?;
+        let embeddings = load_embeddings(&config.embeddings, "[ai.local] embeddings", app_dir)?;
         let options = ChatOptions { max_active: config.max_active, queue: config.queue };
         let chat = ChatModel::load(&chat_path, options).map_err(|e| format!("[ai.local] chat: {e}"))?;
-        let embeddings = EmbeddingModel::load(&embeddings_path).map_err(|e| format!("[ai.local] embeddings: {e}"))?;
         tracing::info!(chat = chat.id(), embeddings = embeddings.id(), "local AI models loaded");
-        Ok(Self { chat, embeddings, embedding_turn: tokio::sync::Semaphore::new(1) })
+        Ok(Self { chat, embeddings: Arc::new(embeddings), embedding_turn: tokio::sync::Semaphore::new(1) })
+    }
+
+    /// The embedding model, to share (with the semantic cache).
+    pub fn embedding_model(&self) -> Arc<EmbeddingModel> {
+        self.embeddings.clone()
     }
 
     /// The model ids clients name: the chat model's, then the embedding model's.

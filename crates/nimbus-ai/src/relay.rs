@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::Ai;
+use crate::cache::{Answer, Cache, Miss};
 use crate::error::AiError;
 use crate::usage::Meter;
 
@@ -37,12 +38,61 @@ pub(crate) struct Relay {
     pub wants_usage: bool,
     /// The longest wait for the next event.
     pub idle: Duration,
+    /// The answer gathered for the semantic cache.
+    pub capture: Option<Capture>,
+}
+
+/// A streamed answer's text, kept in the semantic cache when the stream ends cleanly with it.
+pub(crate) struct Capture {
+    cache: Arc<Cache>,
+    miss: Option<Miss>,
+    text: String,
+    finish: Option<String>,
+    model: String,
+    usage: Value,
+    /// A tool call or a second choice: not a text answer to keep.
+    unfit: bool,
+}
+
+/// The longest answer kept.
+const CAPTURE_LIMIT: usize = 1 << 20;
+
+impl Capture {
+    pub fn new(cache: Arc<Cache>, miss: Miss) -> Self {
+        Self {
+            cache,
+            miss: Some(miss),
+            text: String::new(),
+            finish: None,
+            model: String::new(),
+            usage: Value::Null,
+            unfit: false,
+        }
+    }
+
+    fn done(&mut self) {
+        let Some(miss) = self.miss.take() else { return };
+        // `[DONE]` ends an answer cleanly even from a backend that names no finish reason.
+        let finish_reason = self.finish.take().unwrap_or_else(|| "stop".to_owned());
+        if self.unfit || self.text.len() > CAPTURE_LIMIT {
+            return;
+        }
+        let answer = Answer {
+            content: std::mem::take(&mut self.text),
+            finish_reason,
+            model: std::mem::take(&mut self.model),
+            usage: self.usage.take(),
+        };
+        self.cache.keep(miss, answer);
+    }
 }
 
 /// What a chunk says that the relay needs: its text (for counting when the upstream gives no
 /// usage), its usage, whether it is an error. Borrowed from the event's data where it can be.
 #[derive(Deserialize)]
 struct Chunk<'a> {
+    #[serde(default, borrow)]
+    model: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     choices: Option<Vec<Choice<'a>>>,
     #[serde(default)]
@@ -53,8 +103,12 @@ struct Chunk<'a> {
 
 #[derive(Deserialize)]
 struct Choice<'a> {
+    #[serde(default)]
+    index: u32,
     #[serde(default, borrow)]
     delta: Option<Delta<'a>>,
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -84,6 +138,33 @@ struct Usage {
     prompt_tokens: u64,
     #[serde(default)]
     completion_tokens: u64,
+}
+
+impl Capture {
+    fn take(&mut self, chunk: &Chunk<'_>) {
+        if let (true, Some(model)) = (self.model.is_empty(), &chunk.model) {
+            self.model = model.to_string();
+        }
+        for choice in chunk.choices.iter().flatten() {
+            if let Some(finish) = &choice.finish_reason {
+                self.finish = Some(finish.to_string());
+            }
+            let Some(delta) = &choice.delta else { continue };
+            if choice.index != 0 || delta.tool_calls.as_ref().is_some_and(|t| !t.is_empty()) {
+                self.unfit = true;
+            }
+            if let Some(text) = &delta.content
+                && self.text.len() <= CAPTURE_LIMIT
+            {
+                self.text.push_str(text);
+            }
+        }
+        if let Some(usage) = &chunk.usage {
+            let total = usage.prompt_tokens + usage.completion_tokens;
+            self.usage = serde_json::json!({"prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens, "total_tokens": total});
+        }
+    }
 }
 
 struct State {
@@ -130,6 +211,9 @@ impl State {
         };
         if event.data == "[DONE]" {
             self.ended = true;
+            if let Some(capture) = &mut self.relay.capture {
+                capture.done();
+            }
             self.relay.meter.finish("ok");
             self.relay.ai.succeeded(self.relay.backend);
             out.extend_from_slice(b"data: [DONE]\n\n");
@@ -157,6 +241,9 @@ impl State {
         }
         if generated {
             meter.first_token();
+        }
+        if let Some(capture) = &mut self.relay.capture {
+            capture.take(&chunk);
         }
         let Some(usage) = chunk.usage else { return frame(&event.event, &event.data, out) };
         meter.upstream_usage((usage.prompt_tokens, usage.completion_tokens));

@@ -60,6 +60,8 @@ pub struct RoutePolicy {
     pub respond_async: bool,
     /// The largest request body: the route's `max_body`, capped by `[server] max_request_body`.
     pub max_body: u64,
+    /// An AI route's `semantic_cache`.
+    pub semantic_cache: bool,
 }
 
 /// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded by a proxy.

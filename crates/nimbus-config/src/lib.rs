@@ -124,11 +124,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Manifest, ConfigError> {
 }
 
 /// `[ai]` with no route of `backend = "ai"` serves at `/v1/*` (where OpenAI's SDKs look), with the
-/// default policy of a route: a valid token. A route the manifest declares at `/v1/*` wins.
+/// default policy of a route: a valid token, and the semantic cache when `[ai.cache]` is set. A
+/// route the manifest declares at `/v1/*` wins.
 fn add_implicit_routes(manifest: &mut Manifest) {
     let declared = manifest.routes.iter().any(|r| r.backend == Backend::Ai || r.path.to_string() == "/v1/*");
-    if manifest.ai.is_some() && !declared {
-        manifest.routes.push(RouteSection::new(PathPattern::parse("/v1/*").expect("a valid pattern"), Backend::Ai));
+    if let Some(ai) = &manifest.ai
+        && !declared
+    {
+        let mut route = RouteSection::new(PathPattern::parse("/v1/*").expect("a valid pattern"), Backend::Ai);
+        route.semantic_cache = ai.cache.is_some();
+        manifest.routes.push(route);
     }
 }
 

@@ -67,9 +67,8 @@ pub struct AiSection {
     pub quota: Option<TokenQuota>,
     /// The embedded provider (on by itself when no backend is listed).
     pub local: Option<AiLocal>,
-    /// Not in this version yet; refused by [`crate::validate`] with a precise message rather than
-    /// an unknown key.
-    pub cache: Option<toml::Value>,
+    /// The semantic cache, for routes with `semantic_cache = true` (and the implicit `/v1/*`).
+    pub cache: Option<AiCache>,
 }
 
 impl AiSection {
@@ -110,6 +109,47 @@ impl Default for AiLocal {
     fn default() -> Self {
         Self { chat: None, embeddings: None, priority: one(), max_active: four(), queue: sixty_four() }
     }
+}
+
+/// `[ai.cache]`: a chat answer is kept, and given again to a request whose last message means the
+/// same (cosine similarity of their embeddings at least `similarity`), whose earlier messages and
+/// other parameters are the same, within `scope` and `ttl`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AiCache {
+    #[serde(default = "default_similarity")]
+    pub similarity: f64,
+    #[serde(default = "default_cache_ttl")]
+    pub ttl: Duration,
+    #[serde(default)]
+    pub scope: CacheScope,
+    /// Answers kept at most (in each node's memory); the oldest go first.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+    /// The sentence-embedding model's folder, as `[ai.local] embeddings` (the same model by default).
+    pub embeddings: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheScope {
+    /// Each user (token `sub`, else API key) has their own answers.
+    #[default]
+    User,
+    /// Every caller shares them.
+    Global,
+}
+
+fn default_similarity() -> f64 {
+    0.95
+}
+
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_cache_entries() -> usize {
+    10_000
 }
 
 fn four() -> usize {
@@ -481,6 +521,9 @@ pub struct RouteSection {
     /// `Prefer: respond-async` does for one request.
     #[serde(default, rename = "async")]
     pub respond_async: bool,
+    /// AI routes: answer from `[ai.cache]` when a similar request was answered.
+    #[serde(default)]
+    pub semantic_cache: bool,
     /// Where the request goes after the policies: `function` (the default), `site`, or an upstream
     /// `http(s)://` base URL (reverse proxy).
     #[serde(default)]
@@ -510,6 +553,7 @@ impl RouteSection {
             max_body: None,
             timeout: None,
             respond_async: false,
+            semantic_cache: false,
             backend,
             rewrite_prefix: None,
             request_headers: HeaderTransform::default(),

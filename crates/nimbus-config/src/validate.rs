@@ -260,6 +260,11 @@ fn check_routes(c: &mut Checker, m: &Manifest) {
         if r.timeout.is_some_and(|t| t.get().is_zero()) {
             c.fail(p!["routes", i, "timeout"], "must be longer than 0s");
         }
+        if r.semantic_cache && r.backend != Backend::Ai {
+            c.fail(p!["routes", i, "semantic_cache"], "only routes with `backend = \"ai\"` have a semantic cache");
+        } else if r.semantic_cache && m.ai.as_ref().is_none_or(|ai| ai.cache.is_none()) {
+            c.fail(p!["routes", i, "semantic_cache"], "needs an `[ai.cache]` section (similarity, ttl, scope)");
+        }
         if matches!(r.backend, Backend::Upstream(_)) && r.respond_async {
             c.fail(p!["routes", i, "async"], "only function routes run asynchronously");
         }
@@ -299,8 +304,16 @@ fn check_ai(c: &mut Checker, m: &Manifest) {
         }
         return;
     };
-    if ai.cache.is_some() {
-        c.fail(p!["ai", "cache"], "not in this version of nimbus yet; remove it");
+    if let Some(cache) = &ai.cache {
+        if !(0.5..=1.0).contains(&cache.similarity) {
+            c.fail(p!["ai", "cache", "similarity"], "must be from 0.5 to 1.0 (cosine similarity)");
+        }
+        if !(1..=30 * 86_400).contains(&cache.ttl.get().as_secs()) {
+            c.fail(p!["ai", "cache", "ttl"], "must be 1s to 30d");
+        }
+        if !(1..=1_000_000).contains(&cache.max_entries) {
+            c.fail(p!["ai", "cache", "max_entries"], "must be 1 to 1000000");
+        }
     }
     if let Some(limit) = &ai.token_limit
         && !(1..=86_400).contains(&limit.per.get().as_secs())

@@ -117,6 +117,7 @@ impl Inner {
             own_timeout: None,
             respond_async: false,
             max_body: self.max_request_body,
+            semantic_cache: false,
         });
         Policy {
             timeout: target.timeout.min(route.timeout),

@@ -144,6 +144,7 @@ impl RouteMetrics {
 fn policy(manifest: &Manifest, timeout: Option<Duration>, max_body: Option<u64>, respond_async: bool) -> RoutePolicy {
     let server = &manifest.server;
     RoutePolicy {
+        semantic_cache: false,
         timeout: timeout.unwrap_or(server.request_timeout.get()),
         own_timeout: timeout,
         respond_async,
@@ -175,12 +176,15 @@ impl Route {
             rate: section.rate_limit.as_ref().map(RateLimit::new),
             quota: section.quota.as_ref().map(|q| Quota::new(&label, q, store.clone())),
             cors,
-            policy: policy(
-                manifest,
-                section.timeout.map(|t| t.get()),
-                section.max_body.map(|b| b.0),
-                section.respond_async,
-            ),
+            policy: RoutePolicy {
+                semantic_cache: section.semantic_cache,
+                ..policy(
+                    manifest,
+                    section.timeout.map(|t| t.get()),
+                    section.max_body.map(|b| b.0),
+                    section.respond_async,
+                )
+            },
             backend,
             rewrite_prefix: section.rewrite_prefix.clone(),
             request_headers: Transform::new(&section.request_headers),

@@ -895,3 +895,84 @@ async fn a_missing_local_model_stops_the_start_with_the_fix() {
     let error = support::Node::try_start(app.path(), &[]).err().expect("the node must not start");
     assert!(error.contains("none.gguf is missing") && error.contains("[ai.local] chat"), "{error}");
 }
+
+// --- the semantic cache ---------------------------------------------------------------------
+
+fn ask(question: &str) -> Value {
+    json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": question}])
+}
+
+#[tokio::test]
+async fn the_semantic_cache_answers_similar_questions_per_user_within_its_ttl() {
+    let fake = Fake::start().await;
+    let ai =
+        format!("{}\n[ai.cache]\nsimilarity = 0.9\nttl = \"3s\"\nscope = \"user\"\n", fake.backend("up", "ok", ""));
+    let manifest = format!(
+        "[[routes]]\npath = \"/v1/*\"\nbackend = \"ai\"\nauth = \"api_key\"\nsemantic_cache = true\n\n[ai]\n{ai}"
+    );
+    let app = App::new(Some(&manifest));
+    let node = app.start(&[]);
+    let c = Client::new(&node, &app).await;
+    let cache = |headers: &HeaderMap| headers.get("x-nimbus-ai-cache").map(|v| v.to_str().unwrap().to_owned());
+
+    let (status, first, headers) =
+        c.chat(json!({"model": "m", "messages": ask("What is the capital of France?")})).await;
+    assert_eq!((status, cache(&headers).as_deref()), (200, Some("miss")), "{first}");
+    assert_eq!(fake.hits("ok"), 1);
+    let content = first["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+
+    // The same meaning in other words: the kept answer, no backend call; streamed when asked.
+    let (status, again, headers) =
+        c.chat(json!({"model": "m", "messages": ask("What's the capital city of France?")})).await;
+    assert_eq!((status, cache(&headers).as_deref()), (200, Some("hit")), "{again}");
+    assert_eq!(again["choices"][0]["message"]["content"], content.as_str());
+    assert_eq!(again["usage"], first["usage"]);
+    let response = c
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "m", "messages": ask("Which city is the capital of France?"),
+                                             "stream": true, "stream_options": {"include_usage": true}}),
+        )
+        .await;
+    assert_eq!(cache(response.headers()).as_deref(), Some("hit"));
+    let text = response.text().await.unwrap();
+    let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(data.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1].iter().map(|d| serde_json::from_str(d).unwrap()).collect();
+    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(streamed, content);
+    assert!(
+        chunks.iter().filter(|c| c["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty())).count()
+            > 1
+    );
+    assert_eq!(chunks.last().unwrap()["usage"], first["usage"]);
+    assert_eq!(fake.hits("ok"), 1);
+
+    // Another question, other parameters, another user: misses.
+    let (_, _, headers) = c.chat(json!({"model": "m", "messages": ask("What is the capital of Spain?")})).await;
+    assert_eq!(cache(&headers).as_deref(), Some("miss"));
+    let (_, _, headers) =
+        c.chat(json!({"model": "m", "messages": ask("What is the capital of France?"), "temperature": 1.5})).await;
+    assert_eq!(cache(&headers).as_deref(), Some("miss"));
+    let other = Client::new(&node, &app).await;
+    let (_, _, headers) = other.chat(json!({"model": "m", "messages": ask("What is the capital of France?")})).await;
+    assert_eq!(cache(&headers).as_deref(), Some("miss"));
+    assert_eq!(fake.hits("ok"), 4);
+
+    // A streamed answer is kept too, once its stream ended cleanly.
+    let stream = json!({"model": "m", "messages": ask("Tell me a joke about owls."), "stream": true});
+    let (status, _, _) = c.stream(stream.clone()).await;
+    assert_eq!(status, 200);
+    let (_, answer, headers) = c.chat(json!({"model": "m", "messages": ask("Tell me a joke about owls.")})).await;
+    assert_eq!(cache(&headers).as_deref(), Some("hit"), "{answer}");
+    assert_eq!(answer["choices"][0]["message"]["content"], "Hello there, friend");
+
+    let metrics = c.metrics(&app).await;
+    assert_eq!(metric(&metrics, "nimbus_ai_cache_total", &["outcome=\"hit\""]), Some(3.0), "{metrics}");
+    assert!(metric(&metrics, "nimbus_ai_requests_total", &["backend=\"cache\""]).is_some_and(|n| n >= 3.0));
+
+    // Past the TTL the answer is gone.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    let (_, _, headers) = c.chat(json!({"model": "m", "messages": ask("What is the capital of France?")})).await;
+    assert_eq!(cache(&headers).as_deref(), Some("miss"));
+}
