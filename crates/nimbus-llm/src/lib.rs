@@ -12,6 +12,7 @@
 
 mod chat;
 mod embed;
+mod llama;
 mod tokenizer;
 
 pub use chat::{ChatModel, ChatOptions, Finish, Message, Sampling, Step};

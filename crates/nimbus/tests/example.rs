@@ -66,4 +66,16 @@ async fn the_hello_example_serves_public_and_protected_functions() {
     assert_eq!(added.status(), 201, "{}", node.stderr());
     let notes: Value = http.get(node.url("/api/notes")).bearer_auth(token).send().await.unwrap().json().await.unwrap();
     assert_eq!(notes, serde_json::json!({"notes": [{"id": "n1", "title": "first", "text": "hi"}]}));
+    // An answer streamed from the local model through the function.
+    let asked = http
+        .post(node.url("/api/ask"))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"question": "What is the capital of France?", "max_tokens": 30}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 200, "{}", node.stderr());
+    let events = asked.text().await.unwrap();
+    let answer: String = events.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert!(answer.contains("Paris"), "{events}");
 }

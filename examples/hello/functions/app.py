@@ -39,3 +39,15 @@ async def list_notes(req, ctx):
     for note in notes:
         note["text"] = (await ctx.blob.get("notes", "%s/%s.txt" % (owner, note["id"]))).decode()
     return {"notes": notes}
+
+
+@app.http("/api/ask", methods=["POST"])
+async def ask(req, ctx):
+    # The answer streams token by token from the AI gateway (here the local model) as it is generated,
+    # metered to the caller (the token's `sub`).
+    body = await req.json()
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": body["question"]}]
+    # Greedy unless asked otherwise: a model this small strays when it samples.
+    options = {"max_tokens": body.get("max_tokens", 200), "temperature": body.get("temperature", 0)}
+    return nimbus.sse(ctx.ai.chat_stream(messages, **options))
