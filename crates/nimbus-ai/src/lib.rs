@@ -10,7 +10,8 @@
 //! stream that breaks ends with an error event. Backends failing in a row are left out for a
 //! cool-down (`circuit_breaker`). Token limits and quotas are reserved before the first call and
 //! settled after the last (`limits.rs`). Metering: `usage.rs`, into the hourly usage ledger
-//! (`ledger.rs`); streams: `relay.rs`.
+//! (`ledger.rs`); streams: `relay.rs`. The local models (`[ai.local]`) are the backend `local`
+//! (`local.rs`); the semantic cache answers before all of this (`cache.rs`).
 
 mod backend;
 mod cache;
@@ -283,6 +284,7 @@ impl Ai {
                 cache::Lookup::Skip => {}
             }
         }
+        let looked_up = miss.is_some();
         if stream {
             // Asked of the upstream always, so that a stream is metered by its own count.
             match body.get_mut("stream_options").and_then(Value::as_object_mut) {
@@ -347,7 +349,7 @@ impl Ai {
                         let mut response =
                             whole(meter(reservation.take()), backend.name(), status, content_type, bytes);
                         limit_headers(&mut response, remaining.as_ref());
-                        cache_header(&mut response, self.cache.is_some() && call.semantic_cache);
+                        cache_header(&mut response, looked_up);
                         return Ok(response);
                     }
                     Ok(Answer::Stream(first, rest)) => {
@@ -366,7 +368,7 @@ impl Ai {
                         };
                         let mut response = streamed(backend.name(), relay);
                         limit_headers(&mut response, remaining.as_ref());
-                        cache_header(&mut response, self.cache.is_some() && call.semantic_cache);
+                        cache_header(&mut response, looked_up);
                         return Ok(response);
                     }
                     Ok(Answer::Refused(response)) => {
@@ -552,9 +554,9 @@ fn limit_headers(response: &mut Response, remaining: Option<&Remaining>) {
     }
 }
 
-/// `x-nimbus-ai-cache: miss` on an answer the cache could have given but did not.
-fn cache_header(response: &mut Response, cached_route: bool) {
-    if cached_route {
+/// `x-nimbus-ai-cache: miss` on an answer the cache was asked for and did not have.
+fn cache_header(response: &mut Response, missed: bool) {
+    if missed {
         response.headers_mut().insert(cache::HEADER, HeaderValue::from_static("miss"));
     }
 }

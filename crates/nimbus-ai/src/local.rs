@@ -117,8 +117,15 @@ impl Local {
         stream: bool,
         deadline: tokio::time::Instant,
     ) -> Result<Answer, Outcome> {
-        let request = ChatRequest::parse(body)?;
-        let prompt = self.chat.prompt(&request.messages).map_err(|e| refuse(e.to_string(), "messages"))?;
+        let mut request = ChatRequest::parse(body)?;
+        // Rendering and tokenizing is CPU work in proportion to the messages: off the async threads.
+        let (local, messages) = (self.clone(), std::mem::take(&mut request.messages));
+        let prompt = match tokio::task::spawn_blocking(move || local.chat.prompt(&messages)).await {
+            Ok(prompt) => prompt.map_err(|e| refuse(e.to_string(), "messages"))?,
+            Err(e) => {
+                return Err(Outcome::Failed(failure(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())));
+            }
+        };
         let context = self.chat.context_length();
         if prompt.len() >= context {
             return Err(Outcome::Refused(context_length(context, prompt.len(), 0)));
