@@ -3,7 +3,7 @@
 // a fake OpenAI-compatible upstream (an http.Server here), the real binary (`target/debug/nimbus`, or
 // $NIMBUS_BIN) on a temporary app whose `/v1/*` takes API keys, a key from the admin API, then a
 // streamed chat completion (with and without usage), a tool call, embeddings, the model list and the
-// SDK's typed errors.
+// SDK's typed errors. Then a node with no backend, whose local models answer (scripts/models.sh).
 //
 // Run by `scripts/test.sh` with the SDK installed in target/openai-npm (`$OPENAI_NPM` names another
 // copy); by hand: `node --test tests/ai/openai_sdk.test.js`.
@@ -22,7 +22,7 @@ const OpenAI = require(process.env.OPENAI_NPM || path.join(ROOT, "target", "open
 const WORDS = ["Hello", " from", " the", " fake", " upstream"];
 
 const seen = [];
-let upstream, node, dir, client;
+let upstream, client;
 
 function fakeUpstream(req, res) {
   let raw = "";
@@ -71,19 +71,14 @@ function fakeUpstream(req, res) {
   });
 }
 
-before(async () => {
-  assert.ok(fs.existsSync(BIN), `${BIN} is missing: run \`cargo build -p nimbus\` first`);
-  upstream = http.createServer(fakeUpstream);
-  await new Promise((resolve) => upstream.listen(0, "127.0.0.1", resolve));
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), "nimbus-openai-npm-"));
-  fs.writeFileSync(
-    path.join(dir, "nimbus.toml"),
-    `[[routes]]\npath = "/v1/*"\nbackend = "ai"\nauth = "api_key"\n\n[ai]\n[[ai.backends]]\nname = "fake"\n` +
-      `url = "http://127.0.0.1:${upstream.address().port}/v1"\napi_key = "sk-upstream"\n` +
-      `models = ["gpt-4o-mini", "text-embedding-3-small"]\nmodel_map = { fast = "gpt-4o-mini" }\n`,
-  );
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("NIMBUS_")));
-  node = spawn(BIN, ["up", dir, "--port", "0"], { env: { ...env, NIMBUS_LOG: "warn" }, stdio: ["ignore", "pipe", "ignore"] });
+/** Starts `nimbus up` on a temporary app with this manifest; its URL and an API key for it. */
+async function startNode(manifest) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "nimbus-openai-npm-"));
+  fs.writeFileSync(path.join(dir, "nimbus.toml"), manifest);
+  // The models folder stays (the local models); every other NIMBUS_ setting is the test's own.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("NIMBUS_") || k === "NIMBUS_MODELS"));
+  const node = spawn(BIN, ["up", dir, "--port", "0"], { env: { ...env, NIMBUS_LOG: "warn" }, stdio: ["ignore", "pipe", "ignore"] });
+  nodes.push({ node, dir });
   const url = await new Promise((resolve, reject) => {
     let out = "";
     const timer = setTimeout(() => reject(new Error(`nimbus up did not print its URL:\n${out}`)), 30000);
@@ -104,14 +99,31 @@ before(async () => {
   });
   assert.equal(created.status, 201);
   const { key } = await created.json();
+  return { url, key };
+}
+
+const ROUTE = `[[routes]]\npath = "/v1/*"\nbackend = "ai"\nauth = "api_key"\n\n[ai]\n`;
+const nodes = [];
+
+before(async () => {
+  assert.ok(fs.existsSync(BIN), `${BIN} is missing: run \`cargo build -p nimbus\` first`);
+  upstream = http.createServer(fakeUpstream);
+  await new Promise((resolve) => upstream.listen(0, "127.0.0.1", resolve));
+  const { url, key } = await startNode(
+    ROUTE +
+      `[[ai.backends]]\nname = "fake"\nurl = "http://127.0.0.1:${upstream.address().port}/v1"\napi_key = "sk-upstream"\n` +
+      `models = ["gpt-4o-mini", "text-embedding-3-small"]\nmodel_map = { fast = "gpt-4o-mini" }\n`,
+  );
   client = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0, timeout: 20000 });
   client.nodeUrl = url;
 });
 
 after(() => {
-  if (node) node.kill("SIGTERM");
+  for (const { node, dir } of nodes) {
+    node.kill("SIGTERM");
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
   if (upstream) upstream.close();
-  if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
 test("a streamed chat completion, without and with usage", async () => {
@@ -159,4 +171,32 @@ test("errors are the SDK's typed errors", async () => {
   await assert.rejects(client.chat.completions.create({ model: "fast", messages: [] }), OpenAI.BadRequestError);
   const stranger = new OpenAI({ baseURL: `${client.nodeUrl}/v1`, apiKey: "not-a-key", maxRetries: 0 });
   await assert.rejects(stranger.chat.completions.create({ model: "fast", messages: [{ role: "user", content: "hi" }] }), OpenAI.AuthenticationError);
+});
+
+test("the local models: a streamed answer and embeddings", async () => {
+  const { url, key } = await startNode(ROUTE);
+  const local = new OpenAI({ baseURL: `${url}/v1`, apiKey: key, maxRetries: 0, timeout: 120000 });
+  const messages = [
+    { role: "system", content: "You are a helpful assistant." },
+    { role: "user", content: "What is the capital of France?" },
+  ];
+  const pieces = [];
+  let usage;
+  const stream = await local.chat.completions.create({
+    model: "SmolLM2-135M-Instruct.Q4_1", messages, temperature: 0, max_tokens: 40, stream: true, stream_options: { include_usage: true },
+  });
+  for await (const chunk of stream) {
+    if (chunk.choices[0] && chunk.choices[0].delta.content) pieces.push(chunk.choices[0].delta.content);
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.ok(pieces.length > 3, `${pieces}`);
+  assert.match(pieces.join(""), /Paris/);
+  assert.equal(usage.completion_tokens, pieces.length);
+  // The SDK asks for base64 and decodes it.
+  const result = await local.embeddings.create({ model: "all-MiniLM-L6-v2", input: ["A cat sits on the mat.", "A kitten rests on a rug.", "Stocks fell."] });
+  const [a, b, c] = result.data.map((d) => d.embedding);
+  const dot = (x, y) => x.reduce((sum, v, i) => sum + v * y[i], 0);
+  assert.equal(a.length, 384);
+  assert.ok(Math.abs(dot(a, a) - 1) < 1e-4);
+  assert.ok(dot(a, b) > dot(a, c) + 0.3, `${dot(a, b)} ${dot(a, c)}`);
 });
