@@ -102,11 +102,48 @@ impl Trigger {
             Self::Blob { path } if path.split_once('/').is_none_or(|(c, rest)| c.is_empty() || rest.is_empty()) => {
                 Err(format!("blob path \"{path}\" must be \"<container>/<pattern>\""))
             }
-            Self::Timer { schedule, .. } if schedule.split_whitespace().count() != 6 => Err(format!(
-                "timer schedule \"{schedule}\" must have six fields (second minute hour day month weekday)"
-            )),
+            Self::Timer { schedule, time_zone, .. } => Schedule::parse(schedule, time_zone.as_deref()).map(|_| ()),
             _ => Ok(()),
         }
+    }
+}
+
+/// A timer's schedule: six cron fields with seconds (NCRONTAB: `second minute hour day month
+/// weekday`, Sunday 0) read by croner, in an IANA time zone (UTC when none).
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    cron: croner::Cron,
+    zone: chrono_tz::Tz,
+}
+
+impl Schedule {
+    pub fn parse(schedule: &str, time_zone: Option<&str>) -> Result<Self, String> {
+        if schedule.split_whitespace().count() != 6 {
+            return Err(format!(
+                "timer schedule \"{schedule}\" must have six fields (second minute hour day month weekday)"
+            ));
+        }
+        let parser = croner::parser::CronParser::builder().seconds(croner::parser::Seconds::Required).build();
+        let cron = parser.parse(schedule).map_err(|e| format!("timer schedule \"{schedule}\": {e}"))?;
+        let zone = match time_zone {
+            None => chrono_tz::UTC,
+            Some(name) => name
+                .parse::<chrono_tz::Tz>()
+                .map_err(|_| format!("time_zone \"{name}\" is not an IANA time zone like \"Europe/Paris\""))?,
+        };
+        Ok(Self { cron, zone })
+    }
+
+    /// The first occurrence after `after`.
+    pub fn next_after(&self, after: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+        let local = after.with_timezone(&self.zone);
+        self.cron.find_next_occurrence(&local, false).ok().map(|t| t.with_timezone(&chrono::Utc))
+    }
+
+    /// The last occurrence at or before `at`.
+    pub fn last_at(&self, at: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+        let local = at.with_timezone(&self.zone);
+        self.cron.find_previous_occurrence(&local, true).ok().map(|t| t.with_timezone(&chrono::Utc))
     }
 }
 
@@ -227,6 +264,21 @@ mod tests {
         let t: Trigger = serde_json::from_str(json).map_err(|e| e.to_string())?;
         t.check()?;
         Ok(t)
+    }
+
+    #[test]
+    fn schedules_have_seconds_and_a_time_zone() {
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&chrono::Utc);
+        let every_five_minutes = Schedule::parse("0 */5 * * * *", None).unwrap();
+        assert_eq!(every_five_minutes.next_after(at("2026-12-07T10:02:30Z")), Some(at("2026-12-07T10:05:00Z")));
+        assert_eq!(every_five_minutes.next_after(at("2026-12-07T10:05:00Z")), Some(at("2026-12-07T10:10:00Z")));
+        assert_eq!(every_five_minutes.last_at(at("2026-12-07T10:05:00Z")), Some(at("2026-12-07T10:05:00Z")));
+        // 9:30 in Paris is 8:30 UTC in winter.
+        let paris = Schedule::parse("0 30 9 * * *", Some("Europe/Paris")).unwrap();
+        assert_eq!(paris.next_after(at("2026-12-07T00:00:00Z")), Some(at("2026-12-07T08:30:00Z")));
+        assert!(Schedule::parse("0 */5 * * *", None).unwrap_err().contains("six fields"));
+        assert!(Schedule::parse("0 */5 * * * *", Some("Mars/Olympus")).unwrap_err().contains("IANA"));
+        assert!(Schedule::parse("0 99 * * * *", None).is_err());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 pub use access::{Authenticate, Grant, Principal, authorize, bearer};
-pub use invoke::{Call, Declared, FeedStart, Invoke, InvokeError, InvokeFuture, Invoker, Trigger};
+pub use invoke::{Call, Declared, FeedStart, Invoke, InvokeError, InvokeFuture, Invoker, Schedule, Trigger};
 pub use limit::Subject;
 pub use source::{Cidr, client_ip, is_trusted, source_key};
 pub use tasks::Tasks;

@@ -129,7 +129,10 @@ pub(crate) async fn build(
         for pattern in patterns {
             routes.add(pattern, methods, &info.name).map_err(FunctionsError::Config)?;
         }
-        if !matches!(info.trigger, Trigger::Http { .. } | Trigger::Activity {} | Trigger::Orchestrator {}) {
+        if !matches!(
+            info.trigger,
+            Trigger::Http { .. } | Trigger::Activity {} | Trigger::Orchestrator {} | Trigger::Timer { .. }
+        ) {
             tracing::warn!(
                 function = %info.name,
                 trigger = info.trigger.kind(),

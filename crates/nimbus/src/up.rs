@@ -125,6 +125,7 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
         manifest.durable.version.clone(),
         &public_url,
     );
+    let triggers = nimbus_triggers::Triggers::start(store.clone(), invoker.clone());
     let mut admin = functions
         .admin_router()
         .merge(nimbus_gateway::keys_admin_router(gateway.keys().clone()))
@@ -201,6 +202,8 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     drop(_watcher);
     durable.shutdown(left()).await;
     tracing::info!(component = "durable", "stopped");
+    triggers.shutdown(left()).await;
+    tracing::info!(component = "triggers", "stopped");
     functions.shutdown(left()).await;
     tracing::info!(component = "functions", "stopped");
     gateway.shutdown(left()).await;
