@@ -1,9 +1,11 @@
 //! Event-driven functions beyond HTTP. This version drives timers (`timer.rs`): each timer
-//! function of the app runs on its schedule, on exactly one node per occurrence.
+//! function of the app runs on its schedule, on exactly one node per occurrence. `queue.rs` is the
+//! built-in durable queue's engine (not yet wired to an API or a trigger).
 //!
 //! [`Triggers::start`] follows the functions the node serves (`Invoke::functions`, which follows
 //! reloads): a timer added, changed or removed starts, restarts or stops within a couple of seconds.
 
+pub mod queue;
 mod timer;
 
 use std::collections::HashMap;
