@@ -131,7 +131,11 @@ pub(crate) async fn build(
         }
         if !matches!(
             info.trigger,
-            Trigger::Http { .. } | Trigger::Activity {} | Trigger::Orchestrator {} | Trigger::Timer { .. }
+            Trigger::Http { .. }
+                | Trigger::Activity {}
+                | Trigger::Orchestrator {}
+                | Trigger::Timer { .. }
+                | Trigger::Queue { .. }
         ) {
             tracing::warn!(
                 function = %info.name,

@@ -11,8 +11,11 @@
 //! key and version), so a consumer that took longer than its visibility timeout cannot delete the
 //! message another consumer now holds.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::sync::Notify;
 
 use nimbus_store::{Expect, Store, StoreError, Write};
 use serde_json::{Value, json};
@@ -63,11 +66,18 @@ pub enum QueueError {
 
 pub struct Queues {
     store: Arc<dyn Store>,
+    /// Wakes this node's consumer of a queue when a message is sent here (others poll).
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 impl Queues {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self { store, wakers: Mutex::new(HashMap::new()) }
+    }
+
+    /// What a consumer of `queue` on this node waits on between polls.
+    pub fn waker(&self, queue: &str) -> Arc<Notify> {
+        self.wakers.lock().unwrap_or_else(|e| e.into_inner()).entry(queue.to_owned()).or_default().clone()
     }
 
     fn now_ms(&self) -> u64 {
@@ -82,6 +92,10 @@ impl Queues {
         let value = json!({"data": data, "dequeue_count": 0, "inserted_ms": now}).to_string();
         let key = key(queue, now + delay.as_millis() as u64, &id);
         self.store.commit(vec![Write::put(NAMESPACE, &key, value).expect(Expect::Absent)]).await?;
+        metrics::counter!("nimbus_queue_messages_total", "queue" => queue.to_owned(), "outcome" => "sent").increment(1);
+        if delay.is_zero() {
+            self.waker(queue).notify_one();
+        }
         Ok(id)
     }
 
@@ -175,6 +189,30 @@ impl Queues {
             Err(StoreError::Conflict { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Moves every message of `queue`'s poison queue back to `queue`, its dequeue count reset; how
+    /// many.
+    pub async fn requeue(&self, queue: &str) -> Result<usize, QueueError> {
+        check(queue)?;
+        let poison = poison_of(queue);
+        let mut moved = 0;
+        loop {
+            let batch = self.receive(&poison, 100, Duration::from_secs(60)).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for message in &batch {
+                let value = json!({"data": message.data, "dequeue_count": 0, "inserted_ms": message.inserted_ms});
+                if self.moved(&message.receipt, key(queue, self.now_ms(), &message.id), value).await? {
+                    moved += 1;
+                }
+            }
+        }
+        if moved > 0 {
+            self.waker(queue).notify_one();
+        }
+        Ok(moved)
     }
 
     /// Messages waiting in `queue` (visible or not), at most `limit` counted, and the age of the

@@ -147,10 +147,12 @@ async fn serve(args: UpArgs, config: nimbus_config::AppConfig, started: Instant)
     let docs = nimbus_docs::Docs::start(manifest, store.clone());
     let component_apis = nimbus_blob::api_router(blobs.clone(), admin_auth.clone())
         .merge(nimbus_docs::router(docs.clone(), admin_auth.clone()))
-        .merge(durable.router(admin_auth));
+        .merge(durable.router(admin_auth.clone()))
+        .merge(triggers.router(admin_auth));
     let mut platform_api = nimbus_blob::api_router(blobs.clone(), worker_auth.clone())
         .merge(nimbus_docs::router(docs.clone(), worker_auth.clone()))
-        .merge(durable.router(worker_auth.clone()));
+        .merge(durable.router(worker_auth.clone()))
+        .merge(triggers.router(worker_auth.clone()));
     if let Some(ai) = &ai {
         platform_api = platform_api.merge(ai.platform_router(worker_auth));
     }

@@ -145,3 +145,94 @@ async fn two_nodes_on_one_database_run_each_occurrence_once() {
     let documents = scheduled().await;
     assert!((documents - total).abs() <= 1.0, "{total} runs, {documents} documents");
 }
+
+const QUEUE_PY: &str = r#"
+import nimbus
+
+app = nimbus.App()
+
+@app.queue("jobs", batch_size=4)
+async def work(data, ctx):
+    if data.get("fail"):
+        raise RuntimeError("this message always fails")
+    await ctx.docs.create("done", {"id": data["id"], "kind": "job", "dequeue_count": ctx.trigger["dequeue_count"]})
+"#;
+
+fn queue_app() -> App {
+    let manifest = "[workers.main]\nruntime = \"python\"\nentry = \"app.py\"\n\n[functions.work]\ngrants = [\"docs:done:rw\"]\n\n\
+                    [docs.containers.done]\npartition_key = \"/kind\"\n";
+    let app = App::new(Some(manifest));
+    std::fs::write(app.path().join("app.py"), QUEUE_PY).unwrap();
+    app
+}
+
+async fn admin(node: &Node, app: &App, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let mut request =
+        reqwest::Client::new().request(method.parse().unwrap(), node.url(path)).bearer_auth(support::admin_token(app));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let reply = request.send().await.unwrap();
+    (reply.status().as_u16(), reply.json().await.unwrap_or(Value::Null))
+}
+
+async fn done(node: &Node, app: &App) -> Vec<Value> {
+    let (_, body) =
+        admin(node, app, "POST", "/_nimbus/docs/done/query", Some(json!({"query": "SELECT * FROM c"}))).await;
+    body["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn queue_messages_run_their_function_and_a_failing_one_goes_to_poison() {
+    let app = queue_app();
+    let node = app.start(&[]);
+    for n in 0..20 {
+        let (status, sent) =
+            admin(&node, &app, "POST", "/_nimbus/queues/jobs/messages", Some(json!({"data": {"id": format!("m{n}")}})))
+                .await;
+        assert_eq!(status, 201, "{sent}");
+    }
+    let (status, _) =
+        admin(&node, &app, "POST", "/_nimbus/queues/jobs/messages", Some(json!({"data": {"id": "bad", "fail": true}})))
+            .await;
+    assert_eq!(status, 201);
+    support::wait_until("20 messages processed", Duration::from_secs(30), async || done(&node, &app).await.len() == 20)
+        .await;
+    assert!(done(&node, &app).await.iter().all(|d| d["dequeue_count"] == 1));
+    // The failing one: five deliveries (with back-off), then the poison queue.
+    support::wait_until("the bad message in the poison queue", Duration::from_secs(30), async || {
+        admin(&node, &app, "GET", "/_nimbus/queues/jobs", None).await.1["poison_length"] == 1
+    })
+    .await;
+    let (_, state) = admin(&node, &app, "GET", "/_nimbus/queues/jobs", None).await;
+    assert_eq!((state["length"].as_u64(), state["poison_length"].as_u64()), (Some(0), Some(1)), "{state}");
+    let metrics = reqwest::Client::new()
+        .get(node.url("/_nimbus/metrics"))
+        .bearer_auth(support::admin_token(&app))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("nimbus_queue_messages_total{queue=\"jobs\",outcome=\"retry\"} 4"), "{metrics}");
+    assert!(metrics.contains("nimbus_queue_messages_total{queue=\"jobs\",outcome=\"poison\"} 1"), "{metrics}");
+    // Re-queued, it is delivered again (and fails again: its count starts over).
+    let (_, requeued) = admin(&node, &app, "POST", "/_nimbus/queues/jobs/requeue", None).await;
+    assert_eq!(requeued["requeued"], 1);
+    let (_, state) = admin(&node, &app, "GET", "/_nimbus/queues/jobs", None).await;
+    assert_eq!(state["poison_length"], 0, "{state}");
+
+    // Bad requests are refused with a reason.
+    for (path, body, code) in [
+        ("/_nimbus/queues/Jobs/messages", json!({"data": 1}), "invalid_queue_name"),
+        ("/_nimbus/queues/jobs/messages", json!({"delay": 1}), "invalid_message"),
+        ("/_nimbus/queues/jobs/messages", json!({"data": 1, "delay": -1}), "invalid_message"),
+        ("/_nimbus/queues/jobs/messages", json!({"data": 1, "priority": 2}), "invalid_message"),
+    ] {
+        let (status, error) = admin(&node, &app, "POST", path, Some(body)).await;
+        assert_eq!((status, error["error"]["code"].as_str()), (400, Some(code)), "{path}");
+    }
+    let unauthenticated = reqwest::Client::new().get(node.url("/_nimbus/queues/jobs")).send().await.unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+}
