@@ -29,6 +29,12 @@ async def boot(data, ctx):
 "#;
 
 /// An app whose `tick` runs on `schedule` and `boot` at start.
+/// The node's Prometheus text.
+async fn metrics(node: &Node, app: &App) -> String {
+    let reply = reqwest::Client::new().get(node.url("/_nimbus/metrics")).bearer_auth(support::admin_token(app)).send();
+    reply.await.unwrap().text().await.unwrap()
+}
+
 fn timer_app(schedule: &str) -> App {
     let manifest = "[workers.main]\nruntime = \"python\"\nentry = \"app.py\"\n\n\
          [functions.tick]\ngrants = [\"docs:ticks:rw\"]\n\n[functions.boot]\ngrants = [\"docs:ticks:rw\"]\n\n\
@@ -71,15 +77,7 @@ async fn a_timer_fires_on_its_schedule_and_runs_on_startup() {
         assert_eq!(run["trigger"]["schedule"], "*/2 * * * * *");
         assert!(run["trigger"]["next"].is_string(), "{run}");
     }
-    let metrics = reqwest::Client::new()
-        .get(node.url("/_nimbus/metrics"))
-        .bearer_auth(support::admin_token(&app))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&node, &app).await;
     assert!(metrics.contains("nimbus_timer_runs_total{function=\"tick\",outcome=\"ok\"}"), "{metrics}");
 }
 
@@ -123,15 +121,7 @@ async fn two_nodes_on_one_database_run_each_occurrence_once() {
     let scheduled = async || ticks(&a, &app_a).await.into_iter().filter(|r| r["kind"] == "tick").count() as f64;
     assert!(scheduled().await >= 3.0);
     let ran = async |node: &Node, app: &App, outcome: &str| {
-        let text = reqwest::Client::new()
-            .get(node.url("/_nimbus/metrics"))
-            .bearer_auth(support::admin_token(app))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics(node, app).await;
         let name = format!("nimbus_timer_runs_total{{function=\"tick\",outcome=\"{outcome}\"}}");
         text.lines()
             .filter(|l| l.starts_with(&name))
@@ -206,15 +196,7 @@ async fn queue_messages_run_their_function_and_a_failing_one_goes_to_poison() {
     .await;
     let (_, state) = admin(&node, &app, "GET", "/_nimbus/queues/jobs", None).await;
     assert_eq!((state["length"].as_u64(), state["poison_length"].as_u64()), (Some(0), Some(1)), "{state}");
-    let metrics = reqwest::Client::new()
-        .get(node.url("/_nimbus/metrics"))
-        .bearer_auth(support::admin_token(&app))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&node, &app).await;
     assert!(metrics.contains("nimbus_queue_messages_total{queue=\"jobs\",outcome=\"retry\"} 4"), "{metrics}");
     assert!(metrics.contains("nimbus_queue_messages_total{queue=\"jobs\",outcome=\"poison\"} 1"), "{metrics}");
     // Re-queued, it is delivered again (and fails again: its count starts over).
