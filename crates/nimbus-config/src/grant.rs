@@ -1,7 +1,7 @@
 //! A function's grants (`[functions.<name>] grants`): what its worker instances may reach through
-//! the platform API with their scoped token. `docs:<container>:r|rw`, `blob:<container>:r|rw` and
-//! `durable:<orchestration>:r|rw`; `*` as the name means any. Grants for components this version
-//! does not have (`queues:<name>`, `ai:<model>`) are refused rather than kept and never honoured.
+//! the platform API with their scoped token. `docs:<container>:r|rw`, `blob:<container>:r|rw`,
+//! `durable:<orchestration>:r|rw`, `queues:<queue>:r|rw` and `ai:<model>`; `*` as the name means any.
+//! Grants for components this version does not have are refused rather than kept and never honoured.
 
 use std::fmt;
 
@@ -27,17 +27,12 @@ impl Grant {
             return Ok(Self { component: "ai".into(), name: model.to_owned(), write: true });
         }
         let parts: Vec<&str> = grant.split(':').collect();
-        if let [component, ..] = parts.as_slice()
-            && let Some(missing) = crate::unbuilt(component)
-        {
-            return Err(format!("grant \"{grant}\": {missing}"));
-        }
         match parts.as_slice() {
-            [component @ ("docs" | "blob" | "durable"), name, access @ ("r" | "rw")] if !name.is_empty() => {
+            [component @ ("docs" | "blob" | "durable" | "queues"), name, access @ ("r" | "rw")] if !name.is_empty() => {
                 Ok(Self { component: (*component).to_owned(), name: (*name).to_owned(), write: *access == "rw" })
             }
             _ => Err(format!(
-                "invalid grant \"{grant}\": expected \"docs:<container>:r|rw\", \"blob:<container>:r|rw\", \"durable:<orchestration>:r|rw\" or \"ai:<model>\""
+                "invalid grant \"{grant}\": expected \"docs:<container>:r|rw\", \"blob:<container>:r|rw\", \"durable:<orchestration>:r|rw\", \"queues:<queue>:r|rw\" or \"ai:<model>\""
             )),
         }
     }
@@ -87,9 +82,8 @@ mod tests {
         for bad in ["blob:uploads", "blob::rw", "docs:x:w", "files:x:r", "docs:x:rw:y", ""] {
             assert!(Grant::parse(bad).unwrap_err().starts_with("invalid grant"), "{bad}");
         }
-        for unbuilt in ["queues:jobs", "queues"] {
-            assert!(Grant::parse(unbuilt).unwrap_err().contains("in this version of nimbus yet"), "{unbuilt}");
-        }
+        assert!(Grant::parse("queues:jobs:rw").unwrap().allows("queues", "jobs", true));
+        assert!(Grant::parse("queues:jobs").unwrap_err().starts_with("invalid grant"));
         let ai = Grant::parse("ai:llama3:8b").unwrap();
         assert!(ai.allows("ai", "llama3:8b", true) && !ai.allows("ai", "gpt-4o", true));
         assert_eq!(ai.to_string(), "ai:llama3:8b");

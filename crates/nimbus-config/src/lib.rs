@@ -166,7 +166,9 @@ where
 /// would read them), and so are grants for them.
 pub(crate) fn unbuilt(section: &str) -> Option<&'static str> {
     match section {
-        "queues" => Some("queues are not in this version of nimbus yet"),
+        "queues" => {
+            Some("declaring queues is not in this version of nimbus yet (a queue exists once a message is sent to it)")
+        }
         _ => None,
     }
 }

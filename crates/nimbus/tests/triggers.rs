@@ -146,13 +146,37 @@ async def work(data, ctx):
     if data.get("fail"):
         raise RuntimeError("this message always fails")
     await ctx.docs.create("done", {"id": data["id"], "kind": "job", "dequeue_count": ctx.trigger["dequeue_count"]})
+
+@app.http("/enqueue", methods=["POST"])
+async def enqueue(req, ctx):
+    body = await req.json()
+    try:
+        message = await ctx.queue(body["queue"]).send(body["data"], delay=body.get("delay"))
+    except nimbus.PlatformError as e:
+        return nimbus.Response({"code": e.code}, status=e.status)
+    return {"id": message, "state": await ctx.queue(body["queue"]).state()}
+"#;
+
+const QUEUE_JS: &str = r#"
+const { App } = require("nimbus");
+const app = new App();
+app.http("/enqueue-js", { methods: ["POST"] }, async (req, ctx) => {
+  const body = await req.json();
+  const id = await ctx.queue("jobs").send(body.data, { delay: body.delay });
+  return { id, state: await ctx.queue("jobs").state() };
+});
+module.exports = app;
 "#;
 
 fn queue_app() -> App {
     let manifest = "[workers.main]\nruntime = \"python\"\nentry = \"app.py\"\n\n[functions.work]\ngrants = [\"docs:done:rw\"]\n\n\
+                    [workers.web]\nruntime = \"node\"\nentry = \"app.js\"\n\n[functions.enqueue-js]\ngrants = [\"queues:jobs:rw\"]\n\n\
+                    [[routes]]\npath = \"/enqueue-js\"\nauth = \"anonymous\"\n\n\
+                    [functions.enqueue]\ngrants = [\"queues:jobs:rw\"]\n\n[[routes]]\npath = \"/enqueue\"\nauth = \"anonymous\"\n\n\
                     [docs.containers.done]\npartition_key = \"/kind\"\n";
     let app = App::new(Some(manifest));
     std::fs::write(app.path().join("app.py"), QUEUE_PY).unwrap();
+    std::fs::write(app.path().join("app.js"), QUEUE_JS).unwrap();
     app
 }
 
@@ -217,4 +241,40 @@ async fn queue_messages_run_their_function_and_a_failing_one_goes_to_poison() {
     }
     let unauthenticated = reqwest::Client::new().get(node.url("/_nimbus/queues/jobs")).send().await.unwrap();
     assert_eq!(unauthenticated.status(), 401);
+
+    // From a function, with its grant: sent, then processed by the queue function.
+    let http = reqwest::Client::new();
+    let sent: Value = http
+        .post(node.url("/enqueue"))
+        .json(&json!({"queue": "jobs", "data": {"id": "via-sdk"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(sent["id"].is_string() && sent["state"]["length"].is_u64(), "{sent}");
+    support::wait_until("the SDK's message processed", Duration::from_secs(20), async || {
+        done(&node, &app).await.iter().any(|d| d["id"] == "via-sdk")
+    })
+    .await;
+    // The same from Node.js, delayed.
+    let sent: Value = http
+        .post(node.url("/enqueue-js"))
+        .json(&json!({"data": {"id": "via-node"}, "delay": 0.5}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(sent["id"].is_string() && sent["state"]["length"].as_u64() >= Some(1), "{sent}");
+    support::wait_until("the Node.js SDK's message processed", Duration::from_secs(20), async || {
+        done(&node, &app).await.iter().any(|d| d["id"] == "via-node")
+    })
+    .await;
+    // Without a grant for that queue: refused.
+    let refused = http.post(node.url("/enqueue")).json(&json!({"queue": "other", "data": 1})).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    assert_eq!(refused.json::<Value>().await.unwrap()["code"], "forbidden");
 }

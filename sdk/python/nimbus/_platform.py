@@ -498,6 +498,41 @@ def _management(started):
     }
 
 
+class Queue:
+    """One queue of the node (grant `queues:<name>:rw`; `r` to read its state):
+
+        await ctx.queue("jobs").send({"id": 7})                 # a queue function gets it as `data`
+        await ctx.queue("jobs").send({"id": 8}, delay=30)       # visible in 30 seconds
+        state = await ctx.queue("jobs").state()                 # {"length", "oldest_age_seconds", "poison_length"}
+    """
+
+    __slots__ = ("_client", "_traceparent", "_path")
+
+    def __init__(self, client, name, traceparent=None):
+        if not isinstance(name, str) or not name:
+            raise ValueError("a queue name is a non-empty str, not %r" % (name,))
+        self._client = client
+        self._traceparent = traceparent
+        self._path = "/_nimbus/queues/" + quote(name, safe="")
+
+    async def send(self, data, delay=None):
+        """Sends `data` (a JSON value, at most 256 KiB of JSON), visible after `delay` seconds (None: at
+        once). Returns the message's id."""
+        body = {"data": data}
+        if delay is not None:
+            body["delay"] = delay
+        headers = {"Content-Type": "application/json"}
+        response = await self._client.request("POST", self._path + "/messages", _json(body), headers, self._traceparent)
+        await response.raise_for_status()
+        return (await response.json())["id"]
+
+    async def state(self):
+        """The queue's length, the age of its oldest message (seconds, or None) and its poison queue's length."""
+        response = await self._client.request("GET", self._path, None, None, self._traceparent)
+        await response.raise_for_status()
+        return await response.json()
+
+
 class Durable:
     """Orchestrations seen from an ordinary function:
 

@@ -345,6 +345,12 @@ class Context:
 
         return _platform.Docs(_platform.client(), self.traceparent)
 
+    def queue(self, name):
+        """The queue `name` (see `nimbus._platform.Queue`): `await ctx.queue("jobs").send(data)`."""
+        from . import _platform
+
+        return _platform.Queue(_platform.client(), name, self.traceparent)
+
     @property
     def durable(self):
         from . import _platform

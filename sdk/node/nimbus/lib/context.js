@@ -46,6 +46,12 @@ class Context {
     return new platform.Docs(platform.client(), this.traceparent);
   }
 
+  /** The queue `name` (`grants = ["queues:jobs:rw"]`): `await ctx.queue("jobs").send(data)`. */
+  queue(name) {
+    const platform = require("./platform");
+    return new platform.Queue(platform.client(), name, this.traceparent);
+  }
+
   /** Starts and manages orchestrations (`[functions.<name>] grants = ["durable:research:rw"]`). */
   get durable() {
     const platform = require("./platform");

@@ -363,6 +363,42 @@ function management(started) {
 /** Orchestrations seen from an ordinary function:
  *    const started = await ctx.durable.start("research", { topic: "tides" });
  *    return ctx.durable.checkStatusResponse(started);   // 202, location: the status URI */
+/** One queue of the node (grant `queues:<name>:rw`; `r` to read its state):
+ *    await ctx.queue("jobs").send({ id: 7 });               // a queue function gets it as `data`
+ *    await ctx.queue("jobs").send({ id: 8 }, { delay: 30 }); // visible in 30 seconds
+ *    const { length, oldest_age_seconds, poison_length } = await ctx.queue("jobs").state(); */
+class Queue {
+  constructor(c, name, traceparent) {
+    if (typeof name !== "string" || name === "") {
+      throw new TypeError(`ctx.queue(): a queue name is a non-empty string, not ${JSON.stringify(name) ?? String(name)}`);
+    }
+    this.c = c;
+    this.path = `/_nimbus/queues/${encodeURIComponent(name)}`;
+    this.traceparent = traceparent;
+  }
+
+  /** Sends `data` (a JSON value, at most 256 KiB of JSON), visible after `delay` seconds (absent:
+   *  at once). Resolves with the message's id. */
+  async send(data, { delay } = {}) {
+    const body = delay === undefined || delay === null ? { data } : { data, delay };
+    let json;
+    try {
+      json = strictJson(body);
+    } catch (err) {
+      throw new TypeError(`ctx.queue().send(): the message is not JSON: ${err.message}`);
+    }
+    const headers = { "content-type": "application/json" };
+    const res = await check(await request(this.c, "POST", `${this.path}/messages`, { body: json, headers, traceparent: this.traceparent }));
+    return JSON.parse((await readAll(res)).toString("utf8")).id;
+  }
+
+  /** The queue's length, its oldest message's age (seconds, or null) and its poison queue's length. */
+  async state() {
+    const res = await check(await request(this.c, "GET", this.path, { headers: {}, traceparent: this.traceparent }));
+    return JSON.parse((await readAll(res)).toString("utf8"));
+  }
+}
+
 class Durable {
   constructor(c, traceparent) {
     this.c = c;
@@ -542,6 +578,6 @@ class Ai {
 }
 
 module.exports = {
-  Ai, Blob, Docs, Durable, PlatformError, client,
+  Ai, Blob, Docs, Durable, PlatformError, Queue, client,
   PAYLOAD_LIMIT, fetchPayload, fetchPayloads, offloadPayload, offloadPayloads,
 };
