@@ -22,6 +22,8 @@ use serde_json::{Value, json};
 use crate::usage::Account;
 
 pub(crate) const HEADER: &str = "x-nimbus-ai-cache";
+/// The longest answer kept (bytes of text).
+pub(crate) const MAX_ANSWER: usize = 1 << 20;
 
 pub(crate) struct Cache {
     config: AiCache,
@@ -152,7 +154,10 @@ impl Cache {
     }
 
     pub fn keep(&self, miss: Miss, answer: Answer) {
-        if !matches!(answer.finish_reason.as_str(), "stop" | "length") || answer.content.is_empty() {
+        // A whole answer may be up to 256 MiB: only answers up to `MAX_ANSWER` are kept, so that
+        // `max_entries` bounds the memory the cache holds.
+        let fits = !answer.content.is_empty() && answer.content.len() <= MAX_ANSWER;
+        if !matches!(answer.finish_reason.as_str(), "stop" | "length") || !fits {
             return;
         }
         let mut entries = self.entries();

@@ -54,9 +54,6 @@ pub(crate) struct Capture {
     unfit: bool,
 }
 
-/// The longest answer kept.
-const CAPTURE_LIMIT: usize = 1 << 20;
-
 impl Capture {
     pub fn new(cache: Arc<Cache>, miss: Miss) -> Self {
         Self {
@@ -74,7 +71,7 @@ impl Capture {
         let Some(miss) = self.miss.take() else { return };
         // `[DONE]` ends an answer cleanly even from a backend that names no finish reason.
         let finish_reason = self.finish.take().unwrap_or_else(|| "stop".to_owned());
-        if self.unfit || self.text.len() > CAPTURE_LIMIT {
+        if self.unfit || self.text.len() > crate::cache::MAX_ANSWER {
             return;
         }
         let answer = Answer {
@@ -154,7 +151,7 @@ impl Capture {
                 self.unfit = true;
             }
             if let Some(text) = &delta.content
-                && self.text.len() <= CAPTURE_LIMIT
+                && self.text.len() <= crate::cache::MAX_ANSWER
             {
                 self.text.push_str(text);
             }

@@ -21,6 +21,8 @@ use nimbus_store::{Expect, Store, StoreError, Write};
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "queue";
+/// Records read at a time when counting a queue.
+const DEPTH_PAGE: usize = 100;
 /// Records read per message asked for when looking for visible ones (some are taken by others).
 const OVERREAD: usize = 4;
 
@@ -216,17 +218,24 @@ impl Queues {
     }
 
     /// Messages waiting in `queue` (visible or not), at most `limit` counted, and the age of the
-    /// oldest (since first sent).
+    /// oldest (since first sent). Read a page at a time: messages may be large.
     pub async fn depth(&self, queue: &str, limit: usize) -> Result<(usize, Option<Duration>), QueueError> {
         check(queue)?;
-        let records = self.store.list(NAMESPACE, &format!("{queue}/"), None, limit).await?;
-        let now = self.now_ms();
-        let oldest = records
-            .iter()
-            .filter_map(|r| serde_json::from_slice::<Value>(&r.value).ok()?["inserted_ms"].as_u64())
-            .min()
-            .map(|t| Duration::from_millis(now.saturating_sub(t)));
-        Ok((records.len(), oldest))
+        let prefix = format!("{queue}/");
+        let (mut count, mut oldest, mut after) = (0, None::<u64>, None::<String>);
+        while count < limit {
+            let page = self.store.list(NAMESPACE, &prefix, after.as_deref(), DEPTH_PAGE.min(limit - count)).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.key.clone());
+            count += page.len();
+            let inserted =
+                page.iter().filter_map(|r| serde_json::from_slice::<Value>(&r.value).ok()?["inserted_ms"].as_u64());
+            oldest = inserted.chain(oldest).min();
+            if page.len() < DEPTH_PAGE {
+                break;
+            }
+        }
+        Ok((count, oldest.map(|t| Duration::from_millis(self.now_ms().saturating_sub(t)))))
     }
 }
 

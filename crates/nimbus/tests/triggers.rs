@@ -244,30 +244,18 @@ async fn queue_messages_run_their_function_and_a_failing_one_goes_to_poison() {
 
     // From a function, with its grant: sent, then processed by the queue function.
     let http = reqwest::Client::new();
-    let sent: Value = http
-        .post(node.url("/enqueue"))
-        .json(&json!({"queue": "jobs", "data": {"id": "via-sdk"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let post = async |path: &str, body: Value| {
+        let reply = http.post(node.url(path)).json(&body).send().await.unwrap();
+        reply.json::<Value>().await.unwrap()
+    };
+    let sent = post("/enqueue", json!({"queue": "jobs", "data": {"id": "via-sdk"}})).await;
     assert!(sent["id"].is_string() && sent["state"]["length"].is_u64(), "{sent}");
     support::wait_until("the SDK's message processed", Duration::from_secs(20), async || {
         done(&node, &app).await.iter().any(|d| d["id"] == "via-sdk")
     })
     .await;
     // The same from Node.js, delayed.
-    let sent: Value = http
-        .post(node.url("/enqueue-js"))
-        .json(&json!({"data": {"id": "via-node"}, "delay": 0.5}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sent = post("/enqueue-js", json!({"data": {"id": "via-node"}, "delay": 0.5})).await;
     assert!(sent["id"].is_string() && sent["state"]["length"].as_u64() >= Some(1), "{sent}");
     support::wait_until("the Node.js SDK's message processed", Duration::from_secs(20), async || {
         done(&node, &app).await.iter().any(|d| d["id"] == "via-node")
